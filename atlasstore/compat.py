@@ -1,0 +1,153 @@
+"""The predecessor's loader API (``EnergyAtlasLoader``) as a thin face over the atlas store.
+
+Map ids: the predecessor addressed single maps; here a map is step ``t`` of a sequence, written
+``"<sequence_id>@<t>"`` (``"<sequence_id>"`` alone means step 0). ``save_map`` stores a map as a
+one-step sequence, so maps saved this way get pyramids, gradients and checksums like any other.
+The generator half of the old API lives on in :mod:`atlasstore.synth` and
+:mod:`atlasstore.physics` under the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import physics
+from .query import Query
+from .store import AtlasStore, NotFound, StoreError, validate_name
+
+# Re-exported so old imports keep working.
+from .physics import (  # noqa: F401
+    ThermodynamicViolation,
+    validate_energy_conservation,
+    validate_entropy_increase,
+)
+from .synth import (  # noqa: F401
+    PerturbationConfig,
+    apply_energy_scaling,
+    apply_gaussian_noise,
+    apply_rotation,
+    apply_thermal_blur,
+    apply_translation,
+    generate_sequence,
+)
+
+
+def parse_map_id(map_id: str) -> tuple[str, int]:
+    """``"seq@t"`` -> (seq, t); ``"seq"`` -> (seq, 0)."""
+    if not isinstance(map_id, str):
+        raise ValueError(f"map id must be a string, got {type(map_id).__name__}")
+    seq, sep, t = map_id.partition("@")
+    validate_name(seq, "map id")
+    if not sep:
+        return seq, 0
+    if not t.isdigit():
+        raise ValueError(f"map id {map_id!r}: step after '@' must be a non-negative integer")
+    return seq, int(t)
+
+
+class EnergyAtlasLoader:
+    """Predecessor-compatible loader over an atlas store (created if missing)."""
+
+    def __init__(self, store: AtlasStore | str | Path, create: bool = True) -> None:
+        if isinstance(store, AtlasStore):
+            self.store = store
+        elif create:
+            self.store = AtlasStore.create(store, exist_ok=True)
+        else:
+            self.store = AtlasStore.open(store, mode="r+")
+
+    # -------------------------------------------------------------- physics helpers
+
+    @staticmethod
+    def precompute_pyramids(energy_map: ArrayLike,
+                            target_scales: Sequence[int] | None = None) -> dict[int, NDArray]:
+        return physics.pyramid(energy_map, tuple(target_scales) if target_scales else None)
+
+    @staticmethod
+    def compute_gradients(energy_map: ArrayLike) -> tuple[NDArray, NDArray]:
+        return physics.gradients(physics.validate_energy(energy_map))
+
+    @staticmethod
+    def compute_entropy(energy_map: ArrayLike) -> float:
+        return float(physics.entropy(physics.validate_energy(energy_map)))
+
+    @staticmethod
+    def validate_shape(energy_map: ArrayLike) -> bool:
+        """True for a valid shape (short side 64/128/256, square or 2:3), else False."""
+        try:
+            physics.validate_shape(np.shape(energy_map))
+            return np.ndim(energy_map) == 2
+        except physics.EnergyMapError:
+            return False
+
+    # -------------------------------------------------------------- store access
+
+    def load_map(self, domain: str, map_id: str, scale: int = 256) -> tuple[NDArray, dict[str, Any]]:
+        """One map at ``scale`` and its metadata (stats, perturbations, checksum, provenance)."""
+        seq, t = parse_map_id(map_id)
+        info = self.store.sequence_info(domain, seq)
+        if not 0 <= t < info["n_steps"]:
+            raise NotFound(f"map {domain}/{map_id}: step {t} outside 0..{info['n_steps'] - 1}")
+        energy = self.store.read(domain, seq, scale, "energy", t=t)
+        step = info["steps"][t]
+        meta = {"domain": domain, "map_id": f"{seq}@{t}", "sequence_id": seq, "t": t,
+                "scale": scale, "shape": list(energy.shape),
+                "energy_mean": float(energy.mean()), "energy_variance": float(energy.var()),
+                "entropy": float(physics.entropy(energy)),
+                "perturbations": step.get("perturbations", []),
+                "timestamp": info.get("completed"), "generation": info.get("generation", {})}
+        return energy, meta
+
+    def load_batch(self, domain: str, window: int = 4, scale: int = 256,
+                   stride: int = 1) -> tuple[NDArray, list[dict[str, Any]]]:
+        """Every ``window``-step window of the domain at ``scale``: (n, window, y, x)."""
+        q = Query(self.store, domains=(domain,), scale=scale, window=window, stride=stride)
+        wins = q.windows()
+        if not wins:
+            return np.empty((0, window, scale, scale), np.float32), []
+        batch = q.read_windows(wins)["energy"]
+        meta = [{"domain": w.domain, "sequence_id": w.sequence_id, "t0": w.t0, "window": w.length,
+                 "scale": scale} for w in wins]
+        return batch, meta
+
+    def save_map(self, energy_map: ArrayLike, domain: str, map_id: str,
+                 metadata: Mapping[str, Any] | None = None, overwrite: bool = True) -> str:
+        """Store one map (validated) as a one-step sequence ``map_id``; returns the map id."""
+        seq, t = parse_map_id(map_id)
+        if t != 0:
+            raise ValueError(f"save_map stores single maps; map id {map_id!r} names step {t}")
+        e = physics.validate_energy(energy_map, f"map {domain}/{map_id}")
+        if e.ndim != 2:
+            raise physics.EnergyMapError(f"map {domain}/{map_id}: expected a 2D map, got {e.shape}")
+        physics.validate_shape(e.shape, f"map {domain}/{map_id}")
+        validate_name(domain, "domain name")
+        if domain not in self.store.domains():
+            self.store.create_domain(domain, None)
+        generation = {"source": "save_map"}
+        if metadata:
+            generation["source"] = f"save_map: {str(metadata.get('source', 'user'))[:200]}"
+        self.store.write_sequence(domain, seq, e[None], generation=generation, overwrite=overwrite)
+        return f"{seq}@0"
+
+    def get_domain_stats(self, domain: str) -> dict[str, Any]:
+        """Counts and mean statistics of a domain, from committed sequence attributes."""
+        seqs = self.store.sequences(domain)
+        steps = [s for sid in seqs for s in self.store.sequence_info(domain, sid)["steps"]]
+        if not steps:
+            raise StoreError(f"domain {domain!r} has no complete sequences")
+        return {
+            "domain": domain,
+            "n_sequences": len(seqs),
+            "n_maps": len(steps),
+            "energy_mean": float(np.mean([s["mean"] for s in steps])),
+            "energy_variance": float(np.mean([s["variance"] for s in steps])),
+            "entropy_mean": float(np.mean([s["entropy"] for s in steps])),
+            "entropy_min": float(np.min([s["entropy"] for s in steps])),
+            "entropy_max": float(np.max([s["entropy"] for s in steps])),
+            "bytes_on_disk": self.store.nbytes_stored(f"{domain}/"),
+        }

@@ -1,0 +1,324 @@
+"""Queries: select windows of sequences by domain, scale, time and statistics; read them.
+
+A :class:`Query` is planned in two steps. *Selection* decides which sequences and time steps
+qualify; it is answered by a :class:`Selector`: the catalog when one is given (an index, no Zarr
+reads), else a scan of the store's committed sequence attributes. *Reading* turns windows into
+arrays, merging the windows of one sequence in a batch into a single contiguous time slice per
+array, so a batch costs one read per (sequence, level, field) rather than one per window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .physics import SCALES
+from .store import FIELDS, AtlasStore, NotFound, validate_name
+
+Range = tuple[float, float]
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as asked."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sample: ``length`` steps of a sequence starting at ``t0``."""
+
+    domain: str
+    sequence_id: str
+    t0: int
+    length: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.domain}/{self.sequence_id}@{self.t0}"
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A selected sequence: its length, its levels and the steps that pass the filters."""
+
+    domain: str
+    sequence_id: str
+    n_steps: int
+    levels: tuple[int, ...]
+    allowed: frozenset[int] | None = None  # None: every step
+
+
+class Selector(Protocol):
+    """Answers a query's selection: which sequences, and which of their steps, qualify."""
+
+    def select(self, query: Query) -> list[Selected]: ...
+
+
+def _in_range(value: float, rng: Range | None) -> bool:
+    return rng is None or (rng[0] <= value <= rng[1])
+
+
+class StoreSelector:
+    """Selection by scanning committed sequence attributes in the store (no catalog needed)."""
+
+    def select(self, query: Query) -> list[Selected]:
+        out = []
+        for domain in query.resolved_domains():
+            for seq_id in query.store.sequences(domain):
+                if not query.wants_sequence(domain, seq_id):
+                    continue
+                info = query.store.sequence_info(domain, seq_id)
+                if query.run_id is not None and info["generation"].get("run_id") != query.run_id:
+                    continue
+                steps = info["steps"]
+                if query.perturbation is not None and not any(
+                        p.get("kind") == query.perturbation
+                        for s in steps for p in s.get("perturbations", [])):
+                    continue
+                allowed = None
+                if query.has_stat_filters():
+                    allowed = frozenset(s["t"] for s in steps if query.step_passes(s))
+                out.append(Selected(domain, seq_id, int(info["n_steps"]), tuple(info["levels"]),
+                                    allowed))
+        return out
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to read. All filters are optional; windows are ``window`` steps, every ``stride``.
+
+    ``time_range`` is a half-open [start, stop) of steps a window must lie in; ``region`` is
+    (y0, y1, x0, x1) in pixels of the query's ``scale``. Stat ranges are inclusive and apply to
+    every step of a window (entropy in nats, mean and variance of the base-level energy).
+    """
+
+    store: AtlasStore
+    domains: tuple[str, ...] | None = None
+    sequences: tuple[str, ...] | None = None
+    scale: int = 256
+    fields: tuple[str, ...] = ("energy",)
+    window: int = 1
+    stride: int = 1
+    time_range: tuple[int, int] | None = None
+    region: tuple[int, int, int, int] | None = None
+    entropy: Range | None = None
+    mean: Range | None = None
+    variance: Range | None = None
+    perturbation: str | None = None
+    run_id: str | None = None
+    selector: Selector | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("domains", "sequences", "fields"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                object.__setattr__(self, name, (v,))
+            elif v is not None:
+                object.__setattr__(self, name, tuple(v))
+        if self.domains is not None:
+            if not self.domains:
+                raise QueryError("domains is empty")
+            for d in self.domains:
+                validate_name(d, "domain name")
+        if self.scale not in SCALES:
+            raise QueryError(f"scale {self.scale} is not one of {sorted(SCALES)}")
+        if not self.fields:
+            raise QueryError("fields is empty")
+        for f in self.fields:
+            if f not in FIELDS:
+                raise QueryError(f"unknown field {f!r}; fields: {', '.join(FIELDS)}")
+        for name in ("window", "stride"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise QueryError(f"{name} must be a positive integer, got {v!r}")
+        if self.time_range is not None:
+            a, b = self.time_range
+            if a < 0 or b <= a:
+                raise QueryError(f"time_range must be [start, stop) with 0 <= start < stop, "
+                                 f"got {self.time_range}")
+        if self.region is not None:
+            y0, y1, x0, x1 = self.region
+            if min(self.region) < 0 or y1 <= y0 or x1 <= x0:
+                raise QueryError(f"region must be (y0, y1, x0, x1) with 0 <= y0 < y1, 0 <= x0 < x1, "
+                                 f"got {self.region}")
+        for name in ("entropy", "mean", "variance"):
+            r = getattr(self, name)
+            if r is not None:
+                lo, hi = (float(v) for v in r)
+                if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+                    raise QueryError(f"{name} range must be finite (lo, hi) with lo <= hi, got {r}")
+
+    # ------------------------------------------------------------------ selection helpers
+
+    def resolved_domains(self) -> list[str]:
+        have = self.store.domains()
+        if self.domains is None:
+            return have
+        missing = [d for d in self.domains if d not in have]
+        if missing:
+            raise NotFound(f"unknown domain(s) {', '.join(map(repr, missing))}; the store has: "
+                           f"{', '.join(have) or '(none)'}")
+        return list(self.domains)
+
+    def wants_sequence(self, domain: str, sequence_id: str) -> bool:
+        if self.sequences is None:
+            return True
+        return sequence_id in self.sequences or f"{domain}/{sequence_id}" in self.sequences
+
+    def has_stat_filters(self) -> bool:
+        return any(r is not None for r in (self.entropy, self.mean, self.variance))
+
+    def step_passes(self, step: Mapping[str, Any]) -> bool:
+        return (_in_range(step["entropy"], self.entropy) and _in_range(step["mean"], self.mean)
+                and _in_range(step["variance"], self.variance))
+
+    def where(self, **changes: Any) -> Query:
+        """A copy with some parameters changed."""
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------ planning
+
+    def selection(self) -> list[Selected]:
+        selected = (self.selector or StoreSelector()).select(self)
+        if self.sequences is not None:
+            found = {f"{s.domain}/{s.sequence_id}" for s in selected} | {s.sequence_id for s in selected}
+            missing = [s for s in self.sequences if s not in found]
+            if missing and not self.has_stat_filters() and self.run_id is None and self.perturbation is None:
+                raise NotFound(f"unknown sequence(s) {', '.join(map(repr, missing))}")
+        for s in selected:
+            if self.scale not in s.levels:
+                raise NotFound(f"sequence {s.domain}/{s.sequence_id} has no scale {self.scale}; "
+                               f"levels: {list(s.levels)}")
+        return selected
+
+    def windows(self) -> list[Window]:
+        """Every window the query yields, in (domain, sequence, t0) order."""
+        out: list[Window] = []
+        selected = self.selection()
+        longest = max((s.n_steps for s in selected), default=0)
+        if selected and self.window > longest:
+            raise QueryError(f"window of {self.window} steps is longer than every selected "
+                             f"sequence (longest has {longest} steps)")
+        for s in selected:
+            lo, hi = 0, s.n_steps
+            if self.time_range is not None:
+                lo, hi = max(lo, self.time_range[0]), min(hi, self.time_range[1])
+            for t0 in range(lo, hi - self.window + 1, self.stride):
+                if s.allowed is not None and not all(t in s.allowed for t in range(t0, t0 + self.window)):
+                    continue
+                out.append(Window(s.domain, s.sequence_id, t0, self.window))
+        return out
+
+    def count(self) -> int:
+        return len(self.windows())
+
+    def _region_slices(self, shape: tuple[int, int]) -> tuple[slice, slice]:
+        if self.region is None:
+            return slice(None), slice(None)
+        y0, y1, x0, x1 = self.region
+        if y1 > shape[0] or x1 > shape[1]:
+            raise QueryError(f"region {self.region} exceeds the {shape[0]}x{shape[1]} maps at "
+                             f"scale {self.scale}")
+        return slice(y0, y1), slice(x0, x1)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_windows(self, windows: Sequence[Window], fields: Sequence[str] | None = None,
+                     scale: int | None = None) -> dict[str, NDArray[np.float32]]:
+        """Arrays (n, window, y, x) per field for the given windows.
+
+        Windows of the same sequence are served from one contiguous slice per array.
+        """
+        fields = tuple(fields or self.fields)
+        scale = scale or self.scale
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, w in enumerate(windows):
+            groups.setdefault((w.domain, w.sequence_id), []).append(i)
+        out: dict[str, NDArray[np.float32]] = {}
+        for (domain, seq), idx in groups.items():
+            t_lo = min(windows[i].t0 for i in idx)
+            t_hi = max(windows[i].t0 + windows[i].length for i in idx)
+            arr0 = self.store.array(domain, seq, scale, fields[0])
+            ys, xs = self._region_slices(arr0.shape[1:])
+            for f in fields:
+                block = self.store.read(domain, seq, scale, f, t=slice(t_lo, t_hi), y=ys, x=xs)
+                if f not in out:
+                    out[f] = np.empty((len(windows), windows[0].length, *block.shape[1:]), np.float32)
+                for i in idx:
+                    a = windows[i].t0 - t_lo
+                    try:
+                        out[f][i] = block[a:a + windows[i].length]
+                    except ValueError:
+                        raise QueryError(f"windows mix map shapes ({out[f].shape[2:]} vs "
+                                         f"{block.shape[1:]} in {domain}/{seq}); query one aspect "
+                                         f"at a time or set a region") from None
+        return out
+
+    def batches(self, batch_size: int = 32, drop_remainder: bool = False
+                ) -> Iterator[dict[str, Any]]:
+        """NumPy batches ``{field: (B, window, y, x), "ids": [window ids]}`` in window order."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise QueryError(f"batch_size must be a positive integer, got {batch_size!r}")
+        wins = self.windows()
+        for start in range(0, len(wins), batch_size):
+            chunk = wins[start:start + batch_size]
+            if drop_remainder and len(chunk) < batch_size:
+                return
+            batch: dict[str, Any] = dict(self.read_windows(chunk))
+            batch["ids"] = [w.id for w in chunk]
+            yield batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.batches()
+
+    def to_numpy(self) -> dict[str, Any]:
+        """Every window at once (small queries); same structure as a batch."""
+        wins = self.windows()
+        if not wins:
+            raise QueryError("query selects no windows")
+        out: dict[str, Any] = dict(self.read_windows(wins))
+        out["ids"] = [w.id for w in wins]
+        return out
+
+    def to_xarray(self) -> Any:
+        """A lazy, Dask-backed ``xarray.Dataset`` with dims (sample, step, y, x).
+
+        Nothing is read until computed; coordinates give each sample's domain, sequence and t0,
+        and y/x are pixel centres in base-level pixels so levels align.
+        """
+        import dask.array as da
+        import xarray as xr
+
+        wins = self.windows()
+        if not wins:
+            raise QueryError("query selects no windows")
+        data_vars = {}
+        for f in self.fields:
+            per_seq: dict[tuple[str, str], Any] = {}
+            parts = []
+            for w in wins:
+                key = (w.domain, w.sequence_id)
+                if key not in per_seq:
+                    arr = self.store.array(w.domain, w.sequence_id, self.scale, f)
+                    ys, xs = self._region_slices(arr.shape[1:])
+                    per_seq[key] = da.from_zarr(arr)[:, ys, xs]
+                parts.append(per_seq[key][w.t0:w.t0 + w.length])
+            attrs = dict(self.store.array(wins[0].domain, wins[0].sequence_id, self.scale, f).attrs)
+            data_vars[f] = (("sample", "step", "y", "x"), da.stack(parts), attrs)
+        ds = xr.Dataset(data_vars)
+        info = self.store.sequence_info(wins[0].domain, wins[0].sequence_id)
+        factor = max(info["levels"]) / self.scale
+        y0 = self.region[0] if self.region else 0
+        x0 = self.region[2] if self.region else 0
+        ny, nx = ds.sizes["y"], ds.sizes["x"]
+        return ds.assign_coords(
+            domain=("sample", [w.domain for w in wins]),
+            sequence_id=("sample", [w.sequence_id for w in wins]),
+            t0=("sample", [w.t0 for w in wins]),
+            step=("step", np.arange(self.window)),
+            y=("y", (np.arange(y0, y0 + ny) + 0.5) * factor),
+            x=("x", (np.arange(x0, x0 + nx) + 0.5) * factor),
+        ).assign_attrs(scale=self.scale, window=self.window, stride=self.stride)

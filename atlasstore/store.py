@@ -1,0 +1,504 @@
+"""The atlas: a Zarr v3 hierarchy of energy-map sequences with pyramids and gradients.
+
+Layout (see README, "Store layout")::
+
+    atlas.zarr/                      root; attrs.atlasstore (format version, schemas)
+      <domain>/                      attrs.atlasstore_domain (preset)
+        <sequence_id>/               attrs.atlasstore_sequence (status, steps, checksums), multiscales
+          256/ 128/ 64/              one group per level, named by short side
+            energy grad_x grad_y     float32 (time, y, x), sharded, crc32c per inner chunk
+
+Commit protocol: a sequence group is created with ``status: writing``; every array is written;
+only then are its checksums and stats written with ``status: complete`` (one atomic metadata
+write). Readers ignore sequences that are not complete, and a writer that finds an incomplete
+group (a crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
+little-endian float32), so they do not depend on codec or chunking and two runs that compute the
+same numbers have equal checksums; corruption of stored bytes is caught earlier, on read, by the
+crc32c codec of every inner chunk and shard index.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import ArrayLike, NDArray
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
+
+from . import __version__, physics
+from .schemas import validate
+
+FORMAT_VERSION = 1
+FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
+DIMS = ("time", "y", "x")
+CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
+RESERVED = {"_runs"}
+
+FIELD_ATTRS: dict[str, dict[str, str]] = {
+    "energy": {"long_name": "energy density", "units": "energy / pixel"},
+    "grad_x": {"long_name": "dE/dx (central differences, one-sided at edges)",
+               "units": "energy / pixel^2"},
+    "grad_y": {"long_name": "dE/dy (central differences, one-sided at edges)",
+               "units": "energy / pixel^2"},
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class StoreError(Exception):
+    """Base of store errors."""
+
+
+class NotAnAtlasStore(StoreError):
+    """The path exists but is not an atlas store (or does not exist)."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A domain or sequence name that could escape the store or is unsafe."""
+
+
+class NotFound(StoreError, KeyError):
+    """A missing domain, sequence, level or field."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SequenceExists(StoreError):
+    """A complete sequence is already stored under that name."""
+
+
+class CorruptArray(StoreError):
+    """Stored bytes fail their crc32c or the decoded values fail their checksum."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunking and compression of every array; chosen by benchmarks/bench_store.py.
+
+    ``time_chunk`` steps per inner chunk (the unit a read decodes), ``time_shard`` steps per
+    shard (the unit of a file/object). ``clevel`` 0 disables compression.
+    """
+
+    time_chunk: int = 1
+    time_shard: int = 128
+    cname: str = "zstd"
+    clevel: int = 1
+    shuffle: str = "bitshuffle"
+
+    def compressors(self) -> list[Any]:
+        codecs: list[Any] = []
+        if self.clevel > 0:
+            codecs.append(BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle))
+        codecs.append(Crc32cCodec())
+        return codecs
+
+
+DEFAULT_LAYOUT = Layout()
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Refuse names that could escape the store or break paths: '/', '..', whitespace, control."""
+    if not isinstance(name, str):
+        raise InvalidName(f"{what} must be a string, got {type(name).__name__}")
+    if name == "":
+        raise InvalidName(f"{what} is empty")
+    if "/" in name or "\\" in name:
+        raise InvalidName(f"{what} {name!r} contains a path separator")
+    if ".." in name:
+        raise InvalidName(f"{what} {name!r} contains '..'")
+    if any(c.isspace() for c in name):
+        raise InvalidName(f"{what} {name!r} contains whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidName(f"{what} {name!r} contains control characters")
+    if not _NAME_RE.match(name):
+        raise InvalidName(f"{what} {name!r} must start with a letter or digit and use only "
+                          f"letters, digits, '_', '-', '.' (at most 128 characters)")
+    if name in RESERVED:
+        raise InvalidName(f"{what} {name!r} is reserved")
+    return name
+
+
+def checksum(values: ArrayLike) -> str:
+    """SHA-256 of decoded values as C-order little-endian float32."""
+    a = np.ascontiguousarray(np.asarray(values), dtype="<f4")
+    return "sha256:" + hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    s = {"mean": float(a.mean()), "variance": float(a.var()), "min": float(a.min()),
+         "max": float(a.max())}
+    if with_entropy:
+        s["entropy"] = float(np.mean(physics.entropy(a)))
+    return s
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _open_zarr_store(location: str | Path, read_only: bool,
+                     storage_options: Mapping[str, Any] | None) -> Any:
+    loc = str(location)
+    if _is_url(loc) and not loc.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
+                                                 read_only=read_only)
+    if loc.startswith("file://"):
+        loc = loc[len("file://"):]
+    return zarr.storage.LocalStore(loc, read_only=read_only)
+
+
+def multiscales_attr(levels: Sequence[int], base: int) -> dict[str, Any]:
+    """The zarr-conventions ``multiscales`` block: each level derived from the base level."""
+    layout: list[dict[str, Any]] = []
+    for lvl in levels:
+        f = float(base // lvl)
+        entry: dict[str, Any] = {"asset": str(lvl),
+                                 "transform": {"scale": [f, f], "translation": [(f - 1) / 2] * 2}}
+        if lvl != base:
+            entry["derived_from"] = str(base)
+            entry["resampling_method"] = "sum"
+        layout.append(entry)
+    return {"layout": layout, "resampling_method": "sum"}
+
+
+MULTISCALES_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "name": "multiscales",
+    "description": "Multiscale layout of zarr datasets",
+}
+
+
+class AtlasStore:
+    """An atlas store at a local path or fsspec URL.
+
+    Thread-safe for reads; concurrent writers must write different sequences (the generator
+    guarantees that; see :mod:`atlasstore.generate`).
+    """
+
+    def __init__(self, root: zarr.Group, location: str, layout: Layout = DEFAULT_LAYOUT) -> None:
+        self._root = root
+        self.location = location
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._seq_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ open / create
+
+    @classmethod
+    def create(cls, location: str | Path, *, exist_ok: bool = False,
+               storage_options: Mapping[str, Any] | None = None,
+               layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
+        """Create a new store; with ``exist_ok`` an existing atlas store is opened instead."""
+        loc = str(location)
+        zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
+        try:
+            existing = zarr.open_group(zstore, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            existing = None
+        if existing is not None or (not _is_url(loc) and Path(loc).exists() and any(Path(loc).iterdir())):
+            if exist_ok:
+                return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
+            raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
+        attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": _now(),
+                                "code_version": __version__,
+                                "schemas": ["root", "domain", "sequence", "preset"],
+                                "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
+        validate(attrs, "root", what="root attributes")
+        root = zarr.open_group(zstore, mode="w", attributes=attrs)
+        return cls(root, loc, layout)
+
+    @classmethod
+    def open(cls, location: str | Path, mode: str = "r",
+             storage_options: Mapping[str, Any] | None = None,
+             layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
+        """Open an existing store (``mode`` "r" or "r+"); refuses anything that is not one."""
+        loc = str(location)
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if not _is_url(loc) and not Path(loc).exists():
+            raise NotAnAtlasStore(f"{loc} does not exist")
+        zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
+        try:
+            root = zarr.open_group(zstore, mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError,
+                zarr.errors.NodeTypeValidationError, ValueError) as exc:
+            raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
+        if "atlasstore" not in root.attrs:
+            raise NotAnAtlasStore(f"{loc} is a Zarr group but not an atlas store "
+                                  f"(no 'atlasstore' root attribute)")
+        validate(dict(root.attrs), "root", what=f"root attributes of {loc}")
+        fmt = root.attrs["atlasstore"]["format_version"]
+        if fmt != FORMAT_VERSION:
+            raise NotAnAtlasStore(f"{loc} has atlas format {fmt}; this code reads {FORMAT_VERSION}")
+        return cls(root, loc, layout)
+
+    @property
+    def zarr_group(self) -> zarr.Group:
+        return self._root
+
+    @property
+    def read_only(self) -> bool:
+        return self._root.store.read_only
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.location} is open read-only")
+
+    # ------------------------------------------------------------------ domains
+
+    def create_domain(self, name: str, preset: Mapping[str, Any] | None = None,
+                      exist_ok: bool = True) -> None:
+        """Create a domain group recording its preset (validated against preset.schema.json)."""
+        self._require_writable()
+        validate_name(name, "domain name")
+        attrs = {"atlasstore_domain": {"name": name, "preset": dict(preset) if preset else None,
+                                       "created": _now()}}
+        validate(attrs, "domain", what=f"domain {name!r} attributes")
+        if name in set(self._root.group_keys()):
+            if not exist_ok:
+                raise StoreError(f"domain {name!r} already exists")
+            return
+        self._root.create_group(name, attributes=attrs, overwrite=False)
+
+    def domains(self) -> list[str]:
+        return sorted(k for k in self._root.group_keys() if k not in RESERVED)
+
+    def domain_info(self, domain: str) -> dict[str, Any]:
+        return dict(self._domain(domain).attrs)["atlasstore_domain"]
+
+    def _domain(self, domain: str) -> zarr.Group:
+        validate_name(domain, "domain name")
+        try:
+            g = self._root[domain]
+        except KeyError:
+            raise NotFound(f"unknown domain {domain!r}; the store has: "
+                           f"{', '.join(self.domains()) or '(none)'}") from None
+        if not isinstance(g, zarr.Group):
+            raise NotFound(f"{domain!r} is not a domain group")
+        return g
+
+    # ------------------------------------------------------------------ sequences
+
+    def sequences(self, domain: str, include_incomplete: bool = False) -> list[str]:
+        """Sequence ids of a domain; only complete ones unless asked."""
+        g = self._domain(domain)
+        out = []
+        for k in sorted(g.group_keys()):
+            if include_incomplete or self.sequence_status(domain, k) == "complete":
+                out.append(k)
+        return out
+
+    def iter_sequences(self, domains: Sequence[str] | None = None) -> Iterator[tuple[str, str]]:
+        for d in domains or self.domains():
+            for s in self.sequences(d):
+                yield d, s
+
+    def sequence_status(self, domain: str, sequence_id: str) -> str | None:
+        """"complete", "writing", or None when absent."""
+        try:
+            g = self._domain(domain)[sequence_id]
+        except KeyError:
+            return None
+        return dict(g.attrs).get("atlasstore_sequence", {}).get("status")
+
+    def sequence_info(self, domain: str, sequence_id: str) -> dict[str, Any]:
+        """The complete sequence's attributes (steps, checksums, stats, generation record)."""
+        key = (domain, sequence_id)
+        with self._lock:
+            cached = self._seq_attrs.get(key)
+        if cached is not None:
+            return cached
+        validate_name(sequence_id, "sequence id")
+        try:
+            g = self._domain(domain)[sequence_id]
+        except KeyError:
+            raise NotFound(f"unknown sequence {domain}/{sequence_id}") from None
+        info = dict(g.attrs).get("atlasstore_sequence")
+        if not info or info.get("status") != "complete":
+            raise NotFound(f"sequence {domain}/{sequence_id} is not complete (status "
+                           f"{(info or {}).get('status')!r}); it is invisible until committed")
+        with self._lock:
+            self._seq_attrs[key] = info
+        return info
+
+    def delete_sequence(self, domain: str, sequence_id: str) -> None:
+        self._require_writable()
+        validate_name(sequence_id, "sequence id")
+        g = self._domain(domain)
+        if sequence_id in g.group_keys():
+            sync(self._root.store.delete_dir(f"{domain}/{sequence_id}"))
+        with self._lock:
+            self._seq_attrs.pop((domain, sequence_id), None)
+
+    def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike,
+                       steps: Sequence[Mapping[str, Any]] | None = None,
+                       generation: Mapping[str, Any] | None = None,
+                       levels: Sequence[int] | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Write a (time, y, x) energy sequence with its pyramid and gradients, then commit.
+
+        Everything is validated and derived in memory first, so bad input writes nothing. A
+        complete sequence of the same id is refused unless ``overwrite``; an incomplete one (a
+        crashed writer) is replaced. Returns the committed sequence attributes.
+        """
+        self._require_writable()
+        validate_name(sequence_id, "sequence id")
+        dgroup = self._domain(domain)
+        e = physics.validate_energy(energy, f"sequence {domain}/{sequence_id}")
+        if e.ndim != 3:
+            raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: expected (time, y, x), "
+                                         f"got shape {e.shape}")
+        physics.validate_shape(e.shape, f"sequence {domain}/{sequence_id}")
+        e = e.astype(np.float32, copy=False)
+        if not np.isfinite(e).all():
+            raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: values overflow float32")
+        lv = tuple(levels) if levels is not None else physics.levels_for(e.shape)
+        derived = physics.derive_levels(e, lv)
+        attrs = self._sequence_attrs(domain, sequence_id, e, derived, steps, generation)
+        complete = {**attrs, "atlasstore_sequence": {**attrs["atlasstore_sequence"],
+                                                     **self._commit_block(derived, lv)}}
+        validate(complete, "sequence", what=f"sequence {domain}/{sequence_id} attributes")
+
+        status = self.sequence_status(domain, sequence_id)
+        if status == "complete" and not overwrite:
+            raise SequenceExists(f"sequence {domain}/{sequence_id} already exists and is complete")
+        if status is not None:
+            self.delete_sequence(domain, sequence_id)
+
+        sgroup = dgroup.create_group(sequence_id, attributes=attrs)
+        for lvl, fields in derived.items():
+            lgroup = sgroup.create_group(str(lvl), attributes={
+                "level": lvl, "downsample_factor": max(lv) // lvl})
+            for name, values in fields.as_dict().items():
+                self._write_array(lgroup, name, values, lvl)
+        # The commit: one atomic metadata write flips the sequence to complete.
+        sgroup.attrs.update({"atlasstore_sequence": complete["atlasstore_sequence"]})
+        return complete["atlasstore_sequence"]
+
+    def _write_array(self, group: zarr.Group, name: str, values: NDArray, level: int) -> None:
+        t, ny, nx = values.shape
+        lay = self.layout
+        tc = max(1, min(lay.time_chunk, t))
+        ts = max(tc, min(lay.time_shard, t))
+        ts = ts - ts % tc if ts % tc else ts
+        arr = group.create_array(
+            name, shape=values.shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
+            compressors=lay.compressors(), fill_value=0.0, dimension_names=DIMS,
+            attributes={**FIELD_ATTRS[name], "level": level, "grid_spacing": 1.0})
+        arr[...] = values
+
+    def _sequence_attrs(self, domain: str, sequence_id: str, e: NDArray,
+                        derived: Mapping[int, physics.LevelFields],
+                        steps: Sequence[Mapping[str, Any]] | None,
+                        generation: Mapping[str, Any] | None) -> dict[str, Any]:
+        if steps is None:
+            steps = [{"t": t, "perturbations": [], **{k: v for k, v in physics.map_stats(e[t]).items()
+                                                       if k in ("sum", "mean", "variance", "entropy")}}
+                     for t in range(e.shape[0])]
+        elif len(steps) != e.shape[0]:
+            raise ValueError(f"sequence {domain}/{sequence_id}: {len(steps)} step records for "
+                             f"{e.shape[0]} time steps")
+        levels = sorted(derived, reverse=True)
+        gen = {"code_version": __version__, **dict(generation or {})}
+        return {
+            "zarr_conventions": [MULTISCALES_CONVENTION],
+            "multiscales": multiscales_attr(levels, levels[0]),
+            "atlasstore_sequence": {
+                "status": "writing", "domain": domain, "sequence_id": sequence_id,
+                "n_steps": int(e.shape[0]), "shape": [int(e.shape[1]), int(e.shape[2])],
+                "levels": levels, "fields": list(FIELDS), "dtype": "float32",
+                "generation": gen, "created": _now(),
+                "steps": [dict(s) for s in steps],
+            },
+        }
+
+    @staticmethod
+    def _commit_block(derived: Mapping[int, physics.LevelFields], levels: Sequence[int]) -> dict[str, Any]:
+        base = max(levels)
+        arrays: dict[str, Any] = {}
+        for lvl, fields in derived.items():
+            for name, values in fields.as_dict().items():
+                if name == "energy":
+                    src = None if lvl == base else f"{base}/energy"
+                    op = None if lvl == base else f"area_downsample(factor={base // lvl})"
+                else:
+                    src = f"{lvl}/energy"
+                    op = f"gradient(axis={name[-1]}, central, edge_order=1, h=1)"
+                arrays[f"{lvl}/{name}"] = {
+                    "checksum": checksum(values), "shape": list(values.shape),
+                    "stats": array_stats(values, with_entropy=(name == "energy")),
+                    "derived_from": src, "operation": op}
+        return {"status": "complete", "completed": _now(), "checksum_algorithm": CHECKSUM_ALGORITHM,
+                "arrays": arrays}
+
+    # ------------------------------------------------------------------ reading
+
+    def array(self, domain: str, sequence_id: str, level: int, field: str) -> zarr.Array:
+        """The zarr array of a complete sequence's level and field."""
+        info = self.sequence_info(domain, sequence_id)
+        if level not in info["levels"]:
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
+                           f"levels: {info['levels']}")
+        if field not in info["fields"]:
+            raise NotFound(f"unknown field {field!r}; fields: {', '.join(info['fields'])}")
+        return self._root[f"{domain}/{sequence_id}/{level}/{field}"]  # type: ignore[return-value]
+
+    def read(self, domain: str, sequence_id: str, level: int, field: str = "energy",
+             t: slice | int = slice(None), y: slice = slice(None), x: slice = slice(None)) -> NDArray:
+        """Decoded values; a failing crc32c becomes :class:`CorruptArray` naming the array."""
+        arr = self.array(domain, sequence_id, level, field)
+        try:
+            return arr[t, y, x]
+        except Exception as exc:  # codec errors surface as various types
+            if _looks_corrupt(exc):
+                raise CorruptArray(f"{domain}/{sequence_id}/{level}/{field}: stored data is "
+                                   f"corrupt ({type(exc).__name__}: {exc})") from exc
+            raise
+
+    def verify_array(self, domain: str, sequence_id: str, level: int, field: str) -> None:
+        """Decode a whole array and compare with its recorded checksum; raise CorruptArray."""
+        info = self.sequence_info(domain, sequence_id)
+        rec = info["arrays"].get(f"{level}/{field}")
+        if rec is None:
+            raise CorruptArray(f"{domain}/{sequence_id}/{level}/{field}: no checksum recorded")
+        values = self.read(domain, sequence_id, level, field)
+        got = checksum(values)
+        if got != rec["checksum"]:
+            raise CorruptArray(f"{domain}/{sequence_id}/{level}/{field}: checksum mismatch "
+                               f"(recorded {rec['checksum'][:23]}..., stored data {got[:23]}...)")
+
+    def nbytes_stored(self, prefix: str = "") -> int:
+        """Bytes of all objects under ``prefix`` (metadata included)."""
+        async def _sum() -> int:
+            total = 0
+            async for key in self._root.store.list_prefix(prefix):
+                total += await self._root.store.getsize(key)
+            return total
+        return sync(_sum())
+
+    def count_objects(self, prefix: str = "") -> int:
+        async def _count() -> int:
+            return len([k async for k in self._root.store.list_prefix(prefix)])
+        return sync(_count())
+
+
+def _looks_corrupt(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(w in text for w in ("crc", "checksum", "blosc", "decompress", "corrupt",
+                                   "index", "codec", "buffer", "zstd"))
