@@ -76,8 +76,9 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
                                                "sequence is not committed (a crashed or running writer); "
                                                "re-run generation to complete it"))
                 continue
-            stored_keys.add(f"{domain}/{seq}")
             info = store.sequence_info(domain, seq)
+            if info.get("generation", {}).get("run_id"):  # catalogued (see atlasstore.index)
+                stored_keys.add(f"{domain}/{seq}")
             dr.sequences += 1
             dr.maps += info["n_steps"]
             dr.bytes_on_disk += store.nbytes_stored(f"{domain}/{seq}/")

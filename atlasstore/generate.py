@@ -31,7 +31,7 @@ import numpy as np
 
 from . import __version__, physics, synth
 from .schemas import validate
-from .store import AtlasStore, Layout, StoreError, validate_name
+from .store import AtlasStore, Layout, RunLog, StoreError, WriterLock, validate_name
 
 #: Largest in-memory footprint one task may need (a sequence with its levels and gradients).
 MAX_TASK_BYTES = 4 * 2**30
@@ -242,7 +242,7 @@ class CatalogSink:
     def flush(self, final_run: dict[str, Any] | None = None) -> None:
         if self.catalog is None:
             return
-        from .catalog.records import register_run, register_sequence_infos
+        from .index import register_run, register_sequence_infos
 
         if final_run is not None:
             self.run = final_run
@@ -275,6 +275,16 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     for d in plan.domains:
         store.create_domain(d, plan.preset(d).to_dict())
     lay = asdict(layout) if layout else None
+    with WriterLock(store, {"run_id": plan.run_id(), "started": _now()}):
+        return _generate_locked(store, loc, plan, workers, scheduler, catalog, lay,
+                                storage_options, progress, catalog_batch)
+
+
+def _generate_locked(store: AtlasStore, loc: str, plan: Plan, workers: int | None,
+                     scheduler: str | None, catalog: Any, lay: dict[str, Any] | None,
+                     storage_options: Mapping[str, Any] | None,
+                     progress: Callable[[dict[str, Any]], None] | None,
+                     catalog_batch: int) -> RunReport:
     run_id = plan.run_id()
     run = {"run_id": run_id, "config": plan.to_dict(), "config_hash": plan.config_hash(),
            "seed": plan.seed, "code_version": code_version(), "host": socket.gethostname(),
@@ -361,41 +371,3 @@ def _run_dask(engine: str, workers: int | None, tasks: list[Task], loc: str, pla
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-class RunLog:
-    """Run records kept in the store (group ``_runs``), so a store documents its own history."""
-
-    def __init__(self, store: AtlasStore) -> None:
-        self.store = store
-
-    def _group(self) -> Any:
-        root = self.store.zarr_group
-        if "_runs" not in set(root.group_keys()):
-            return root.create_group("_runs", attributes={"description": "generation run records"})
-        return root["_runs"]
-
-    def start(self, run: dict[str, Any]) -> None:
-        validate(run, "run", what="run record")
-        g = self._group()
-        name = run["run_id"]
-        if name in set(g.group_keys()):
-            rec = dict(g[name].attrs)["atlasstore_run"]
-            rec.setdefault("attempts", []).append(run["started"])
-            g[name].attrs.update({"atlasstore_run": rec})
-        else:
-            g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
-
-    def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
-        validate(run, "run", what="run record")
-        g = self._group()[run["run_id"]]
-        rec = dict(g.attrs)["atlasstore_run"]
-        g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
-                                           "failures": failures}})
-
-    def list(self) -> list[dict[str, Any]]:
-        root = self.store.zarr_group
-        if "_runs" not in set(root.group_keys()):
-            return []
-        g = root["_runs"]
-        return [dict(g[k].attrs)["atlasstore_run"] for k in sorted(g.group_keys())]

@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
+import os
 import re
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,8 @@ import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.buffer import cpu as cpu_buffer
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import __version__, physics
@@ -41,7 +48,7 @@ FORMAT_VERSION = 1
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 DIMS = ("time", "y", "x")
 CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
-RESERVED = {"_runs"}
+RESERVED = {"_runs", "_lock"}
 
 FIELD_ATTRS: dict[str, dict[str, str]] = {
     "energy": {"long_name": "energy density", "units": "energy / pixel"},
@@ -496,6 +503,136 @@ class AtlasStore:
         async def _count() -> int:
             return len([k async for k in self._root.store.list_prefix(prefix)])
         return sync(_count())
+
+
+class RunLog:
+    """Generation run records kept in the store (group ``_runs``): a store documents its history."""
+
+    def __init__(self, store: AtlasStore) -> None:
+        self.store = store
+
+    def _group(self) -> Any:
+        root = self.store.zarr_group
+        if "_runs" not in set(root.group_keys()):
+            return root.create_group("_runs", attributes={"description": "generation run records"})
+        return root["_runs"]
+
+    def start(self, run: dict[str, Any]) -> None:
+        validate(run, "run", what="run record")
+        g = self._group()
+        name = run["run_id"]
+        if name in set(g.group_keys()):
+            rec = dict(g[name].attrs)["atlasstore_run"]
+            rec.setdefault("attempts", []).append(run["started"])
+            g[name].attrs.update({"atlasstore_run": rec})
+        else:
+            g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
+
+    def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
+        validate(run, "run", what="run record")
+        g = self._group()[run["run_id"]]
+        rec = dict(g.attrs)["atlasstore_run"]
+        g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
+                                           "failures": failures}})
+
+    def list(self) -> list[dict[str, Any]]:
+        root = self.store.zarr_group
+        if "_runs" not in set(root.group_keys()):
+            return []
+        g = root["_runs"]
+        return [dict(g[k].attrs)["atlasstore_run"] for k in sorted(g.group_keys())]
+
+
+class StoreLocked(StoreError):
+    """Another live writer holds the store's writer lock."""
+
+
+class WriterLock:
+    """One generation run writes a store at a time; a dead holder's lock is broken.
+
+    The lock is a group ``_lock`` whose ``zarr.json`` (lock details in its attributes, so plain
+    Zarr tools see a valid hierarchy) is created with the store's exclusive create (atomic on
+    local disks). A lock is stale when its holder ran on this host and its pid is gone
+    (kill -9, crash), or when its heartbeat, refreshed every ``stale_after / 4`` seconds by a
+    background thread, is older than ``stale_after`` seconds (a holder on another host).
+    """
+
+    KEY = "_lock/zarr.json"
+
+    def __init__(self, store: AtlasStore, owner: Mapping[str, Any] | None = None,
+                 stale_after: float = 120.0) -> None:
+        self.store = store
+        self.owner = dict(owner or {})
+        self.stale_after = stale_after
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _payload(self) -> bytes:
+        lock = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(),
+                "heartbeat": time.time(), **self.owner}
+        return json.dumps({"zarr_format": 3, "node_type": "group",
+                           "attributes": {"atlasstore_writer_lock": lock}}).encode()
+
+    def _read(self) -> dict[str, Any] | None:
+        buf = sync(self.store.zarr_group.store.get(self.KEY, prototype=default_buffer_prototype()))
+        if buf is None:
+            return None
+        try:
+            return json.loads(buf.to_bytes())["attributes"]["atlasstore_writer_lock"]
+        except (ValueError, KeyError, TypeError):
+            return {}
+
+    def _is_stale(self, rec: Mapping[str, Any]) -> bool:
+        if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int):
+            try:
+                os.kill(rec["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return time.time() - float(rec.get("heartbeat", 0)) > self.stale_after
+
+    def acquire(self) -> WriterLock:
+        zstore = self.store.zarr_group.store
+        for _ in range(3):
+            sync(zstore.set_if_not_exists(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
+            rec = self._read()
+            if rec is not None and rec.get("token") == self.token:
+                self._thread = threading.Thread(target=self._beat, name="atlas-writer-lock",
+                                                daemon=True)
+                self._thread.start()
+                return self
+            if rec is None or self._is_stale(rec):
+                sync(zstore.delete_dir(self.KEY.split("/")[0]))
+                continue
+            raise StoreLocked(
+                f"{self.store.location} is being written by another generation run "
+                f"({rec.get('run_id', '?')}, pid {rec.get('pid')} on {rec.get('host')}, last "
+                f"heartbeat {time.time() - float(rec.get('heartbeat', 0)):.0f} s ago); wait for it "
+                f"to finish, or re-run after it dies (its lock is then broken automatically)")
+        raise StoreLocked(f"could not take the writer lock of {self.store.location}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after / 4):
+            rec = self._read()
+            if rec is None or rec.get("token") != self.token:
+                return
+            sync(self.store.zarr_group.store.set(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        rec = self._read()
+        if rec is not None and rec.get("token") == self.token:
+            sync(self.store.zarr_group.store.delete_dir(self.KEY.split("/")[0]))
+
+    def __enter__(self) -> WriterLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _looks_corrupt(exc: BaseException) -> bool:
