@@ -121,7 +121,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import Plan, generate
 
     plan = Plan(domains=tuple(args.domains), sequences=args.sequences, steps=args.steps,
-                scales=tuple(args.scales) if args.scales else None, seed=args.seed)
+                scales=tuple(args.scales) if args.scales is not None else None, seed=args.seed,
+                start_index=args.start_index)
     catalog = None if args.no_catalog else _open_catalog(args, required=True)
     n = len(plan.tasks())
     bar = tqdm(total=n, unit="seq", desc="generate", disable=args.quiet or not sys.stderr.isatty()
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="steps per sequence (default: preset's, 10)")
     s.add_argument("--scales", type=_scales, default=None, help="levels to store, e.g. 256,128,64")
     s.add_argument("--seed", type=int, default=0, help="run seed; sequence seeds derive from it")
+    s.add_argument("--start-index", type=int, default=0,
+                   help="index of the first sequence (append to a domain without clashing)")
     s.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
     s.add_argument("--scheduler", default=None,
                    help="'processes' (default), 'threads', 'serial', or a Dask scheduler address")

@@ -31,7 +31,8 @@ import numpy as np
 
 from . import __version__, physics, synth
 from .schemas import validate
-from .store import AtlasStore, Layout, RunLog, StoreError, WriterLock, validate_name
+from .store import (AtlasStore, Layout, RunLog, SequenceExists, StoreError, WriterLock,
+                    validate_name)
 
 #: Largest in-memory footprint one task may need (a sequence with its levels and gradients).
 MAX_TASK_BYTES = 4 * 2**30
@@ -110,6 +111,8 @@ class Plan:
             object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
             physics.validate_shape(self.shape, "plan shape")
         if self.scales is not None:
+            if not self.scales:
+                raise PlanError("scales is empty; give at least the full resolution (e.g. 256)")
             object.__setattr__(self, "scales", tuple(sorted({int(s) for s in self.scales}, reverse=True)))
         for d in self.domains:
             p = self.preset(d)
@@ -163,11 +166,22 @@ def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] |
     t0 = time.perf_counter()
     store = AtlasStore.open(location, mode="r+", storage_options=storage_options,
                             layout=Layout(**layout) if layout else Layout())
-    if store.sequence_status(task.domain, task.sequence_id) == "complete":
-        return {"task": asdict(task), "status": "skipped",
-                "info": store.sequence_info(task.domain, task.sequence_id),
-                "seconds": time.perf_counter() - t0}
     preset = plan.preset(task.domain)
+    if store.sequence_status(task.domain, task.sequence_id) == "complete":
+        info = store.sequence_info(task.domain, task.sequence_id)
+        gen = info.get("generation", {})
+        want_steps = plan.steps or preset.n_steps
+        want_shape = list(plan.shape or preset.shape)
+        want_levels = list(plan.scales or physics.levels_for(tuple(want_shape)))
+        if (gen.get("seed"), info["n_steps"], info["shape"], info["levels"],
+                gen.get("perturbations")) != (task.seed, want_steps, want_shape, want_levels,
+                                              preset.perturbations.to_dict()):
+            raise SequenceExists(
+                f"{task.domain}/{task.sequence_id} already holds different data (seed "
+                f"{gen.get('seed')}, {info['n_steps']} steps, run {gen.get('run_id')}); this plan "
+                f"wants seed {task.seed}, {want_steps} steps: use another store or --start-index")
+        return {"task": asdict(task), "status": "skipped", "info": info,
+                "seconds": time.perf_counter() - t0}
     seq, steps = synth.synthesize(preset, task.seed, n_steps=plan.steps, shape=plan.shape)
     generation = {"run_id": plan.run_id(), "seed": task.seed, "pattern": preset.pattern,
                   "perturbations": preset.perturbations.to_dict(), "code_version": code_version(),

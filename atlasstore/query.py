@@ -118,6 +118,8 @@ class Query:
                 object.__setattr__(self, name, (v,))
             elif v is not None:
                 object.__setattr__(self, name, tuple(v))
+        if self.sequences is not None and not self.sequences:
+            raise QueryError("sequences is empty")
         if self.domains is not None:
             if not self.domains:
                 raise QueryError("domains is empty")
@@ -134,6 +136,12 @@ class Query:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise QueryError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("time_range", "region"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != (2 if name == "time_range" else 4) or not all(
+                    isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in v)):
+                raise QueryError(f"{name} must be {'(start, stop)' if name == 'time_range' else '(y0, y1, x0, x1)'} "
+                                 f"integers, got {v!r}")
         if self.time_range is not None:
             a, b = self.time_range
             if a < 0 or b <= a:

@@ -130,7 +130,7 @@ def validate_name(name: str, what: str = "name") -> str:
     if not _NAME_RE.match(name):
         raise InvalidName(f"{what} {name!r} must start with a letter or digit and use only "
                           f"letters, digits, '_', '-', '.' (at most 128 characters)")
-    if name in RESERVED:
+    if name in RESERVED or name == "zarr.json":
         raise InvalidName(f"{what} {name!r} is reserved")
     return name
 
@@ -214,6 +214,8 @@ class AtlasStore:
                layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
         """Create a new store; with ``exist_ok`` an existing atlas store is opened instead."""
         loc = str(location)
+        if not _is_url(loc) and Path(loc).exists() and not Path(loc).is_dir():
+            raise StoreError(f"{loc} is a file, not a directory; choose another store path")
         zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
         try:
             existing = zarr.open_group(zstore, mode="r")
@@ -241,6 +243,8 @@ class AtlasStore:
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         if not _is_url(loc) and not Path(loc).exists():
             raise NotAnAtlasStore(f"{loc} does not exist")
+        if not _is_url(loc) and not Path(loc.removeprefix("file://")).is_dir():
+            raise NotAnAtlasStore(f"{loc} is a file, not an atlas store")
         zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
         try:
             root = zarr.open_group(zstore, mode=mode)
@@ -333,8 +337,9 @@ class AtlasStore:
         if cached is not None:
             return cached
         validate_name(sequence_id, "sequence id")
+        dgroup = self._domain(domain)
         try:
-            g = self._domain(domain)[sequence_id]
+            g = dgroup[sequence_id]
         except KeyError:
             raise NotFound(f"unknown sequence {domain}/{sequence_id}") from None
         info = dict(g.attrs).get("atlasstore_sequence")
@@ -375,7 +380,12 @@ class AtlasStore:
         e = e.astype(np.float32, copy=False)
         if not np.isfinite(e).all():
             raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: values overflow float32")
-        lv = tuple(levels) if levels is not None else physics.levels_for(e.shape)
+        allowed = physics.levels_for(e.shape)
+        lv = tuple(sorted(set(levels), reverse=True)) if levels is not None else allowed
+        if not lv or lv[0] != allowed[0] or any(v not in allowed for v in lv):
+            raise physics.EnergyMapError(
+                f"sequence {domain}/{sequence_id}: levels {list(levels or [])} must be among "
+                f"{list(allowed)} and include the full resolution {allowed[0]}")
         derived = physics.derive_levels(e, lv)
         attrs = self._sequence_attrs(domain, sequence_id, e, derived, steps, generation)
         complete = {**attrs, "atlasstore_sequence": {**attrs["atlasstore_sequence"],
@@ -407,6 +417,8 @@ class AtlasStore:
         arr = group.create_array(
             name, shape=values.shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
             compressors=lay.compressors(), fill_value=0.0, dimension_names=DIMS,
+            # every shard is written, even all-zero ones, so a missing shard means corruption
+            config={"write_empty_chunks": True},
             attributes={**FIELD_ATTRS[name], "level": level, "grid_spacing": 1.0})
         arr[...] = values
 
@@ -470,13 +482,41 @@ class AtlasStore:
              t: slice | int = slice(None), y: slice = slice(None), x: slice = slice(None)) -> NDArray:
         """Decoded values; a failing crc32c becomes :class:`CorruptArray` naming the array."""
         arr = self.array(domain, sequence_id, level, field)
+        name = f"{domain}/{sequence_id}/{level}/{field}"
         try:
-            return arr[t, y, x]
+            values = arr[t, y, x]
+        except (IndexError, TypeError):  # caller's selection, not the data
+            raise
         except Exception as exc:  # codec errors surface as various types
             if _looks_corrupt(exc):
-                raise CorruptArray(f"{domain}/{sequence_id}/{level}/{field}: stored data is "
-                                   f"corrupt ({type(exc).__name__}: {exc})") from exc
+                raise CorruptArray(f"{name}: stored data is corrupt "
+                                   f"({type(exc).__name__}: {exc})") from exc
             raise
+        self._check_shards_present(arr, name, t)
+        return values
+
+    def _check_shards_present(self, arr: zarr.Array, name: str, t: slice | int) -> None:
+        """Zarr reads a missing shard as fill values; a committed array has every shard, so a
+        missing or empty one is corruption, not zeros."""
+        n = arr.shape[0]
+        if isinstance(t, slice):
+            lo, hi, _ = t.indices(n)
+        else:
+            lo = int(t) % n if n else 0
+            hi = lo + 1
+        if hi <= lo:
+            return
+        ts = (arr.shards or arr.chunks)[0]
+        store = self._root.store
+        for i in range(lo // ts, (hi - 1) // ts + 1):
+            key = f"{name}/c/{i}/0/0"
+            try:
+                size = sync(store.getsize(key))
+            except FileNotFoundError:
+                size = 0
+            if not size:
+                raise CorruptArray(f"{name}: shard {i} (time steps {i * ts}..{min(n, (i + 1) * ts) - 1}) "
+                                   f"is missing or empty")
 
     def verify_array(self, domain: str, sequence_id: str, level: int, field: str) -> None:
         """Decode a whole array and compare with its recorded checksum; raise CorruptArray."""
@@ -638,4 +678,4 @@ class WriterLock:
 def _looks_corrupt(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(w in text for w in ("crc", "checksum", "blosc", "decompress", "corrupt",
-                                   "index", "codec", "buffer", "zstd"))
+                                   "shard", "codec", "buffer", "zstd", "index"))

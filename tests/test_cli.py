@@ -1,0 +1,300 @@
+"""The `atlas` command, in-process via cli.main (plus one real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atlasstore import cli
+from atlasstore.store import AtlasStore
+from store_fixtures import chunk_files, copy_store, flip_bytes
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
+    monkeypatch.delenv("ATLAS_STORE", raising=False)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("atlas: error: ")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+GEN_ARGS = ["--domains", "plasma_physics,fluid_dynamics", "--sequences", "1", "--steps", "3",
+            "--scheduler", "serial", "--no-catalog", "--seed", "4"]
+
+
+@pytest.fixture(scope="module")
+def cli_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Made by `atlas init` + `atlas generate` (256x256, 3 steps, 2 domains x 1 sequence)."""
+    p = tmp_path_factory.mktemp("cli") / "atlas.zarr"
+    assert cli.main(["init", "--store", str(p)]) == 0
+    assert cli.main(["generate", "--store", str(p), *GEN_ARGS]) == 0
+    return p
+
+
+# --------------------------------------------------------------------------- subprocess
+
+
+def test_atlas_help_subprocess() -> None:
+    exe = Path(sys.executable).parent / "atlas"
+    assert exe.exists(), exe
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for cmd in ("init", "generate", "ls", "query", "show", "audit", "stats"):
+        assert cmd in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "new.zarr"
+    code, out, _ = run(capsys, "init", "--store", str(p))
+    assert code == 0 and "created atlas store" in out
+    AtlasStore.open(p)
+    code, _, err = run(capsys, "init", "--store", str(p))
+    assert_user_error(code, err, "already exists")
+    code, _, _ = run(capsys, "init", "--store", str(p), "--exist-ok")
+    assert code == 0
+
+
+def test_store_from_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "env.zarr"
+    monkeypatch.setenv("ATLAS_STORE", str(p))
+    code, _, _ = run(capsys, "init")
+    assert code == 0 and (p / "zarr.json").exists()
+
+
+def test_generate_output_and_rerun(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = AtlasStore.open(cli_store)
+    assert store.domains() == ["fluid_dynamics", "plasma_physics"]
+    info = store.sequence_info("plasma_physics", "seq-00000")
+    assert info["n_steps"] == 3 and info["levels"] == [256, 128, 64]
+    p = copy_store(cli_store, tmp_path / "copy.zarr")
+    code, out, err = run(capsys, "generate", "--store", str(p), *GEN_ARGS)
+    assert code == 0, err
+    assert "0 sequences written, 2 already complete, 0 failed" in out
+    assert not (tmp_path / "copy.catalog.sqlite").exists()
+
+
+def test_generate_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "x.zarr"
+    base = ["generate", "--store", str(p), "--scheduler", "serial", "--no-catalog", "--steps", "2"]
+    code, _, err = run(capsys, *base, "--domains", "no_such_domain")
+    assert_user_error(code, err, "unknown domain 'no_such_domain'")
+    code, _, err = run(capsys, *base, "--domains", "a/b")
+    assert_user_error(code, err, "path separator")
+    code, _, err = run(capsys, *base, "--domains", "plasma_physics", "--sequences", "0")
+    assert_user_error(code, err, "sequences")
+    code, _, err = run(capsys, *base, "--domains", "plasma_physics", "--scales", "128,64")
+    assert_user_error(code, err, "full resolution")
+    assert not p.exists()
+
+
+def test_ls(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ls", "--store", str(cli_store))
+    assert code == 0
+    assert out.splitlines() == ["fluid_dynamics\t1 sequences", "plasma_physics\t1 sequences"]
+    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(cli_store))
+    assert code == 0
+    line = out.strip()
+    assert line.startswith("seq-00000\t3 steps\t256x256\tlevels 256,128,64\tseed ")
+
+
+def test_ls_shows_incomplete(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = copy_store(cli_store, tmp_path / "c.zarr")
+    s = AtlasStore.open(p, mode="r+")
+    s.zarr_group["plasma_physics"].create_group("seq-00009", attributes={"atlasstore_sequence": {"status": "writing"}})
+    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(p))
+    assert code == 0
+    assert "seq-00009\t(incomplete: not visible to queries)" in out
+    code, out, _ = run(capsys, "ls", "--store", str(p))
+    assert "plasma_physics\t1 sequences" in out
+
+
+def test_query_count_and_ids(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "query", "--store", str(cli_store), "--window", "2", "--count")
+    assert code == 0 and out.strip() == "4"
+    code, out, _ = run(capsys, "query", "--store", str(cli_store), "--domains", "plasma_physics",
+                       "--window", "2", "--stride", "1", "--scale", "64")
+    assert code == 0
+    assert out.split() == ["plasma_physics/seq-00000@0", "plasma_physics/seq-00000@1"]
+    code, out, _ = run(capsys, "query", "--store", str(cli_store), "--time-range", "1:3", "--count")
+    assert out.strip() == "4"
+
+
+def test_query_out_npz(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "x.npz"
+    code, out, err = run(capsys, "query", "--store", str(cli_store), "--domains", "fluid_dynamics",
+                         "--scale", "128", "--window", "2", "--fields", "energy,grad_x",
+                         "--region", "0:16,8:40", "--out", str(out_file))
+    assert code == 0, err
+    assert "2 windows ->" in out
+    assert out_file.is_file()
+    assert not list(tmp_path.glob("*.partial*"))
+    store = AtlasStore.open(cli_store)
+    with np.load(out_file) as z:
+        assert sorted(z.files) == ["energy", "grad_x", "ids"]
+        assert list(z["ids"]) == ["fluid_dynamics/seq-00000@0", "fluid_dynamics/seq-00000@1"]
+        assert z["energy"].shape == (2, 2, 16, 32) and z["energy"].dtype == np.float32
+        for i in range(2):
+            for f in ("energy", "grad_x"):
+                np.testing.assert_array_equal(
+                    z[f][i], store.read("fluid_dynamics", "seq-00000", 128, f, t=slice(i, i + 2),
+                                        y=slice(0, 16), x=slice(8, 40)))
+
+
+def test_query_user_errors(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = ["query", "--store", str(cli_store)]
+    code, _, err = run(capsys, *s, "--limit", "2")
+    assert_user_error(code, err, "more than --limit 2")
+    code, _, err = run(capsys, *s, "--run", "run-nobody")
+    assert_user_error(code, err, "no windows")
+    code, _, err = run(capsys, *s, "--window", "0")
+    assert_user_error(code, err, "window")
+    code, _, err = run(capsys, *s, "--window", "9")
+    assert_user_error(code, err, "longer than every")
+    code, _, err = run(capsys, *s, "--domains", "nope")
+    assert_user_error(code, err, "unknown domain", "nope")
+    code, _, err = run(capsys, *s, "--domains", "a/b")
+    assert_user_error(code, err, "path separator")
+    code, _, err = run(capsys, *s, "--scale", "100")
+    assert_user_error(code, err, "scale 100")
+    code, _, err = run(capsys, *s, "--region", "0:300,0:10", "--scale", "64")
+    assert_user_error(code, err, "exceeds")
+    code, _, err = run(capsys, *s, "--fields", "pressure")
+    assert_user_error(code, err, "pressure")
+    code, _, err = run(capsys, *s, "--entropy", "5:1")
+    assert_user_error(code, err, "entropy range")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--region", "1:2"], ["--region", "a:b,c:d"], ["--region", "0:1,2"], ["--entropy", "1"],
+    ["--time-range", "x:y"], ["--window", "two"],
+])
+def test_query_argparse_errors(cli_store: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["query", "--store", str(cli_store), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_show_writes_png(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "q.png"
+    code, out, err = run(capsys, "show", "plasma_physics", "seq-00000", "--t", "2", "--store", str(cli_store),
+                         "--out", str(png))
+    assert code == 0, err
+    assert png.is_file() and png.stat().st_size > 1000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run(capsys, "show", "plasma_physics", "seq-00000", "--t", "3", "--store", str(cli_store),
+                       "--out", str(tmp_path / "bad.png"))
+    assert_user_error(code, err, "--t 3 outside 0..2")
+    assert not (tmp_path / "bad.png").exists()
+    code, _, err = run(capsys, "show", "plasma_physics", "seq-00042", "--store", str(cli_store),
+                       "--out", str(tmp_path / "bad.png"))
+    assert_user_error(code, err, "seq-00042")
+
+
+def test_audit_ok_then_corrupt(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "audit", "--store", str(cli_store))
+    assert code == 0, err
+    assert "checked 18 arrays: OK" in out
+    assert "plasma_physics" in out and "fluid_dynamics" in out
+    p = copy_store(cli_store, tmp_path / "c.zarr")
+    target = "plasma_physics/seq-00000/128/grad_y"
+    flip_bytes(chunk_files(p, target)[0], 300)
+    code, out, err = run(capsys, "audit", "--store", str(p))
+    assert code == 1
+    assert "1 problem(s)" in out
+    assert f"CORRUPT {target}:" in err
+    assert "Traceback" not in err
+    code, out, _ = run(capsys, "audit", "--store", str(p), "--domains", "fluid_dynamics")
+    assert code == 0
+    code, out, _ = run(capsys, "audit", "--store", str(p), "--quick")
+    assert code == 0 and "checked 0 arrays" in out
+
+
+def test_stats(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "stats", "--store", str(cli_store))
+    assert code == 0
+    assert out.startswith("fluid_dynamics: 1 sequences, 3 maps")
+    assert "plasma_physics: 1 sequences, 3 maps" in out
+    code, out, _ = run(capsys, "stats", "plasma_physics", "--json", "--store", str(cli_store))
+    data = json.loads(out)
+    assert len(data) == 1 and data[0]["domain"] == "plasma_physics" and data[0]["n_maps"] == 3
+    assert data[0]["energy_mean"] == pytest.approx(1.0, rel=1e-3)  # patterns have mean energy 1
+    code, _, err = run(capsys, "stats", "nope", "--store", str(cli_store))
+    assert_user_error(code, err, "nope")
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize("argv", [
+    ["ls"], ["ls", "plasma_physics"], ["query", "--count"], ["audit"], ["stats"],
+    ["show", "plasma_physics", "seq-00000"],
+])
+def test_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    missing = tmp_path / "missing.zarr"
+    code, out, err = run(capsys, *argv, "--store", str(missing))
+    assert_user_error(code, err, "does not exist")
+    assert not missing.exists()
+
+
+def test_not_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "plain"
+    d.mkdir()
+    code, _, err = run(capsys, "ls", "--store", str(d))
+    assert_user_error(code, err, "not an atlas store")
+
+
+def test_init_on_a_file_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, _, err = run(capsys, "init", "--store", str(f))
+    assert_user_error(code, err)
+
+
+@pytest.mark.parametrize("name,needle", [("a/b", "path separator"), ("..", "'..'"), ("a b", "whitespace")])
+def test_bad_domain_name(cli_store: Path, capsys: pytest.CaptureFixture[str], name: str, needle: str) -> None:
+    code, _, err = run(capsys, "ls", name, "--store", str(cli_store))
+    assert_user_error(code, err, needle)
+
+
+def test_unknown_domain(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "ls", "nope", "--store", str(cli_store))
+    assert_user_error(code, err, "unknown domain 'nope'")
+
+
+def test_no_command_is_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert "atlasstore" in capsys.readouterr().out
