@@ -37,6 +37,12 @@ from .synth import (  # noqa: F401
 )
 
 
+__all__ = ["EnergyAtlasLoader", "parse_map_id", "ThermodynamicViolation",
+           "validate_energy_conservation", "validate_entropy_increase", "PerturbationConfig",
+           "apply_energy_scaling", "apply_gaussian_noise", "apply_rotation", "apply_thermal_blur",
+           "apply_translation", "generate_sequence"]
+
+
 def parse_map_id(map_id: str) -> tuple[str, int]:
     """``"seq@t"`` -> (seq, t); ``"seq"`` -> (seq, 0)."""
     if not isinstance(map_id, str):

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from . import __version__, physics, synth
-from .schemas import validate
 from .store import (AtlasStore, Layout, RunLog, SequenceExists, StoreError, WriterLock,
                     validate_name)
 

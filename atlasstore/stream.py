@@ -122,7 +122,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .query import Query, Window
-from .store import FIELDS, AtlasStore, CorruptArray
+from .store import FIELDS, AtlasStore, TensorStoreReader
 
 STATE_VERSION = 1
 STATS_FORMAT = "atlasstore-stream-stats/1"
@@ -181,99 +181,35 @@ def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, process_index:
 Job = tuple[str, str, int, str, int, int, NDArray[np.float32]]
 
 
-class _ZarrReader:
-    """Reads through :meth:`AtlasStore.read` (zarr-python): any location, slower, no cache."""
+class _Reader:
+    """The store's read path, with this iterator's own decoded-chunk cache.
 
-    name = "zarr"
+    "tensorstore" (local stores; the default where available) reads every copy of a batch at
+    once in TensorStore's thread pool; "zarr" goes through zarr-python (any fsspec location).
+    """
 
-    def __init__(self, store: AtlasStore) -> None:
+    def __init__(self, store: AtlasStore, kind: str = "auto", cache_bytes: int = 0) -> None:
+        if kind not in ("auto", "tensorstore", "zarr"):
+            raise StreamError(f"reader must be 'auto', 'tensorstore' or 'zarr', got {kind!r}")
         self.store = store
+        self.ts: TensorStoreReader | None = None
+        if kind != "zarr":
+            try:
+                self.ts = TensorStoreReader.for_store(store, cache_bytes)
+            except ImportError:
+                if kind == "tensorstore":
+                    raise
+            if self.ts is None and kind == "tensorstore":
+                raise StreamError(f"reader='tensorstore' needs a local store; {store.location} is not")
+        self.name = "tensorstore" if self.ts is not None else "zarr"
 
     def copy_into(self, jobs: Sequence[Job]) -> None:
-        for d, s, lvl, f, t0, t1, dst in jobs:
-            dst[...] = self.store.read(d, s, lvl, f, t=slice(t0, t1))
+        full = slice(None)
+        self.store.read_into([(d, s, lvl, f, t0, t1, full, full, dst)
+                              for d, s, lvl, f, t0, t1, dst in jobs], reader=self.ts)
 
     def read_all(self, d: str, s: str, lvl: int, f: str) -> NDArray:
         return self.store.read(d, s, lvl, f)
-
-
-class _TensorStoreReader:
-    """TensorStore's zarr3 driver (local stores).
-
-    All copies of a call are issued at once and run in TensorStore's thread pool (decode, crc32c
-    check and the copy into the batch buffer, without the GIL). With ``cache_bytes > 0`` decoded
-    chunks are kept in a shared LRU cache pool: a step shared by overlapping windows (stride <
-    window) or seen again next epoch is decoded once. Committed sequences are immutable, so cached
-    data is not rechecked against the file after open (``recheck_cached_data: "open"``).
-    """
-
-    name = "tensorstore"
-
-    def __init__(self, store: AtlasStore, cache_bytes: int = 0) -> None:
-        import tensorstore as ts
-
-        self._ts = ts
-        loc = str(store.location)
-        if loc.startswith("file://"):
-            loc = loc[len("file://"):]
-        self.root = Path(loc).resolve()
-        self.store = store
-        self.cache_bytes = int(cache_bytes)
-        self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
-        self._handles: dict[tuple[str, str, int, str], Any] = {}
-        self._lock = threading.Lock()
-
-    def _handle(self, d: str, s: str, lvl: int, f: str) -> Any:
-        key = (d, s, lvl, f)
-        h = self._handles.get(key)
-        if h is None:
-            self.store.array(d, s, lvl, f)  # validates existence and completeness
-            spec: dict[str, Any] = {"driver": "zarr3", "kvstore": {
-                "driver": "file", "path": str(self.root / d / s / str(lvl) / f)}}
-            if self.cache_bytes:
-                spec["recheck_cached_data"] = "open"
-            h = self._ts.open(spec, read=True, context=self._ctx).result()
-            with self._lock:
-                h = self._handles.setdefault(key, h)
-        return h
-
-    @staticmethod
-    def _result(fut: Any, where: str) -> Any:
-        try:
-            return fut.result()
-        except Exception as exc:
-            text = str(exc).lower()
-            if "data_loss" in text or "digest" in text or "corrupt" in text or "decod" in text:
-                raise CorruptArray(f"{where}: stored data is corrupt ({exc})") from exc
-            raise
-
-    def copy_into(self, jobs: Sequence[Job]) -> None:
-        ts = self._ts
-        futs = [ts.array(dst, copy=False, write=True).write(self._handle(d, s, lvl, f)[t0:t1])
-                for d, s, lvl, f, t0, t1, dst in jobs]
-        for fu, j in zip(futs, jobs):
-            self._result(fu, f"{j[0]}/{j[1]}/{j[2]}/{j[3]}")
-
-    def read_all(self, d: str, s: str, lvl: int, f: str) -> NDArray:
-        return self._result(self._handle(d, s, lvl, f).read(), f"{d}/{s}/{lvl}/{f}")
-
-
-def _make_reader(store: AtlasStore, reader: str, cache_bytes: int = 0
-                 ) -> _ZarrReader | _TensorStoreReader:
-    if reader not in ("auto", "tensorstore", "zarr"):
-        raise StreamError(f"reader must be 'auto', 'tensorstore' or 'zarr', got {reader!r}")
-    loc = str(store.location)
-    local = "://" not in loc or loc.startswith("file://")
-    if reader == "zarr" or (reader == "auto" and not local):
-        return _ZarrReader(store)
-    if not local:
-        raise StreamError(f"reader='tensorstore' needs a local store; {loc} is not")
-    try:
-        return _TensorStoreReader(store, cache_bytes)
-    except ImportError:
-        if reader == "tensorstore":
-            raise
-        return _ZarrReader(store)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -319,7 +255,7 @@ def compute_stats(store: AtlasStore, sequences: Sequence[tuple[str, str]], field
                   levels: Sequence[int], reader: Any = "auto",
                   fingerprint: str | None = None) -> NormStats:
     """Mean/std per (domain, field, level) over every value of the given sequences."""
-    rd = _make_reader(store, reader) if isinstance(reader, str) else reader
+    rd = _Reader(store, reader) if isinstance(reader, str) else reader
     acc: dict[tuple[str, str, int], list[float]] = {}
     for d, s in sorted(sequences):
         for f in fields:
@@ -492,7 +428,7 @@ class WindowSource:
         if cache_bytes == "auto":
             cache_bytes = min(self.data_nbytes, AUTO_CACHE_CAP)
         self.cache_bytes = _check_int("cache_bytes", cache_bytes, 0)
-        self._reader = _make_reader(self.store, reader, self.cache_bytes)
+        self._reader = _Reader(self.store, reader, self.cache_bytes)
         self.stats: NormStats | None = None
         self._mi: dict[tuple[str, int], NDArray[np.float32]] = {}
         if stats is not None:

@@ -81,9 +81,9 @@ def dirs(root: str | Path) -> set[str]:
 
 
 def chunk_files(root: str | Path, array_path: str) -> list[Path]:
-    """Shard/chunk objects of one array (``<array_path>/c/...``)."""
-    base = Path(root) / array_path / "c"
-    return sorted(p for p in base.rglob("*") if p.is_file())
+    """Shard objects of one array (``<array_path>/c.<t>.0.0``, beside its zarr.json)."""
+    base = Path(root) / array_path
+    return sorted(p for p in base.glob("c.*") if p.is_file())
 
 
 def flip_bytes(path: Path, start: int, count: int = 16) -> None:
