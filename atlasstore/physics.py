@@ -116,6 +116,8 @@ def entropy(energy: ArrayLike) -> NDArray[np.float64] | float:
     H = 0. The maximum, log(ny * nx), is reached by a uniform map.
     """
     e = np.asarray(energy, dtype=np.float64)
+    if e.ndim < 2:
+        raise EnergyMapError(f"entropy needs a map (..., y, x), got shape {e.shape}")
     total = e.sum(axis=(-2, -1), keepdims=True)
     safe_total = np.where(total > 0, total, 1.0)
     p = e / safe_total
@@ -217,6 +219,8 @@ def level_shape(shape: tuple[int, ...], level: int) -> tuple[int, int]:
     """(ny, nx) of ``shape`` downsampled so its short side is ``level``."""
     ny, nx = validate_shape(tuple(shape))
     short = min(ny, nx)
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise EnergyMapError(f"level must be an integer short side, got {level!r}")
     if level not in SCALES or level > short or short % level:
         raise EnergyMapError(f"level {level} is not reachable from a map with short side {short} "
                              f"(levels must be in {sorted(SCALES)} and <= {short})")

@@ -43,6 +43,14 @@ def _normalise(e: NDArray[np.float64]) -> NDArray[np.float32]:
     return (e / m).astype(np.float32)
 
 
+def _map_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A pattern's (ny, nx): exactly two dimensions, a valid energy-map shape."""
+    dims = physics.validate_shape(tuple(int(v) for v in shape), "pattern shape")
+    if len(tuple(shape)) != 2:
+        raise physics.EnergyMapError(f"pattern shape must be (ny, nx), got {tuple(shape)}")
+    return dims
+
+
 def _wavenumbers(shape: tuple[int, int]) -> NDArray[np.float64]:
     ny, nx = shape
     ky = np.fft.fftfreq(ny)[:, None]
@@ -59,7 +67,7 @@ def turbulent(shape: tuple[int, int], seed: Seed = 0, slope: float = -5.0 / 3.0)
     energy spectrum follows Kolmogorov's k^-5/3 inertial range (amplitude ~ k^((slope-1)/2) in
     2D), periodic in both directions.
     """
-    ny, nx = physics.validate_shape(tuple(shape))
+    ny, nx = _map_shape(shape)
     rng = _rng(seed)
     k = _wavenumbers((ny, nx))
     kmin = 1.0 / max(ny, nx)
@@ -79,7 +87,7 @@ def laminar(shape: tuple[int, int], seed: Seed = 0) -> NDArray[np.float32]:
     Tollmien-Schlichting-like mode eps*sin(pi y)*sin(2 pi m x / L + phase) with random eps, m and
     phase; energy 0.5 u^2 plus a faint floor so no pixel is exactly zero.
     """
-    ny, nx = physics.validate_shape(tuple(shape))
+    ny, nx = _map_shape(shape)
     rng = _rng(seed)
     y = (np.arange(ny)[:, None] + 0.5) / ny
     x = np.arange(nx)[None, :] / nx
@@ -97,7 +105,7 @@ def vortex(shape: tuple[int, int], seed: Seed = 0, n_vortices: int | None = None
     and azimuthal velocity Gamma/(2 pi r) * (1 - exp(-r^2 / r_c^2)); energy 0.5|u|^2 plus a faint
     background.
     """
-    ny, nx = physics.validate_shape(tuple(shape))
+    ny, nx = _map_shape(shape)
     rng = _rng(seed)
     n = int(rng.integers(3, 9)) if n_vortices is None else int(n_vortices)
     if n < 1:
@@ -125,7 +133,7 @@ def random(shape: tuple[int, int], seed: Seed = 0) -> NDArray[np.float32]:
     Imitates thermal equilibrium (equipartition over two degrees of freedom, a Maxwell-Boltzmann
     energy distribution) with no spatial correlation.
     """
-    ny, nx = physics.validate_shape(tuple(shape))
+    ny, nx = _map_shape(shape)
     rng = _rng(seed)
     u, v = rng.standard_normal((2, ny, nx))
     return _normalise(0.5 * (u**2 + v**2))
@@ -162,6 +170,13 @@ def _as64(energy: ArrayLike) -> tuple[NDArray[np.float64], np.dtype]:
     return e.astype(np.float64), e.dtype
 
 
+def _checked_cast(out: NDArray[np.float64], dtype: np.dtype, what: str) -> NDArray:
+    cast = out.astype(dtype)
+    if not np.isfinite(cast).all():
+        raise ValueError(f"{what} overflows {np.dtype(dtype).name}")
+    return cast
+
+
 def _finite_param(name: str, value: float, positive: bool = False) -> float:
     try:
         v = float(value)
@@ -175,15 +190,35 @@ def _finite_param(name: str, value: float, positive: bool = False) -> float:
 
 
 def apply_rotation(energy: ArrayLike, angle: float) -> NDArray:
-    """Rotate by ``angle`` degrees about the centre, periodic boundary, bilinear.
+    """Rotate by ``angle`` degrees about the centre, periodically; positive angles turn the map
+    counter-clockwise as displayed with row 0 on top (``np.rot90``'s sense).
 
-    Bilinear (order 1) interpolation is a convex combination of neighbours, so it cannot create
-    negative energy (cubic splines can); sum E is restored to its value before rotation.
+    Conservative forward splatting: each input pixel's energy moves to its rotated position and
+    is shared bilinearly among the four output pixels around it (weights sum to 1), wrapping at
+    the edges. Energy is conserved exactly and stays non-negative wherever it sits, including
+    the corners that a backward-sampling rotation (e.g. ``scipy.ndimage.rotate``) never samples.
     """
     angle = _finite_param("angle", angle)
     e, dtype = _as64(energy)
-    out = ndimage.rotate(e, angle, axes=(-1, -2), reshape=False, order=1, mode="grid-wrap")
-    out = np.maximum(out, 0.0)
+    ny, nx = e.shape[-2:]
+    a = -np.deg2rad(angle)
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
+    ry = cy + np.sin(a) * (xx - cx) + np.cos(a) * (yy - cy)
+    rx = cx + np.cos(a) * (xx - cx) - np.sin(a) * (yy - cy)
+    # snap positions within rounding of a pixel centre, so right angles are exact permutations
+    ry = np.where(np.abs(ry - np.round(ry)) < 1e-9, np.round(ry), ry)
+    rx = np.where(np.abs(rx - np.round(rx)) < 1e-9, np.round(rx), rx)
+    y0, x0 = np.floor(ry), np.floor(rx)
+    fy, fx = ry - y0, rx - x0
+    flat = e.reshape(-1, ny * nx)
+    out = np.zeros_like(flat)
+    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                      (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        idx = (((y0 + dy) % ny) * nx + (x0 + dx) % nx).astype(np.intp).ravel()
+        for b in range(flat.shape[0]):
+            out[b] += np.bincount(idx, weights=flat[b] * w.ravel(), minlength=ny * nx)
+    out = np.maximum(out.reshape(e.shape), 0.0)
     return _restore_total(out, e.sum()).astype(dtype)
 
 
@@ -208,7 +243,7 @@ def apply_gaussian_noise(energy: ArrayLike, sigma: float, seed: Seed = 0) -> NDA
     out = np.maximum(e + sigma * e.mean() * rng.standard_normal(e.shape), 0.0)
     if out.sum() <= 0:  # every pixel clipped away: nothing sensible to renormalise
         out = e.copy()
-    return _restore_total(out, e.sum()).astype(dtype)
+    return _checked_cast(_restore_total(out, e.sum()), dtype, f"gaussian noise (sigma {sigma})")
 
 
 def apply_thermal_blur(energy: ArrayLike, sigma: float) -> NDArray:
@@ -229,10 +264,7 @@ def apply_energy_scaling(energy: ArrayLike, scale: float) -> NDArray:
     """Multiply E by ``scale`` (> 0): sum E is scaled by exactly that factor."""
     scale = _finite_param("scale", scale, positive=True)
     e, dtype = _as64(energy)
-    out = e * scale
-    if not np.isfinite(out).all():
-        raise ValueError(f"energy scaling by {scale} overflows")
-    return out.astype(dtype)
+    return _checked_cast(e * scale, dtype, f"energy scaling by {scale}")
 
 
 PERTURBATION_ORDER = ("rotation", "translation", "gaussian_noise", "thermal_blur", "energy_scaling")
@@ -255,6 +287,18 @@ class PerturbationConfig:
     tolerance: float = physics.CONSERVATION_TOLERANCE
 
     def __post_init__(self) -> None:
+        if self.energy_scaling is not None and (
+                not isinstance(self.energy_scaling, (tuple, list)) or len(self.energy_scaling) != 2):
+            raise SchemaError(f"perturbation config is invalid at energy_scaling: expected "
+                              f"(min, max), got {self.energy_scaling!r}")
+        for name in ("rotation", "translation", "gaussian_noise", "thermal_blur", "tolerance"):
+            v = getattr(self, name)
+            if isinstance(v, float) and not np.isfinite(v):
+                raise SchemaError(f"perturbation config is invalid at {name}: {v} is not finite")
+        if self.energy_scaling is not None and not all(
+                isinstance(v, (int, float)) and np.isfinite(v) for v in self.energy_scaling):
+            raise SchemaError(f"perturbation config is invalid at energy_scaling: "
+                              f"{self.energy_scaling} must be finite numbers")
         validate(self.to_dict(), "perturbation-config", what="perturbation config")
         if self.energy_scaling is not None and self.energy_scaling[0] > self.energy_scaling[1]:
             raise SchemaError(f"perturbation config is invalid at energy_scaling: min "
@@ -448,9 +492,16 @@ def synthesize(preset: DomainPreset | str, seed: Seed, n_steps: int | None = Non
     """One sequence of a domain: base pattern and evolution, both derived from ``seed``."""
     if not isinstance(preset, DomainPreset):
         preset = load_preset(preset)
-    root = np.random.SeedSequence(seed) if not isinstance(seed, np.random.SeedSequence) else seed
+    if isinstance(seed, np.random.SeedSequence):
+        root = seed
+    elif isinstance(seed, np.random.Generator):
+        raise TypeError("synthesize needs a reproducible seed (int or SeedSequence), not a Generator")
+    else:
+        _rng(seed)  # type and sign checks
+        root = np.random.SeedSequence(int(seed))
     # Child sequences built explicitly (not .spawn) so a caller's SeedSequence is never mutated.
     pattern_seed, evolve_seed = (np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, i))
                                  for i in range(2))
     base = make_pattern(preset.pattern, tuple(shape or preset.shape), pattern_seed)
-    return generate_sequence(base, n_steps or preset.n_steps, preset.perturbations, evolve_seed)
+    return generate_sequence(base, preset.n_steps if n_steps is None else n_steps,
+                             preset.perturbations, evolve_seed)

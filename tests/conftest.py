@@ -1,0 +1,20 @@
+"""Shared test configuration.
+
+Hypothesis profiles: "ci" is derandomized (reproducible in CI, prints the failing example's
+blob); "dev" explores more random examples. The profile is chosen by HYPOTHESIS_PROFILE if set,
+otherwise "ci" when CI is set, otherwise "dev".
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=100,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
