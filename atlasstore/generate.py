@@ -285,10 +285,10 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     loc = str(location)
     store = AtlasStore.create(loc, exist_ok=True, storage_options=storage_options,
                               layout=layout or Layout())
-    for d in plan.domains:
-        store.create_domain(d, plan.preset(d).to_dict())
     lay = asdict(layout) if layout else None
     with WriterLock(store, {"run_id": plan.run_id(), "started": _now()}):
+        for d in plan.domains:
+            store.create_domain(d, plan.preset(d).to_dict())
         return _generate_locked(store, loc, plan, workers, scheduler, catalog, lay,
                                 storage_options, progress, catalog_batch)
 
@@ -356,11 +356,19 @@ def _run_dask(engine: str, workers: int | None, tasks: list[Task], loc: str, pla
               report: RunReport) -> None:
     from dask.distributed import Client, LocalCluster, as_completed
 
+    import dask
+
     cluster = None
     if engine in ("processes", "threads"):
         n = workers or os.cpu_count() or 1
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=(engine == "processes"),
-                               dashboard_address=None, silence_logs=40)
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which turns off glibc's
+        # dynamic mmap threshold: every temporary > 128 KiB is mmap'ed and faulted afresh
+        # (measured +50-90 % CPU per map, benchmarks/results/generate.md). Our tasks free all
+        # memory at the end, so the trimming buys nothing here.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1,
+                                   processes=(engine == "processes"), dashboard_address=None,
+                                   silence_logs=40)
         client = Client(cluster)
     else:
         client = Client(engine, timeout="20s")

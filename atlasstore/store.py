@@ -232,8 +232,17 @@ class AtlasStore:
                                 "schemas": ["root", "domain", "sequence", "preset"],
                                 "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
         validate(attrs, "root", what="root attributes")
-        root = zarr.open_group(zstore, mode="w", attributes=attrs)
-        return cls(root, loc, layout)
+        # Exclusive create of the root metadata (atomic on local disks): of two processes
+        # creating the same new store at once, one writes it and both then open it; neither
+        # ever wipes what the other wrote (zarr's mode="w" would).
+        doc = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        sync(zstore.set_if_not_exists("zarr.json",
+                                      cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
+        if not exist_ok:
+            got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
+            if got is None or json.loads(got.to_bytes()).get("attributes") != attrs:
+                raise StoreError(f"{loc} was created by another process just now; open it instead")
+        return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
 
     @classmethod
     def open(cls, location: str | Path, mode: str = "r",
@@ -355,9 +364,11 @@ class AtlasStore:
     def delete_sequence(self, domain: str, sequence_id: str) -> None:
         self._require_writable()
         validate_name(sequence_id, "sequence id")
-        g = self._domain(domain)
-        if sequence_id in g.group_keys():
-            sync(self._root.store.delete_dir(f"{domain}/{sequence_id}"))
+        self._domain(domain)
+        # delete the sequence metadata first: from then on the sequence is invisible, whatever
+        # a crash leaves of the rest
+        sync(self._root.store.delete(f"{domain}/{sequence_id}/zarr.json"))
+        sync(self._root.store.delete_dir(f"{domain}/{sequence_id}"))
         with self._lock:
             self._seq_attrs.pop((domain, sequence_id), None)
             prefix = f"{domain}/{sequence_id}/"
@@ -402,8 +413,9 @@ class AtlasStore:
         status = self.sequence_status(domain, sequence_id)
         if status == "complete" and not overwrite:
             raise SequenceExists(f"sequence {domain}/{sequence_id} already exists and is complete")
-        if status is not None:
-            self.delete_sequence(domain, sequence_id)
+        # Also when there is no sequence metadata: a writer killed while deleting can leave level
+        # groups behind without it, and they must not block (or leak into) the rewrite.
+        self.delete_sequence(domain, sequence_id)
 
         sgroup = dgroup.create_group(sequence_id, attributes=attrs)
         for lvl, fields in derived.items():
@@ -713,13 +725,15 @@ class StoreLocked(StoreError):
 
 
 class WriterLock:
-    """One generation run writes a store at a time; a dead holder's lock is broken.
+    """One generation run writes a store at a time; a dead holder never blocks the next run.
 
-    The lock is a group ``_lock`` whose ``zarr.json`` (lock details in its attributes, so plain
-    Zarr tools see a valid hierarchy) is created with the store's exclusive create (atomic on
-    local disks). A lock is stale when its holder ran on this host and its pid is gone
-    (kill -9, crash), or when its heartbeat, refreshed every ``stale_after / 4`` seconds by a
-    background thread, is older than ``stale_after`` seconds (a holder on another host).
+    Local stores use an OS file lock (``flock``) on ``_lock/zarr.json``: the kernel releases it
+    when the holder exits or is killed, so there is no stale state and no race in breaking one.
+    The file is a valid Zarr group whose attributes name the holder (run id, pid, host) for the
+    refusal message. Remote (fsspec) stores have no such primitive: there the lock object is
+    created with the store's exclusive put and is stale when its holder's pid is gone (same
+    host) or its heartbeat, refreshed every ``stale_after / 4`` s, is older than ``stale_after``
+    s; two runs breaking the same stale remote lock at the same instant can both proceed.
     """
 
     KEY = "_lock/zarr.json"
@@ -732,6 +746,10 @@ class WriterLock:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._fd: int | None = None
+        loc = str(store.location)
+        self._path = (Path(loc.removeprefix("file://")) / self.KEY
+                      if not _is_url(loc) or loc.startswith("file://") else None)
 
     def _payload(self) -> bytes:
         lock = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(),
@@ -739,14 +757,54 @@ class WriterLock:
         return json.dumps({"zarr_format": 3, "node_type": "group",
                            "attributes": {"atlasstore_writer_lock": lock}}).encode()
 
-    def _read(self) -> dict[str, Any] | None:
-        buf = sync(self.store.zarr_group.store.get(self.KEY, prototype=default_buffer_prototype()))
-        if buf is None:
-            return None
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, Any]:
         try:
-            return json.loads(buf.to_bytes())["attributes"]["atlasstore_writer_lock"]
+            return json.loads(raw)["attributes"]["atlasstore_writer_lock"]
         except (ValueError, KeyError, TypeError):
             return {}
+
+    def _refuse(self, rec: Mapping[str, Any]) -> StoreLocked:
+        return StoreLocked(
+            f"{self.store.location} is being written by another generation run "
+            f"({rec.get('run_id', '?')}, pid {rec.get('pid')} on {rec.get('host')}); wait for it "
+            f"to finish (a killed run's lock is released automatically)")
+
+    # ------------------------------------------------------------------ local: flock
+
+    def _acquire_local(self) -> None:
+        import fcntl
+
+        assert self._path is not None
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            rec = self._parse(os.pread(fd, 1 << 16, 0))
+            os.close(fd)
+            raise self._refuse(rec) from None
+        payload = self._payload()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, payload, 0)
+        self._fd = fd
+
+    def _release_local(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps({"zarr_format": 3, "node_type": "group",
+                                            "attributes": {}}).encode(), 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    # ------------------------------------------------------------------ remote: heartbeat
+
+    def _read(self) -> dict[str, Any] | None:
+        buf = sync(self.store.zarr_group.store.get(self.KEY, prototype=default_buffer_prototype()))
+        return None if buf is None else self._parse(buf.to_bytes())
 
     def _is_stale(self, rec: Mapping[str, Any]) -> bool:
         if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int):
@@ -758,7 +816,7 @@ class WriterLock:
                 pass
         return time.time() - float(rec.get("heartbeat", 0)) > self.stale_after
 
-    def acquire(self) -> WriterLock:
+    def _acquire_remote(self) -> None:
         zstore = self.store.zarr_group.store
         for _ in range(3):
             sync(zstore.set_if_not_exists(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
@@ -767,15 +825,11 @@ class WriterLock:
                 self._thread = threading.Thread(target=self._beat, name="atlas-writer-lock",
                                                 daemon=True)
                 self._thread.start()
-                return self
+                return
             if rec is None or self._is_stale(rec):
                 sync(zstore.delete_dir(self.KEY.split("/")[0]))
                 continue
-            raise StoreLocked(
-                f"{self.store.location} is being written by another generation run "
-                f"({rec.get('run_id', '?')}, pid {rec.get('pid')} on {rec.get('host')}, last "
-                f"heartbeat {time.time() - float(rec.get('heartbeat', 0)):.0f} s ago); wait for it "
-                f"to finish, or re-run after it dies (its lock is then broken automatically)")
+            raise self._refuse(rec)
         raise StoreLocked(f"could not take the writer lock of {self.store.location}")
 
     def _beat(self) -> None:
@@ -785,13 +839,29 @@ class WriterLock:
                 return
             sync(self.store.zarr_group.store.set(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
 
-    def release(self) -> None:
+    def _release_remote(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         rec = self._read()
         if rec is not None and rec.get("token") == self.token:
             sync(self.store.zarr_group.store.delete_dir(self.KEY.split("/")[0]))
+
+    # ------------------------------------------------------------------ API
+
+    def acquire(self) -> WriterLock:
+        self.store._require_writable()
+        if self._path is not None:
+            self._acquire_local()
+        else:
+            self._acquire_remote()
+        return self
+
+    def release(self) -> None:
+        if self._path is not None:
+            self._release_local()
+        else:
+            self._release_remote()
 
     def __enter__(self) -> WriterLock:
         return self.acquire()
