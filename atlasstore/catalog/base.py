@@ -1,0 +1,671 @@
+"""The catalog contract: record types, lineage types, errors and the :class:`Catalog` protocol.
+
+The store is the truth for arrays; the catalog is the index for search and lineage. Two backends
+implement the same protocol and pass the same contract tests (``tests/test_catalog_contract.py``):
+:class:`~atlasstore.catalog.sqlite.SQLiteCatalog` (embedded default) and
+:class:`~atlasstore.catalog.neo4j.Neo4jCatalog` (shared server, lineage graph).
+
+Records
+-------
+Plain dataclasses with ``from_dict`` / ``to_dict``. Every registration method accepts either the
+dataclass or a plain dict with exactly the same field names; both are checked against the JSON
+Schemas ``schemas/catalog-*.schema.json`` before anything is written (NumPy scalars are turned
+into Python numbers first). Keys are derived, and checked:
+
+* Sequence ``key == f"{domain}/{sequence_id}"``
+* TimeStep ``key == f"{sequence_key}/{t}"``
+* ArrayRecord ``key == f"{sequence_key}/{level}/{field}"``
+
+Keys and names are opaque data to the catalog: any string (quotes, braces, newlines, unicode) is
+stored and returned unchanged. The store refuses '/' in domain and sequence names, which keeps the
+keys unambiguous; the catalog does not parse keys.
+
+Lineage (W3C PROV shape)
+------------------------
+Every catalogued thing is a node with a *node id* ``"<Kind>:<key>"`` (see :func:`node_id`):
+
+========================  ==========  ==============================================
+kind                      PROV class  key
+========================  ==========  ==============================================
+``Sequence``              entity      ``domain/sequence_id``
+``TimeStep``              entity      ``domain/sequence_id/t``
+``Array``                 entity      ``domain/sequence_id/level/field``
+``DatasetVersion``        entity      version id
+``Checkpoint``            entity      checkpoint id
+``GenerationRun``         activity    run id
+``TrainingRun``           activity    run id
+``CodeVersion``           agent       code version string
+``Host``                  agent       host name
+========================  ==========  ==============================================
+
+Edges (src -rel-> dst)::
+
+    Sequence       -wasGeneratedBy->    GenerationRun
+    GenerationRun  -wasAssociatedWith-> CodeVersion, Host
+    Sequence       -hasTimeStep->       TimeStep           (structural: part of)
+    Sequence       -hasArray->          Array              (structural: part of)
+    Array          -wasDerivedFrom->    Array              {operation: "area_downsample(factor=2)", ...}
+    DatasetVersion -wasDerivedFrom->    Sequence           (one per selected sequence)
+    TrainingRun    -used->              DatasetVersion
+    TrainingRun    -wasAssociatedWith-> CodeVersion, Host  (when given)
+    Checkpoint     -wasGeneratedBy->    TrainingRun
+
+*Upstream* of a node means: follow ``wasGeneratedBy``, ``used``, ``wasDerivedFrom`` and
+``wasAssociatedWith`` forwards, and the structural ``hasTimeStep``/``hasArray`` backwards (from a
+part to the sequence it belongs to), transitively. :meth:`Catalog.lineage` returns that closure,
+nodes with their properties and the edges between them, in one backend query.
+
+Registration semantics
+----------------------
+* ``register_run`` first; ``register_sequences(seqs, timesteps, arrays)`` is one transaction per
+  call (call it once per batch of sequences) and idempotent: the same keys overwrite, never
+  duplicate. A sequence given in ``seqs`` is replaced whole: its time steps and arrays become
+  exactly those of the call. Parts whose sequence is not in ``seqs`` are upserted into an
+  already catalogued sequence. Unknown runs, sequences or ``derived_from`` arrays raise
+  :class:`CatalogNotFound` and nothing of the batch is written.
+* Invalid records raise :class:`atlasstore.schemas.SchemaError` (a ValueError) before anything
+  is written: JSON Schema, key consistency, finite stats, ``min <= max``, no derivation cycles.
+* ``remove_sequences`` removes sequences with their parts and edges (a DatasetVersion keeps its
+  recorded ``sequence_keys`` but loses the edge to a removed sequence).
+
+Range filters
+-------------
+``find_sequences(entropy=(lo, hi))`` matches a sequence when its ``[entropy_min, entropy_max]``
+range *overlaps* ``[lo, hi]`` (``entropy_min <= hi and entropy_max >= lo``), bounds inclusive;
+either bound may be ``None`` (open). The same holds for ``mean`` and ``variance``. To select
+windows by per-step values use :meth:`Catalog.find_timesteps`, where a step matches when its value
+lies in ``[lo, hi]`` (inclusive).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence as Seq
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+from ..schemas import SchemaError, validate
+from ._fastcheck import checker
+
+__all__ = [
+    "AGENT_KINDS", "ARRAY_FIELDS", "KINDS", "ArrayRecord", "Catalog", "CatalogError",
+    "CatalogNotFound", "CatalogUnavailable", "Checkpoint", "DatasetVersion", "GenerationRun",
+    "Lineage", "LineageEdge", "LineageNode", "Range", "Sequence", "TimeStep", "TrainingRun",
+    "UPSTREAM_RELS", "STRUCTURAL_RELS", "node_id", "split_node_id", "utc_now",
+]
+
+# ------------------------------------------------------------------------------------ errors
+
+
+class CatalogError(Exception):
+    """Base of catalog errors (bad records, missing references, backend failures)."""
+
+
+class CatalogUnavailable(CatalogError):
+    """The catalog backend cannot be reached or refuses our credentials.
+
+    The message names the URI (without credentials) and never contains a password.
+    """
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"catalog at {uri} is unavailable: {reason}")
+
+
+class CatalogNotFound(CatalogError, LookupError):
+    """A referenced run, sequence, dataset version, ... is not in the catalog."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+Range = tuple[float | None, float | None]
+
+ARRAY_FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
+ENTITY_KINDS = ("Sequence", "TimeStep", "Array", "DatasetVersion", "Checkpoint")
+ACTIVITY_KINDS = ("GenerationRun", "TrainingRun")
+AGENT_KINDS = ("CodeVersion", "Host")
+KINDS: tuple[str, ...] = ENTITY_KINDS + ACTIVITY_KINDS + AGENT_KINDS
+PROV_CLASS = {**{k: "entity" for k in ENTITY_KINDS}, **{k: "activity" for k in ACTIVITY_KINDS},
+              **{k: "agent" for k in AGENT_KINDS}}
+#: relations followed forwards when walking upstream
+UPSTREAM_RELS: tuple[str, ...] = ("wasDerivedFrom", "wasGeneratedBy", "used", "wasAssociatedWith")
+#: structural relations (parent -> part), followed backwards when walking upstream
+STRUCTURAL_RELS: tuple[str, ...] = ("hasTimeStep", "hasArray")
+#: order in which a bare key (no "Kind:" prefix) is resolved by lineage()
+RESOLVE_ORDER: tuple[str, ...] = ("Array", "TimeStep", "Sequence", "Checkpoint", "DatasetVersion",
+                                  "TrainingRun", "GenerationRun", "CodeVersion", "Host")
+
+
+def node_id(kind: str, key: str) -> str:
+    """The lineage node id of a catalogued thing: ``"<Kind>:<key>"``, e.g. ``"Array:d/s/64/grad_x"``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown node kind {kind!r} (one of {', '.join(KINDS)})")
+    return f"{kind}:{key}"
+
+
+def split_node_id(nid: str) -> tuple[str, str] | None:
+    """``("Array", "d/s/64/grad_x")`` for a qualified id, None when it has no known kind prefix."""
+    kind, sep, key = nid.partition(":")
+    if sep and kind in KINDS:
+        return kind, key
+    return None
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain(x: Any) -> Any:
+    """NumPy scalars/arrays, tuples and mappings turned into plain JSON types (recursively)."""
+    t = type(x)
+    if t in _SCALARS:
+        return x
+    if t is dict:
+        return {k if type(k) is str else str(k): v if type(v) in _SCALARS else plain(v)
+                for k, v in x.items()}
+    if t is list or t is tuple:
+        return [v if type(v) in _SCALARS else plain(v) for v in x]
+    if isinstance(x, bool):
+        return bool(x)
+    if isinstance(x, int):
+        return int(x)
+    if isinstance(x, float):
+        return float(x)
+    if isinstance(x, str):
+        return str(x)
+    if isinstance(x, Mapping):
+        return plain(dict(x))
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if getattr(x, "ndim", 0) > 0 and hasattr(x, "tolist"):  # numpy array
+        return plain(x.tolist())
+    if hasattr(x, "item"):  # numpy scalar / 0-d array
+        return plain(x.item())
+    return x
+
+
+def dumps(x: Any, what: str) -> str:
+    """Canonical JSON text of a JSON-able value (sorted keys, no NaN); CatalogError otherwise."""
+    try:
+        return json.dumps(x, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise CatalogError(f"{what} is not JSON-able: {exc}") from None
+
+
+def check_range(name: str, rng: Range | None) -> tuple[float | None, float | None]:
+    """Normalise a (lo, hi) filter; ValueError for a malformed or reversed interval."""
+    if rng is None:
+        return None, None
+    try:
+        lo, hi = rng
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (lo, hi) pair, got {rng!r}") from None
+    out = []
+    for b in (lo, hi):
+        if b is None:
+            out.append(None)
+            continue
+        b = plain(b)
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or math.isnan(b):
+            raise ValueError(f"{name} bounds must be numbers or None, got {rng!r}")
+        out.append(float(b))
+    if out[0] is not None and out[1] is not None and out[0] > out[1]:
+        raise ValueError(f"{name} range is reversed: lo={out[0]} > hi={out[1]}")
+    return out[0], out[1]
+
+
+STATS: tuple[str, ...] = ("entropy", "mean", "variance")
+
+
+def batch_widths(seqs: Iterable[Any]) -> dict[str, float]:
+    """The widest ``<stat>_max - <stat>_min`` of a batch of sequences, per stat."""
+    out = {st: 0.0 for st in STATS}
+    for s in seqs:
+        for st in STATS:
+            w = getattr(s, f"{st}_max") - getattr(s, f"{st}_min")
+            if w > out[st]:
+                out[st] = w
+    return out
+
+
+def seek_margin(lo: float) -> float:
+    """Rounding margin of the redundant overlap seek bound (both backends use it).
+
+    Overlap with ``[lo, hi]`` needs ``<stat>_max >= lo``; every catalogued sequence has
+    ``<stat>_max - <stat>_min <= W`` where W is the widest range ever registered (kept by the
+    backend and never shrunk), hence ``<stat>_min >= lo - W``. Adding that redundant predicate
+    turns the overlap test into an index range seek on ``<stat>_min`` over
+    ``[lo - W - margin, hi]`` instead of a half-open scan. The bound is written
+    ``(lo - seek_margin(lo)) - 1.000000001 * W`` so float rounding can only widen it; the exact
+    overlap predicates still decide what matches.
+    """
+    return 1e-9 * (abs(lo) + 1.0)
+
+
+def check_limit(limit: int | None) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(plain(limit), int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    return int(limit)
+
+
+def check_domains(domains: str | Iterable[str] | None) -> list[str] | None:
+    if domains is None:
+        return None
+    if isinstance(domains, str):
+        return [domains]
+    out = list(domains)
+    if not all(isinstance(d, str) for d in out):
+        raise ValueError(f"domains must be strings, got {out!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def _finite(what: str, **values: Any) -> None:
+    bad = {k: v for k, v in values.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)}
+    if bad:
+        raise SchemaError(f"{what}: values must be finite, got {bad}")
+
+R = TypeVar("R", bound="_Record")
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+class _Record:
+    """Dataclass mixin: ``from_dict`` (validated), ``to_dict`` (plain JSON types)."""
+
+    SCHEMA: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[R], d: Mapping[str, Any], *, check: bool = True) -> R:
+        doc = plain(d)
+        if check and not checker(cls.SCHEMA)(doc):  # fast sound pre-check, else jsonschema
+            ident = next((doc[k] for k in ("key", "run_id", "version_id", "ckpt_id")
+                          if isinstance(doc, Mapping) and isinstance(doc.get(k), str)), None)
+            validate(doc, cls.SCHEMA, what=cls.__name__ + (f" {ident!r}" if ident else ""))
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))  # type: ignore[arg-type]
+        obj = cls(**(doc if doc.keys() <= names else {k: v for k, v in doc.items() if k in names}))
+        obj._check_keys()
+        return obj
+
+    @classmethod
+    def coerce(cls: type[R], x: Any, *, check: bool = True) -> R:
+        """A record from a dict or an instance; validated against the JSON Schema when ``check``."""
+        if isinstance(x, cls):
+            return cls.from_dict(x.to_dict(), check=True) if check else x
+        if isinstance(x, Mapping):
+            return cls.from_dict(x, check=check)
+        raise CatalogError(f"expected a {cls.__name__} or a dict, got {type(x).__name__}")
+
+    def _check_keys(self) -> None:
+        pass
+
+
+@dataclass
+class GenerationRun(_Record):
+    """A generation run (PROV activity)."""
+
+    SCHEMA: ClassVar[str] = "catalog-generation-run"
+    run_id: str
+    config: dict[str, Any]
+    config_hash: str
+    seed: int
+    code_version: str
+    host: str
+    started: str
+    finished: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Sequence(_Record):
+    """A stored sequence (PROV entity). Stat ranges are min/max over its time steps."""
+
+    SCHEMA: ClassVar[str] = "catalog-sequence"
+    key: str
+    domain: str
+    sequence_id: str
+    run_id: str
+    seed: int
+    pattern: str
+    n_steps: int
+    shape: list[int]
+    levels: list[int]
+    perturbation_kinds: list[str]
+    entropy_min: float
+    entropy_max: float
+    mean_min: float
+    mean_max: float
+    variance_min: float
+    variance_max: float
+    created: str
+    status: str = "complete"
+
+    def _check_keys(self) -> None:
+        want = f"{self.domain}/{self.sequence_id}"
+        if self.key != want:
+            raise SchemaError(f"Sequence key {self.key!r} must be '<domain>/<sequence_id>' = {want!r}")
+        for s in ("entropy", "mean", "variance"):
+            lo, hi = getattr(self, f"{s}_min"), getattr(self, f"{s}_max")
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise SchemaError(f"Sequence {self.key!r}: {s}_min={lo} / {s}_max={hi} "
+                                  "must be finite with min <= max")
+
+
+@dataclass
+class TimeStep(_Record):
+    """Statistics of one time step of a sequence (PROV entity, part of the sequence)."""
+
+    SCHEMA: ClassVar[str] = "catalog-timestep"
+    key: str
+    sequence_key: str
+    t: int
+    mean: float
+    variance: float
+    entropy: float
+    sum: float
+    perturbation_kinds: list[str] = field(default_factory=list)
+
+    def _check_keys(self) -> None:
+        want = f"{self.sequence_key}/{self.t}"
+        if self.key != want:
+            raise SchemaError(f"TimeStep key {self.key!r} must be '<sequence_key>/<t>' = {want!r}")
+        _finite(f"TimeStep {self.key!r}", mean=self.mean, variance=self.variance,
+                entropy=self.entropy, sum=self.sum)
+
+
+@dataclass
+class ArrayRecord(_Record):
+    """One stored array (time, y, x) of a sequence at one level (PROV entity)."""
+
+    SCHEMA: ClassVar[str] = "catalog-array"
+    key: str
+    sequence_key: str
+    level: int
+    field: str
+    shape: list[int]
+    dtype: str
+    checksum: str
+    nbytes_stored: int
+    stats: dict[str, float]
+    derived_from: str | None = None
+    operation: str | None = None
+
+    def _check_keys(self) -> None:
+        want = f"{self.sequence_key}/{self.level}/{self.field}"
+        if self.key != want:
+            raise SchemaError(f"ArrayRecord key {self.key!r} must be "
+                              f"'<sequence_key>/<level>/<field>' = {want!r}")
+        if self.derived_from == self.key:
+            raise SchemaError(f"ArrayRecord {self.key!r} cannot be derived from itself")
+        if "entropy" in self.stats and self.stats["entropy"] is None:
+            self.stats = {k: v for k, v in self.stats.items() if k != "entropy"}
+        _finite(f"ArrayRecord {self.key!r} stats", **self.stats)
+
+
+@dataclass
+class DatasetVersion(_Record):
+    """An exact selection of sequences for training (PROV entity)."""
+
+    SCHEMA: ClassVar[str] = "catalog-dataset-version"
+    version_id: str
+    query: dict[str, Any]
+    split: dict[str, Any]
+    sequence_keys: list[str]
+    created: str
+
+
+@dataclass
+class TrainingRun(_Record):
+    """A training run (PROV activity) that used one dataset version."""
+
+    SCHEMA: ClassVar[str] = "catalog-training-run"
+    run_id: str
+    config: dict[str, Any]
+    dataset_version_id: str
+    code_version: str | None
+    host: str | None
+    started: str
+    finished: str | None = None
+
+
+@dataclass
+class Checkpoint(_Record):
+    """A model checkpoint (PROV entity) generated by a training run."""
+
+    SCHEMA: ClassVar[str] = "catalog-checkpoint"
+    ckpt_id: str
+    training_run_id: str
+    step: int
+    metrics: dict[str, Any]
+    path: str
+    created: str
+
+
+# ------------------------------------------------------------------------------------ lineage
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """A node of a lineage graph. ``properties`` is the record's ``to_dict()`` (agents:
+    ``{"version": ...}`` / ``{"name": ...}``)."""
+
+    id: str
+    kind: str
+    key: str
+    properties: dict[str, Any]
+
+    @property
+    def prov(self) -> str:
+        """The PROV class: ``"entity"``, ``"activity"`` or ``"agent"``."""
+        return PROV_CLASS[self.kind]
+
+
+@dataclass(frozen=True)
+class LineageEdge:
+    """``src -rel-> dst`` between node ids; ``properties`` e.g. ``{"operation": ...}``."""
+
+    src: str
+    rel: str
+    dst: str
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Lineage:
+    """The full upstream lineage of ``root``: every node reached and the edges between them."""
+
+    root: str
+    nodes: dict[str, LineageNode]
+    edges: list[LineageEdge]
+
+    def of_kind(self, kind: str) -> list[LineageNode]:
+        return sorted((n for n in self.nodes.values() if n.kind == kind), key=lambda n: n.id)
+
+    def has_edge(self, src: str, rel: str, dst: str) -> bool:
+        return any(e.src == src and e.rel == rel and e.dst == dst for e in self.edges)
+
+    def edge(self, src: str, rel: str, dst: str) -> LineageEdge:
+        for e in self.edges:
+            if e.src == src and e.rel == rel and e.dst == dst:
+                return e
+        raise KeyError(f"no edge {src} -{rel}-> {dst}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (for the CLI and for PROV-JSON-like export)."""
+        return {"root": self.root,
+                "nodes": [{"id": n.id, "kind": n.kind, "prov": n.prov, "key": n.key,
+                           "properties": n.properties} for n in sorted(self.nodes.values(),
+                                                                       key=lambda n: n.id)],
+                "edges": [{"src": e.src, "rel": e.rel, "dst": e.dst, "properties": e.properties}
+                          for e in self.edges]}
+
+
+def sort_edges(edges: Iterable[LineageEdge]) -> list[LineageEdge]:
+    return sorted(edges, key=lambda e: (e.src, e.rel, e.dst))
+
+
+def agent_properties(kind: str, key: str) -> dict[str, Any]:
+    return {"version": key} if kind == "CodeVersion" else {"name": key}
+
+
+# ------------------------------------------------------------------------------------ protocol
+
+
+@runtime_checkable
+class Catalog(Protocol):
+    """What every catalog backend offers. See the module docstring for semantics."""
+
+    # registration ---------------------------------------------------------------------------
+    def register_run(self, run: GenerationRun | Mapping[str, Any]) -> None:
+        """Insert or replace a generation run and its agent edges (idempotent)."""
+
+    def register_sequences(self, seqs: Iterable[Sequence | Mapping[str, Any]],
+                           timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
+                           arrays: Iterable[ArrayRecord | Mapping[str, Any]] = ()) -> None:
+        """Insert or replace a batch of sequences with their time steps and arrays, atomically."""
+
+    def remove_sequences(self, keys: Iterable[str]) -> int:
+        """Remove sequences with their time steps, arrays and edges; returns how many existed."""
+
+    def register_dataset_version(self, version_id: str, query: Mapping[str, Any],
+                                 split: Mapping[str, Any], sequence_keys: Iterable[str], *,
+                                 created: str | None = None) -> DatasetVersion:
+        ...
+
+    def register_training_run(self, run_id: str, config: Mapping[str, Any],
+                              dataset_version_id: str, *, code_version: str | None = None,
+                              host: str | None = None, started: str | None = None,
+                              finished: str | None = None) -> TrainingRun:
+        ...
+
+    def register_checkpoint(self, ckpt_id: str, training_run_id: str, step: int,
+                            metrics: Mapping[str, Any], path: str, *,
+                            created: str | None = None) -> Checkpoint:
+        ...
+
+    # queries ----------------------------------------------------------------------------------
+    def find_sequences(self, domains: str | Iterable[str] | None = None, run_id: str | None = None,
+                       level: int | None = None, entropy: Range | None = None,
+                       mean: Range | None = None, variance: Range | None = None,
+                       perturbation: str | None = None, limit: int | None = None
+                       ) -> list[Sequence]:
+        ...
+
+    def find_timesteps(self, domains: str | Iterable[str] | None = None,
+                       run_id: str | None = None, level: int | None = None,
+                       entropy: Range | None = None, mean: Range | None = None,
+                       variance: Range | None = None, perturbation: str | None = None,
+                       limit: int | None = None, sequence_keys: Iterable[str] | None = None
+                       ) -> list[TimeStep]:
+        ...
+
+    def get_sequence(self, key: str) -> Sequence | None: ...
+    def get_run(self, run_id: str) -> GenerationRun | None: ...
+    def get_timesteps(self, sequence_key: str) -> list[TimeStep]: ...
+    def get_arrays(self, sequence_key: str) -> list[ArrayRecord]: ...
+    def get_dataset_version(self, version_id: str) -> DatasetVersion | None: ...
+    def get_training_run(self, run_id: str) -> TrainingRun | None: ...
+    def get_checkpoint(self, ckpt_id: str) -> Checkpoint | None: ...
+    def list_domains(self) -> list[str]: ...
+    def count(self) -> int: ...
+    def sequence_keys(self) -> list[str]: ...
+    def lineage(self, node: str) -> Lineage: ...
+    def generation_runs_for(self, node: str) -> list[GenerationRun]: ...
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Catalog: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+# ------------------------------------------------------------------------------------ shared logic
+
+
+@dataclass
+class Batch:
+    """A validated registration batch (what both backends write)."""
+
+    seqs: list[Sequence]
+    timesteps: list[TimeStep]
+    arrays: list[ArrayRecord]
+
+    @property
+    def seq_keys(self) -> set[str]:
+        return {s.key for s in self.seqs}
+
+    def child_keys_by_sequence(self) -> dict[str, list[str]]:
+        """For each sequence of the batch: the keys of its parts given in this batch."""
+        out: dict[str, list[str]] = {s.key: [] for s in self.seqs}
+        for c in (*self.timesteps, *self.arrays):
+            if c.sequence_key in out:
+                out[c.sequence_key].append(c.key)
+        return out
+
+    def outside_sequence_keys(self) -> set[str]:
+        """Sequences referred to by parts of this batch but not registered in it."""
+        mine = self.seq_keys
+        return {c.sequence_key for c in (*self.timesteps, *self.arrays)} - mine
+
+    def outside_derived_keys(self) -> set[str]:
+        """Arrays named in ``derived_from`` that are not in this batch."""
+        mine = {a.key for a in self.arrays}
+        return {a.derived_from for a in self.arrays if a.derived_from is not None} - mine
+
+
+def make_batch(seqs: Iterable[Any], timesteps: Iterable[Any], arrays: Iterable[Any],
+               check: bool) -> Batch:
+    """Validate and de-duplicate a batch (the last record of a repeated key wins)."""
+    def dedup(items: list[R]) -> list[R]:
+        return list({r.key: r for r in items}.values())  # type: ignore[attr-defined]
+    b = Batch(dedup([Sequence.coerce(s, check=check) for s in seqs]),
+              dedup([TimeStep.coerce(t, check=check) for t in timesteps]),
+              derivation_order(dedup([ArrayRecord.coerce(a, check=check) for a in arrays])))
+    return b
+
+
+def derivation_order(arrays: list[ArrayRecord]) -> list[ArrayRecord]:
+    """Arrays ordered so that a ``derived_from`` source in the batch comes before the arrays
+    derived from it (stable otherwise); SchemaError on a derivation cycle."""
+    by_key = {a.key: a for a in arrays}
+    depth: dict[str, int] = {}
+    for a in arrays:
+        chain: list[str] = []
+        k: str | None = a.key
+        while k is not None and k in by_key and k not in depth:
+            if k in chain:
+                raise SchemaError(f"derivation cycle among arrays: {' -> '.join(chain + [k])}")
+            chain.append(k)
+            k = by_key[k].derived_from
+        d = depth.get(k, -1) if k is not None and k in by_key else -1
+        for ck in reversed(chain):
+            d += 1
+            depth[ck] = d
+    return sorted(arrays, key=lambda a: depth[a.key])
+
+
+def missing_message(what: str, keys: Iterable[str], context: str = "") -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return f"{len(keys)} {what} not in the catalog{context}: {shown}"
+
+
+def chunks(items: Seq[Any], n: int) -> Iterable[Seq[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
