@@ -84,9 +84,9 @@ def _open_store(args: argparse.Namespace, mode: str = "r") -> Any:
 def _open_catalog(args: argparse.Namespace, required: bool = False) -> Any:
     spec = getattr(args, "catalog", None)
     if not spec:
-        if not required:
-            return None
         spec = default_catalog_spec(args.store)
+        if not required and not Path(spec).exists():
+            return None
     from .catalog import open_catalog
 
     return open_catalog(spec)
@@ -318,10 +318,43 @@ def cmd_catalog_lineage(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
     if args.json:
-        print(json.dumps(lin.to_dict() if hasattr(lin, "to_dict") else lin, indent=2, default=str))
+        print(json.dumps(lin.to_dict(), indent=2, default=str))
         return 0
-    print(lin.format() if hasattr(lin, "format") else lin)
+    print(format_lineage(lin))
     return 0
+
+
+def format_lineage(lin: Any) -> str:
+    """The upstream lineage as an indented tree from the root, one line per edge."""
+    by_src: dict[str, list[Any]] = {}
+    for e in lin.edges:
+        if e.rel in ("hasArray", "hasTimeStep"):  # part-of: shown from the part upwards
+            by_src.setdefault(e.dst, []).append(type(e)(e.dst, "partOf", e.src, e.properties))
+        else:
+            by_src.setdefault(e.src, []).append(e)
+
+    def label(nid: str) -> str:
+        node = lin.nodes.get(nid)
+        props = node.properties if node else {}
+        extra = {k: props[k] for k in ("seed", "config_hash", "code_version", "host", "pattern",
+                                       "step", "path") if k in props}
+        if "config_hash" in extra:
+            extra["config_hash"] = str(extra["config_hash"])[:12]
+        return nid + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+
+    lines = [label(lin.root)]
+    seen = {lin.root}
+
+    def walk(nid: str, depth: int) -> None:
+        for e in sorted(by_src.get(nid, []), key=lambda e: (e.rel, e.dst)):
+            op = e.properties.get("operation")
+            lines.append("  " * depth + f"-{e.rel}-> {label(e.dst)}" + (f"  [{op}]" if op else ""))
+            if e.dst not in seen:
+                seen.add(e.dst)
+                walk(e.dst, depth + 1)
+
+    walk(lin.root, 1)
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- parser

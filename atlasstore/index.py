@@ -25,7 +25,7 @@ def is_catalogued(info: Mapping[str, Any]) -> bool:
     return bool(info.get("generation", {}).get("run_id"))
 
 
-def records_from_info(info: Mapping[str, Any], nbytes: Mapping[str, int] | None = None
+def records_from_info(info: Mapping[str, Any]
                       ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(Sequence, TimeSteps, ArrayRecords) as catalog dicts from committed sequence attributes."""
     gen = info["generation"]
@@ -53,7 +53,7 @@ def records_from_info(info: Mapping[str, Any], nbytes: Mapping[str, int] | None 
         arrays.append({
             "key": f"{key}/{akey}", "sequence_key": key, "level": int(level), "field": field,
             "shape": list(rec["shape"]), "dtype": info["dtype"], "checksum": rec["checksum"],
-            "nbytes_stored": int((nbytes or {}).get(akey, 0)), "stats": dict(rec["stats"]),
+            "nbytes_stored": int(rec.get("nbytes_stored", 0)), "stats": dict(rec["stats"]),
             "derived_from": f"{key}/{rec['derived_from']}" if rec.get("derived_from") else None,
             "operation": rec.get("operation"),
         })

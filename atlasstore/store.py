@@ -423,6 +423,8 @@ class AtlasStore:
                 "level": lvl, "downsample_factor": max(lv) // lvl})
             for name, values in fields.as_dict().items():
                 self._write_array(lgroup, name, values, lvl)
+                rec = complete["atlasstore_sequence"]["arrays"][f"{lvl}/{name}"]
+                rec["nbytes_stored"] = self.nbytes_stored(f"{domain}/{sequence_id}/{lvl}/{name}/")
         # The commit: one atomic metadata write flips the sequence to complete.
         sgroup.attrs.update({"atlasstore_sequence": complete["atlasstore_sequence"]})
         return complete["atlasstore_sequence"]
