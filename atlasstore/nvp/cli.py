@@ -1,0 +1,155 @@
+"""``atlas train`` and ``atlas evaluate``: registered by :func:`atlasstore.cli._add_nvp_commands`.
+
+The handlers here are the only code of :mod:`atlasstore.nvp` that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _explicit_or(args: argparse.Namespace, common: argparse.ArgumentParser, fallback: Any) -> Any:
+    """``--store`` when it differs from the parser default (given, or $ATLAS_STORE), else
+    ``fallback`` (the config's / checkpoint's store) when there is one."""
+    default = common.get_default("store")
+    if args.store != default or not fallback:
+        return args.store
+    return fallback
+
+
+def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig.load(args.config)
+    changes: dict[str, Any] = {}
+    if args.max_steps is not None:
+        changes["train_max_steps"] = args.max_steps
+    if args.max_minutes is not None:
+        changes["train_max_minutes"] = args.max_minutes
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if changes:
+        cfg = cfg.with_overrides(**changes)
+    store = _explicit_or(args, common, cfg.store)
+    catalog: Any = None
+    if args.no_catalog:
+        catalog = False
+    elif args.catalog:
+        catalog = args.catalog
+    quiet = args.quiet
+
+    def progress(e: dict[str, Any]) -> None:
+        ev = e["event"]
+        if ev == "start":
+            what = f"resuming at step {e['resumed_from']}" if e["resumed_from"] is not None else "new run"
+            print(f"train {e['run_id']} ({what}) -> {e['out_dir']}")
+            print(f"  data: {e['train_sequences']} train / {e['val_sequences']} val sequences, "
+                  f"{e['train_windows']} / {e['val_windows']} windows, resolution "
+                  f"{e['resolution']}, levels {e['levels']}; dataset version "
+                  f"{e['dataset_version_id']}; model {e['params']:,} parameters")
+        elif ev == "log" and not quiet:
+            print(f"  step {e['step']:6d}  loss {e['loss']:.5f}  mse {e['mse']:.5f}  cons "
+                  f"{e['conservation']:.2e}  ent {e['entropy']:.2e}  nll {e['nll']:.4f}  "
+                  f"lr {e['lr']:.2e}  {e['steps_per_s']:.2f} steps/s  wait "
+                  f"{1000 * e['wait_s']:.1f} ms ({100 * e['wait_fraction']:.0f}%)")
+        elif ev == "eval":
+            mark = " *best*" if e["improved"] else ""
+            print(f"  val @ {e['step']}: {e['monitor']} {e[e['monitor']]:.5f} (vrmse "
+                  f"{e['vrmse']:.4f}, persistence {e['persistence_vrmse']:.4f}, conservation "
+                  f"{e['conservation']:.2e}){mark}")
+        elif ev == "checkpoint" and not quiet:
+            print(f"  checkpoint {e['ckpt_id']}")
+        elif ev == "catalog_error":
+            print(f"catalog not updated ({e['error']}); training goes on", file=sys.stderr)
+        elif ev == "end":
+            best = e["best"] or {}
+            print(f"stopped at step {e['step']} ({e['stopped']}); {e['steps_per_second']:.2f} "
+                  f"steps/s; input wait {100 * e['wait'].get('fraction', 0.0):.1f}% of wall time")
+            if best:
+                print(f"best checkpoint: {best['ckpt_id']} at {best['path']}")
+
+    result = train(cfg, store=store, catalog=catalog, out_dir=args.out, resume=args.resume,
+                   progress=progress)
+    return 1 if result.catalog_errors else 0
+
+
+def cmd_evaluate(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    ckpt = args.checkpoint
+    if not Path(ckpt).exists() and args.catalog:
+        from ..catalog import open_catalog
+
+        with open_catalog(args.catalog) as cat:
+            rec = cat.get_checkpoint(ckpt)
+        if rec is None:
+            raise FileNotFoundError(f"{ckpt} is neither a checkpoint path nor a checkpoint id in "
+                                    f"{args.catalog}")
+        ckpt = rec.path
+    # --store when given; else the checkpoint's own store
+    store = args.store if args.store != common.get_default("store") else None
+    report = evaluate_checkpoint(ckpt, store=store, out_dir=args.out, split=args.split,
+                                 mc_samples=args.mc_samples, rollout_steps=args.rollout_steps,
+                                 n_plots=args.plots, max_windows=args.max_windows,
+                                 plots=args.plots != 0)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items()}, indent=1, default=str))
+        return 0
+    one = report["one_step"]
+    print(f"checkpoint {report['checkpoint']['ckpt_id']} (step {report['checkpoint']['step']}) on "
+          f"{report['data']['windows']} windows of {len(report['data']['sequences'])} "
+          f"{report['data']['split']} sequences")
+    print(f"{'':12s} {'VRMSE':>8s} {'cons.err':>9s} {'ent.viol':>8s} {'NLL':>9s} {'CRPS':>9s} "
+          f"{'cov50':>6s} {'cov90':>6s} {'spread/skill':>12s}")
+    for name in ("model", "persistence", "diffusion"):
+        m = one[name]
+        print(f"{name:12s} {m['vrmse']:8.4f} {m['conservation_error']:9.2e} "
+              f"{m['entropy_violations']['rate']:8.3f} {m['nll']:9.4f} {m['crps']:9.5f} "
+              f"{m['coverage_50']:6.3f} {m['coverage_90']:6.3f} {m['spread_skill']:12.3f}")
+    red = report["vs_persistence"]["vrmse_reduction"]
+    if red is not None:
+        print(f"VRMSE {100 * abs(red):.1f}% {'below' if red >= 0 else 'ABOVE'} persistence (goal: "
+              f"at least 30% below); diffusion "
+              f"sigma {report['diffusion']['sigma']} px fitted on {report['diffusion']['fit_on']}")
+    ro = report.get("rollout") or {}
+    if ro:
+        print("rollout VRMSE by lead: model " + " ".join(f"{v:.3f}" for v in ro["model_vrmse"])
+              + " | persistence " + " ".join(f"{v:.3f}" for v in ro["persistence_vrmse"]))
+    print(f"wrote {report['out_dir']}/report.json and {len(report['figures'])} figure(s)")
+    return 0
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.ArgumentParser) -> None:
+    """Register ``train`` and ``evaluate`` on the ``atlas`` subparsers."""
+    s = sub.add_parser("train", parents=[common, cat],
+                       help="train the NVP next-step model (config JSON; resumable)")
+    s.add_argument("--config", required=True, help="training config JSON "
+                   "(schemas/train-config.schema.json), e.g. configs/nvp-cpu-small.json")
+    s.add_argument("--out", default=None, help="run directory (default: config out_dir or runs/<name>)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its "
+                   "latest checkpoint")
+    s.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    s.add_argument("--max-minutes", type=float, default=None, help="override train.max_minutes")
+    s.add_argument("--seed", type=int, default=None, help="override the seed")
+    s.add_argument("--no-catalog", action="store_true", help="do not register lineage")
+    s.add_argument("--quiet", action="store_true", help="only start, validation and end lines")
+    s.set_defaults(func=lambda a: cmd_train(a, common))
+
+    s = sub.add_parser("evaluate", parents=[common, cat],
+                       help="evaluate a checkpoint: metrics vs baselines, report.json and PNGs")
+    s.add_argument("checkpoint", help="run directory (best checkpoint), checkpoints/best|latest, "
+                   "a step directory, or a checkpoint id with --catalog")
+    s.add_argument("--out", default=None, help="output directory (default: <run>/eval)")
+    s.add_argument("--split", choices=("val", "train", "all"), default="val",
+                   help="val: the run's held-out sequences (default); all: every matching "
+                        "sequence of --store (e.g. a separately generated test store)")
+    s.add_argument("--mc-samples", type=int, default=None, help="MC-dropout samples")
+    s.add_argument("--rollout-steps", type=int, default=None)
+    s.add_argument("--plots", type=int, default=None, help="sample figures (0: no figures)")
+    s.add_argument("--max-windows", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    s.set_defaults(func=lambda a: cmd_evaluate(a, common))
