@@ -431,6 +431,14 @@ class DatasetVersion(_Record):
     sequence_keys: list[str]
     created: str
 
+    @classmethod
+    def build(cls, version_id: str, query: Mapping[str, Any], split: Mapping[str, Any],
+              sequence_keys: Iterable[str], created: str | None, check: bool) -> DatasetVersion:
+        """The record both backends register (keys de-duplicated in order, time defaulted)."""
+        return cls.coerce({"version_id": version_id, "query": plain(query), "split": plain(split),
+                           "sequence_keys": list(dict.fromkeys(sequence_keys)),
+                           "created": created or utc_now()}, check=check)
+
 
 @dataclass
 class TrainingRun(_Record):
@@ -445,6 +453,15 @@ class TrainingRun(_Record):
     started: str
     finished: str | None = None
 
+    @classmethod
+    def build(cls, run_id: str, config: Mapping[str, Any], dataset_version_id: str,
+              code_version: str | None, host: str | None, started: str | None,
+              finished: str | None, check: bool) -> TrainingRun:
+        return cls.coerce({"run_id": run_id, "config": plain(config),
+                           "dataset_version_id": dataset_version_id, "code_version": code_version,
+                           "host": host, "started": started or utc_now(), "finished": finished},
+                          check=check)
+
 
 @dataclass
 class Checkpoint(_Record):
@@ -457,6 +474,13 @@ class Checkpoint(_Record):
     metrics: dict[str, Any]
     path: str
     created: str
+
+    @classmethod
+    def build(cls, ckpt_id: str, training_run_id: str, step: int, metrics: Mapping[str, Any],
+              path: str, created: str | None, check: bool) -> Checkpoint:
+        return cls.coerce({"ckpt_id": ckpt_id, "training_run_id": training_run_id,
+                           "step": plain(step), "metrics": plain(metrics), "path": str(path),
+                           "created": created or utc_now()}, check=check)
 
 
 # ------------------------------------------------------------------------------------ lineage

@@ -49,7 +49,7 @@ from .base import (
     RESOLVE_ORDER, ArrayRecord, CatalogError, CatalogNotFound, CatalogUnavailable, Checkpoint,
     DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence, TimeStep,
     TrainingRun, agent_properties, batch_widths, check_domains, check_limit, check_range, chunks,
-    dumps, make_batch, missing_message, seek_margin, node_id, plain, sort_edges,
+    dumps, make_batch, missing_message, seek_margin, node_id, sort_edges,
     split_node_id, utc_now,
 )
 
@@ -715,10 +715,8 @@ class Neo4jCatalog:
     def register_dataset_version(self, version_id: str, query: Mapping[str, Any],
                                  split: Mapping[str, Any], sequence_keys: Iterable[str], *,
                                  created: str | None = None) -> DatasetVersion:
-        dv = DatasetVersion.coerce({"version_id": version_id, "query": plain(query),
-                                    "split": plain(split),
-                                    "sequence_keys": list(dict.fromkeys(sequence_keys)),
-                                    "created": created or utc_now()}, check=self._validate)
+        dv = DatasetVersion.build(version_id, query, split, sequence_keys, created,
+                                  check=self._validate)
         props = {"key": dv.version_id, "version_id": dv.version_id,
                  "query": dumps(dv.query, "query"), "split": dumps(dv.split, "split"),
                  "sequence_keys": dv.sequence_keys, "created": dv.created}
@@ -739,11 +737,8 @@ class Neo4jCatalog:
                               dataset_version_id: str, *, code_version: str | None = None,
                               host: str | None = None, started: str | None = None,
                               finished: str | None = None) -> TrainingRun:
-        tr = TrainingRun.coerce({"run_id": run_id, "config": plain(config),
-                                 "dataset_version_id": dataset_version_id,
-                                 "code_version": code_version, "host": host,
-                                 "started": started or utc_now(), "finished": finished},
-                                check=self._validate)
+        tr = TrainingRun.build(run_id, config, dataset_version_id, code_version, host,
+                               started, finished, check=self._validate)
         props = {"key": tr.run_id, "run_id": tr.run_id, "config": dumps(tr.config, "config"),
                  "dataset_version_id": tr.dataset_version_id, "code_version": tr.code_version,
                  "host": tr.host, "started": tr.started, "finished": tr.finished}
@@ -760,9 +755,8 @@ class Neo4jCatalog:
     def register_checkpoint(self, ckpt_id: str, training_run_id: str, step: int,
                             metrics: Mapping[str, Any], path: str, *,
                             created: str | None = None) -> Checkpoint:
-        ck = Checkpoint.coerce({"ckpt_id": ckpt_id, "training_run_id": training_run_id,
-                                "step": plain(step), "metrics": plain(metrics), "path": str(path),
-                                "created": created or utc_now()}, check=self._validate)
+        ck = Checkpoint.build(ckpt_id, training_run_id, step, metrics, path, created,
+                              check=self._validate)
         props = {"key": ck.ckpt_id, "ckpt_id": ck.ckpt_id, "training_run_id": ck.training_run_id,
                  "step": ck.step, "metrics": dumps(ck.metrics, "metrics"), "path": ck.path,
                  "created": ck.created}

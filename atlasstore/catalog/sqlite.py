@@ -34,7 +34,7 @@ from .base import (
     RESOLVE_ORDER, STRUCTURAL_RELS, UPSTREAM_RELS, ArrayRecord, CatalogError, CatalogNotFound,
     Checkpoint, DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence,
     TimeStep, TrainingRun, agent_properties, batch_widths, check_domains, check_limit,
-    check_range, dumps, make_batch, seek_margin, missing_message, node_id, plain, sort_edges,
+    check_range, dumps, make_batch, seek_margin, missing_message, node_id, sort_edges,
     split_node_id, utc_now,
 )
 
@@ -547,10 +547,8 @@ class SQLiteCatalog:
     def register_dataset_version(self, version_id: str, query: Mapping[str, Any],
                                  split: Mapping[str, Any], sequence_keys: Iterable[str], *,
                                  created: str | None = None) -> DatasetVersion:
-        dv = DatasetVersion.coerce({"version_id": version_id, "query": plain(query),
-                                    "split": plain(split),
-                                    "sequence_keys": list(dict.fromkeys(sequence_keys)),
-                                    "created": created or utc_now()}, check=self._validate)
+        dv = DatasetVersion.build(version_id, query, split, sequence_keys, created,
+                                  check=self._validate)
         vid = node_id("DatasetVersion", dv.version_id)
         with self._tx() as db:
             missing = set(dv.sequence_keys) - self._existing(db, "sequences", "key", dv.sequence_keys)
@@ -572,11 +570,8 @@ class SQLiteCatalog:
                               dataset_version_id: str, *, code_version: str | None = None,
                               host: str | None = None, started: str | None = None,
                               finished: str | None = None) -> TrainingRun:
-        tr = TrainingRun.coerce({"run_id": run_id, "config": plain(config),
-                                 "dataset_version_id": dataset_version_id,
-                                 "code_version": code_version, "host": host,
-                                 "started": started or utc_now(), "finished": finished},
-                                check=self._validate)
+        tr = TrainingRun.build(run_id, config, dataset_version_id, code_version, host,
+                               started, finished, check=self._validate)
         tid = node_id("TrainingRun", tr.run_id)
         with self._tx() as db:
             if not self._existing(db, "dataset_versions", "version_id", [dataset_version_id]):
@@ -603,9 +598,8 @@ class SQLiteCatalog:
     def register_checkpoint(self, ckpt_id: str, training_run_id: str, step: int,
                             metrics: Mapping[str, Any], path: str, *,
                             created: str | None = None) -> Checkpoint:
-        ck = Checkpoint.coerce({"ckpt_id": ckpt_id, "training_run_id": training_run_id,
-                                "step": plain(step), "metrics": plain(metrics), "path": str(path),
-                                "created": created or utc_now()}, check=self._validate)
+        ck = Checkpoint.build(ckpt_id, training_run_id, step, metrics, path, created,
+                              check=self._validate)
         cid = node_id("Checkpoint", ck.ckpt_id)
         with self._tx() as db:
             if not self._existing(db, "training_runs", "run_id", [training_run_id]):
