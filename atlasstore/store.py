@@ -90,17 +90,20 @@ class CorruptArray(StoreError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Chunking and compression of every array; chosen by benchmarks/bench_store.py.
+    """Chunking and compression of every array; chosen by ``benchmarks/bench_store.py --layout``.
 
     ``time_chunk`` steps per inner chunk (the unit a read decodes), ``time_shard`` steps per
-    shard (the unit of a file/object). ``clevel`` 0 disables compression.
+    shard (the unit of a file/object, rounded up to whole inner chunks). ``clevel`` 0 disables
+    compression. Default: 4-step inner chunks with Blosc LZ4 + byte shuffle read 4-8 step
+    windows ~2x faster through TensorStore than 1-step zstd(1)+bitshuffle, for 10 % more bytes
+    (ratio 1.26 vs 1.38 on the synthetic domains) - see README "Chunking".
     """
 
-    time_chunk: int = 1
+    time_chunk: int = 4
     time_shard: int = 128
-    cname: str = "zstd"
-    clevel: int = 1
-    shuffle: str = "bitshuffle"
+    cname: str = "lz4"
+    clevel: int = 5
+    shuffle: str = "shuffle"
 
     def compressors(self) -> list[Any]:
         codecs: list[Any] = []
@@ -433,8 +436,8 @@ class AtlasStore:
         t, ny, nx = values.shape
         lay = self.layout
         tc = max(1, min(lay.time_chunk, t))
-        ts = max(tc, min(lay.time_shard, t))
-        ts = ts - ts % tc if ts % tc else ts
+        ts = -(-max(tc, min(lay.time_shard, t)) // tc) * tc  # whole inner chunks, >= 1
+        # (a short sequence is one shard; its last inner chunk may extend past the end)
         arr = group.create_array(
             name, shape=values.shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
             compressors=lay.compressors(), fill_value=0.0, dimension_names=DIMS,

@@ -293,7 +293,7 @@ def make_data(n_domains: int, n_seqs: int, n_steps: int, seed: int) -> Data:
         preset = synth.load_preset(d)
         presets[d] = preset.to_dict()
         for i in range(n_seqs):
-            e, m = synth.synthesize(preset, [seed, zlib.crc32(d.encode()), i],
+            e, m = synth.synthesize(preset, np.random.SeedSequence([seed, zlib.crc32(d.encode()), i]),
                                     n_steps=n_steps, shape=(256, 256))
             seqs[(d, f"seq{i:04d}")] = e
             meta[(d, f"seq{i:04d}")] = m

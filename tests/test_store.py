@@ -709,3 +709,18 @@ def test_zarr_open_group_sees_dimension_names_and_attributes(tool_store: tuple[P
     assert dict(a.attrs)["units"] == "energy / pixel^2"
     assert "atlasstore_sequence" in dict(g["dom/seq"].attrs)
     assert dict(g["dom"].attrs)["atlasstore_domain"]["name"] == "dom"
+
+
+@pytest.mark.parametrize("steps, shards", [(3, 1), (10, 1), (128, 1), (130, 2)])
+def test_default_layout_shards_whole_inner_chunks(tmp_path: Path, steps: int, shards: int) -> None:
+    """Shards cover whole 4-step inner chunks (a 10-step sequence is one 12-step shard, not an
+    8-step shard plus a 2-step one), so a short sequence is one object per array."""
+    from atlasstore.store import Layout
+
+    store = AtlasStore.create(tmp_path / "a.zarr", layout=Layout())
+    store.create_domain("alpha")
+    store.write_sequence("alpha", "s0", np.ones((steps, 64, 64), np.float32))
+    arr = store.array("alpha", "s0", 64, "energy")
+    assert arr.chunks[0] == min(4, steps) and arr.shards[0] % arr.chunks[0] == 0
+    assert len(chunk_files(store.location, "alpha/s0/64/energy")) == shards
+    store.verify_array("alpha", "s0", 64, "energy")
