@@ -189,37 +189,54 @@ def _finite_param(name: str, value: float, positive: bool = False) -> float:
     return v
 
 
-def apply_rotation(energy: ArrayLike, angle: float) -> NDArray:
-    """Rotate by ``angle`` degrees about the centre, periodically; positive angles turn the map
-    counter-clockwise as displayed with row 0 on top (``np.rot90``'s sense).
+def _shift_rows(e: NDArray[np.float64], shifts: NDArray[np.float64]) -> NDArray[np.float64]:
+    """out[..., y, x] = e[..., y, x - shifts[y]], periodic, linear interpolation.
 
-    Conservative forward splatting: each input pixel's energy moves to its rotated position and
-    is shared bilinearly among the four output pixels around it (weights sum to 1), wrapping at
-    the edges. Energy is conserved exactly and stays non-negative wherever it sits, including
-    the corners that a backward-sampling rotation (e.g. ``scipy.ndimage.rotate``) never samples.
+    Each row's operator is circulant with weights (1 - f, f): doubly stochastic.
+    """
+    ny, nx = e.shape[-2:]
+    whole = np.floor(shifts)
+    f = (shifts - whole)[:, None]
+    i0 = (np.arange(nx)[None, :] - whole[:, None].astype(np.intp)) % nx
+    rows = np.arange(ny)[:, None]
+    return (1 - f) * e[..., rows, i0] + f * e[..., rows, (i0 - 1) % nx]
+
+
+def _shear(e: NDArray[np.float64], a: float, axis: str) -> NDArray[np.float64]:
+    """Shear about the centre: x += a (y - cy) (axis "x"), or y += a (x - cx) (axis "y")."""
+    if axis == "y":
+        return np.swapaxes(_shear(np.swapaxes(e, -1, -2), a, "x"), -1, -2)
+    ny = e.shape[-2]
+    return _shift_rows(e, a * (np.arange(ny) - (ny - 1) / 2.0))
+
+
+def apply_rotation(energy: ArrayLike, angle: float) -> NDArray:
+    """Rotate by ``angle`` degrees about the centre of the periodic domain; positive angles turn
+    the map counter-clockwise as displayed with row 0 on top (``np.rot90``'s sense).
+
+    Multiples of 90 degrees (180 for 2:3 maps, whose shape must not change) are exact
+    permutations (``np.rot90``); the remainder, at most 45 (90) degrees, is three shears
+    (Paeth's decomposition), each shifting every row or column periodically by a sub-pixel
+    amount with linear interpolation. Every step is a doubly stochastic operator on the torus,
+    so sum E is conserved exactly, energy stays non-negative and Shannon entropy cannot
+    decrease - wherever the energy sits. (Backward resampling such as ``scipy.ndimage.rotate``
+    never samples the corners on a periodic grid: a hot corner pixel vanished; forward splatting
+    conserves but piles energy up where wrapped images overlap, lowering entropy.)
     """
     angle = _finite_param("angle", angle)
     e, dtype = _as64(energy)
     ny, nx = e.shape[-2:]
-    a = -np.deg2rad(angle)
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
-    ry = cy + np.sin(a) * (xx - cx) + np.cos(a) * (yy - cy)
-    rx = cx + np.cos(a) * (xx - cx) - np.sin(a) * (yy - cy)
-    # snap positions within rounding of a pixel centre, so right angles are exact permutations
-    ry = np.where(np.abs(ry - np.round(ry)) < 1e-9, np.round(ry), ry)
-    rx = np.where(np.abs(rx - np.round(rx)) < 1e-9, np.round(rx), rx)
-    y0, x0 = np.floor(ry), np.floor(rx)
-    fy, fx = ry - y0, rx - x0
-    flat = e.reshape(-1, ny * nx)
-    out = np.zeros_like(flat)
-    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                      (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        idx = (((y0 + dy) % ny) * nx + (x0 + dx) % nx).astype(np.intp).ravel()
-        for b in range(flat.shape[0]):
-            out[b] += np.bincount(idx, weights=flat[b] * w.ravel(), minlength=ny * nx)
-    out = np.maximum(out.reshape(e.shape), 0.0)
-    return _restore_total(out, e.sum()).astype(dtype)
+    r = (angle + 180.0) % 360.0 - 180.0
+    quarter = 90.0 if ny == nx else 180.0
+    k = int(np.round(r / quarter))
+    rest = r - k * quarter
+    out = np.rot90(e, k * int(quarter // 90), axes=(-2, -1))
+    if abs(rest) > 1e-12:
+        t = np.deg2rad(-rest)
+        a, b = -np.tan(t / 2), np.sin(t)
+        out = _shear(_shear(_shear(out, a, "x"), b, "y"), a, "x")
+    out = np.maximum(out, 0.0)
+    return _restore_total(np.ascontiguousarray(out), e.sum()).astype(dtype)
 
 
 def apply_translation(energy: ArrayLike, shift_x: int, shift_y: int) -> NDArray:

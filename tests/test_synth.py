@@ -816,3 +816,14 @@ def test_preset_docs_are_not_shared_state():
     b = synth.load_preset("plasma_physics")
     assert b.perturbations.gaussian_noise == 0.15
     assert b.source["perturbations"]["gaussian_noise"]["sigma"] == 0.15
+
+
+@given(energy_maps(), st.floats(-720, 720, allow_nan=False))
+@settings(max_examples=40)
+def test_rotation_is_doubly_stochastic_conserves_and_never_lowers_entropy(e, angle):
+    """Three periodic shears: sum E exact, non-negative, entropy non-decreasing (any angle)."""
+    out = synth.apply_rotation(e, angle)
+    _assert_valid_energy(out)
+    assert out.shape == e.shape
+    assert abs(_fsum(out) - _fsum(e)) <= 1e-5 * _fsum(e)
+    assert float(physics.entropy(out)) >= float(physics.entropy(e)) - 1e-6
