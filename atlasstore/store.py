@@ -543,7 +543,8 @@ class AtlasStore:
                 raise CorruptArray(f"{name}: stored data is corrupt "
                                    f"({type(exc).__name__}: {exc})") from exc
             raise
-        self._check_shards_present(arr, name, t)
+        if fast is None:  # TensorStore refuses missing shards itself (fill_missing_data_reads)
+            self._check_shards_present(arr, name, t)
         return values
 
     def read_into(self, jobs: Sequence[ReadJob], reader: TensorStoreReader | None = None) -> None:
@@ -557,10 +558,8 @@ class AtlasStore:
             return
         named = []
         for d, s, lvl, f, t0, t1, ys, xs, dst in jobs:
-            arr = self.array(d, s, lvl, f)
-            name = f"{d}/{s}/{lvl}/{f}"
-            self._check_shards_present(arr, name, slice(t0, t1))
-            named.append((name, (slice(t0, t1), ys, xs), dst))
+            self._array_path(d, s, lvl, f)  # validates the sequence, level and field
+            named.append((f"{d}/{s}/{lvl}/{f}", (slice(t0, t1), ys, xs), dst))
         fast.copy_into(named)
 
     def _check_shards_present(self, arr: zarr.Array, name: str, t: slice | int) -> None:
@@ -685,7 +684,8 @@ class TensorStoreReader:
     def handle(self, name: str) -> Any:
         h = self._handles.get(name)
         if h is None:
-            spec: dict[str, Any] = {"driver": "zarr3",
+            # fill_missing_data_reads=False: a missing or empty shard is an error, never zeros
+            spec: dict[str, Any] = {"driver": "zarr3", "fill_missing_data_reads": False,
                                     "kvstore": {"driver": "file", "path": str(self.root / name)}}
             if self.cache_bytes:
                 spec["recheck_cached_data"] = "open"
@@ -707,6 +707,8 @@ class TensorStoreReader:
             text = str(exc)
             if text.startswith(("OUT_OF_RANGE", "INVALID_ARGUMENT")):  # the caller's selection
                 raise IndexError(f"{name}: {text.splitlines()[0][:300]}") from None
+            if text.startswith(("NOT_FOUND", "FAILED_PRECONDITION")):
+                raise CorruptArray(f"{name}: shard missing or empty ({text.splitlines()[0][:300]})") from exc
             if _looks_corrupt(exc):
                 raise CorruptArray(f"{name}: stored data is corrupt ({exc})") from exc
             raise
