@@ -81,15 +81,29 @@ def _open_store(args: argparse.Namespace, mode: str = "r") -> Any:
     return AtlasStore.open(args.store, mode=mode)
 
 
-def _open_catalog(args: argparse.Namespace, required: bool = False) -> Any:
-    spec = getattr(args, "catalog", None)
-    if not spec:
-        spec = default_catalog_spec(args.store)
-        if not required and not Path(spec).exists():
-            return None
+def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool = False) -> Any:
+    """The catalog named by --catalog/$ATLAS_CATALOG, else the SQLite file beside the store.
+
+    Read-only commands never create a catalog file; without ``required`` an absent or empty
+    default catalog means "no catalog" (the store is scanned instead).
+    """
     from .catalog import open_catalog
 
-    return open_catalog(spec)
+    spec = getattr(args, "catalog", None)
+    explicit = bool(spec)
+    if not explicit:
+        spec = default_catalog_spec(args.store)
+    local = str(spec).removeprefix("sqlite:///")
+    is_file = "://" not in str(spec).replace("sqlite:///", "") and str(spec) != "neo4j"
+    if is_file and not create and not Path(local).exists():
+        if required or explicit:
+            raise UserError(f"no catalog at {local}; create it with `atlas catalog sync`")
+        return None
+    cat = open_catalog(spec)
+    if not explicit and not required and cat.count() == 0:
+        cat.close()
+        return None
+    return cat
 
 
 def default_catalog_spec(store: str) -> str:
@@ -123,7 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     plan = Plan(domains=tuple(args.domains), sequences=args.sequences, steps=args.steps,
                 scales=tuple(args.scales) if args.scales is not None else None, seed=args.seed,
                 start_index=args.start_index)
-    catalog = None if args.no_catalog else _open_catalog(args, required=True)
+    catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
     n = len(plan.tasks())
     bar = tqdm(total=n, unit="seq", desc="generate", disable=args.quiet or not sys.stderr.isatty()
                and not args.progress, file=sys.stderr)
@@ -148,10 +162,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
           f"{report.maps_per_second:.1f} maps/s ({report.engine})")
     for f in report.failures:
         print(f"FAILED {f.domain}/{f.sequence_id} seed={f.seed}: {f.error}", file=sys.stderr)
+    for e in report.store_errors:
+        print(f"store: {e}", file=sys.stderr)
     for e in report.catalog_errors:
         print(f"catalog not updated ({e}); the store is complete - run `atlas catalog sync` "
               f"when the catalog is back", file=sys.stderr)
-    return EXIT_FAILED if report.failures or report.catalog_errors else 0
+    return EXIT_FAILED if report.failures or report.store_errors or report.catalog_errors else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -301,14 +317,16 @@ def cmd_catalog_sync(args: argparse.Namespace) -> int:
     from .index import sync_catalog
 
     store = _open_store(args)
-    catalog = _open_catalog(args, required=True)
+    catalog = _open_catalog(args, required=True, create=True)
     try:
         result = sync_catalog(store, catalog, prune=not args.no_prune)
     finally:
         catalog.close()
     print(f"catalog sync: {result['registered']} sequences registered, {result['removed']} removed, "
           f"{result['runs']} runs")
-    return 0
+    for key, why in result["refused"].items():
+        print(f"REFUSED {key}: {why}", file=sys.stderr)
+    return EXIT_FAILED if result["refused"] else 0
 
 
 def cmd_catalog_lineage(args: argparse.Namespace) -> int:

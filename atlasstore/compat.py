@@ -124,6 +124,8 @@ class EnergyAtlasLoader:
     def save_map(self, energy_map: ArrayLike, domain: str, map_id: str,
                  metadata: Mapping[str, Any] | None = None, overwrite: bool = True) -> str:
         """Store one map (validated) as a one-step sequence ``map_id``; returns the map id."""
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a mapping, got {type(metadata).__name__}")
         seq, t = parse_map_id(map_id)
         if t != 0:
             raise ValueError(f"save_map stores single maps; map id {map_id!r} names step {t}")

@@ -13,10 +13,12 @@ filesystem or an object-store URL).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -84,6 +86,12 @@ class Plan:
     start_index: int = 0
 
     def __post_init__(self) -> None:
+        if self.domains is None or not isinstance(self.domains, (str, tuple, list)):
+            raise PlanError(f"domains must be a list of preset names, got {self.domains!r}")
+        for name, v in (("shape", self.shape), ("scales", self.scales)):
+            if v is not None and (isinstance(v, str) or not all(
+                    isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in v)):
+                raise PlanError(f"{name} must be integers, got {v!r}")
         if isinstance(self.domains, str):
             object.__setattr__(self, "domains", (self.domains,))
         object.__setattr__(self, "domains", tuple(self.domains))
@@ -185,8 +193,15 @@ def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] |
     generation = {"run_id": plan.run_id(), "seed": task.seed, "pattern": preset.pattern,
                   "perturbations": preset.perturbations.to_dict(), "code_version": code_version(),
                   "index": task.index}
-    info = store.write_sequence(task.domain, task.sequence_id, seq, steps, generation,
-                                levels=plan.scales, overwrite=True)
+    try:
+        info = store.write_sequence(task.domain, task.sequence_id, seq, steps, generation,
+                                    levels=plan.scales, overwrite=True)
+    except BaseException:
+        # e.g. disk full: remove the uncommitted group (best effort; a crash leaves it to the
+        # next run, which replaces it) so the store holds only complete sequences
+        with contextlib.suppress(Exception):
+            store.delete_sequence(task.domain, task.sequence_id)
+        raise
     return {"task": asdict(task), "status": "written", "info": info,
             "seconds": time.perf_counter() - t0}
 
@@ -211,11 +226,12 @@ class RunReport:
     bytes_written: int = 0
     seconds: float = 0.0
     catalog_errors: list[str] = field(default_factory=list)
+    store_errors: list[str] = field(default_factory=list)
     engine: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.store_errors
 
     @property
     def maps_per_second(self) -> float:
@@ -283,6 +299,7 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     is a Dask scheduler address. ``progress`` is called with every finished task's result.
     """
     loc = str(location)
+    _check_engine(scheduler, workers)
     store = AtlasStore.create(loc, exist_ok=True, storage_options=storage_options,
                               layout=layout or Layout())
     lay = asdict(layout) if layout else None
@@ -291,6 +308,19 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
             store.create_domain(d, plan.preset(d).to_dict())
         return _generate_locked(store, loc, plan, workers, scheduler, catalog, lay,
                                 storage_options, progress, catalog_batch)
+
+
+def _check_engine(scheduler: str | None, workers: int | None) -> None:
+    """Refuse a bad engine before anything is written."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or not 1 <= workers <= 1024):
+        raise PlanError(f"workers must be an integer in [1, 1024], got {workers!r}")
+    if scheduler is None or scheduler in ("processes", "threads", "serial"):
+        return
+    if not isinstance(scheduler, str) or not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[\w.-]+:\d+$",
+                                                      scheduler):
+        raise PlanError(f"scheduler must be 'processes', 'threads', 'serial' or a Dask scheduler "
+                        f"address like tcp://host:8786, got {scheduler!r}")
 
 
 def _generate_locked(store: AtlasStore, loc: str, plan: Plan, workers: int | None,
@@ -344,7 +374,10 @@ def _generate_locked(store: AtlasStore, loc: str, plan: Plan, workers: int | Non
     run = {**run, "finished": _now(),
            "counts": {"tasks": len(tasks), "written": report.written, "skipped": report.skipped,
                       "failed": len(report.failures), "maps": report.maps}}
-    runs.finish(run, [asdict(f) for f in report.failures])
+    try:
+        runs.finish(run, [asdict(f) for f in report.failures])
+    except OSError as exc:  # e.g. the disk is still full: the sequences themselves are safe
+        report.store_errors.append(f"run record not updated: {type(exc).__name__}: {exc}")
     sink.flush(final_run=run)
     report.catalog_errors = sink.errors
     return report

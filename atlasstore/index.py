@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .catalog.base import Catalog
+from .catalog.base import Catalog, CatalogError
 from .query import Query, Selected
 from .store import AtlasStore, RunLog
 
@@ -80,15 +80,34 @@ def register_sequence_infos(catalog: Catalog, infos: Iterable[Mapping[str, Any]]
 
 
 def sync_catalog(store: AtlasStore, catalog: Catalog, prune: bool = True,
-                 batch_size: int = 256) -> dict[str, int]:
+                 batch_size: int = 256) -> dict[str, Any]:
     """Make the catalog match the store: register runs and every committed sequence; with
-    ``prune``, remove catalogued sequences the store no longer has. Idempotent."""
+    ``prune``, remove catalogued sequences the store no longer has. Idempotent.
+
+    A batch the catalog refuses is retried one sequence at a time, so one bad record (e.g. a
+    sequence naming a run the store has no record of) costs only itself: it is returned under
+    ``refused`` with the reason, and everything else is registered.
+    """
     runs = RunLog(store).list()
     for run in runs:
         register_run(catalog, run)
     stored: set[str] = set()
-    batch: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
     registered = 0
+
+    def flush(batch: list[Mapping[str, Any]]) -> int:
+        try:
+            return register_sequence_infos(catalog, batch)
+        except (CatalogError, ValueError):
+            n = 0
+            for info in batch:
+                try:
+                    n += register_sequence_infos(catalog, [info])
+                except (CatalogError, ValueError) as exc:
+                    refused[f"{info['domain']}/{info['sequence_id']}"] = f"{type(exc).__name__}: {exc}"
+            return n
+
+    batch: list[Mapping[str, Any]] = []
     for domain, seq in store.iter_sequences():
         info = store.sequence_info(domain, seq)
         if not is_catalogued(info):
@@ -96,15 +115,23 @@ def sync_catalog(store: AtlasStore, catalog: Catalog, prune: bool = True,
         stored.add(f"{domain}/{seq}")
         batch.append(info)
         if len(batch) >= batch_size:
-            registered += register_sequence_infos(catalog, batch)
+            registered += flush(batch)
             batch = []
-    registered += register_sequence_infos(catalog, batch)
+    registered += flush(batch)
     removed = 0
     if prune:
         extra = sorted(set(catalog.sequence_keys()) - stored)
         if extra:
             removed = catalog.remove_sequences(extra)
-    return {"registered": registered, "removed": removed, "runs": len(runs)}
+    return {"registered": registered, "removed": removed, "runs": len(runs), "refused": refused}
+
+
+def _open(r: tuple[float, float] | None) -> tuple[float | None, float | None] | None:
+    """Query's infinite bounds as the catalog's open (None) bounds."""
+    if r is None:
+        return None
+    lo, hi = r
+    return (None if lo == float("-inf") else lo, None if hi == float("inf") else hi)
 
 
 class CatalogSelector:
@@ -119,21 +146,20 @@ class CatalogSelector:
 
     def select(self, query: Query) -> list[Selected]:
         domains = query.resolved_domains()
+        # no level filter here: Query.selection() refuses a sequence without the scale, exactly
+        # as with the store scan
         seqs = self.catalog.find_sequences(domains=domains, run_id=query.run_id,
-                                           level=query.scale, perturbation=query.perturbation)
+                                           perturbation=query.perturbation)
         seqs = [s for s in seqs if query.wants_sequence(s.domain, s.sequence_id)]
         allowed: dict[str, set[int]] = {}
         if query.has_stat_filters() and seqs:
-            for ts in self.catalog.find_timesteps(domains=domains, entropy=query.entropy,
-                                                  mean=query.mean, variance=query.variance,
+            for ts in self.catalog.find_timesteps(domains=domains, entropy=_open(query.entropy),
+                                                  mean=_open(query.mean),
+                                                  variance=_open(query.variance),
                                                   sequence_keys=[s.key for s in seqs]):
                 allowed.setdefault(ts.sequence_key, set()).add(ts.t)
         out = []
         for s in sorted(seqs, key=lambda s: (domains.index(s.domain), s.sequence_id)):
-            steps = None
-            if query.has_stat_filters():
-                steps = frozenset(allowed.get(s.key, set()))
-                if not steps:
-                    continue
+            steps = frozenset(allowed.get(s.key, set())) if query.has_stat_filters() else None
             out.append(Selected(s.domain, s.sequence_id, s.n_steps, tuple(s.levels), steps))
         return out

@@ -112,6 +112,14 @@ class Query:
     selector: Selector | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        try:
+            self._check()
+        except QueryError:
+            raise
+        except (TypeError, ValueError) as exc:  # malformed values (InvalidName included)
+            raise QueryError(f"invalid query: {exc}") from None
+
+    def _check(self) -> None:
         for name in ("domains", "sequences", "fields"):
             v = getattr(self, name)
             if isinstance(v, str):
@@ -125,8 +133,9 @@ class Query:
                 raise QueryError("domains is empty")
             for d in self.domains:
                 validate_name(d, "domain name")
-        if self.scale not in SCALES:
-            raise QueryError(f"scale {self.scale} is not one of {sorted(SCALES)}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, np.integer)) \
+                or self.scale not in SCALES:
+            raise QueryError(f"scale {self.scale!r} is not one of {sorted(SCALES)}")
         if not self.fields:
             raise QueryError("fields is empty")
         for f in self.fields:
@@ -136,12 +145,15 @@ class Query:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise QueryError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("time_range", "region"):
+        for name, n in (("time_range", 2), ("region", 4)):
             v = getattr(self, name)
-            if v is not None and (len(v) != (2 if name == "time_range" else 4) or not all(
-                    isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in v)):
-                raise QueryError(f"{name} must be {'(start, stop)' if name == 'time_range' else '(y0, y1, x0, x1)'} "
-                                 f"integers, got {v!r}")
+            if v is None:
+                continue
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != n or not all(
+                    isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in v):
+                what = "(start, stop)" if n == 2 else "(y0, y1, x0, x1)"
+                raise QueryError(f"{name} must be {what} integers, got {v!r}")
+            object.__setattr__(self, name, tuple(int(i) for i in v))
         if self.time_range is not None:
             a, b = self.time_range
             if a < 0 or b <= a:
@@ -154,10 +166,18 @@ class Query:
                                  f"got {self.region}")
         for name in ("entropy", "mean", "variance"):
             r = getattr(self, name)
-            if r is not None:
-                lo, hi = (float(v) for v in r)
-                if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
-                    raise QueryError(f"{name} range must be finite (lo, hi) with lo <= hi, got {r}")
+            if r is None:
+                continue
+            if isinstance(r, (str, bytes)) or not hasattr(r, "__len__") or len(r) != 2:
+                raise QueryError(f"{name} range must be (lo, hi), got {r!r}")
+            if any(v is not None and not np.isfinite(float(v)) for v in r):
+                raise QueryError(f"{name} range bounds must be finite (None for an open bound), "
+                                 f"got {r}")
+            lo = -np.inf if r[0] is None else float(r[0])
+            hi = np.inf if r[1] is None else float(r[1])
+            if lo > hi:
+                raise QueryError(f"{name} range must be (lo, hi) with lo <= hi, got {r}")
+            object.__setattr__(self, name, (lo, hi))
 
     # ------------------------------------------------------------------ selection helpers
 

@@ -508,6 +508,9 @@ class AtlasStore:
 
     def _array_path(self, domain: str, sequence_id: str, level: int, field: str) -> str:
         info = self.sequence_info(domain, sequence_id)
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level!r} (levels are "
+                           f"integers: {info['levels']})")
         if level not in info["levels"]:
             raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
                            f"levels: {info['levels']}")
@@ -784,25 +787,33 @@ class WriterLock:
 
         assert self._path is not None
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        # The flock is on the lock *directory*; the holder's details go into its zarr.json by
+        # atomic replace, so a reader listing the store never sees a half-written file.
+        fd = os.open(self._path.parent, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            rec = self._parse(os.pread(fd, 1 << 16, 0))
             os.close(fd)
+            try:
+                rec = self._parse(self._path.read_bytes())
+            except OSError:
+                rec = {}
             raise self._refuse(rec) from None
-        payload = self._payload()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, payload, 0)
         self._fd = fd
+        self._write_local(self._payload())
+
+    def _write_local(self, payload: bytes) -> None:
+        assert self._path is not None
+        tmp = self._path.with_name(f".zarr.json.{self.token}.tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, self._path)
 
     def _release_local(self) -> None:
         import fcntl
 
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, json.dumps({"zarr_format": 3, "node_type": "group",
-                                            "attributes": {}}).encode(), 0)
+            self._write_local(json.dumps({"zarr_format": 3, "node_type": "group",
+                                          "attributes": {}}).encode())
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

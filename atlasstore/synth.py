@@ -23,6 +23,9 @@ from .schemas import SchemaError, load_json, schema_dir, validate
 
 Seed = int | np.random.SeedSequence | np.random.Generator
 
+#: Largest float32 sequence one call may build in memory.
+MAX_SEQUENCE_BYTES = 4 * 2**30
+
 
 def _rng(seed: Seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
@@ -410,6 +413,11 @@ def generate_sequence(base_map: ArrayLike, n_steps: int = 10,
     physics.validate_shape(base.shape, "base map")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    need = int(n_steps) * base.size * 4
+    if need > MAX_SEQUENCE_BYTES:
+        raise ValueError(f"a sequence of {n_steps} steps of {base.shape[0]}x{base.shape[1]} maps needs "
+                         f"{need / 2**30:.1f} GiB (limit {MAX_SEQUENCE_BYTES / 2**30:.0f} GiB); "
+                         f"use fewer steps")
     if config is None:
         config = PerturbationConfig()
     elif not isinstance(config, PerturbationConfig):
