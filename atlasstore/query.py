@@ -17,13 +17,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .physics import SCALES
-from .store import FIELDS, AtlasStore, NotFound, validate_name
+from .store import FIELDS, AtlasStore, InvalidName, NotFound, validate_name
 
 Range = tuple[float, float]
 
 
 class QueryError(ValueError):
     """A query that cannot be answered as asked."""
+
+
+class QueryNameError(QueryError, InvalidName):
+    """A domain or sequence name in a query that could escape the store."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,9 @@ class Query:
             self._check()
         except QueryError:
             raise
-        except (TypeError, ValueError) as exc:  # malformed values (InvalidName included)
+        except InvalidName as exc:
+            raise QueryNameError(str(exc)) from None
+        except (TypeError, ValueError) as exc:  # malformed values
             raise QueryError(f"invalid query: {exc}") from None
 
     def _check(self) -> None:
