@@ -217,7 +217,9 @@ def test_kill_dask_worker_mid_run(seed: int, tmp_path: Path, procs: ProcTracker,
     run.wait(30)
     assert run.proc.returncode == 0, run.describe()
     written, skipped, failed = _summary(run.stdout())
-    assert (written, skipped, failed) == (N_TASKS, 0, 0)
+    # A worker killed after committing a sequence but before reporting it makes the retried
+    # task find the sequence complete: "skipped", not written twice.
+    assert written + skipped == N_TASKS and failed == 0, run.stdout()
     # The driver exited cleanly: nothing it started may outlive it.
     _assert_no_orphans(list(seen.values()), "after a clean finish")
 
