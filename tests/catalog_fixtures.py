@@ -23,6 +23,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -202,3 +203,17 @@ def raw_counts(cat: Any) -> dict[str, int]:
     out.update({r["kind"]: r["n"] for r in rows if r["kind"] in out})
     out["edges"] = cat._rows("MATCH ()-[r]->() RETURN count(r) AS n")[0]["n"]
     return out
+
+
+@pytest.fixture(params=["sqlite", pytest.param("neo4j", marks=pytest.mark.neo4j)])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty catalog of each backend (Neo4j: the test server, wiped); closed afterwards.
+
+    Test modules use it with ``from catalog_fixtures import catalog``."""
+    from atlasstore.catalog import SQLiteCatalog
+
+    cat = SQLiteCatalog(tmp_path / "catalog.db") if request.param == "sqlite" else open_neo4j_or_skip()
+    try:
+        yield cat
+    finally:
+        cat.close()

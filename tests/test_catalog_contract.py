@@ -20,19 +20,8 @@ from atlasstore.catalog import (
     Lineage, Sequence, SQLiteCatalog, TimeStep, node_id, open_catalog,
 )
 from atlasstore.schemas import SchemaError
-from catalog_fixtures import HOSTILE, batch, make_run, make_sequence, open_neo4j_or_skip, raw_counts
-
-
-@pytest.fixture(params=["sqlite", pytest.param("neo4j", marks=pytest.mark.neo4j)])
-def catalog(request, tmp_path):
-    if request.param == "sqlite":
-        cat = SQLiteCatalog(tmp_path / "catalog.db")
-    else:
-        cat = open_neo4j_or_skip()
-    try:
-        yield cat
-    finally:
-        cat.close()
+from catalog_fixtures import catalog  # noqa: F401 - the shared backend fixture
+from catalog_fixtures import HOSTILE, batch, make_run, make_sequence, raw_counts
 
 
 @pytest.fixture

@@ -38,26 +38,14 @@ from atlasstore.generate import Plan, code_version, generate, sequence_seed
 from atlasstore.index import RUN_FIELDS, CatalogSelector, is_catalogued, records_from_info, sync_catalog
 from atlasstore.query import Query, QueryError, StoreSelector
 from atlasstore.store import AtlasStore, NotFound, RunLog
+from catalog_fixtures import catalog  # noqa: F401 - the shared backend fixture
 from catalog_fixtures import (
-    REPO, _unavailable, batch, make_run, make_sequence, open_neo4j_or_skip, raw_counts, wipe_neo4j,
+    REPO, _unavailable, batch, make_run, make_sequence, raw_counts, wipe_neo4j,
 )
 from proc_helpers import ATLAS, ProcTracker, store_state, wait_until
 from store_fixtures import copy_store, listing
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(params=["sqlite", pytest.param("neo4j", marks=pytest.mark.neo4j)])
-def catalog(request, tmp_path):
-    """An empty catalog of each backend (Neo4j: the test server, wiped)."""
-    if request.param == "sqlite":
-        cat = SQLiteCatalog(tmp_path / "catalog.db")
-    else:
-        cat = open_neo4j_or_skip()
-    try:
-        yield cat
-    finally:
-        cat.close()
 
 
 @pytest.fixture(autouse=True)

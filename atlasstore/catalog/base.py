@@ -84,7 +84,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence as Seq
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from ..schemas import SchemaError, validate
 from ._fastcheck import checker
@@ -617,6 +617,19 @@ class Catalog(Protocol):
     def close(self) -> None: ...
     def __enter__(self) -> Catalog: ...
     def __exit__(self, *exc: object) -> None: ...
+
+
+class ClosesOnExit:
+    """Context-manager support shared by the backends: ``with`` closes the catalog."""
+
+    def close(self) -> None:  # pragma: no cover - each backend defines it
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------------------------ shared logic

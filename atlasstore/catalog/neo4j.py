@@ -46,7 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .base import (
-    RESOLVE_ORDER, ArrayRecord, CatalogError, CatalogNotFound, CatalogUnavailable, Checkpoint,
+    RESOLVE_ORDER, ClosesOnExit, ArrayRecord, CatalogError, CatalogNotFound, CatalogUnavailable, Checkpoint,
     DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence, TimeStep,
     TrainingRun, agent_properties, batch_widths, check_domains, check_limit, check_range, chunks,
     dumps, make_batch, missing_message, seek_margin, node_id, sort_edges,
@@ -491,7 +491,7 @@ def safe_uri(uri: str) -> str:
 # --------------------------------------------------------------------------------- catalog
 
 
-class Neo4jCatalog:
+class Neo4jCatalog(ClosesOnExit):
     """The catalog on a Neo4j 5 server (Bolt, official ``neo4j`` driver).
 
     ``connection_timeout``: seconds to establish a TCP connection; ``max_transaction_retry_time``:
@@ -626,12 +626,6 @@ class Neo4jCatalog:
             if self._driver is not None:
                 self._driver.close()
                 self._driver = None
-
-    def __enter__(self) -> Neo4jCatalog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Neo4jCatalog({self.uri!r}, database={self.database!r})"

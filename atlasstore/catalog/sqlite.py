@@ -32,6 +32,7 @@ from typing import Any
 
 from .base import (
     RESOLVE_ORDER, STRUCTURAL_RELS, UPSTREAM_RELS, ArrayRecord, CatalogError, CatalogNotFound,
+    ClosesOnExit,
     Checkpoint, DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence,
     TimeStep, TrainingRun, agent_properties, batch_widths, check_domains, check_limit,
     check_range, dumps, make_batch, seek_margin, missing_message, node_id, sort_edges,
@@ -306,7 +307,7 @@ _KEY_ATTR = {"Sequence": "key", "TimeStep": "key", "Array": "key", "GenerationRu
              "DatasetVersion": "version_id", "TrainingRun": "run_id", "Checkpoint": "ckpt_id"}
 
 
-class SQLiteCatalog:
+class SQLiteCatalog(ClosesOnExit):
     """The catalog in one SQLite file (``":memory:"`` for a private in-memory catalog).
 
     ``validate`` (default True) checks every record against its JSON Schema before writing.
@@ -400,12 +401,6 @@ class SQLiteCatalog:
                     pass
                 self._db.close()
                 self._db = None  # type: ignore[assignment]
-
-    def __enter__(self) -> SQLiteCatalog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SQLiteCatalog({self.path!r})"
