@@ -88,11 +88,12 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     default catalog means "no catalog" (the store is scanned instead).
     """
     from .catalog import open_catalog
+    from .locations import default_catalog_location
 
     spec = getattr(args, "catalog", None)
     explicit = bool(spec)
     if not explicit:
-        spec = default_catalog_spec(args.store)
+        spec = default_catalog_location(args.store)
     local = str(spec).removeprefix("sqlite:///")
     is_file = "://" not in str(spec).replace("sqlite:///", "") and str(spec) != "neo4j"
     if is_file and not create and not Path(local).exists():
@@ -106,9 +107,6 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     return cat
 
 
-def default_catalog_spec(store: str) -> str:
-    """The embedded default: a SQLite file beside the store."""
-    return str(Path(store).with_suffix("").as_posix()) + ".catalog.sqlite"
 
 
 def _fmt_bytes(n: float) -> str:

@@ -14,24 +14,21 @@ filesystem or an object-store URL).
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
 import re
-import socket
-import subprocess
 import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__, physics, synth
+from . import physics, synth
+from .provenance import code_version, host, utc_now
 from .store import (AtlasStore, Layout, RunLog, SequenceExists, StoreError, WriterLock,
                     validate_name)
 
@@ -42,17 +39,6 @@ MAX_SEQUENCES = 1_000_000
 
 class PlanError(ValueError):
     """A generation plan that cannot run."""
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
 
 
 def sequence_seed(run_seed: int, domain: str, index: int) -> int:
@@ -283,10 +269,6 @@ class CatalogSink:
             self._safe(lambda: register_sequence_infos(self.catalog, batch))
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
              scheduler: str | None = None, catalog: Any = None, layout: Layout | None = None,
              storage_options: Mapping[str, Any] | None = None,
@@ -303,7 +285,7 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     store = AtlasStore.create(loc, exist_ok=True, storage_options=storage_options,
                               layout=layout or Layout())
     lay = asdict(layout) if layout else None
-    with WriterLock(store, {"run_id": plan.run_id(), "started": _now()}):
+    with WriterLock(store, {"run_id": plan.run_id(), "started": utc_now()}):
         for d in plan.domains:
             store.create_domain(d, plan.preset(d).to_dict())
         return _generate_locked(store, loc, plan, workers, scheduler, catalog, lay,
@@ -330,8 +312,8 @@ def _generate_locked(store: AtlasStore, loc: str, plan: Plan, workers: int | Non
                      catalog_batch: int) -> RunReport:
     run_id = plan.run_id()
     run = {"run_id": run_id, "config": plan.to_dict(), "config_hash": plan.config_hash(),
-           "seed": plan.seed, "code_version": code_version(), "host": socket.gethostname(),
-           "started": _now(), "finished": None, "counts": {}}
+           "seed": plan.seed, "code_version": code_version(), "host": host(),
+           "started": utc_now(), "finished": None, "counts": {}}
     runs = RunLog(store)
     runs.start(run)
     sink = CatalogSink(catalog, run, catalog_batch)
@@ -371,7 +353,7 @@ def _generate_locked(store: AtlasStore, loc: str, plan: Plan, workers: int | Non
         _run_dask(engine, workers, tasks, loc, plan, lay, storage_options, handle, report)
 
     report.seconds = time.perf_counter() - t_start
-    run = {**run, "finished": _now(),
+    run = {**run, "finished": utc_now(),
            "counts": {"tasks": len(tasks), "written": report.written, "skipped": report.skipped,
                       "failed": len(report.failures), "maps": report.maps}}
     try:

@@ -19,12 +19,10 @@ crc32c codec of every inner chunk and shard index.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -42,6 +40,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import __version__, physics
+from .locations import atomic_write, local_path
+from .provenance import host, utc_now
 from .schemas import validate
 
 FORMAT_VERSION = 1
@@ -153,23 +153,14 @@ def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
     return s
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location
-
-
 def _open_zarr_store(location: str | Path, read_only: bool,
                      storage_options: Mapping[str, Any] | None) -> Any:
     loc = str(location)
-    if _is_url(loc) and not loc.startswith("file://"):
+    path = local_path(loc)
+    if path is None:
         return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
                                                  read_only=read_only)
-    if loc.startswith("file://"):
-        loc = loc[len("file://"):]
-    return zarr.storage.LocalStore(loc, read_only=read_only)
+    return zarr.storage.LocalStore(path, read_only=read_only)
 
 
 def multiscales_attr(levels: Sequence[int], base: int) -> dict[str, Any]:
@@ -219,18 +210,19 @@ class AtlasStore:
                layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
         """Create a new store; with ``exist_ok`` an existing atlas store is opened instead."""
         loc = str(location)
-        if not _is_url(loc) and Path(loc).exists() and not Path(loc).is_dir():
+        path = local_path(loc)
+        if path is not None and path.exists() and not path.is_dir():
             raise StoreError(f"{loc} is a file, not a directory; choose another store path")
         zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
         try:
             existing = zarr.open_group(zstore, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             existing = None
-        if existing is not None or (not _is_url(loc) and Path(loc).exists() and any(Path(loc).iterdir())):
+        if existing is not None or (path is not None and path.exists() and any(path.iterdir())):
             if exist_ok:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
-        attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": _now(),
+        attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
                                 "code_version": __version__,
                                 "schemas": ["root", "domain", "sequence", "preset"],
                                 "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
@@ -255,9 +247,10 @@ class AtlasStore:
         loc = str(location)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        if not _is_url(loc) and not Path(loc).exists():
+        path = local_path(loc)
+        if path is not None and not path.exists():
             raise NotAnAtlasStore(f"{loc} does not exist")
-        if not _is_url(loc) and not Path(loc.removeprefix("file://")).is_dir():
+        if path is not None and not path.is_dir():
             raise NotAnAtlasStore(f"{loc} is a file, not an atlas store")
         zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
         try:
@@ -294,7 +287,7 @@ class AtlasStore:
         self._require_writable()
         validate_name(name, "domain name")
         attrs = {"atlasstore_domain": {"name": name, "preset": dict(preset) if preset else None,
-                                       "created": _now()}}
+                                       "created": utc_now()}}
         validate(attrs, "domain", what=f"domain {name!r} attributes")
         if name in set(self._root.group_keys()):
             if not exist_ok:
@@ -468,7 +461,7 @@ class AtlasStore:
                 "status": "writing", "domain": domain, "sequence_id": sequence_id,
                 "n_steps": int(e.shape[0]), "shape": [int(e.shape[1]), int(e.shape[2])],
                 "levels": levels, "fields": list(FIELDS), "dtype": "float32",
-                "generation": gen, "created": _now(),
+                "generation": gen, "created": utc_now(),
                 "steps": [dict(s) for s in steps],
             },
         }
@@ -489,7 +482,7 @@ class AtlasStore:
                     "checksum": checksum(values), "shape": list(values.shape),
                     "stats": array_stats(values, with_entropy=(name == "energy")),
                     "derived_from": src, "operation": op}
-        return {"status": "complete", "completed": _now(), "checksum_algorithm": CHECKSUM_ALGORITHM,
+        return {"status": "complete", "completed": utc_now(), "checksum_algorithm": CHECKSUM_ALGORITHM,
                 "arrays": arrays}
 
     # ------------------------------------------------------------------ reading
@@ -679,10 +672,8 @@ class TensorStoreReader:
     @classmethod
     def for_store(cls, store: AtlasStore, cache_bytes: int = 0) -> TensorStoreReader | None:
         """A reader for a local store; None for remote (fsspec) stores."""
-        loc = str(store.location)
-        if _is_url(loc) and not loc.startswith("file://"):
-            return None
-        return cls(Path(loc.removeprefix("file://")).resolve(), cache_bytes)
+        path = local_path(store.location)
+        return None if path is None else cls(path.resolve(), cache_bytes)
 
     def handle(self, name: str) -> Any:
         h = self._handles.get(name)
@@ -757,12 +748,11 @@ class WriterLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
-        loc = str(store.location)
-        self._path = (Path(loc.removeprefix("file://")) / self.KEY
-                      if not _is_url(loc) or loc.startswith("file://") else None)
+        root = local_path(store.location)
+        self._path = None if root is None else root / self.KEY
 
     def _payload(self) -> bytes:
-        lock = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(),
+        lock = {"token": self.token, "pid": os.getpid(), "host": host(),
                 "heartbeat": time.time(), **self.owner}
         return json.dumps({"zarr_format": 3, "node_type": "group",
                            "attributes": {"atlasstore_writer_lock": lock}}).encode()
@@ -804,9 +794,7 @@ class WriterLock:
 
     def _write_local(self, payload: bytes) -> None:
         assert self._path is not None
-        tmp = self._path.with_name(f".zarr.json.{self.token}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, self._path)
+        atomic_write(self._path, payload)
 
     def _release_local(self) -> None:
         import fcntl
@@ -825,7 +813,7 @@ class WriterLock:
         return None if buf is None else self._parse(buf.to_bytes())
 
     def _is_stale(self, rec: Mapping[str, Any]) -> bool:
-        if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int):
+        if rec.get("host") == host() and isinstance(rec.get("pid"), int):
             try:
                 os.kill(rec["pid"], 0)
             except ProcessLookupError:

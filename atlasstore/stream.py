@@ -107,9 +107,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import queue
-import tempfile
 import threading
 import time
 import weakref
@@ -121,6 +119,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .locations import atomic_write, is_remote
 from .query import Query, Window
 from .store import FIELDS, AtlasStore, TensorStoreReader
 
@@ -283,14 +282,13 @@ def stats_location(store: AtlasStore) -> str:
 
 def _read_stats_file(path: str) -> dict[str, Any]:
     try:
-        if "://" in path and not path.startswith("file://"):
+        if is_remote(path):
             import fsspec
 
             with fsspec.open(path, "r") as fh:
                 doc = json.load(fh)
         else:
-            p = path[len("file://"):] if path.startswith("file://") else path
-            doc = json.loads(Path(p).read_text())
+            doc = json.loads(Path(path.removeprefix("file://")).read_text())
     except (FileNotFoundError, OSError, ValueError):
         return {"format": STATS_FORMAT, "entries": {}}
     if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
@@ -302,21 +300,13 @@ def _read_stats_file(path: str) -> dict[str, Any]:
 def _write_stats_file(path: str, doc: Mapping[str, Any]) -> bool:
     text = json.dumps(doc, indent=1, sort_keys=True)
     try:
-        if "://" in path and not path.startswith("file://"):
+        if is_remote(path):
             import fsspec
 
             with fsspec.open(path, "w") as fh:
                 fh.write(text)
             return True
-        p = Path(path[len("file://"):] if path.startswith("file://") else path)
-        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, p)  # atomic: readers see the old or the new file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path.removeprefix("file://"), text)  # readers see the old or the new file
         return True
     except (OSError, ImportError):
         return False

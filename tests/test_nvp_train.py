@@ -23,10 +23,11 @@ from catalog_fixtures import open_neo4j_or_skip
 from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.generate import Plan, generate, sequence_seed
+from atlasstore.locations import default_catalog_location
 from atlasstore.schemas import SchemaError
 from atlasstore.store import AtlasStore
 from atlasstore.nvp.train import (EarlyStopping, OptimConfig, TrainConfig, TrainError,
-                                  build_query, default_catalog_spec, generation_lineage,
+                                  build_query, generation_lineage,
                                   load_checkpoint, make_schedule, read_metrics, register_lineage,
                                   split_by_sequence, train, validate_model)
 
@@ -55,7 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The store (with its SQLite catalog) and run A, trained through ``atlas train``."""
     root = tmp_path_factory.mktemp("nvp")
     store = root / "atlas.zarr"
-    with SQLiteCatalog(default_catalog_spec(str(store))) as cat:
+    with SQLiteCatalog(default_catalog_location(store)) as cat:
         rep = generate(store, plan(), scheduler="serial", catalog=cat)
     assert rep.ok and rep.written == 6
     cfg_path = root / "tiny.json"
@@ -251,7 +252,7 @@ def test_lineage_from_checkpoint_to_generation_runs(world: dict[str, Any], backe
     run = json.loads((world["run"] / "run.json").read_text())
     best = [c for c in run["checkpoints"] if c["kind"] == "best"][-1]
     if backend == "sqlite":  # registered by the training run itself, in the default catalog
-        with SQLiteCatalog(default_catalog_spec(str(world["store"]))) as cat:
+        with SQLiteCatalog(default_catalog_location(world["store"])) as cat:
             assert cat.get_checkpoint(best["ckpt_id"]).path == best["path"]
             tr = cat.get_training_run(run["run_id"])
             assert tr.finished is not None and tr.dataset_version_id == run["dataset_version_id"]

@@ -79,13 +79,13 @@ lies in ``[lo, hi]`` (inclusive).
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence as Seq
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
+from ..provenance import utc_now
 from ..schemas import SchemaError, validate
 from ._fastcheck import checker
 
@@ -155,10 +155,6 @@ def split_node_id(nid: str) -> tuple[str, str] | None:
     if sep and kind in KINDS:
         return kind, key
     return None
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 _SCALARS = (str, int, float, bool, type(None))

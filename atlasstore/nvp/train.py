@@ -38,7 +38,6 @@ Nothing here prints: progress goes to the ``progress`` callback (the CLI prints 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import functools
 import hashlib
 import json
@@ -46,7 +45,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -59,6 +57,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ..locations import default_catalog_location, is_remote
+from ..provenance import code_version, host, utc_now
 from ..query import Query
 from ..schemas import load_json, validate
 from ..store import AtlasStore
@@ -71,7 +71,6 @@ __all__ = [
     "TrainResult", "split_by_sequence", "make_schedule", "make_optimizer", "train",
     "train_step", "eval_step", "LoadedCheckpoint", "load_checkpoint", "resolve_checkpoint",
     "register_lineage", "generation_lineage", "EarlyStopping", "MONITORS", "build_query",
-    "default_catalog_spec",
 ]
 
 CHECKPOINT_FORMAT = "atlasstore-nvp-checkpoint/1"
@@ -648,30 +647,19 @@ def load_checkpoint(path: str | Path, *, optimizer: nnx.Optimizer | None = None,
 # ------------------------------------------------------------------------------------ lineage
 
 
-def default_catalog_spec(store: str) -> str:
-    """The embedded default catalog: a SQLite file beside the store (as the CLI's)."""
-    return str(Path(str(store)).with_suffix("").as_posix()) + ".catalog.sqlite"
-
-
 def _open_catalog(spec: Any, store_location: str) -> tuple[Any, bool]:
     """(catalog or None, opened_here)."""
     if spec is False:
         return None, False
     if spec is None:
-        if "://" in str(store_location) and not str(store_location).startswith("file://"):
+        if is_remote(store_location):
             return None, False
-        spec = default_catalog_spec(store_location)
+        spec = default_catalog_location(store_location)
     if isinstance(spec, (str, os.PathLike)):
         from ..catalog import open_catalog
 
         return open_catalog(spec), True
     return spec, False
-
-
-def _code_version() -> str:
-    from ..generate import code_version
-
-    return code_version()
 
 
 def dataset_version_id(query: Mapping[str, Any], split: Mapping[str, Any],
@@ -745,10 +733,6 @@ class TrainResult:
     steps_per_second: float
     resumed_from: int | None = None
     catalog_errors: list[str] = field(default_factory=list)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _resolve_out_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
@@ -854,7 +838,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     split_rec = {"method": "by_sequence", "val_fraction": d.val_fraction, "seed": split_seed,
                  "train": train_keys, "val": val_keys}
     if not resume:
-        started = _now()
+        started = utc_now()
         cfg_doc = cfg.with_overrides(store=loc, out_dir=str(out)).to_dict()
         run_hash = hashlib.sha256(json.dumps([cfg_doc, started], sort_keys=True).encode()
                                   ).hexdigest()[:8]
@@ -862,7 +846,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
                "started": started, "finished": None, "config": cfg_doc, "query": query_rec,
                "split": split_rec,
                "dataset_version_id": dataset_version_id(query_rec, split_rec, keys),
-               "code_version": _code_version(), "host": socket.gethostname(),
+               "code_version": code_version(), "host": host(),
                "model": model_meta, "checkpoints": []}
         run_file.write_text(json.dumps(run, indent=1))
     run_id = run["run_id"]
@@ -925,7 +909,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
 
     def meta(step: int, kind: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "kind": kind, "step": step, "run_id": run_id,
-                "ckpt_id": f"{run_id}/{kind}/{step}", "created": _now(), "store": loc,
+                "ckpt_id": f"{run_id}/{kind}/{step}", "created": utc_now(), "store": loc,
                 "config": run["config"], "query": run["query"], "split": run["split"],
                 "dataset_version_id": run["dataset_version_id"], "model": model_meta,
                 "metrics": dict(metrics),
@@ -981,14 +965,14 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
             do_ckpt = step % ckpt_every == 0 or last
             interrupt = stop_at is not None and step >= stop_at
             if do_log or do_eval or do_ckpt or over_time or interrupt:
-                host = jax.device_get([t for _, t in pending])
+                fetched = jax.device_get([t for _, t in pending])
                 now = time.perf_counter()
                 waits = it.wait_times[n_wait0:]
-                for (s, _), h in zip(pending, host):
+                for (s, _), h in zip(pending, fetched):
                     rec = {k: float(v) for k, v in h.items()}
                     losses.append({"step": s, **rec})
                     last_train = rec
-                mean_terms = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+                mean_terms = {k: float(np.mean([h[k] for h in fetched])) for k in fetched[0]}
                 rec = {**mean_terms, "lr": float(make_schedule(cfg.optim, loop.max_steps)(step - 1)),
                        "steps_per_s": len(pending) / max(now - t_log, 1e-9),
                        "wait_s": float(np.mean(waits)) if waits else 0.0,
@@ -1030,7 +1014,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
         best_mngr.close()
     if stopped != "stop_at":
         rec = json.loads(run_file.read_text())
-        rec["finished"] = _now()
+        rec["finished"] = utc_now()
         rec["stopped"] = stopped
         run_file.write_text(json.dumps(rec, indent=1))
         run = rec
