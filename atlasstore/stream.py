@@ -98,7 +98,7 @@ it per sample (domains from the batch's ids).
 Wait metric
 -----------
 Every ``next()`` records the time the consumer was blocked waiting for the batch (on the queue
-with prefetch; the whole read with ``prefetch=0``): ``wait_times`` and :meth:`StreamIterator.stats`
+with prefetch; the whole read with ``prefetch=0``): ``wait_times`` and :meth:`StreamIterator.wait_summary`
 (count, mean, p50, p95, total and fraction of wall time since the first ``next()``).
 """
 
@@ -906,7 +906,7 @@ class StreamIterator:
 
     # ---------------------------------------------------------------- metrics
 
-    def stats(self) -> dict[str, float]:
+    def wait_summary(self) -> dict[str, float]:
         """Consumer wait per ``next()``: count, mean, p50, p95, total (s), fraction of wall time."""
         w = np.asarray(self.wait_times, dtype=np.float64)
         wall = (self._t_last - self._t_first) if self._t_first is not None and self._t_last else 0.0
@@ -917,7 +917,7 @@ class StreamIterator:
                 "p95": float(np.percentile(w, 95)), "total": float(w.sum()), "wall": float(wall),
                 "fraction": float(w.sum() / wall) if wall > 0 else 1.0}
 
-    def reset_stats(self) -> None:
+    def reset_waits(self) -> None:
         self.wait_times.clear()
         self._t_first = self._t_last = None
 

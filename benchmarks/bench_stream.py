@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
         it = stream(q, n_in=N_IN, n_out=N_OUT, batch_size=batch, num_epochs=None)
         train["ours (default)"] = feed(step, params, lambda: strip(next(it)), train_steps, warmup=1)
-        ws = it.stats()
+        ws = it.wait_summary()
         it.close()
         naive = NaiveLoader(src_n, store, order)
         train["(a) naive loop"] = feed(step, params, lambda: next(naive), train_steps, warmup=1)

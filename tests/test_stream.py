@@ -343,7 +343,7 @@ def test_wait_metric(store128: AtlasStore, prefetch: int) -> None:
         for _ in it:
             time.sleep(0.01)  # a consumer that takes time
             n += 1
-        s = it.stats()
+        s = it.wait_summary()
     assert len(it.wait_times) == n == 8
     assert all(w >= 0 for w in it.wait_times)
     assert s["count"] == n and s["total"] == pytest.approx(sum(it.wait_times))

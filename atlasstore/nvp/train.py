@@ -1006,7 +1006,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
             if stopped != "max_steps":
                 break
         wall = time.perf_counter() - t_start
-        wait = it.stats()
+        wait = it.wait_summary()
     finally:
         it.close()
         log.close()
