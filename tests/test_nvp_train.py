@@ -17,19 +17,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from catalog_fixtures import open_neo4j_or_skip
 
 from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.generate import Plan, generate, sequence_seed
 from atlasstore.locations import default_catalog_location
+from atlasstore.nvp.checkpoint import load_checkpoint
+from atlasstore.nvp.config import OptimConfig, TrainConfig, TrainError
+from atlasstore.nvp.input_pipeline import build_query, split_by_sequence
+from atlasstore.nvp.lineage import generation_lineage, register_lineage
+from atlasstore.nvp.metrics import EarlyStopping, read_metrics
+from atlasstore.nvp.train import make_schedule, train, validate_model
 from atlasstore.schemas import SchemaError
 from atlasstore.store import AtlasStore
-from atlasstore.nvp.train import (EarlyStopping, OptimConfig, TrainConfig, TrainError,
-                                  build_query, generation_lineage,
-                                  load_checkpoint, make_schedule, read_metrics, register_lineage,
-                                  split_by_sequence, train, validate_model)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def test_run_split_keeps_every_sequence_on_one_side(world: dict[str, Any]) -> No
     cfg = TrainConfig.from_dict(TINY)
     assert (tr, va) == split_by_sequence(tr + va, 0.2, seed=0)
     assert len(va) == 1 and len(tr) == 5
-    seq_of = lambda w: f"{w.domain}/{w.sequence_id}"  # noqa: E731
+    seq_of = lambda w: f"{w.domain}/{w.sequence_id}"
     train_seqs = {seq_of(w) for w in build_query(st, cfg.data, 128, tr).windows()}
     val_seqs = {seq_of(w) for w in build_query(st, cfg.data, 128, va).windows()}
     assert train_seqs == set(tr) and val_seqs == set(va) and not train_seqs & val_seqs

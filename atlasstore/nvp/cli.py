@@ -22,7 +22,8 @@ def _explicit_or(args: argparse.Namespace, common: argparse.ArgumentParser, fall
 
 
 def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
     cfg = TrainConfig.load(args.config)
     changes: dict[str, Any] = {}

@@ -51,9 +51,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["ModelConfig", "NVP", "Prediction", "MCPrediction", "LevelStat", "combine_mc",
-           "predict", "mc_predict", "downsample_sum", "pyramid_inputs", "softplus_k",
-           "ModelError"]
+from ..physics import block_sum
+
+__all__ = [
+    "NVP",
+    "LevelStat",
+    "MCPrediction",
+    "ModelConfig",
+    "ModelError",
+    "Prediction",
+    "combine_mc",
+    "mc_predict",
+    "predict",
+    "pyramid_inputs",
+    "softplus_k",
+]
 
 
 class ModelError(ValueError):
@@ -222,7 +234,7 @@ class NVP(nnx.Module):
         entry: dict[int, int] = {}
         for lv in levels[1:]:
             f = base // lv
-            d = int(round(math.log2(f))) if f > 0 else -1
+            d = round(math.log2(f)) if f > 0 else -1
             if base % lv or 2 ** d != f:
                 raise ModelError(f"level {lv} is not base {base} / 2**d; levels must halve")
             if d > cfg.depth:
@@ -403,18 +415,8 @@ def mc_predict(model: NVP, inputs: Mapping[int, jax.Array], key: jax.Array,
     return combine_mc(means, log_vars)
 
 
-def downsample_sum(x: jax.Array, factor: int) -> jax.Array:
-    """Block-sum the last two axes by ``factor`` (the store's energy-conserving area downsample)."""
-    if factor == 1:
-        return x
-    *lead, ny, nx = x.shape
-    if ny % factor or nx % factor:
-        raise ModelError(f"maps {ny}x{nx} are not divisible by {factor}")
-    return x.reshape(*lead, ny // factor, factor, nx // factor, factor).sum(axis=(-3, -1))
-
-
 def pyramid_inputs(base: jax.Array, levels: Sequence[int]) -> dict[int, jax.Array]:
     """``{level: x}`` for every level from maps at the finest level (block sums), e.g. to feed a
     prediction back during a rollout. ``base`` is (..., y, x) at level ``max(levels)``."""
     top = max(levels)
-    return {lv: downsample_sum(base, top // lv) for lv in levels}
+    return {lv: block_sum(base, top // lv) for lv in levels}
