@@ -246,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from atlasstore.nvp.evaluate import evaluate_checkpoint
     from atlasstore.nvp.checkpoint import clear_run
     from atlasstore.nvp.config import TrainConfig
+    from atlasstore.nvp.evaluate import evaluate_checkpoint
     from atlasstore.nvp.train import train
     from atlasstore.synth import DEFAULT_DOMAINS
 

@@ -73,8 +73,8 @@ def test_crps_closed_form() -> None:
     for mu, sigma, y in ((0.0, 1.0, 0.3), (2.0, 0.5, -1.0), (-1.0, 3.0, 4.0)):
         F = stats.norm(mu, sigma).cdf
         lo, hi = min(mu - 12 * sigma, y), max(mu + 12 * sigma, y)
-        num = (integrate.quad(lambda x: F(x) ** 2, lo, y, limit=200)[0]
-               + integrate.quad(lambda x: (1 - F(x)) ** 2, y, hi, limit=200)[0])
+        num = (integrate.quad(lambda x, F=F: F(x) ** 2, lo, y, limit=200)[0]
+               + integrate.quad(lambda x, F=F: (1 - F(x)) ** 2, y, hi, limit=200)[0])
         assert float(gaussian_crps(mu, sigma, y)) == pytest.approx(num, rel=1e-6)
     # sigma -> 0: the absolute error; scale: CRPS(a mu, a sigma, a y) = a CRPS(mu, sigma, y)
     assert float(gaussian_crps(1.0, 0.0, 3.5)) == pytest.approx(2.5)

@@ -103,14 +103,14 @@ def test_beta_only_rescales_gradients() -> None:
     lv = jnp.full((1, 2, 2), math.log(4.0))
     g0 = jax.grad(lambda a, b: beta_nll(a, b, y, 0.0).sum(), argnums=(0, 1))(m, lv)
     g1 = jax.grad(lambda a, b: beta_nll(a, b, y, 0.5).sum(), argnums=(0, 1))(m, lv)
-    for a, b in zip(g0, g1):
+    for a, b in zip(g0, g1, strict=True):
         np.testing.assert_allclose(np.asarray(b), 2.0 * np.asarray(a), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ gradients
 
 
-def grad_of(fn, x):
+def grad_of(fn, x):  # noqa: ANN001, ANN202
     return np.asarray(jax.grad(lambda z: jnp.sum(fn(z)))(x))
 
 

@@ -30,12 +30,12 @@ from atlasstore.nvp.model import (
 TINY = ModelConfig(width=4, max_width=8, depth=1, blocks=1, dropout=0.2, groups=2)
 
 
-def stats_for(levels, base_mean=1.0, base_std=1.0):
+def stats_for(levels, base_mean=1.0, base_std=1.0):  # noqa: ANN001, ANN201
     top = max(levels)
     return {lv: (base_mean * (top // lv) ** 2, base_std * (top // lv) ** 2) for lv in levels}
 
 
-def abstract_inputs(levels, shape, n_in=1, b=2):
+def abstract_inputs(levels, shape, n_in=1, b=2):  # noqa: ANN001, ANN201
     top = max(levels)
     return {lv: jax.ShapeDtypeStruct((b, n_in, shape[0] * lv // top, shape[1] * lv // top),
                                      jnp.float32) for lv in levels}
@@ -47,7 +47,7 @@ def abstract_inputs(levels, shape, n_in=1, b=2):
     ((128, 64), (128, 192), 3, ((1, 64),)),   # 2:3 aspect
     ((64,), (64, 64), 2, ()),
 ])
-def test_levels_enter_at_matching_depth_and_shapes(levels, shape, depth, entry) -> None:
+def test_levels_enter_at_matching_depth_and_shapes(levels, shape, depth, entry) -> None:  # noqa: ANN001
     cfg = ModelConfig(width=4, max_width=8, depth=depth, groups=2)
     m = NVP(cfg, levels, 2, stats_for(levels), shape=shape)
     assert m.entry == entry

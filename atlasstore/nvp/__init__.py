@@ -39,7 +39,7 @@ _EXPORTS = {
     "evaluate_checkpoint": "evaluate", "vrmse": "scores",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -49,10 +49,12 @@ def diffusion(prev: Any, sigma: float, mode: str = "wrap") -> NDArray[np.float64
 
 def fit_diffusion_sigma(prev: Any, target: Any, sigmas: Sequence[float] = DEFAULT_SIGMAS,
                         mode: str = "wrap") -> tuple[float, list[dict[str, float]]]:
-    """The sigma (pixels) of :func:`diffusion` with the least MSE against ``target``; and the table."""
+    """The sigma (pixels) of :func:`diffusion` with the least MSE against ``target``, and the
+    table of every sigma tried."""
     prev = np.asarray(prev, np.float64)
     target = np.asarray(target, np.float64)
-    table = [{"sigma": float(s), "mse": float(np.mean(np.square(diffusion(prev, s, mode) - target)))}
+    table = [{"sigma": float(s),
+              "mse": float(np.mean(np.square(diffusion(prev, s, mode) - target)))}
              for s in sigmas]
     best = min(table, key=lambda r: r["mse"])
     return best["sigma"], table

@@ -18,6 +18,7 @@ the new one, never a truncated file that ``--resume`` cannot read.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -29,8 +30,10 @@ from typing import Any
 from flax import nnx
 
 from ..locations import atomic_write
-from ..provenance import utc_now
+from ..provenance import code_version, host, utc_now
 from .config import TrainConfig, TrainError
+from .input_pipeline import DataPlan
+from .lineage import dataset_version_id
 from .model import NVP, ModelConfig
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "checkpoint_steps",
     "clear_run",
     "load_checkpoint",
+    "new_run_record",
     "read_run_record",
     "record_checkpoint",
     "resolve_checkpoint",
@@ -62,6 +66,23 @@ def resolve_out_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
 
 def run_file(out_dir: Path) -> Path:
     return out_dir / "run.json"
+
+
+def new_run_record(cfg: TrainConfig, location: str, out_dir: Path, plan: DataPlan,
+                   model_desc: Mapping[str, Any]) -> dict[str, Any]:
+    """The run record of a new run: id, config (with the store and run directory it runs with),
+    query, split, dataset version, provenance, model description, no checkpoints yet."""
+    started = utc_now()
+    cfg_doc = cfg.with_overrides(store=location, out_dir=str(out_dir)).to_dict()
+    run_hash = hashlib.sha256(json.dumps([cfg_doc, started], sort_keys=True).encode()
+                              ).hexdigest()[:8]
+    query = plan.query_record(location)
+    split = plan.split_record(cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed)
+    return {"run_id": f"{cfg.name}-{started.replace(':', '').replace('+0000', 'Z')}-{run_hash}",
+            "started": started, "finished": None, "config": cfg_doc, "query": query,
+            "split": split, "dataset_version_id": dataset_version_id(query, split, plan.keys),
+            "code_version": code_version(), "host": host(), "model": dict(model_desc),
+            "checkpoints": []}
 
 
 def read_run_record(out_dir: Path) -> dict[str, Any]:

@@ -120,7 +120,8 @@ class DataPlan:
                 "train": self.train_keys, "val": self.val_keys}
 
 
-def _store_levels(store: AtlasStore, keys: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, int]]:
+def _store_levels(store: AtlasStore, keys: Sequence[str]
+                  ) -> tuple[tuple[int, ...], tuple[int, int]]:
     sig = set()
     for k in keys:
         d, s = k.split("/", 1)

@@ -137,7 +137,8 @@ def gaussian_nll_log_var(mean: jax.Array, log_var: jax.Array, target: jax.Array)
 
 def beta_nll(mean: jax.Array, log_var: jax.Array, target: jax.Array, beta: float = 0.5
              ) -> jax.Array:
-    """Per-sample beta-NLL: mean over pixels of ``stop_gradient(var**beta) * NLL`` (Seitzer et al.)."""
+    """Per-sample beta-NLL: mean over pixels of ``stop_gradient(var**beta) * NLL``
+    (Seitzer et al.)."""
     nll = gaussian_nll_log_var(mean, log_var, target)
     if beta > 0:
         nll = nll * jax.lax.stop_gradient(jnp.exp(beta * log_var))

@@ -31,8 +31,9 @@ a per-pixel coefficient ``a_i`` that the network predicts. The heat-kernel terms
 network diffusion (the dominant physics of the synthetic data) as a learned *coefficient*
 instead of a convolution it must discover, which matters when it can afford only a few hundred
 steps on a CPU; they conserve energy when ``a_i`` is constant. The head starts at zero, so an
-untrained model predicts persistence (up to ``log(2) s / k`` where E_t = 0). The log-variance head is soft-clamped to
-``[log_var_min, log_var_max]`` (in units of ``s**2``) and returned in physical units.
+untrained model predicts persistence (up to ``log(2) s / k`` where E_t = 0). The log-variance
+head is soft-clamped to ``[log_var_min, log_var_max]`` (in units of ``s**2``) and returned in
+physical units.
 
 Uncertainty: aleatoric from the variance head; epistemic from MC dropout (Gal & Ghahramani):
 dropout stays on at prediction time and ``S`` samples give
@@ -123,7 +124,8 @@ class ModelConfig:
         return d
 
     def widths(self) -> list[int]:
-        return [min(self.width * 2 ** d, max(self.max_width, self.width)) for d in range(self.depth + 1)]
+        cap = max(self.max_width, self.width)
+        return [min(self.width * 2 ** d, cap) for d in range(self.depth + 1)]
 
 
 class LevelStat(nnx.Variable):
@@ -251,7 +253,8 @@ class NVP(nnx.Module):
         missing = [lv for lv in levels if lv not in stats]
         if missing:
             raise ModelError(f"no normalisation statistics for level(s) {missing}")
-        self.level_mean = LevelStat(jnp.asarray([float(stats[lv][0]) for lv in levels], jnp.float32))
+        self.level_mean = LevelStat(jnp.asarray([float(stats[lv][0]) for lv in levels],
+                                                jnp.float32))
         self.level_std = LevelStat(jnp.asarray([max(float(stats[lv][1]), 1e-12) for lv in levels],
                                                jnp.float32))
 

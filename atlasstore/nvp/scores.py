@@ -141,7 +141,8 @@ def spread_skill(mean: Any, std: Any, y: Any, n_bins: int = 10) -> dict[str, Any
 
 def metric_block(pred: Any, std: Any, target: Any, prev: Any,
                  entropy_threshold: float = 0.0) -> dict[str, Any]:
-    """Every one-step metric of a Gaussian predictive (mean ``pred``, ``std``) against ``target``."""
+    """Every one-step metric of a Gaussian predictive (mean ``pred``, ``std``) against
+    ``target``."""
     pred, std, target, prev = (np.asarray(a, np.float64) for a in (pred, std, target, prev))
     v = np.asarray(vrmse(pred, target))
     cons = np.asarray(conservation_error(pred, target))

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ import optax
 from flax import nnx
 
 from ..physics import block_sum
-from ..provenance import code_version, host, utc_now
+from ..provenance import utc_now
 from ..store import AtlasStore
 from .checkpoint import (
     CheckpointWriter,
@@ -56,6 +54,7 @@ from .checkpoint import (
     checkpoint_meta,
     checkpoint_steps,
     load_checkpoint,
+    new_run_record,
     read_run_record,
     record_checkpoint,
     resolve_out_dir,
@@ -73,7 +72,7 @@ from .input_pipeline import (
     val_batches,
     val_source,
 )
-from .lineage import LineageRecorder, dataset_version_id
+from .lineage import LineageRecorder
 from .loss import (
     LossConfig,
     beta_nll,
@@ -282,21 +281,6 @@ def _new_model(cfg: TrainConfig, plan: DataPlan, stats: Mapping[int, tuple[float
     return model, optimizer, desc
 
 
-def _new_run_record(cfg: TrainConfig, loc: str, out: Path, plan: DataPlan,
-                    model_desc: Mapping[str, Any]) -> dict[str, Any]:
-    started = utc_now()
-    cfg_doc = cfg.with_overrides(store=loc, out_dir=str(out)).to_dict()
-    run_hash = hashlib.sha256(json.dumps([cfg_doc, started], sort_keys=True).encode()
-                              ).hexdigest()[:8]
-    query = plan.query_record(loc)
-    split = plan.split_record(cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed)
-    return {"run_id": f"{cfg.name}-{started.replace(':', '').replace('+0000', 'Z')}-{run_hash}",
-            "started": started, "finished": None, "config": cfg_doc, "query": query,
-            "split": split, "dataset_version_id": dataset_version_id(query, split, plan.keys),
-            "code_version": code_version(), "host": host(), "model": dict(model_desc),
-            "checkpoints": []}
-
-
 # ------------------------------------------------------------------------------------ the loop
 
 
@@ -481,7 +465,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     model, optimizer, model_desc = _new_model(cfg, plan, stats)
     run = prior
     if run is None:
-        run = _new_run_record(cfg, loc, out, plan, model_desc)
+        run = new_run_record(cfg, loc, out, plan, model_desc)
         out.mkdir(parents=True, exist_ok=True)
         write_run_record(out, run)
     spec = catalog if catalog is not None else cfg.catalog
