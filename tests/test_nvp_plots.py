@@ -41,10 +41,11 @@ def records() -> list[dict[str, Any]]:
 
 def test_axis_scale_follows_the_sign() -> None:
     assert axis_scale([1e-6, 1.0, 3e2]) == "log"
+    assert axis_scale([1.0, 2.0]) == "linear"  # positive, but less than a decade
     assert axis_scale([0.0, 1.0]) == "linear"  # a zero has no logarithm
     assert axis_scale([-1.0, 2.0]) == "linear"  # a sign change
     assert axis_scale([-3.0, -1.0]) == "linear"
-    assert axis_scale([float("nan"), 2.0]) == "log"  # non-finite values are ignored
+    assert axis_scale([float("nan"), 2.0, 40.0]) == "log"  # non-finite values are ignored
     assert axis_scale([]) == "linear"
 
 
@@ -56,8 +57,8 @@ def test_training_curves_one_panel_per_term_with_its_own_scale(tmp_path: Path) -
         assert TITLES[key] in axes, f"no panel for {key}"
     assert "throughput" in axes
     scales = {k: axes[TITLES[k]].get_yscale() for k in TITLES}
-    assert scales["mse"] == scales["loss"] == scales["conservation"] == "log"
-    assert scales["lr"] == scales["grad_norm"] == scales["vrmse"] == "log"
+    assert scales["mse"] == scales["loss"] == scales["conservation"] == scales["grad_norm"] == "log"
+    assert scales["lr"] == scales["vrmse"] == "linear"  # constant / within a decade
     assert scales["nll"] == "linear"  # changes sign: never a symlog that flips it
     assert scales["entropy"] == "linear"  # zeros
     assert all(ax.get_yscale() in ("log", "linear") for ax in fig.axes)

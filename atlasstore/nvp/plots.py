@@ -2,8 +2,9 @@
 
 * Training curves (:func:`curves_figure`): one panel per quantity (each loss term, VRMSE, energy
   fidelity, learning rate, gradient norm, throughput), training and validation overlaid. The
-  y axis is logarithmic when every value of the panel is positive and linear otherwise: a term
-  that reaches zero or changes sign (the entropy hinge, a Gaussian NLL) keeps its sign readable.
+  y axis is logarithmic when every value of the panel is positive and they span a decade or
+  more, linear otherwise: a term that reaches zero or changes sign (the entropy hinge, a
+  Gaussian NLL) keeps its sign readable, and no symlog bends it.
 * Sample panels (:func:`sample_figure`): input, truth, prediction, error, predicted std and
   ``|error| / std``; colour ranges are percentiles (:func:`percentile_limits`), so that a few
   extreme pixels (e.g. at the edges) cannot wash out the rest of a panel. Colour bars show
@@ -59,10 +60,13 @@ def _save(fig: Any, path: Path) -> None:
 # ------------------------------------------------------------------------------------ scales
 
 
-def axis_scale(values: Sequence[float]) -> str:
-    """"log" when every finite value is > 0 (and there is one), else "linear"."""
+def axis_scale(values: Sequence[float], decades: float = 1.0) -> str:
+    """"log" when every finite value is > 0 and they span at least ``decades`` decades, else
+    "linear" (a zero or a sign change has no logarithm; a narrow range reads better linear)."""
     v = np.asarray([x for x in values if math.isfinite(x)], np.float64)
-    return "log" if v.size and bool((v > 0).all()) else "linear"
+    if not v.size or not bool((v > 0).all()):
+        return "linear"
+    return "log" if np.log10(v.max() / v.min()) >= decades else "linear"
 
 
 def percentile_limits(*images: Any, percentiles: tuple[float, float] = PERCENTILES
