@@ -234,6 +234,23 @@ def levels_for(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(s for s in SCALES if s <= short)
 
 
+def block_sum(x: Any, factor: int) -> Any:
+    """Sum ``factor`` x ``factor`` blocks over the last two axes: the area downsample of energy.
+
+    Namespace-agnostic (only ``.shape``, ``.reshape`` and ``.sum(axis=...)``), so the same code
+    serves NumPy here and JAX arrays in the model (also inside ``jit``); the result keeps the
+    input's array type and dtype. ``factor`` 1 returns ``x`` itself.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise EnergyMapError(f"block-sum factor must be a positive integer, got {factor!r}")
+    if factor == 1:
+        return x
+    *lead, ny, nx = x.shape
+    if ny % factor or nx % factor:
+        raise EnergyMapError(f"maps {ny}x{nx} are not divisible by the block-sum factor {factor}")
+    return x.reshape(*lead, ny // factor, factor, nx // factor, factor).sum(axis=(-3, -1))
+
+
 def downsample(energy: ArrayLike, level: int) -> NDArray:
     """Downsample over the last two axes to short side ``level``, conserving sum E.
 
@@ -245,12 +262,12 @@ def downsample(energy: ArrayLike, level: int) -> NDArray:
     """
     e = validate_energy(energy)
     ny, nx = e.shape[-2:]
-    ty, tx = level_shape((ny, nx), level)
+    ty, _ = level_shape((ny, nx), level)
     f = ny // ty
     if f == 1:
         return e.copy()
     e64 = e.astype(np.float64, copy=False)
-    coarse = e64.reshape(*e.shape[:-2], ty, f, tx, f).sum(axis=(-3, -1))
+    coarse = block_sum(e64, f)
     before = e64.sum(axis=(-2, -1), keepdims=True)
     after = coarse.sum(axis=(-2, -1), keepdims=True)
     coarse *= np.where(after > 0, before / np.where(after > 0, after, 1.0), 1.0)

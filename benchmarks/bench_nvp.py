@@ -246,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    from atlasstore.nvp.checkpoint import clear_run
+    from atlasstore.nvp.config import TrainConfig
     from atlasstore.nvp.evaluate import evaluate_checkpoint
-    from atlasstore.nvp.train import TrainConfig, clear_run, train
+    from atlasstore.nvp.train import train
     from atlasstore.synth import DEFAULT_DOMAINS
 
     work = Path(args.workdir or f"/tmp/atlas-bench-nvp{'-quick' if args.quick else ''}")
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         tps.append(_throughput(cfg, r, tp_steps))
         print(f"[throughput] {tps[-1]}", flush=True)
 
-    from atlasstore.nvp.train import read_metrics
+    from atlasstore.nvp.metrics import read_metrics
 
     vals = [m for m in read_metrics(run_dir) if m["split"] == "val"]
     best_val = min(vals, key=lambda m: m["energy_fidelity"]) if vals else {}

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from atlasstore.nvp.evaluate import (conservation_error, diffusion, entropy_violations,
-                                     fit_diffusion_sigma, gaussian_crps, gaussian_nll,
-                                     interval_coverage, metric_block, persistence, spread_skill,
-                                     vrmse)
+from atlasstore.nvp.baselines import diffusion, fit_diffusion_sigma, persistence
+from atlasstore.nvp.scores import (
+    conservation_error,
+    entropy_violations,
+    gaussian_crps,
+    gaussian_nll_std,
+    interval_coverage,
+    metric_block,
+    spread_skill,
+    vrmse,
+)
 
 
 def checker(n: int = 4) -> np.ndarray:
@@ -53,8 +60,8 @@ def test_conservation_and_entropy_violations() -> None:
 
 
 def test_gaussian_nll_hand_case() -> None:
-    assert float(gaussian_nll(0.0, 1.0, 0.0)) == pytest.approx(0.5 * math.log(2 * math.pi))
-    assert float(gaussian_nll(1.0, 2.0, 3.0)) == pytest.approx(
+    assert float(gaussian_nll_std(0.0, 1.0, 0.0)) == pytest.approx(0.5 * math.log(2 * math.pi))
+    assert float(gaussian_nll_std(1.0, 2.0, 3.0)) == pytest.approx(
         -stats.norm(1.0, 2.0).logpdf(3.0), rel=1e-12)
 
 
@@ -66,8 +73,8 @@ def test_crps_closed_form() -> None:
     for mu, sigma, y in ((0.0, 1.0, 0.3), (2.0, 0.5, -1.0), (-1.0, 3.0, 4.0)):
         F = stats.norm(mu, sigma).cdf
         lo, hi = min(mu - 12 * sigma, y), max(mu + 12 * sigma, y)
-        num = (integrate.quad(lambda x: F(x) ** 2, lo, y, limit=200)[0]
-               + integrate.quad(lambda x: (1 - F(x)) ** 2, y, hi, limit=200)[0])
+        num = (integrate.quad(lambda x, F=F: F(x) ** 2, lo, y, limit=200)[0]
+               + integrate.quad(lambda x, F=F: (1 - F(x)) ** 2, y, hi, limit=200)[0])
         assert float(gaussian_crps(mu, sigma, y)) == pytest.approx(num, rel=1e-6)
     # sigma -> 0: the absolute error; scale: CRPS(a mu, a sigma, a y) = a CRPS(mu, sigma, y)
     assert float(gaussian_crps(1.0, 0.0, 3.5)) == pytest.approx(2.5)

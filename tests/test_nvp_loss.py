@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 from atlasstore import physics
-from atlasstore.nvp.loss import (LOSS_TERMS, LossConfig, beta_nll, conservation_error, entropy,
-                                 entropy_hinge, gaussian_nll, mse, nvp_loss)
+from atlasstore.nvp.loss import (
+    LOSS_TERMS,
+    LossConfig,
+    beta_nll,
+    conservation_penalty,
+    entropy,
+    entropy_hinge,
+    gaussian_nll_log_var,
+    mse,
+    nvp_loss,
+)
 
 N = 4 * 4
 
@@ -58,12 +67,12 @@ def test_mse_hand_case() -> None:
 
 def test_conservation_hand_case() -> None:
     t = uniform(1.0)
-    assert float(conservation_error(1.1 * t, t)[0]) == pytest.approx(0.1, rel=1e-5)
-    assert float(conservation_error(0.75 * t, t)[0]) == pytest.approx(0.25, rel=1e-6)
+    assert float(conservation_penalty(1.1 * t, t)[0]) == pytest.approx(0.1, rel=1e-5)
+    assert float(conservation_penalty(0.75 * t, t)[0]) == pytest.approx(0.25, rel=1e-6)
     # redistributing energy without changing the total costs nothing
-    assert float(conservation_error(peaked(16.0, 0.0), t)[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(conservation_penalty(peaked(16.0, 0.0), t)[0]) == pytest.approx(0.0, abs=1e-7)
     # an all-zero target: the absolute sum
-    assert float(conservation_error(t, jnp.zeros_like(t))[0]) == pytest.approx(16.0)
+    assert float(conservation_penalty(t, jnp.zeros_like(t))[0]) == pytest.approx(16.0)
 
 
 def test_entropy_hinge_hand_case() -> None:
@@ -80,7 +89,7 @@ def test_gaussian_and_beta_nll_hand_case() -> None:
     m, y = jnp.zeros((1, 2, 2)), jnp.ones((1, 2, 2))
     lv = jnp.zeros((1, 2, 2))
     want = 0.5 * (math.log(2 * math.pi) + 1.0)
-    assert float(gaussian_nll(m, lv, y)[0, 0, 0]) == pytest.approx(want, rel=1e-6)
+    assert float(gaussian_nll_log_var(m, lv, y)[0, 0, 0]) == pytest.approx(want, rel=1e-6)
     assert float(beta_nll(m, lv, y, 0.0)[0]) == pytest.approx(want, rel=1e-6)
     lv4 = jnp.full((1, 2, 2), math.log(4.0))  # var 4: NLL 0.5 (log 2pi + log 4 + 1/4)
     nll4 = 0.5 * (math.log(2 * math.pi) + math.log(4.0) + 0.25)
@@ -94,7 +103,7 @@ def test_beta_only_rescales_gradients() -> None:
     lv = jnp.full((1, 2, 2), math.log(4.0))
     g0 = jax.grad(lambda a, b: beta_nll(a, b, y, 0.0).sum(), argnums=(0, 1))(m, lv)
     g1 = jax.grad(lambda a, b: beta_nll(a, b, y, 0.5).sum(), argnums=(0, 1))(m, lv)
-    for a, b in zip(g0, g1):
+    for a, b in zip(g0, g1, strict=True):
         np.testing.assert_allclose(np.asarray(b), 2.0 * np.asarray(a), rtol=1e-5)
 
 
@@ -114,8 +123,8 @@ def test_mse_gradient_signs() -> None:
 
 def test_conservation_gradient_signs() -> None:
     t = uniform(1.0)
-    g_hi = grad_of(lambda z: conservation_error(z, t), 1.2 * t)  # too much energy: push down
-    g_lo = grad_of(lambda z: conservation_error(z, t), 0.8 * t)  # too little: push up
+    g_hi = grad_of(lambda z: conservation_penalty(z, t), 1.2 * t)  # too much energy: push down
+    g_lo = grad_of(lambda z: conservation_penalty(z, t), 0.8 * t)  # too little: push up
     assert (g_hi > 0).all() and (g_lo < 0).all()
     np.testing.assert_allclose(g_hi, 1.0 / N, rtol=1e-6)  # d|sum P - sum T|/sum T = 1/sum T
 
@@ -163,7 +172,7 @@ def test_total_is_the_weighted_sum_and_terms_are_logged() -> None:
     # each term alone
     only = LossConfig(lambda_mse=0, lambda_conservation=1, lambda_entropy=0, lambda_nll=0)
     assert float(nvp_loss(p, lv, t, prev, only)[0]) == pytest.approx(
-        float(conservation_error(p, t).mean()), rel=1e-6)
+        float(conservation_penalty(p, t).mean()), rel=1e-6)
 
 
 def test_default_weights_are_the_predecessors() -> None:

@@ -14,9 +14,18 @@ import pytest
 from flax import nnx
 
 from atlasstore import physics
-from atlasstore.nvp.model import (NVP, MCPrediction, ModelConfig, ModelError, combine_mc,
-                                  downsample_sum, heat_kernel_blur, mc_predict, predict,
-                                  pyramid_inputs, softplus_k)
+from atlasstore.nvp.model import (
+    NVP,
+    MCPrediction,
+    ModelConfig,
+    ModelError,
+    combine_mc,
+    heat_kernel_blur,
+    mc_predict,
+    predict,
+    pyramid_inputs,
+    softplus_k,
+)
 
 TINY = ModelConfig(width=4, max_width=8, depth=1, blocks=1, dropout=0.2, groups=2)
 
@@ -167,11 +176,28 @@ def test_mc_dropout_gives_epistemic_variance(tiny: NVP) -> None:
     np.testing.assert_allclose(np.asarray(r0.mean), np.asarray(predict(m, x).mean), rtol=1e-6)
 
 
-def test_downsample_sum_matches_the_store_pyramid() -> None:
+def test_block_sum_on_jax_matches_the_store_pyramid() -> None:
+    """One block-sum serves the store (NumPy) and the model (JAX, also under jit)."""
     e = np.random.default_rng(2).gamma(2.0, 1.0, size=(2, 128, 128)).astype(np.float32)
+    jitted = jax.jit(physics.block_sum, static_argnums=1)
     for lv in (128, 64):
-        np.testing.assert_allclose(np.asarray(downsample_sum(jnp.asarray(e), 128 // lv)),
-                                   physics.downsample(e, lv), rtol=1e-5)
+        f = 128 // lv
+        for got in (physics.block_sum(jnp.asarray(e), f), jitted(jnp.asarray(e), f)):
+            assert isinstance(got, jax.Array) and got.dtype == jnp.float32
+            np.testing.assert_allclose(np.asarray(got), physics.downsample(e, lv), rtol=1e-5)
     pyr = pyramid_inputs(jnp.asarray(e), (128, 64))
     assert pyr[64].shape == (2, 64, 64)
     np.testing.assert_allclose(np.asarray(pyr[64]).sum(), e.sum(), rtol=1e-5)
+
+
+def test_block_sum_numpy_and_its_refusals() -> None:
+    x = np.arange(2 * 4 * 6, dtype=np.float64).reshape(2, 4, 6)
+    got = physics.block_sum(x, 2)
+    assert isinstance(got, np.ndarray) and got.shape == (2, 2, 3)
+    assert got[0, 0, 0] == x[0, 0, 0] + x[0, 0, 1] + x[0, 1, 0] + x[0, 1, 1]
+    assert physics.block_sum(x, 1) is x
+    with pytest.raises(physics.EnergyMapError, match="not divisible"):
+        physics.block_sum(x, 4)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(physics.EnergyMapError, match="positive integer"):
+            physics.block_sum(x, bad)

@@ -12,24 +12,27 @@ import contextlib
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
 from catalog_fixtures import open_neo4j_or_skip
 
 from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.generate import Plan, generate, sequence_seed
 from atlasstore.locations import default_catalog_location
+from atlasstore.nvp.checkpoint import load_checkpoint, record_checkpoint
+from atlasstore.nvp.config import OptimConfig, TrainConfig, TrainError
+from atlasstore.nvp.input_pipeline import build_query, split_by_sequence
+from atlasstore.nvp.lineage import generation_lineage, register_lineage
+from atlasstore.nvp.metrics import EarlyStopping, read_metrics
+from atlasstore.nvp.train import make_schedule, train, validate_model
 from atlasstore.schemas import SchemaError
 from atlasstore.store import AtlasStore
-from atlasstore.nvp.train import (EarlyStopping, OptimConfig, TrainConfig, TrainError,
-                                  build_query, generation_lineage,
-                                  load_checkpoint, make_schedule, read_metrics, register_lineage,
-                                  split_by_sequence, train, validate_model)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +112,8 @@ def test_shipped_configs_validate() -> None:
     assert TrainConfig.from_dict({}).optim.learning_rate == 1e-4  # the predecessor's default
 
 
-@pytest.mark.parametrize("bad", [{"optim": {"schedule": "linear"}}, {"optim": {"learning_rate": -1}},
+@pytest.mark.parametrize("bad", [{"optim": {"schedule": "linear"}},
+                                 {"optim": {"learning_rate": -1}},
                                  {"model": {"widht": 4}}, {"bogus": 1},
                                  {"data": {"val_fraction": 1.0}}, {"train": {"monitor": "acc"}}])
 def test_bad_configs_are_refused(bad: dict[str, Any], tmp_path: Path) -> None:
@@ -122,9 +126,33 @@ def test_bad_configs_are_refused(bad: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_with_overrides() -> None:
-    c = TrainConfig.from_dict(TINY).with_overrides(train_max_steps=9, seed=4, optim_learning_rate=0.5)
+    c = TrainConfig.from_dict(TINY).with_overrides(train_max_steps=9, seed=4,
+                                                   optim_learning_rate=0.5)
     assert (c.train.max_steps, c.seed, c.optim.learning_rate) == (9, 4, 0.5)
     assert c.train.eval_every == 3
+    assert c.with_overrides(loss=c.loss) == c  # a whole section
+    assert TrainConfig.from_dict(c.to_dict()) == c  # every config round-trips through its doc
+
+
+@pytest.mark.parametrize("change,where", [({"train_max_steps": 0}, "train/max_steps"),
+                                          ({"seed": -1}, "seed"),
+                                          ({"optim_learning_rate": -1.0}, "optim/learning_rate"),
+                                          ({"train_monitor": "acc"}, "train/monitor"),
+                                          ({"bogus": 1}, "<root>")])
+def test_overrides_are_validated_like_a_loaded_config(change: dict[str, Any], where: str) -> None:
+    with pytest.raises(SchemaError, match=f"overrides .*invalid at {where}"):
+        TrainConfig.from_dict(TINY).with_overrides(**change)
+
+
+def test_atlas_train_refuses_max_steps_0(world: dict[str, Any], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run0"
+    rc = cli.main(["train", "--config", str(world["cfg_path"]), "--store", str(world["store"]),
+                   "--out", str(out), "--max-steps", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "train_max_steps=0" in err and "train/max_steps" in err and "minimum of 1" in err
+    assert not out.exists()  # nothing written
 
 
 def test_schedules() -> None:
@@ -171,7 +199,8 @@ def test_atlas_train_writes_metrics_checkpoints_and_events(world: dict[str, Any]
     assert all({"energy_fidelity", "vrmse", "conservation", "persistence_vrmse"} <= set(r)
                for r in va)
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    latest = sorted(int(p.name) for p in (run / "checkpoints" / "latest").iterdir() if p.name.isdigit())
+    latest = sorted(int(p.name) for p in (run / "checkpoints" / "latest").iterdir()
+                    if p.name.isdigit())
     best = [int(p.name) for p in (run / "checkpoints" / "best").iterdir() if p.name.isdigit()]
     assert latest == [3, 6] and len(best) == 1
     # the best checkpoint is the step with the lowest validation energy fidelity
@@ -211,6 +240,59 @@ def test_resume_continues_with_identical_losses(world: dict[str, Any]) -> None:
     assert steps == [1, 2, 3, 4, 5, 6]
     with pytest.raises(TrainError, match="nothing to resume"):
         train(cfg, store=world["store"], out_dir=world["root"] / "runC", resume=True)
+
+
+def test_run_record_survives_a_write_cut_short(world: dict[str, Any], tmp_path: Path) -> None:
+    """run.json is replaced, never rewritten in place: a write that stops half way (here: the
+    kernel's file-size limit, as a full disk or a kill would stop it) leaves the old record, and
+    the run still resumes."""
+    import resource
+
+    out = tmp_path / "runA"
+    shutil.copytree(world["run"], out)
+    before = (out / "run.json").read_text()
+    info = {"ckpt_id": "x/latest/7", "step": 7, "path": str(out / "nowhere"), "kind": "latest",
+            "metrics": {"train": {"loss": 1.0}}, "created": "2025-01-01T00:00:00+00:00"}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, hard))
+    try:
+        with pytest.raises(OSError):  # EFBIG half way through the new record
+            record_checkpoint(out, info)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (out / "run.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in world["run"].iterdir())
+    res = train(TrainConfig.from_dict(TINY), store=world["store"], out_dir=out, resume=True,
+                catalog=False)
+    assert res.resumed_from == 6 and res.step == 6 and res.stopped == "max_steps"
+
+
+def _open_files_under(prefix: Path) -> list[str]:
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.is_dir():
+        pytest.skip("needs /proc/self/fd to list open files")
+    links = []
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(fd))
+    return [p for p in links if p.startswith(str(prefix))]
+
+
+def test_a_failing_run_closes_the_catalog_it_opened(world: dict[str, Any], tmp_path: Path) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def progress(e: dict[str, Any]) -> None:
+        assert _open_files_under(cat_path), "the run should hold its catalog open while it runs"
+        if e["event"] == "log":
+            raise Interrupted
+
+    cat_path = tmp_path / "lineage.catalog.sqlite"
+    with pytest.raises(Interrupted) as failed:  # keeps the run's frames (and objects) alive
+        train(TrainConfig.from_dict(TINY), store=world["store"], out_dir=tmp_path / "run",
+              catalog=str(cat_path), progress=progress)
+    assert failed.traceback
+    assert _open_files_under(cat_path) == []
 
 
 def test_early_stopping_stops_the_run(world: dict[str, Any]) -> None:

@@ -22,7 +22,8 @@ def _explicit_or(args: argparse.Namespace, common: argparse.ArgumentParser, fall
 
 
 def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
     cfg = TrainConfig.load(args.config)
     changes: dict[str, Any] = {}
@@ -45,7 +46,8 @@ def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
     def progress(e: dict[str, Any]) -> None:
         ev = e["event"]
         if ev == "start":
-            what = f"resuming at step {e['resumed_from']}" if e["resumed_from"] is not None else "new run"
+            resumed = e["resumed_from"]
+            what = f"resuming at step {resumed}" if resumed is not None else "new run"
             print(f"train {e['run_id']} ({what}) -> {e['out_dir']}")
             print(f"  data: {e['train_sequences']} train / {e['val_sequences']} val sequences, "
                   f"{e['train_windows']} / {e['val_windows']} windows, resolution "
@@ -129,7 +131,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.Argume
                        help="train the NVP next-step model (config JSON; resumable)")
     s.add_argument("--config", required=True, help="training config JSON "
                    "(schemas/train-config.schema.json), e.g. configs/nvp-cpu-small.json")
-    s.add_argument("--out", default=None, help="run directory (default: config out_dir or runs/<name>)")
+    s.add_argument("--out", default=None,
+                   help="run directory (default: config out_dir or runs/<name>)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its "
                    "latest checkpoint")
     s.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")

@@ -35,8 +35,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["LossConfig", "entropy", "mse", "conservation_error", "entropy_hinge", "gaussian_nll",
-           "beta_nll", "nvp_loss", "LOSS_TERMS"]
+__all__ = [
+    "LOSS_TERMS",
+    "LossConfig",
+    "beta_nll",
+    "conservation_penalty",
+    "entropy",
+    "entropy_hinge",
+    "gaussian_nll_log_var",
+    "mse",
+    "nvp_loss",
+]
 
 #: names of the logged loss terms (unweighted values) plus the weighted total
 LOSS_TERMS = ("loss", "mse", "conservation", "entropy", "nll")
@@ -99,10 +108,12 @@ def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
     return _per_sample_mean(jnp.square(pred - target))
 
 
-def conservation_error(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Per-sample |sum pred - sum target| / sum target over the last two axes.
+def conservation_penalty(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Per-sample loss term |sum pred - sum target| / sum target over the last two axes, (B,).
 
-    A zero-energy target divides by 1 instead (the error is then the absolute sum).
+    A zero-energy target divides by 1 instead (the error is then the absolute sum). Extra axes
+    between the batch and the map are averaged. (The evaluation metric of the same quantity, on
+    NumPy or JAX and without the averaging, is :func:`atlasstore.nvp.scores.conservation_error`.)
     """
     sp = jnp.sum(pred, axis=(-2, -1))
     st = jnp.sum(target, axis=(-2, -1))
@@ -117,15 +128,18 @@ def entropy_hinge(pred: jax.Array, prev: jax.Array, threshold: float = 0.0) -> j
     return h.reshape(h.shape[0], -1).mean(axis=1)
 
 
-def gaussian_nll(mean: jax.Array, log_var: jax.Array, target: jax.Array) -> jax.Array:
-    """Per-pixel Gaussian negative log-likelihood 0.5 (log 2 pi + log var + (y - mu)^2 / var)."""
+def gaussian_nll_log_var(mean: jax.Array, log_var: jax.Array, target: jax.Array) -> jax.Array:
+    """Per-pixel Gaussian negative log-likelihood 0.5 (log 2 pi + log var + (y - mu)^2 / var) of
+    a predictive given by its **log-variance** (the model's head; the evaluation's
+    :func:`atlasstore.nvp.scores.gaussian_nll_std` takes the standard deviation)."""
     return 0.5 * (_LOG_2PI + log_var + jnp.square(target - mean) * jnp.exp(-log_var))
 
 
 def beta_nll(mean: jax.Array, log_var: jax.Array, target: jax.Array, beta: float = 0.5
              ) -> jax.Array:
-    """Per-sample beta-NLL: mean over pixels of ``stop_gradient(var**beta) * NLL`` (Seitzer et al.)."""
-    nll = gaussian_nll(mean, log_var, target)
+    """Per-sample beta-NLL: mean over pixels of ``stop_gradient(var**beta) * NLL``
+    (Seitzer et al.)."""
+    nll = gaussian_nll_log_var(mean, log_var, target)
     if beta > 0:
         nll = nll * jax.lax.stop_gradient(jnp.exp(beta * log_var))
     return _per_sample_mean(nll)
@@ -142,7 +156,7 @@ def nvp_loss(pred: jax.Array, log_var: jax.Array, target: jax.Array, prev: jax.A
     c = config
     terms = {
         "mse": jnp.mean(mse(pred, target)),
-        "conservation": jnp.mean(conservation_error(pred, target)),
+        "conservation": jnp.mean(conservation_penalty(pred, target)),
         "entropy": jnp.mean(entropy_hinge(pred, prev, c.entropy_threshold)),
         "nll": jnp.mean(beta_nll(pred, log_var, target, c.beta)),
     }

@@ -31,8 +31,9 @@ a per-pixel coefficient ``a_i`` that the network predicts. The heat-kernel terms
 network diffusion (the dominant physics of the synthetic data) as a learned *coefficient*
 instead of a convolution it must discover, which matters when it can afford only a few hundred
 steps on a CPU; they conserve energy when ``a_i`` is constant. The head starts at zero, so an
-untrained model predicts persistence (up to ``log(2) s / k`` where E_t = 0). The log-variance head is soft-clamped to
-``[log_var_min, log_var_max]`` (in units of ``s**2``) and returned in physical units.
+untrained model predicts persistence (up to ``log(2) s / k`` where E_t = 0). The log-variance
+head is soft-clamped to ``[log_var_min, log_var_max]`` (in units of ``s**2``) and returned in
+physical units.
 
 Uncertainty: aleatoric from the variance head; epistemic from MC dropout (Gal & Ghahramani):
 dropout stays on at prediction time and ``S`` samples give
@@ -51,9 +52,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["ModelConfig", "NVP", "Prediction", "MCPrediction", "LevelStat", "combine_mc",
-           "predict", "mc_predict", "downsample_sum", "pyramid_inputs", "softplus_k",
-           "ModelError"]
+from ..physics import block_sum
+
+__all__ = [
+    "NVP",
+    "LevelStat",
+    "MCPrediction",
+    "ModelConfig",
+    "ModelError",
+    "Prediction",
+    "combine_mc",
+    "mc_predict",
+    "predict",
+    "pyramid_inputs",
+    "softplus_k",
+]
 
 
 class ModelError(ValueError):
@@ -111,7 +124,8 @@ class ModelConfig:
         return d
 
     def widths(self) -> list[int]:
-        return [min(self.width * 2 ** d, max(self.max_width, self.width)) for d in range(self.depth + 1)]
+        cap = max(self.max_width, self.width)
+        return [min(self.width * 2 ** d, cap) for d in range(self.depth + 1)]
 
 
 class LevelStat(nnx.Variable):
@@ -222,7 +236,7 @@ class NVP(nnx.Module):
         entry: dict[int, int] = {}
         for lv in levels[1:]:
             f = base // lv
-            d = int(round(math.log2(f))) if f > 0 else -1
+            d = round(math.log2(f)) if f > 0 else -1
             if base % lv or 2 ** d != f:
                 raise ModelError(f"level {lv} is not base {base} / 2**d; levels must halve")
             if d > cfg.depth:
@@ -239,7 +253,8 @@ class NVP(nnx.Module):
         missing = [lv for lv in levels if lv not in stats]
         if missing:
             raise ModelError(f"no normalisation statistics for level(s) {missing}")
-        self.level_mean = LevelStat(jnp.asarray([float(stats[lv][0]) for lv in levels], jnp.float32))
+        self.level_mean = LevelStat(jnp.asarray([float(stats[lv][0]) for lv in levels],
+                                                jnp.float32))
         self.level_std = LevelStat(jnp.asarray([max(float(stats[lv][1]), 1e-12) for lv in levels],
                                                jnp.float32))
 
@@ -403,18 +418,8 @@ def mc_predict(model: NVP, inputs: Mapping[int, jax.Array], key: jax.Array,
     return combine_mc(means, log_vars)
 
 
-def downsample_sum(x: jax.Array, factor: int) -> jax.Array:
-    """Block-sum the last two axes by ``factor`` (the store's energy-conserving area downsample)."""
-    if factor == 1:
-        return x
-    *lead, ny, nx = x.shape
-    if ny % factor or nx % factor:
-        raise ModelError(f"maps {ny}x{nx} are not divisible by {factor}")
-    return x.reshape(*lead, ny // factor, factor, nx // factor, factor).sum(axis=(-3, -1))
-
-
 def pyramid_inputs(base: jax.Array, levels: Sequence[int]) -> dict[int, jax.Array]:
     """``{level: x}`` for every level from maps at the finest level (block sums), e.g. to feed a
     prediction back during a rollout. ``base`` is (..., y, x) at level ``max(levels)``."""
     top = max(levels)
-    return {lv: downsample_sum(base, top // lv) for lv in levels}
+    return {lv: block_sum(base, top // lv) for lv in levels}

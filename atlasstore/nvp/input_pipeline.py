@@ -1,0 +1,204 @@
+"""Training data: the query, the split by sequence, the normalisation and the iterators.
+
+The split is **by sequence** (:func:`split_by_sequence`): no time step of a sequence is on both
+sides. The normalisation (:func:`pooled_stats`) is measured on the training split only. Training
+batches come from :func:`atlasstore.stream.stream` (endless, seeded shuffle, prefetch) in
+physical units (``normalise=False``: the model normalises inside, see
+:mod:`atlasstore.nvp.model`); validation reads fixed windows from a
+:class:`~atlasstore.stream.WindowSource`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..query import Query
+from ..store import AtlasStore
+from .config import DataConfig, TrainError
+
+__all__ = [
+    "DataPlan",
+    "build_query",
+    "plan_data",
+    "pooled_stats",
+    "select_sequences",
+    "split_by_sequence",
+    "spread_indices",
+    "train_iterator",
+    "val_batches",
+    "val_source",
+]
+
+
+def build_query(store: AtlasStore, data: DataConfig, scale: int,
+                sequences: Sequence[str] | None = None) -> Query:
+    """The Query of the configured selection (``sequences`` overrides ``data.sequences``)."""
+    seqs = tuple(sequences) if sequences is not None else data.sequences
+    return Query(store, domains=data.domains, sequences=seqs, scale=scale,
+                 window=data.n_in + 1, stride=data.stride, time_range=data.time_range,
+                 entropy=data.entropy, mean=data.mean, variance=data.variance,
+                 perturbation=data.perturbation, run_id=data.run_id)
+
+
+def select_sequences(store: AtlasStore, data: DataConfig) -> list[str]:
+    """Sorted ``domain/sequence`` keys the configured query selects (at ``data.resolution``,
+    else at the full resolution of the selected sequences)."""
+    scale = data.resolution
+    if scale is None:
+        from ..query import StoreSelector
+
+        sel = StoreSelector().select(build_query(store, data, scale=64))
+        if not sel:
+            raise TrainError("the data selection matches no sequences")
+        scale = max(sel[0].levels)
+    selected = build_query(store, data, scale).selection()
+    return sorted(f"{s.domain}/{s.sequence_id}" for s in selected)
+
+
+def split_by_sequence(keys: Sequence[str], val_fraction: float = 0.05, seed: int = 0
+                      ) -> tuple[list[str], list[str]]:
+    """(train, validation) sequence keys: a seeded random choice of whole sequences.
+
+    ``n_val = clamp(round(val_fraction * n), 1, n - 1)``: at least one validation sequence and
+    at least one training sequence, so at least two sequences are needed. The choice depends only
+    on the sorted set of keys and the seed. Both lists come back sorted.
+    """
+    uniq = sorted(set(keys))
+    n = len(uniq)
+    if n < 2:
+        raise TrainError(f"a split by sequence needs at least 2 sequences, the selection has {n} "
+                         f"({', '.join(uniq) or 'none'}); generate more sequences or widen the "
+                         "query")
+    if not 0.0 <= val_fraction < 1.0:
+        raise TrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x5EC5])))
+    perm = rng.permutation(n)
+    val = sorted(uniq[i] for i in perm[:n_val])
+    train_keys = sorted(uniq[i] for i in perm[n_val:])
+    return train_keys, val
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What a run trains on: the split, the levels, and the queries of both sides."""
+
+    data: DataConfig
+    train_keys: list[str]
+    val_keys: list[str]
+    resolution: int          # the level the model predicts
+    levels: tuple[int, ...]  # the model's input levels, finest (= resolution) first
+    factor: int              # stored base level // resolution (the target is block-summed)
+    model_shape: tuple[int, int]
+    train_query: Query
+    val_query: Query
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.train_keys + self.val_keys)
+
+    def query_record(self, location: str) -> dict[str, Any]:
+        """The JSON record of the query (part of the dataset version)."""
+        d = self.data
+        rec = {"store": location, "domains": list(d.domains) if d.domains else None,
+               "sequences": list(d.sequences) if d.sequences else None,
+               "resolution": self.resolution, "levels": list(self.levels), "n_in": d.n_in,
+               "n_out": 1, "window": d.n_in + 1, "stride": d.stride,
+               "time_range": list(d.time_range) if d.time_range else None,
+               "entropy": d.entropy, "mean": d.mean, "variance": d.variance,
+               "perturbation": d.perturbation, "run_id": d.run_id}
+        return json.loads(json.dumps(rec))
+
+    def split_record(self, seed: int) -> dict[str, Any]:
+        return {"method": "by_sequence", "val_fraction": self.data.val_fraction, "seed": seed,
+                "train": self.train_keys, "val": self.val_keys}
+
+
+def _store_levels(store: AtlasStore, keys: Sequence[str]
+                  ) -> tuple[tuple[int, ...], tuple[int, int]]:
+    sig = set()
+    for k in keys:
+        d, s = k.split("/", 1)
+        info = store.sequence_info(d, s)
+        sig.add((tuple(sorted(info["levels"], reverse=True)), tuple(info["shape"])))
+    if len(sig) != 1:
+        raise TrainError(f"the selected sequences mix levels or map shapes ({sorted(sig)}); "
+                         "select one scale and shape (data.domains / data.sequences)")
+    (levels, shape), = sig
+    return levels, (int(shape[0]), int(shape[1]))
+
+
+def plan_data(store: AtlasStore, data: DataConfig, train_keys: Sequence[str],
+              val_keys: Sequence[str]) -> DataPlan:
+    """The :class:`DataPlan` of a split: checks that every sequence has the same levels and shape
+    and that ``data.resolution`` is one of them."""
+    train_keys, val_keys = list(train_keys), list(val_keys)
+    stored_levels, shape = _store_levels(store, train_keys + val_keys)
+    base = stored_levels[0]
+    res = data.resolution or base
+    if res not in stored_levels:
+        raise TrainError(f"data.resolution {res} is not a stored level ({list(stored_levels)})")
+    factor = base // res
+    return DataPlan(data=data, train_keys=train_keys, val_keys=val_keys, resolution=res,
+                    levels=tuple(lv for lv in stored_levels if lv <= res), factor=factor,
+                    model_shape=(shape[0] // factor, shape[1] // factor),
+                    train_query=build_query(store, data, res, train_keys),
+                    val_query=build_query(store, data, res, val_keys))
+
+
+def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
+                 reader: str) -> dict[int, tuple[float, float]]:
+    """Mean and std of the energy at every level over all values of the given sequences."""
+    from ..stream import compute_stats
+
+    seqs = [tuple(k.split("/", 1)) for k in keys]
+    st = compute_stats(store, seqs, ["energy"], list(levels), reader=reader, fingerprint="-")
+    out: dict[int, tuple[float, float]] = {}
+    for lv in levels:
+        n = s1 = s2 = 0.0
+        for dom in st.values.values():
+            v = dom["energy"][str(lv)]
+            c, m, sd = float(v["count"]), float(v["mean"]), float(v["std"])
+            n += c
+            s1 += c * m
+            s2 += c * (sd * sd + m * m)
+        mean = s1 / n
+        std = math.sqrt(max(s2 / n - mean * mean, 0.0))
+        out[int(lv)] = (mean, std if std > 0 else 1.0)
+    return out
+
+
+def train_iterator(plan: DataPlan, seed: int) -> Any:
+    """The endless, seeded, prefetching stream of training batches (physical units)."""
+    from ..stream import stream
+
+    d = plan.data
+    return stream(plan.train_query, n_in=d.n_in, n_out=1, batch_size=d.batch_size, seed=seed,
+                  shuffle=True, num_epochs=None, prefetch=d.prefetch, workers=d.workers,
+                  normalise=False, reader=d.reader)
+
+
+def val_source(plan: DataPlan) -> Any:
+    """The validation windows, read by index."""
+    from ..stream import WindowSource
+
+    return WindowSource(plan.val_query, plan.data.n_in, 1, reader=plan.data.reader)
+
+
+def spread_indices(n: int, k: int | None) -> list[int]:
+    """``range(n)``, or ``k`` indices spread evenly over it (first and last included)."""
+    if k is None or n <= k:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+
+
+def val_batches(n: int, batch_size: int, max_windows: int | None) -> list[list[int]]:
+    """Window indices in chunks of ``batch_size``; at most ``max_windows`` spread evenly."""
+    idx = spread_indices(n, max_windows)
+    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]

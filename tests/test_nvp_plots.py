@@ -1,0 +1,100 @@
+"""Figures: one panel per training quantity with a sign-aware axis, percentile colour ranges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from atlasstore.nvp.plots import (
+    CURVE_PANELS,
+    axis_scale,
+    curves_figure,
+    percentile_limits,
+    plot_curves,
+    plot_sample,
+    sample_figure,
+    symmetric_limit,
+)
+
+TITLES = dict(CURVE_PANELS)
+
+
+def records() -> list[dict[str, Any]]:
+    """A run whose NLL changes sign, whose entropy hinge is mostly 0 and whose other terms are
+    positive, with a validation record every 5 steps."""
+    out: list[dict[str, Any]] = []
+    for s in range(1, 21):
+        out.append({"split": "train", "step": s, "loss": 2.0 / s, "mse": 1.0 / s,
+                    "conservation": 1e-3 / s, "entropy": 0.0 if s % 4 else 1e-4,
+                    "nll": 1.5 - 0.2 * s, "lr": 1e-3, "grad_norm": 3.0 / s,
+                    "steps_per_s": 2.0, "wait_fraction": 0.1})
+        if s % 5 == 0:
+            out.append({"split": "val", "step": s, "loss": 2.5 / s, "mse": 1.2 / s,
+                        "conservation": 2e-3 / s, "entropy": 0.0, "nll": 1.0 - 0.1 * s,
+                        "vrmse": 0.5, "persistence_vrmse": 0.6, "energy_fidelity": 0.5,
+                        "monitor": "energy_fidelity"})
+    return out
+
+
+def test_axis_scale_follows_the_sign() -> None:
+    assert axis_scale([1e-6, 1.0, 3e2]) == "log"
+    assert axis_scale([1.0, 2.0]) == "linear"  # positive, but less than a decade
+    assert axis_scale([0.0, 1.0]) == "linear"  # a zero has no logarithm
+    assert axis_scale([-1.0, 2.0]) == "linear"  # a sign change
+    assert axis_scale([-3.0, -1.0]) == "linear"
+    assert axis_scale([float("nan"), 2.0, 40.0]) == "log"  # non-finite values are ignored
+    assert axis_scale([]) == "linear"
+
+
+def test_training_curves_one_panel_per_term_with_its_own_scale(tmp_path: Path) -> None:
+    fig = curves_figure(records())
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    for key in ("loss", "mse", "conservation", "entropy", "nll", "lr", "grad_norm", "vrmse",
+                "energy_fidelity"):
+        assert TITLES[key] in axes, f"no panel for {key}"
+    assert "throughput" in axes
+    scales = {k: axes[TITLES[k]].get_yscale() for k in TITLES}
+    assert scales["mse"] == scales["loss"] == scales["conservation"] == scales["grad_norm"] == "log"
+    assert scales["lr"] == scales["vrmse"] == "linear"  # constant / within a decade
+    assert scales["nll"] == "linear"  # changes sign: never a symlog that flips it
+    assert scales["entropy"] == "linear"  # zeros
+    assert all(ax.get_yscale() in ("log", "linear") for ax in fig.axes)
+    labels = {ln.get_label() for ln in axes[TITLES["mse"]].get_lines()}
+    assert labels == {"train mse", "val mse"}  # training and validation on one panel
+    out = tmp_path / "curves.png"
+    assert plot_curves(out, records())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+    assert not plot_curves(tmp_path / "none.png", []) and not (tmp_path / "none.png").exists()
+
+
+def test_sample_colour_ranges_are_percentiles_not_min_max(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.gamma(2.0, 1.0, size=(64, 64))
+    pred = truth + rng.normal(0.0, 0.1, size=truth.shape)
+    prev = truth.copy()
+    std = rng.uniform(0.05, 0.2, size=truth.shape)
+    pred[0, :3] = 1e4  # a few extreme edge pixels
+    std[-1, :2] = 50.0
+    fig = sample_figure("t", prev, truth, pred, std)
+    clim = {ax.get_title(): ax.images[0].get_clim() for ax in fig.axes if ax.images}
+
+    both = np.concatenate([truth.ravel(), pred.ravel()])
+    lo, hi = np.percentile(both, [1, 99])
+    for name in ("input E_t", "truth E_t+1", "prediction (mean)"):
+        assert clim[name] == pytest.approx((lo, hi))
+        assert clim[name][1] < both.max() / 100  # not washed out by the 1e4 pixels
+    err_lim = np.percentile(np.abs(pred - truth), 99)
+    assert clim["error (pred - truth)"] == pytest.approx((-err_lim, err_lim))
+    assert err_lim < 1.0 < np.abs(pred - truth).max()
+    assert clim["uncertainty (total std)"] == pytest.approx(tuple(np.percentile(std, [1, 99])))
+    assert clim["|error| / std"] == (0.0, 3.0)
+    assert percentile_limits(truth, pred) == pytest.approx((lo, hi))
+    assert symmetric_limit(np.zeros((4, 4))) == 1.0  # a perfect prediction still draws
+    assert percentile_limits(np.full((4, 4), 2.0)) == (2.0, 4.0)  # a flat map still draws
+
+    out = tmp_path / "sample.png"
+    plot_sample(out, "t", prev, truth, pred, std)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
