@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "split_by_sequence",
     "spread_indices",
     "train_iterator",
+    "training_pairs",
     "val_batches",
     "val_source",
 ]
@@ -63,11 +65,15 @@ def select_sequences(store: AtlasStore, data: DataConfig) -> list[str]:
 
 def split_by_sequence(keys: Sequence[str], val_fraction: float = 0.05, seed: int = 0
                       ) -> tuple[list[str], list[str]]:
-    """(train, validation) sequence keys: a seeded random choice of whole sequences.
+    """(train, validation) sequence keys ``domain/sequence``: a seeded random choice of whole
+    sequences, **per domain**.
 
-    ``n_val = clamp(round(val_fraction * n), 1, n - 1)``: at least one validation sequence and
-    at least one training sequence, so at least two sequences are needed. The choice depends only
-    on the sorted set of keys and the seed. Both lists come back sorted.
+    Every domain with at least two sequences gives ``clamp(round(val_fraction * n_d), 1,
+    n_d - 1)`` of them to validation, so each domain is validated (and its variance calibrated,
+    :mod:`.calibration`) on sequences it was not trained on; a domain with one sequence trains on
+    it. If that leaves no validation sequence at all, one sequence of the whole selection is
+    held out. At least two sequences are needed. The choice depends only on the sorted set of
+    keys and the seed; both lists come back sorted.
     """
     uniq = sorted(set(keys))
     n = len(uniq)
@@ -77,12 +83,22 @@ def split_by_sequence(keys: Sequence[str], val_fraction: float = 0.05, seed: int
                          "query")
     if not 0.0 <= val_fraction < 1.0:
         raise TrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = min(n - 1, max(1, round(val_fraction * n)))
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x5EC5])))
-    perm = rng.permutation(n)
-    val = sorted(uniq[i] for i in perm[:n_val])
-    train_keys = sorted(uniq[i] for i in perm[n_val:])
-    return train_keys, val
+    by_domain: dict[str, list[str]] = {}
+    for k in uniq:
+        by_domain.setdefault(k.split("/", 1)[0], []).append(k)
+    val: list[str] = []
+    for dom, ks in sorted(by_domain.items()):
+        if len(ks) < 2:
+            continue
+        n_val = min(len(ks) - 1, max(1, round(val_fraction * len(ks))))
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+            [int(seed), 0x5EC5, zlib.crc32(dom.encode())])))
+        val += [ks[i] for i in rng.permutation(len(ks))[:n_val]]
+    if not val:
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x5EC5])))
+        val = [uniq[int(rng.integers(n))]]
+    chosen = set(val)
+    return [k for k in uniq if k not in chosen], sorted(val)
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,30 @@ def train_iterator(plan: DataPlan, seed: int) -> Any:
     return stream(plan.train_query, n_in=d.n_in, n_out=1, batch_size=d.batch_size, seed=seed,
                   shuffle=True, num_epochs=None, prefetch=d.prefetch, workers=d.workers,
                   normalise=False, reader=d.reader)
+
+
+def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Up to ``per_domain`` (E_t, E_t+1) pairs of every domain of the training split, spread
+    evenly over its windows, at the model's resolution (float32, (B, y, x) each)."""
+    from ..physics import block_sum
+    from ..stream import WindowSource
+
+    src = WindowSource(plan.train_query, plan.data.n_in, 1, reader=plan.data.reader,
+                       cache_bytes=0)
+    by_domain: dict[str, list[int]] = {}
+    for i, w in enumerate(src.windows):
+        by_domain.setdefault(w.domain, []).append(i)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for dom, idx in sorted(by_domain.items()):
+        pick = [idx[j] for j in spread_indices(len(idx), per_domain)]
+        prev, tgt = [], []
+        for i in range(0, len(pick), 16):
+            b = src.read_batch(pick[i:i + 16])
+            prev.append(np.asarray(b["inputs"][plan.resolution][:, -1], np.float32))
+            tgt.append(block_sum(np.asarray(b["target"][:, 0], np.float64), plan.factor))
+        out[dom] = (np.concatenate(prev), np.concatenate(tgt).astype(np.float32))
+    return out
 
 
 def val_source(plan: DataPlan) -> Any:
