@@ -131,11 +131,11 @@ def test_domain_bars_one_panel_per_domain_with_every_predictor(tmp_path: Path) -
 
 def test_rollout_curves_per_domain(tmp_path: Path) -> None:
     ro = {"lead": [1, 2, 3], "per_domain": {
-        d: {"sequences": 2, "model": [0.1, 0.2, 0.3], "persistence": [0.5, 0.6, 0.7],
+        d: {"rollouts": 2, "model": [0.1, 0.2, 0.3], "persistence": [0.5, 0.6, 0.7],
             "diffusion": [0.2, 0.3, 0.4], "linear_ar": [0.2, 0.3, 0.5]} for d in ("a", "b", "c", "e")}}
     fig = rollout_figure(ro)
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in axes] == [f"{d} (2 seq.)" for d in "abce"]
+    assert [ax.get_title() for ax in axes] == [f"{d} (2 rollouts)" for d in "abce"]
     labels = {ln.get_label() for ln in axes[0].get_lines()}
     assert labels == {"NVP", "persistence", "diffusion", "linear AR"}
     out = tmp_path / "ro.png"

@@ -175,10 +175,10 @@ def test_the_model_conserves_energy_and_stays_non_negative_whatever_its_weights(
     out = np.asarray(predict(m, {32: x}, dom).mean)
     assert np.isfinite(out).all() and out.min() >= 0
     prior = np.asarray(m.prior(x[:, 0], dom))
-    assert np.abs(out - prior).max() > 1e-3  # the residual is active
-    if out.min() > 0:  # no pixel clamped: the zero-mean residual conserves sum E exactly
-        np.testing.assert_allclose(out.sum(axis=(1, 2)), np.asarray(x).sum(axis=(1, 2, 3)),
-                                   rtol=1e-5)
+    assert np.abs(out - prior).max() > 1e-2  # the residual is active
+    assert out.min() > 0  # no pixel clamped: the zero-mean residual conserves sum E exactly
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), np.asarray(x).sum(axis=(1, 2, 3)),
+                               rtol=1e-5)
     big = randomised(model(), scale=5.0, seed=3)  # clamps somewhere, never negative
     assert np.asarray(predict(big, {32: x}, dom).mean).min() >= 0
 

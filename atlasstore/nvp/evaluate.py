@@ -261,8 +261,9 @@ def _blocks(a: Mapping[str, NDArray], std: NDArray, m: NDArray, base: FittedBase
 
 
 def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any]:
-    """VRMSE by lead of the model and the baselines fed their own predictions, from step 0 of
-    every evaluated sequence, per domain; {} when the sequences are too short."""
+    """VRMSE by lead of the model and the baselines fed their own predictions, from every step
+    of every evaluated sequence that leaves ``horizon`` steps to compare with (at least step 0),
+    per domain; {} when the sequences are too short."""
     from ..stream import WindowSource
 
     if horizon <= 0:
@@ -272,7 +273,7 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
     h = min(horizon, n_steps - n_in)
     if h < 1:
         return {}
-    rq = build_query(s.store, s.cfg.data, res, s.keys).where(stride=1, time_range=(0, n_in + h))
+    rq = build_query(s.store, s.cfg.data, res, s.keys).where(stride=1)
     rsrc = WindowSource(rq, n_in, h, reader=s.cfg.data.reader)
     names = ("model", *BASELINES)
     per: dict[str, dict[str, list[NDArray]]] = {}
@@ -293,7 +294,7 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
                                                   tgt[j])))
     out: dict[str, Any] = {"steps": h, "lead": list(range(1, h + 1)), "per_domain": {}}
     for d, acc in sorted(per.items()):
-        out["per_domain"][d] = {"sequences": len(acc["model"]),
+        out["per_domain"][d] = {"rollouts": len(acc["model"]),
                                 **{k: np.mean(acc[k], axis=0).tolist() for k in names},
                                 "model_conservation_error": np.mean(acc["conservation"],
                                                                     axis=0).tolist()}

@@ -149,8 +149,9 @@ def markdown_tables(report: Mapping[str, Any]) -> str:
                      "CRPS persistence", "cons. err", "entropy viol."], rows)
     ro = report.get("rollout") or {}
     if ro:
-        lines += ["", ("Rollout VRMSE by lead (NVP / diffusion / persistence), from step 0 of "
-                  "every sequence:"), ""]
+        n = sum(r["rollouts"] for r in ro["per_domain"].values())
+        lines += ["", (f"Rollout VRMSE by lead (NVP / diffusion / persistence), {n} rollouts, "
+                       "from every start that leaves the horizon:"), ""]
         rows = [[d] + [f"{a:.3f} / {b:.3f} / {c:.3f}" for a, b, c in
                        zip(r["model"], r["diffusion"], r["persistence"], strict=True)]
                 for d, r in ro["per_domain"].items()]

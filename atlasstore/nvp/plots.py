@@ -211,7 +211,7 @@ def rollout_figure(ro: Mapping[str, Any]) -> Any:
             if k in r:
                 ax.plot(ro["lead"], r[k], marker="o", ms=3, label=lab, color=col)
         ax.set_yscale(axis_scale([y for k, *_ in _STYLE for y in r.get(k, [])]))
-        ax.set_title(f"{d} ({r['sequences']} seq.)", fontsize=9)
+        ax.set_title(f"{d} ({r['rollouts']} rollouts)", fontsize=9)
         ax.set_xlabel("lead (steps)", fontsize=8)
         ax.set_ylabel("VRMSE", fontsize=8)
         ax.legend(fontsize=7)

@@ -198,25 +198,35 @@ def _nnls_simplex(gram: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArra
 class _Spectra:
     """Second moments of the spectra of a rotation bank and of the targets, so that the mean
     squared error of sum_j w_j G_sigma R_j x against y costs O(J^2 k) per (sigma, w) by
-    Parseval instead of a blur of every map."""
+    Parseval instead of a blur of every map. Built chunk by chunk (``make(chunk)`` gives the
+    bank (J, b, y, x) of a chunk of maps), so memory does not grow with the number of pairs."""
 
-    def __init__(self, bank: NDArray[np.float32], y: NDArray[np.float32]) -> None:
+    def __init__(self, make: Any, y: NDArray[np.float32], chunk: int = 16) -> None:
         ny, nx = y.shape[-2:]
-        j, b = bank.shape[:2]
-        fb = fft.rfft2(bank.astype(np.float64), workers=-1)            # (J, B, ky, kx)
-        fy = fft.rfft2(y.astype(np.float64), workers=-1)
-        wk = np.full(fy.shape[-1], 2.0)
+        kshape = (ny, nx // 2 + 1)
+        wk = np.full(kshape[1], 2.0)
         wk[0] = 1.0
         if nx % 2 == 0:
             wk[-1] = 1.0
         norm = wk / (ny * nx * y.size)   # Parseval over rfft, then the mean over all pixels
-        k = fy.shape[-2] * fy.shape[-1]
-        fbk = np.ascontiguousarray(fb.reshape(j, b, k).transpose(2, 0, 1))  # (K, J, B)
-        cross = np.matmul(fbk.conj(), fbk.transpose(0, 2, 1)).real          # (K, J, J)
-        self.cross = cross.transpose(1, 2, 0).reshape(j, j, *fy.shape[-2:]) * norm
-        rhs = np.matmul(fbk.conj(), fy.reshape(b, k).T[:, :, None])[..., 0].real  # (K, J)
-        self.rhs = rhs.T.reshape(j, *fy.shape[-2:]) * norm
-        self.yy = float((np.abs(fy) ** 2 * norm).sum())
+        k = kshape[0] * kshape[1]
+        cross = rhs = None
+        self.yy = 0.0
+        for i in range(0, y.shape[0], chunk):
+            bank = np.asarray(make(slice(i, i + chunk)), np.float64)
+            j, b = bank.shape[:2]
+            fb = fft.rfft2(bank, workers=-1)                                   # (J, b, ky, kx)
+            fy = fft.rfft2(y[i:i + chunk].astype(np.float64), workers=-1)
+            fbk = np.ascontiguousarray(fb.reshape(j, b, k).transpose(2, 0, 1))  # (K, J, b)
+            c = np.matmul(fbk.conj(), fbk.transpose(0, 2, 1)).real             # (K, J, J)
+            r = np.matmul(fbk.conj(), fy.reshape(b, k).T[:, :, None])[..., 0].real  # (K, J)
+            cross = c if cross is None else cross + c
+            rhs = r if rhs is None else rhs + r
+            self.yy += float((np.abs(fy) ** 2 * norm).sum())
+        assert cross is not None and rhs is not None
+        j = cross.shape[-1]
+        self.cross = cross.transpose(1, 2, 0).reshape(j, j, *kshape) * norm
+        self.rhs = rhs.T.reshape(j, *kshape) * norm
         self.k2 = np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.rfftfreq(nx)[None, :] ** 2
 
     def moments(self, sigma: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -253,16 +263,19 @@ def fit_prior(prev: Any, target: Any, angles: Sequence[float] = (),
     angles = tuple(float(a) for a in angles)
     if angles and 0.0 not in angles:
         raise ValueError(f"the rotation bank must include 0 degrees, got {list(angles)}")
-    plain = _Spectra(x[None], y)
+    plain = _Spectra(lambda sl: x[None, sl], y)
     table = {float(s): plain.mse(float(s), np.ones(1))[0] for s in sigmas}
     diffusion = min(table.values())
     best: tuple[float, float, float, dict[float, float]] = (math.inf, 0.0, 0.0, {0.0: 1.0})
-    xj = jnp.asarray(x)
     active = angles or (0.0,)
+
+    def bank(t: float, sl: slice) -> Any:
+        u = jnp.asarray(x[sl])
+        u = noise_floor(u, t) if t > 0 else u
+        return _rotate_bank_jit(u, active) if angles else u[None]
+
     for t in sorted(set(taus) | {0.0}):
-        u = noise_floor(xj, t) if t > 0 else xj
-        spec = _Spectra(np.asarray(_rotate_bank_jit(u, active)) if angles else np.asarray(u)[None],
-                        y)
+        spec = _Spectra(lambda sl, t=t: bank(t, sl), y)
         coarse = min(sigmas, key=lambda s, sp=spec: sp.mse(float(s))[0])
         fine = np.unique(np.concatenate([np.asarray(sigmas, float),
                                          coarse * np.linspace(0.6, 1.4, 41)]))
