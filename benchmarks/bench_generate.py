@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import subprocess
@@ -45,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -359,33 +359,6 @@ def plan_for(maps: int) -> dict[str, Any]:
     return {"domains": list(DOMAINS5[:nd]), "sequences": seqs, "steps": STEPS}
 
 
-def versions() -> dict[str, str]:
-    import dask
-    import distributed
-    import numcodecs
-    import numpy
-    import scipy
-    import zarr
-
-    import atlasstore
-    from atlasstore.generate import code_version
-
-    return {"python": platform.python_version(), "atlasstore": code_version(),
-            "numpy": numpy.__version__, "scipy": scipy.__version__, "zarr": zarr.__version__,
-            "numcodecs": numcodecs.__version__, "dask": dask.__version__,
-            "distributed": distributed.__version__, "_": atlasstore.__name__}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     import numpy as np
 
@@ -409,7 +382,7 @@ def plot_scaling(points: list[dict[str, Any]], engine: str, out: Path) -> tuple[
     slope, intercept, r2 = fit_line(xs, work)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot(xs, work, "o", label="measured (excl. cluster start-up)")
-    if any(t - w > 1e-3 for t, w in zip(total, work)):
+    if any(t - w > 1e-3 for t, w in zip(total, work, strict=True)):
         ax.plot(xs, total, "s", mfc="none", label="measured (incl. cluster start-up + shutdown)")
     gx = np.linspace(0, max(xs) * 1.05, 50)
     ax.plot(gx, slope * gx + intercept, "-", lw=1,
@@ -463,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown engines: {', '.join(sorted(unknown))}")
         engines = ["serial"] + [e for e in engines[1:] if e in wanted]
-    started = dt.datetime.now(dt.timezone.utc)
-    load_before = os.getloadavg()
+    started = machine.start()
     t_all = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
@@ -527,8 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.perf_counter() - t_all
     md = render(args, quick, repeat, rows, serial_rate, deterministic, digests, best_engine,
-                scaling, (slope, intercept, r2), prof, started, load_before, os.getloadavg(),
-                elapsed)
+                scaling, (slope, intercept, r2), prof, started, elapsed)
     print(md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -544,22 +515,14 @@ def _f(v: float | None, fmt: str = ".1f", suffix: str = "") -> str:
 def render(args: argparse.Namespace, quick: bool, repeat: int, rows: list[dict[str, Any]],
            serial_rate: float, deterministic: bool, digests: dict[str, str], best_engine: str,
            scaling: list[dict[str, Any]], fit: tuple[float, float, float], prof: dict[str, Any],
-           started: dt.datetime, load_before: tuple[float, ...], load_after: tuple[float, ...],
-           elapsed: float) -> str:
-    v = versions()
+           started: machine.Start, elapsed: float) -> str:
     cmd = "benchmarks/bench_generate.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     maps = rows[0]["maps"]
     pl = plan_for(maps)
     L = []
     L.append(f"# Generation benchmark{' (QUICK smoke run - not representative)' if quick else ''}\n")
     L.append(f"- command: `.venv/bin/python {cmd}` ({elapsed:.0f} s)")
-    L.append(f"- date: {started.isoformat(timespec='seconds')}")
-    L.append(f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, "
-             f"{platform.system()} {platform.release()}")
-    L.append(f"- load average before / after: {', '.join(f'{x:.2f}' for x in load_before)} / "
-             f"{', '.join(f'{x:.2f}' for x in load_after)}"
-             + ("  **(machine was busy: numbers are noisy)**" if load_before[0] > 1.0 else ""))
-    L.append("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if k != "_"))
+    L += machine.describe(started, ("numpy", "scipy", "zarr", "numcodecs", "dask", "distributed"))
     L.append(f"- plan: {len(pl['domains'])} domains x {pl['sequences']} sequences x {pl['steps']} "
              f"steps = {maps} maps at 256x256, levels 256/128/64, energy + grad_x + grad_y; "
              f"default layout; fresh store per measurement; best of {repeat}")
@@ -615,7 +578,7 @@ def render(args: argparse.Namespace, quick: bool, repeat: int, rows: list[dict[s
         L.append(f"| {s['maps']} | {s['work_s']:.2f} | {s['total_s']:.2f} | "
                  f"{s['maps'] / s['work_s']:.1f} | {s['work_s'] / s['maps'] * 1000:.1f} |")
     marg = [(b["work_s"] - a["work_s"]) / (b["maps"] - a["maps"])
-            for a, b in zip(scaling, scaling[1:])]
+            for a, b in zip(scaling, scaling[1:], strict=False)]
     ratio = marg[-1] / marg[0] if marg and marg[0] > 0 else float("nan")
     verdict = "linear" if 0.8 <= ratio <= 1.25 else "NOT linear"
     L.append(f"\nLinear fit: {slope * 1000:.1f} ms/map + {intercept:.2f} s fixed (R² = {r2:.4f}). "

@@ -29,10 +29,7 @@ held-out sequences; 90% interval coverage within 85-95%.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import machine  # noqa: E402
 
 
 def _generate(path: Path, domains: tuple[str, ...], sequences: int, steps: int | None,
@@ -124,7 +123,7 @@ def _markdown(ctx: dict[str, Any]) -> str:
                      "to end; its numbers say nothing about what the model reaches. Run without "
                      "`--quick` on a quiet machine for the measurement.")
         lines.append("")
-    lines.append(f"Run {ctx['when']} on `{platform.node()}`: {ctx['machine']}.")
+    lines += ctx["machine"]
     lines.append("")
     lines.append("## Reproduce")
     lines.append("")
@@ -226,8 +225,7 @@ def _markdown(ctx: dict[str, Any]) -> str:
                      f"{t['batch_size']} | {t['steps_per_s']:.2f} | {t['samples_per_s']:.1f} | "
                      f"{t['compile_s']:.1f} |")
     lines.append("")
-    lines.append(f"Load average during the run: {ctx['load']}. Numbers from a shared machine are "
-                 "lower bounds.")
+    lines.append("Numbers from a shared machine (see the load average above) are lower bounds.")
     lines.append("")
     lines.append(f"Figures and the full report: `{rep['out_dir']}` (not committed).")
     lines.append("")
@@ -243,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--resolutions", default="64,128,256")
     args = ap.parse_args(argv)
+    started = machine.start()
 
-    import jax
 
     from atlasstore.nvp.checkpoint import clear_run
     from atlasstore.nvp.config import TrainConfig
@@ -296,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     best_val = min(vals, key=lambda m: m["energy_fidelity"]) if vals else {}
     ctx = {
         "quick": args.quick,
-        "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": (f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, jax "
-                    f"{jax.__version__} on {jax.devices()[0].platform}"),
+        "machine": [*machine.describe(started, ("numpy", "jax", "jaxlib", "flax", "optax",
+                                                "orbax-checkpoint")),
+                    f"- JAX backend: {machine.jax_backend()}"],
         "command": (".venv/bin/python benchmarks/bench_nvp.py" + (" --quick" if args.quick else "")
                     + (f" --config {args.config}" if Path(args.config).resolve()
                        != (REPO / "configs" / "nvp-cpu-small.json").resolve() else "")),
@@ -311,7 +309,6 @@ def main(argv: list[str] | None = None) -> int:
                   "val_sequences": len(res.val_sequences),
                   "best_step": best_val.get("step"), "best_metric": best_val.get("energy_fidelity")},
         "throughput": tps,
-        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
