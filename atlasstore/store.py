@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
-import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +37,19 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import __version__, physics
-from .locations import atomic_write, local_path
-from .provenance import host, utc_now
+from .locations import local_path
+from .provenance import utc_now
 from .schemas import validate
+from .store_errors import (
+    CorruptArray,
+    InvalidName,
+    NotAnAtlasStore,
+    NotFound,
+    SequenceExists,
+    StoreError,
+    looks_corrupt,
+)
+from .tensorstore_reader import TensorStoreReader
 
 FORMAT_VERSION = 1
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
@@ -59,33 +66,6 @@ FIELD_ATTRS: dict[str, dict[str, str]] = {
 }
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class StoreError(Exception):
-    """Base of store errors."""
-
-
-class NotAnAtlasStore(StoreError):
-    """The path exists but is not an atlas store (or does not exist)."""
-
-
-class InvalidName(StoreError, ValueError):
-    """A domain or sequence name that could escape the store or is unsafe."""
-
-
-class NotFound(StoreError, KeyError):
-    """A missing domain, sequence, level or field."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-class SequenceExists(StoreError):
-    """A complete sequence is already stored under that name."""
-
-
-class CorruptArray(StoreError):
-    """Stored bytes fail their crc32c or the decoded values fail their checksum."""
 
 
 @dataclass(frozen=True)
@@ -535,7 +515,7 @@ class AtlasStore:
         except CorruptArray:
             raise
         except Exception as exc:  # codec errors surface as various types
-            if _looks_corrupt(exc):
+            if looks_corrupt(exc):
                 raise CorruptArray(f"{name}: stored data is corrupt "
                                    f"({type(exc).__name__}: {exc})") from exc
             raise
@@ -648,236 +628,3 @@ class RunLog:
 
 #: a bulk copy: (domain, sequence, level, field, t0, t1, y slice, x slice, destination)
 ReadJob = tuple[str, str, int, str, int, int, slice, slice, NDArray[np.float32]]
-
-
-class TensorStoreReader:
-    """TensorStore's zarr3 driver over a local store's committed arrays.
-
-    All copies of a call are issued at once and run in TensorStore's thread pool (decode, crc32c
-    check and copy into the caller's buffer, without the GIL). With ``cache_bytes > 0`` decoded
-    chunks are kept in an LRU cache pool, so a step shared by overlapping windows is decoded once;
-    committed arrays are immutable, so cached data is not rechecked after open.
-    """
-
-    def __init__(self, root: Path, cache_bytes: int = 0) -> None:
-        import tensorstore as ts
-
-        self._ts = ts
-        self.root = root
-        self.cache_bytes = int(cache_bytes)
-        self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
-        self._handles: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def for_store(cls, store: AtlasStore, cache_bytes: int = 0) -> TensorStoreReader | None:
-        """A reader for a local store; None for remote (fsspec) stores."""
-        path = local_path(store.location)
-        return None if path is None else cls(path.resolve(), cache_bytes)
-
-    def handle(self, name: str) -> Any:
-        h = self._handles.get(name)
-        if h is None:
-            # fill_missing_data_reads=False: a missing or empty shard is an error, never zeros
-            spec: dict[str, Any] = {"driver": "zarr3", "fill_missing_data_reads": False,
-                                    "kvstore": {"driver": "file", "path": str(self.root / name)}}
-            if self.cache_bytes:
-                spec["recheck_cached_data"] = "open"
-            h = self._ts.open(spec, read=True, context=self._ctx).result()
-            with self._lock:
-                h = self._handles.setdefault(name, h)
-        return h
-
-    def forget(self, prefix: str) -> None:
-        with self._lock:
-            for k in [k for k in self._handles if k.startswith(prefix)]:
-                del self._handles[k]
-
-    @staticmethod
-    def _result(fut: Any, name: str) -> Any:
-        try:
-            return fut.result()
-        except Exception as exc:
-            text = str(exc)
-            if text.startswith(("OUT_OF_RANGE", "INVALID_ARGUMENT")):  # the caller's selection
-                raise IndexError(f"{name}: {text.splitlines()[0][:300]}") from None
-            if text.startswith(("NOT_FOUND", "FAILED_PRECONDITION")):
-                raise CorruptArray(f"{name}: shard missing or empty ({text.splitlines()[0][:300]})") from exc
-            if _looks_corrupt(exc):
-                raise CorruptArray(f"{name}: stored data is corrupt ({exc})") from exc
-            raise
-
-    def read(self, name: str, selection: tuple[Any, ...]) -> NDArray:
-        try:
-            view = self.handle(name)[selection]
-        except (ValueError, IndexError) as exc:  # tensorstore's bad index
-            raise IndexError(f"{name}: {str(exc).splitlines()[0][:300]}") from None
-        return np.asarray(self._result(view.read(), name))
-
-    def copy_into(self, jobs: Sequence[tuple[str, tuple[Any, ...], NDArray]]) -> None:
-        futs = [self._ts.array(dst, copy=False, write=True).write(self.handle(name)[sel])
-                for name, sel, dst in jobs]
-        for fut, (name, _, _) in zip(futs, jobs):
-            self._result(fut, name)
-
-
-class StoreLocked(StoreError):
-    """Another live writer holds the store's writer lock."""
-
-
-class WriterLock:
-    """One generation run writes a store at a time; a dead holder never blocks the next run.
-
-    Local stores use an OS file lock (``flock``) on ``_lock/zarr.json``: the kernel releases it
-    when the holder exits or is killed, so there is no stale state and no race in breaking one.
-    The file is a valid Zarr group whose attributes name the holder (run id, pid, host) for the
-    refusal message. Remote (fsspec) stores have no such primitive: there the lock object is
-    created with the store's exclusive put and is stale when its holder's pid is gone (same
-    host) or its heartbeat, refreshed every ``stale_after / 4`` s, is older than ``stale_after``
-    s; two runs breaking the same stale remote lock at the same instant can both proceed.
-    """
-
-    KEY = "_lock/zarr.json"
-
-    def __init__(self, store: AtlasStore, owner: Mapping[str, Any] | None = None,
-                 stale_after: float = 120.0) -> None:
-        self.store = store
-        self.owner = dict(owner or {})
-        self.stale_after = stale_after
-        self.token = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._fd: int | None = None
-        root = local_path(store.location)
-        self._path = None if root is None else root / self.KEY
-
-    def _payload(self) -> bytes:
-        lock = {"token": self.token, "pid": os.getpid(), "host": host(),
-                "heartbeat": time.time(), **self.owner}
-        return json.dumps({"zarr_format": 3, "node_type": "group",
-                           "attributes": {"atlasstore_writer_lock": lock}}).encode()
-
-    @staticmethod
-    def _parse(raw: bytes) -> dict[str, Any]:
-        try:
-            return json.loads(raw)["attributes"]["atlasstore_writer_lock"]
-        except (ValueError, KeyError, TypeError):
-            return {}
-
-    def _refuse(self, rec: Mapping[str, Any]) -> StoreLocked:
-        return StoreLocked(
-            f"{self.store.location} is being written by another generation run "
-            f"({rec.get('run_id', '?')}, pid {rec.get('pid')} on {rec.get('host')}); wait for it "
-            f"to finish (a killed run's lock is released automatically)")
-
-    # ------------------------------------------------------------------ local: flock
-
-    def _acquire_local(self) -> None:
-        import fcntl
-
-        assert self._path is not None
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # The flock is on the lock *directory*; the holder's details go into its zarr.json by
-        # atomic replace, so a reader listing the store never sees a half-written file.
-        fd = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            try:
-                rec = self._parse(self._path.read_bytes())
-            except OSError:
-                rec = {}
-            raise self._refuse(rec) from None
-        self._fd = fd
-        self._write_local(self._payload())
-
-    def _write_local(self, payload: bytes) -> None:
-        assert self._path is not None
-        atomic_write(self._path, payload)
-
-    def _release_local(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            self._write_local(json.dumps({"zarr_format": 3, "node_type": "group",
-                                          "attributes": {}}).encode())
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    # ------------------------------------------------------------------ remote: heartbeat
-
-    def _read(self) -> dict[str, Any] | None:
-        buf = sync(self.store.zarr_group.store.get(self.KEY, prototype=default_buffer_prototype()))
-        return None if buf is None else self._parse(buf.to_bytes())
-
-    def _is_stale(self, rec: Mapping[str, Any]) -> bool:
-        if rec.get("host") == host() and isinstance(rec.get("pid"), int):
-            try:
-                os.kill(rec["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-        return time.time() - float(rec.get("heartbeat", 0)) > self.stale_after
-
-    def _acquire_remote(self) -> None:
-        zstore = self.store.zarr_group.store
-        for _ in range(3):
-            sync(zstore.set_if_not_exists(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
-            rec = self._read()
-            if rec is not None and rec.get("token") == self.token:
-                self._thread = threading.Thread(target=self._beat, name="atlas-writer-lock",
-                                                daemon=True)
-                self._thread.start()
-                return
-            if rec is None or self._is_stale(rec):
-                sync(zstore.delete_dir(self.KEY.split("/")[0]))
-                continue
-            raise self._refuse(rec)
-        raise StoreLocked(f"could not take the writer lock of {self.store.location}")
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.stale_after / 4):
-            rec = self._read()
-            if rec is None or rec.get("token") != self.token:
-                return
-            sync(self.store.zarr_group.store.set(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
-
-    def _release_remote(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        rec = self._read()
-        if rec is not None and rec.get("token") == self.token:
-            sync(self.store.zarr_group.store.delete_dir(self.KEY.split("/")[0]))
-
-    # ------------------------------------------------------------------ API
-
-    def acquire(self) -> WriterLock:
-        self.store._require_writable()
-        if self._path is not None:
-            self._acquire_local()
-        else:
-            self._acquire_remote()
-        return self
-
-    def release(self) -> None:
-        if self._path is not None:
-            self._release_local()
-        else:
-            self._release_remote()
-
-    def __enter__(self) -> WriterLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _looks_corrupt(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(w in text for w in ("crc", "checksum", "blosc", "decompress", "corrupt", "decod",
-                                   "shard", "codec", "buffer", "zstd", "index", "data_loss",
-                                   "digest"))

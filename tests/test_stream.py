@@ -23,17 +23,9 @@ from jax.sharding import NamedSharding
 from atlasstore.generate import Plan, generate
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore, CorruptArray
-from atlasstore.stream import (
-    StreamError,
-    StreamIterator,
-    WindowSource,
-    epoch_batches,
-    epoch_permutation,
-    load_or_compute_stats,
-    process_share,
-    stats_location,
-    stream,
-)
+from atlasstore.normalization import load_or_compute_stats, stats_location
+from atlasstore.stream import StreamIterator, epoch_batches, epoch_permutation, process_share, stream
+from atlasstore.window_source import StreamError, WindowSource
 
 DOMAINS = ("plasma_physics", "fluid_dynamics")
 

@@ -416,7 +416,7 @@ def _store_levels(store: AtlasStore, keys: Sequence[str]) -> tuple[tuple[int, ..
 def _pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
                   reader: str) -> dict[int, tuple[float, float]]:
     """Mean and std of the energy at every level over all values of the given sequences."""
-    from ..stream import compute_stats
+    from ..normalization import compute_stats
 
     seqs = [tuple(k.split("/", 1)) for k in keys]
     st = compute_stats(store, seqs, ["energy"], list(levels), reader=reader, fingerprint="-")
