@@ -10,15 +10,17 @@ import pytest
 
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
-from atlasstore.store import AtlasStore, InvalidName, NotFound
+from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
 from store_fixtures import (  # noqa: F401  (fixtures)
     A0_MEANS,
     A1_LIT,
     B0_STEPS,
     N128,
+    chunk_files,
     copy_store,
     energy_sequence,
     expected_windows,
+    flip_bytes,
     lit_map,
     stats_store,
     stats_store_path,
@@ -417,3 +419,44 @@ def test_non_integer_region_is_a_query_error(stats_store: AtlasStore) -> None:
 def test_non_integer_time_range_is_a_query_error(stats_store: AtlasStore) -> None:
     with pytest.raises(QueryError, match="time_range"):
         Query(stats_store, scale=128, time_range=(0.5, 3)).windows()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "flipped"])
+def test_to_xarray_raises_on_a_damaged_shard_never_zeros(tmp_path: Path, stats_store_path: Path,
+                                                         damage: str) -> None:
+    """The README's promise holds for the lazy view too: a missing, empty or corrupt shard is
+    CorruptArray on compute (dask's from_zarr read a missing shard as zeros)."""
+    p = copy_store(stats_store_path, tmp_path / "copy.zarr")
+    ds = Query(AtlasStore.open(p), scale=128, sequences=("b0",), window=2).to_xarray()
+    (shard,) = chunk_files(p, "beta/b0/128/energy")
+    if damage == "missing":
+        shard.unlink()
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    else:
+        flip_bytes(shard, 40)
+    with pytest.raises(CorruptArray, match="beta/b0/128/energy"):
+        ds["energy"].compute()
+    # the same dataset built after the damage fails the same way
+    with pytest.raises(CorruptArray, match="beta/b0/128/energy"):
+        Query(AtlasStore.open(p), scale=128, sequences=("b0",), window=2).to_xarray()["energy"].compute()
+
+
+def test_to_xarray_reads_through_zarr_for_remote_stores_and_still_refuses_missing_shards() -> None:
+    """memory:// stores take the zarr-python path, whose missing-shard check must apply too."""
+    import uuid
+
+    from atlasstore.store import AtlasStore as Store
+
+    loc = f"memory://xr-{uuid.uuid4().hex}/atlas.zarr"
+    st = Store.create(loc)
+    st.create_domain("alpha")
+    st.write_sequence("alpha", "s0", energy_sequence(3, 64, 64, seed=1))
+    ds = Query(st, scale=64, window=3).to_xarray()
+    np.testing.assert_array_equal(ds["energy"].values[0], st.read("alpha", "s0", 64, "energy"))
+    key = f"alpha/s0/64/energy/{st.array('alpha', 's0', 64, 'energy').metadata.encode_chunk_key((0, 0, 0))}"
+    from zarr.core.sync import sync
+
+    sync(st.zarr_group.store.delete(key))
+    with pytest.raises(CorruptArray, match="missing or empty"):
+        ds["energy"].compute()
