@@ -39,7 +39,7 @@ from zarr.core.sync import sync
 from . import __version__, physics
 from .locations import local_path
 from .provenance import utc_now
-from .schemas import validate
+from .schemas import SchemaError, validate
 from .store_errors import (
     CorruptArray,
     InvalidName,
@@ -143,6 +143,59 @@ def _open_zarr_store(location: str | Path, read_only: bool,
     return zarr.storage.LocalStore(path, read_only=read_only)
 
 
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _json_type(v: Any) -> str:
+    """JSON's name for the type of a parsed value (for error messages)."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(v), type(v).__name__)
+
+
+def _root_document(zstore: Any, loc: str) -> dict[str, Any]:
+    """The root ``zarr.json`` of an atlas store, checked before zarr parses it.
+
+    Any other content (absent, not JSON, JSON that is not a Zarr v3 group document, attributes
+    or ``attributes.atlasstore`` that are not objects, an invalid root record, another format
+    version) is NotAnAtlasStore naming the location: zarr itself would raise TypeError or
+    AttributeError on e.g. ``[]`` or ``{"attributes": []}``.
+    """
+    what = f"{loc} is not an atlas store"
+    buf = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
+    if buf is None:
+        raise NotAnAtlasStore(f"{what} (no Zarr v3 root group: no zarr.json)")
+    doc = _json_or_none(buf.to_bytes())
+    if not isinstance(doc, dict):
+        got = "not JSON" if doc is None and buf.to_bytes().strip() != b"null" else _json_type(doc)
+        raise NotAnAtlasStore(f"{what} (its root zarr.json is {got}, not a Zarr group document)")
+    if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        raise NotAnAtlasStore(f"{what} (its root zarr.json is not a Zarr v3 group: zarr_format "
+                              f"{doc.get('zarr_format')!r}, node_type {doc.get('node_type')!r})")
+    attrs = doc.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise NotAnAtlasStore(f"{what} (its root attributes are {_json_type(attrs)}, not an "
+                              "object)")
+    if "atlasstore" not in attrs:
+        raise NotAnAtlasStore(f"{loc} is a Zarr group but not an atlas store "
+                              f"(no 'atlasstore' root attribute)")
+    if not isinstance(attrs["atlasstore"], dict):
+        raise NotAnAtlasStore(f"{what} (its 'atlasstore' root attribute is "
+                              f"{_json_type(attrs['atlasstore'])}, not an object)")
+    fmt = attrs["atlasstore"].get("format_version")
+    if fmt != FORMAT_VERSION:
+        raise NotAnAtlasStore(f"{loc} has atlas format {fmt!r}; this code reads {FORMAT_VERSION}")
+    try:
+        validate(attrs, "root", what=f"root attributes of {loc}")
+    except SchemaError as exc:
+        raise NotAnAtlasStore(f"{what} readable by this code ({exc})") from None
+    return doc
+
+
 def multiscales_attr(levels: Sequence[int], base: int) -> dict[str, Any]:
     """The zarr-conventions ``multiscales`` block: each level derived from the base level."""
     layout: list[dict[str, Any]] = []
@@ -194,11 +247,12 @@ class AtlasStore:
         if path is not None and path.exists() and not path.is_dir():
             raise StoreError(f"{loc} is a file, not a directory; choose another store path")
         zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
-        try:
-            existing = zarr.open_group(zstore, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-            existing = None
-        if existing is not None or (path is not None and path.exists() and any(path.iterdir())):
+        if sync(zstore.exists("zarr.json")):
+            _root_document(zstore, loc)  # refuses anything but an atlas store, writing nothing
+            if exist_ok:
+                return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
+            raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
+        if path is not None and path.exists() and any(path.iterdir()):
             if exist_ok:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
@@ -215,7 +269,8 @@ class AtlasStore:
                                       cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
         if not exist_ok:
             got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
-            if got is None or json.loads(got.to_bytes()).get("attributes") != attrs:
+            theirs = None if got is None else _json_or_none(got.to_bytes())
+            if not isinstance(theirs, dict) or theirs.get("attributes") != attrs:
                 raise StoreError(f"{loc} was created by another process just now; open it instead")
         return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
 
@@ -233,18 +288,12 @@ class AtlasStore:
         if path is not None and not path.is_dir():
             raise NotAnAtlasStore(f"{loc} is a file, not an atlas store")
         zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
+        _root_document(zstore, loc)
         try:
             root = zarr.open_group(zstore, mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError, ValueError) as exc:
             raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
-        if "atlasstore" not in root.attrs:
-            raise NotAnAtlasStore(f"{loc} is a Zarr group but not an atlas store "
-                                  f"(no 'atlasstore' root attribute)")
-        validate(dict(root.attrs), "root", what=f"root attributes of {loc}")
-        fmt = root.attrs["atlasstore"]["format_version"]
-        if fmt != FORMAT_VERSION:
-            raise NotAnAtlasStore(f"{loc} has atlas format {fmt}; this code reads {FORMAT_VERSION}")
         return cls(root, loc, layout)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -149,6 +150,63 @@ def test_open_refuses_what_is_not_an_atlas_store(tmp_path: Path, kind: str, mode
     assert str(p) in str(exc.value)
     assert listing(p) == before
     assert p.exists() == (kind != "missing")
+
+
+#: root zarr.json contents that are valid JSON (or not) but no atlas store root
+_GARBAGE_ROOTS = {
+    "array": "[]",
+    "null": "null",
+    "string": '"atlas"',
+    "not_json": "{",
+    "bare_attributes_list": '{"attributes": []}',
+    "attributes_list": '{"zarr_format": 3, "node_type": "group", "attributes": []}',
+    "attributes_null": '{"zarr_format": 3, "node_type": "group", "attributes": null}',
+    "atlasstore_list": '{"zarr_format": 3, "node_type": "group", "attributes": {"atlasstore": []}}',
+    "atlasstore_string": '{"zarr_format": 3, "node_type": "group", "attributes": {"atlasstore": "x"}}',
+    "atlasstore_incomplete": ('{"zarr_format": 3, "node_type": "group", '
+                              '"attributes": {"atlasstore": {"format_version": 1}}}'),
+    "array_node": '{"zarr_format": 3, "node_type": "array", "attributes": {}}',
+}
+
+
+def _garbage_store(tmp_path: Path, content: str) -> Path:
+    p = tmp_path / "bad.zarr"
+    p.mkdir()
+    (p / "zarr.json").write_text(content)
+    return p
+
+
+@pytest.mark.parametrize("kind", sorted(_GARBAGE_ROOTS))
+def test_garbage_root_document_is_not_an_atlas_store(tmp_path: Path, kind: str) -> None:
+    """zarr itself raises TypeError/AttributeError on these; open and create must refuse them
+    with NotAnAtlasStore naming the path, and write nothing."""
+    p = _garbage_store(tmp_path, _GARBAGE_ROOTS[kind])
+    before = listing(tmp_path)
+    for attempt in (lambda: AtlasStore.open(p), lambda: AtlasStore.open(p, mode="r+"),
+                    lambda: AtlasStore.create(p, exist_ok=True), lambda: AtlasStore.create(p)):
+        with pytest.raises(NotAnAtlasStore, match=f"^{re.escape(str(p))} (is not an atlas store"
+                                                  "|has atlas format)"):
+            attempt()
+        assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["array", "null", "bare_attributes_list", "atlasstore_list"])
+@pytest.mark.parametrize("argv", [
+    ["ls"], ["ls", "plasma_physics"], ["query", "--count"], ["audit"],
+    ["generate", "--domains", "plasma_physics", "--sequences", "1", "--steps", "2",
+     "--scheduler", "serial", "--no-catalog"],
+])
+def test_cli_refuses_a_garbage_root_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                kind: str, argv: list[str]) -> None:
+    from atlasstore import cli
+
+    p = _garbage_store(tmp_path, _GARBAGE_ROOTS[kind])
+    before = listing(tmp_path)
+    code = cli.main([*argv, "--store", str(p)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{p} is not an atlas store" in err and "internal error" not in err
+    assert listing(tmp_path) == before
 
 
 def test_open_refuses_bad_mode(tmp_path: Path) -> None:
