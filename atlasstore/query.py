@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from .physics import SCALES
 from .store import FIELDS, AtlasStore, InvalidName, NotFound, validate_name
 
-Range = tuple[float, float]
+#: an inclusive (lo, hi) statistic range; None is an open bound
+Range = tuple[float | None, float | None]
 
 
 class QueryError(ValueError):
@@ -62,7 +63,8 @@ class Selector(Protocol):
 
 
 def _in_range(value: float, rng: Range | None) -> bool:
-    return rng is None or (rng[0] <= value <= rng[1])
+    return rng is None or ((rng[0] is None or rng[0] <= value)
+                           and (rng[1] is None or value <= rng[1]))
 
 
 class StoreSelector:
@@ -179,9 +181,9 @@ class Query:
             if any(v is not None and not np.isfinite(float(v)) for v in r):
                 raise QueryError(f"{name} range bounds must be finite (None for an open bound), "
                                  f"got {r}")
-            lo = -np.inf if r[0] is None else float(r[0])
-            hi = np.inf if r[1] is None else float(r[1])
-            if lo > hi:
+            lo = None if r[0] is None else float(r[0])
+            hi = None if r[1] is None else float(r[1])
+            if lo is not None and hi is not None and lo > hi:
                 raise QueryError(f"{name} range must be (lo, hi) with lo <= hi, got {r}")
             object.__setattr__(self, name, (lo, hi))
 

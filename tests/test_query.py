@@ -375,6 +375,20 @@ def test_where_returns_modified_copy(stats_store: AtlasStore) -> None:
         q.where(window=0)
 
 
+@pytest.mark.parametrize("name,rng", [("entropy", (9.0, None)), ("mean", (None, 2.5)),
+                                      ("variance", (None, None))])
+def test_where_keeps_open_statistic_bounds(stats_store: AtlasStore, name: str,
+                                           rng: tuple[float | None, float | None]) -> None:
+    """An open bound (None) survives where(): it used to become inf, which the re-check of
+    where() then refused as a non-finite bound."""
+    q = Query(stats_store, scale=128, **{name: rng})
+    q2 = q.where(window=2)
+    assert getattr(q2, name) == rng
+    assert ids(q2) == ids(Query(stats_store, scale=128, window=2, **{name: rng}))
+    lo, hi = (-math.inf if rng[0] is None else rng[0]), (math.inf if rng[1] is None else rng[1])
+    assert ids(q2) == expected_ids(2, ok=_ok(name, (lo, hi)))
+
+
 # --------------------------------------------------------------------------- xarray
 
 
