@@ -2,7 +2,7 @@
 
 Usage::
 
-    q = Query(store, domains=("fluid_dynamics",), stride=1)
+    q = Query(store, domains=("fluid_dynamics",), scale=256, window=5, stride=1)
     with stream(q, n_in=4, n_out=1, batch_size=16, seed=0, num_epochs=None) as it:
         for batch in it:              # {"inputs": {256: (B,4,256,256), 128: ..., 64: ...},
             ...                       #  "target": (B,1,256,256), "ids": [...]}  (jax.Arrays)
@@ -10,11 +10,13 @@ Usage::
 
 What a batch is
 ---------------
-A *sample* is one window of ``n_in + n_out`` consecutive steps of one sequence (the query's
-windows with ``window = n_in + n_out``; its ``stride``, ``time_range`` and statistic filters
-apply). ``inputs[level]`` holds the first ``n_in`` steps at every level stored for the query's
-sequences (full resolution and each pyramid level, exactly as stored: nothing is resized at read
-time); ``target`` holds the next ``n_out`` steps at the full-resolution level. Extra fields
+A *sample* is one of the query's windows, so the query's ``window`` must be ``n_in + n_out``
+(a mismatch is refused with :class:`StreamError`); its ``stride``, ``time_range``, statistic
+filters, ``perturbation`` and ``run_id`` choose the windows, and a ``region`` is refused (whole
+maps only). ``inputs[level]`` holds the first ``n_in`` steps at every stored level up to the
+query's ``scale`` (exactly as stored: nothing is resized at read time); ``target`` holds the
+next ``n_out`` steps at the query's ``scale`` (so ``scale=128`` on a 256 store streams inputs
+at 128 and 64 and a 128 target; see :class:`~atlasstore.window_source.WindowSource`). Extra fields
 (``fields=("grad_x",)``) come as ``batch["fields"][name][level]`` shaped like ``inputs``. Every
 array is float32 ``(B, steps, y, x)``, normalised (see below) unless ``normalise=False``, and
 already placed (transfer and normalisation finished) on the devices as a ``jax.Array``
@@ -586,5 +588,11 @@ class StreamIterator:
 
 def stream(query: Query, *, n_in: int, n_out: int = 1, batch_size: int, **kwargs: Any
            ) -> StreamIterator:
-    """A :class:`StreamIterator` over ``query``; see its parameters."""
+    """A :class:`StreamIterator` over ``query``; see its parameters.
+
+    The query defines the samples and none of its parameters is ignored: ``window`` must equal
+    ``n_in + n_out`` (StreamError otherwise); ``stride``, ``time_range``, statistic filters,
+    ``perturbation`` and ``run_id`` choose the windows; the target is at the query's ``scale``
+    and the inputs at every stored level up to it; a ``region`` is refused.
+    """
     return StreamIterator(query, n_in=n_in, n_out=n_out, batch_size=batch_size, **kwargs)

@@ -78,6 +78,14 @@ class StreamReader:
 class WindowSource:
     """Random access over a query's windows of ``n_in + n_out`` steps.
 
+    The query says what a sample is, and every parameter of it is honoured or refused: its
+    ``window`` must equal ``n_in + n_out`` (StreamError otherwise: a sample is one window, and
+    the statistic filters apply to every step of it); its ``stride``, ``time_range``, statistic
+    filters, ``perturbation`` and ``run_id`` choose the windows; its ``scale`` is the level of
+    the target, and the inputs are every stored level up to it (so ``scale=128`` on a 256 store
+    streams inputs at 128 and 64 and the target at 128); its ``fields`` are the extra input
+    fields unless ``fields=`` is given; a ``region`` is refused (whole maps only).
+
     ``len(src)`` windows; ``src[i]`` is one sample as NumPy (``{"inputs": {level: (n_in, y, x)},
     "target": (n_out, y, x), "id": str}`` plus ``"fields"`` for extra fields);
     ``src.read_batch(idx)`` reads several at once into stacked arrays (every copy of the batch in
@@ -97,16 +105,20 @@ class WindowSource:
             raise StreamError(f"expected a Query, got {type(query).__name__}")
         if query.region is not None:
             raise StreamError("the stream reads whole maps at every level; a query region "
-                              f"({query.region}) is not supported")
+                              f"({query.region}) is not supported (region=None)")
         extra = tuple(f for f in (fields if fields is not None else query.fields) if f != "energy")
         for f in extra:
             if f not in FIELDS:
                 raise StreamError(f"unknown field {f!r}; fields: {', '.join(FIELDS)}")
         self.extra_fields = tuple(dict.fromkeys(extra))
         self.window = self.n_in + self.n_out
-        self.query = query.where(window=self.window)
+        if query.window != self.window:
+            raise StreamError(f"the query's window is {query.window} step(s), but a sample is "
+                              f"n_in + n_out = {self.n_in} + {self.n_out} = {self.window} steps; "
+                              f"build the query with window={self.window}")
+        self.query = query
         self.store = query.store
-        selected = self.query.selection()
+        selected = query.selection()
         if not selected:
             raise StreamError(f"the query selects no sequences (domains={query.domains}, "
                               f"sequences={query.sequences}); it yields no windows: nothing to "
@@ -116,26 +128,31 @@ class WindowSource:
             raise StreamError(f"a sample needs n_in + n_out = {self.n_in} + {self.n_out} = "
                               f"{self.window} steps, but the longest selected sequence has "
                               f"{longest}")
-        # One scale per stream: every sequence must have the same levels and map shape.
-        sig: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
+        # One scale per stream: the query's. Every sequence must store the same levels up to it
+        # and have the same map shape there (the query already refused sequences without it).
+        scale = query.scale
+        sig: dict[tuple[tuple[int, ...], tuple[int, int]], str] = {}
         for s in selected:
-            info = self.store.sequence_info(s.domain, s.sequence_id)
-            key = (tuple(sorted(s.levels, reverse=True)), tuple(info["shape"]))
+            full = self.store.sequence_info(s.domain, s.sequence_id)["shape"]
+            top = max(s.levels)
+            key = (tuple(sorted((lv for lv in s.levels if lv <= scale), reverse=True)),
+                   (int(full[0]) * scale // top, int(full[1]) * scale // top))
             sig.setdefault(key, f"{s.domain}/{s.sequence_id}")
         if len(sig) > 1:
             desc = "; ".join(f"{name}: levels {list(k[0])}, shape {list(k[1])}"
                              for k, name in sig.items())
-            raise StreamError("mismatched scales: the selected sequences differ in levels or map "
-                              f"shape ({desc}), so they cannot share a batch; select one scale/"
-                              "shape per stream (domains=, sequences=)")
+            raise StreamError(f"mismatched scales: at scale {scale} the selected sequences differ "
+                              f"in stored levels or map shape ({desc}), so they cannot share a "
+                              "batch; select one shape per stream (domains=, sequences=)")
         (levels, shape), = sig
         self.levels: tuple[int, ...] = levels
-        self.base_level = levels[0]
-        self.base_shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
-        self.level_shapes = {lvl: (self.base_shape[0] * lvl // self.base_level,
-                                   self.base_shape[1] * lvl // self.base_level) for lvl in levels}
+        #: the query's scale: the level of the target and the finest input level
+        self.base_level = scale
+        self.base_shape: tuple[int, int] = shape
+        self.level_shapes = {lvl: (shape[0] * lvl // scale, shape[1] * lvl // scale)
+                             for lvl in levels}
         self.sequences = [(s.domain, s.sequence_id) for s in selected]
-        self.windows: list[Window] = self.query.windows()
+        self.windows: list[Window] = query.windows()
         if not self.windows:
             raise StreamError(f"the query yields no windows of {self.window} steps (stride "
                               f"{query.stride}, time_range {query.time_range}, statistic "

@@ -510,7 +510,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, store: str | None = None,
         h = min(horizon, n_steps - cfg.data.n_in)
         if h >= 1:
             rq = build_query(st, cfg.data, res, keys).where(
-                stride=1, time_range=(0, cfg.data.n_in + h))
+                window=cfg.data.n_in + h, stride=1, time_range=(0, cfg.data.n_in + h))
             rsrc = WindowSource(rq, cfg.data.n_in, h, reader=cfg.data.reader)
             rv: dict[str, list[NDArray]] = {"model": [], "persistence": [], "diffusion": [],
                                             "conservation": []}

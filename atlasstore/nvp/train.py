@@ -807,9 +807,9 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     res = d.resolution or base
     if res not in stored_levels:
         raise TrainError(f"data.resolution {res} is not a stored level ({list(stored_levels)})")
-    factor = base // res
+    factor = 1  # the stream delivers the target at the query's scale, res
     levels = tuple(lv for lv in stored_levels if lv <= res)
-    model_shape = (shape[0] // factor, shape[1] // factor)
+    model_shape = (shape[0] * res // base, shape[1] * res // base)
     train_q = build_query(st, d, res, train_keys)
     val_q = build_query(st, d, res, val_keys)
 
