@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from .provenance import utc_now
 from .schemas import SchemaError, validate
 from .store_errors import (
     CorruptArray,
+    InvalidMetadata,
     InvalidName,
     NotAnAtlasStore,
     NotFound,
@@ -116,6 +118,43 @@ def validate_name(name: str, what: str = "name") -> str:
     if name in RESERVED or name == "zarr.json":
         raise InvalidName(f"{what} {name!r} is reserved")
     return name
+
+
+def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
+    """The committed record of step ``t`` (stats of its base-level map) plus ``extra`` keys."""
+    stats = physics.map_stats(energy)
+    return {"t": t, "perturbations": [], **{k: stats[k] for k in ("sum", "mean", "variance",
+                                                                 "entropy")}, **extra}
+
+
+def json_document(value: Any, what: str) -> Any:
+    """``value`` as it will read back from a metadata document, or InvalidMetadata naming where.
+
+    Refused: what JSON cannot hold (sets, bytes, arrays, objects), NaN and infinities (Zarr
+    would write invalid JSON) and non-string keys (JSON would turn them into strings, so the
+    value would not read back as written). NumPy scalars become numbers, tuples lists.
+    """
+    def conv(v: Any, where: str) -> Any:
+        if isinstance(v, Mapping):
+            out = {}
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise InvalidMetadata(f"{what}: key {k!r} at {where or 'top level'} is not a "
+                                          "string")
+                out[k] = conv(x, f"{where}/{k}")
+            return out
+        if isinstance(v, (list, tuple)):
+            return [conv(x, f"{where}/{i}") for i, x in enumerate(v)]
+        if isinstance(v, np.generic):
+            v = v.item()
+        if v is None or isinstance(v, (str, int)):
+            return v
+        if isinstance(v, float) and math.isfinite(v):
+            return v
+        got = repr(v) if isinstance(v, float) else f"a {type(v).__name__}"
+        raise InvalidMetadata(f"{what}: {where or 'the value'} is {got}, which JSON cannot hold")
+
+    return conv(value, "")
 
 
 def checksum(values: ArrayLike) -> str:
@@ -475,14 +514,15 @@ class AtlasStore:
                         steps: Sequence[Mapping[str, Any]] | None,
                         generation: Mapping[str, Any] | None) -> dict[str, Any]:
         if steps is None:
-            steps = [{"t": t, "perturbations": [], **{k: v for k, v in physics.map_stats(e[t]).items()
-                                                       if k in ("sum", "mean", "variance", "entropy")}}
-                     for t in range(e.shape[0])]
+            steps = [step_record(t, e[t]) for t in range(e.shape[0])]
         elif len(steps) != e.shape[0]:
             raise ValueError(f"sequence {domain}/{sequence_id}: {len(steps)} step records for "
                              f"{e.shape[0]} time steps")
+        # checked before anything is deleted or written: zarr would fail half-way otherwise
+        steps = json_document(list(steps), f"sequence {domain}/{sequence_id} step records")
         levels = sorted(derived, reverse=True)
-        gen = {"code_version": __version__, **dict(generation or {})}
+        gen = {"code_version": __version__,
+               **json_document(dict(generation or {}), f"sequence {domain}/{sequence_id} generation")}
         return {
             "zarr_conventions": [MULTISCALES_CONVENTION],
             "multiscales": multiscales_attr(levels, levels[0]),

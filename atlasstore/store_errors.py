@@ -16,6 +16,10 @@ class InvalidName(StoreError, ValueError):
     """A domain or sequence name that could escape the store or is unsafe."""
 
 
+class InvalidMetadata(StoreError, ValueError):
+    """Metadata that cannot be stored as JSON (and read back as given)."""
+
+
 class NotFound(StoreError, KeyError):
     """A missing domain, sequence, level or field."""
 
