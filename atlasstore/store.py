@@ -182,6 +182,28 @@ def _open_zarr_store(location: str | Path, read_only: bool,
     return zarr.storage.LocalStore(path, read_only=read_only)
 
 
+#: Zarr's inline consolidated metadata of a group without members (xarray and zarr then find no
+#: children through it instead of listing the store)
+_NO_MEMBERS: dict[str, Any] = {"kind": "inline", "must_understand": False, "metadata": {}}
+
+
+def _group_document(attributes: Mapping[str, Any], members: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's ``zarr.json`` with inline consolidated metadata of ``members`` (flat paths ->
+    node documents, as ``zarr.consolidate_metadata`` writes them)."""
+    return {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes),
+            "consolidated_metadata": {**_NO_MEMBERS, "metadata": dict(members)}}
+
+
+def _node_document(node: zarr.Group | zarr.Array) -> dict[str, Any]:
+    """The ``zarr.json`` document of a node, as zarr serialises it."""
+    buf = node.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"]
+    return json.loads(buf.to_bytes())
+
+
+def _json_buffer(doc: Mapping[str, Any]) -> Any:
+    return cpu_buffer.Buffer.from_bytes(json.dumps(doc, allow_nan=False).encode())
+
+
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -329,7 +351,9 @@ class AtlasStore:
         zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
         _root_document(zstore, loc)
         try:
-            root = zarr.open_group(zstore, mode=mode)
+            # never through consolidated metadata someone may have written at the root: it
+            # would hide every sequence committed after it
+            root = zarr.open_group(zstore, mode=mode, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError, ValueError) as exc:
             raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
@@ -396,13 +420,31 @@ class AtlasStore:
             for s in self.sequences(d):
                 yield d, s
 
+    def _sequence_record(self, domain: str, sequence_id: str) -> dict[str, Any] | None:
+        """The ``atlasstore_sequence`` record of a sequence group; None when there is no group.
+
+        Read as plain JSON: zarr would also parse the consolidated metadata of every level and
+        array in the document, which a scan of many sequences does not need.
+        """
+        validate_name(domain, "domain name")
+        validate_name(sequence_id, "sequence id")
+        buf = sync(self._root.store.get(f"{domain}/{sequence_id}/zarr.json",
+                                        prototype=default_buffer_prototype()))
+        if buf is None:
+            self._domain(domain)  # an unknown domain is NotFound naming it
+            return None
+        doc = _json_or_none(buf.to_bytes())
+        attrs = doc.get("attributes") if isinstance(doc, dict) else None
+        rec = attrs.get("atlasstore_sequence") if isinstance(attrs, dict) else None
+        return rec if isinstance(rec, dict) else {}
+
     def sequence_status(self, domain: str, sequence_id: str) -> str | None:
         """"complete", "writing", or None when absent."""
         try:
-            g = self._domain(domain)[sequence_id]
-        except KeyError:
+            rec = self._sequence_record(domain, sequence_id)
+        except NotFound:
             return None
-        return dict(g.attrs).get("atlasstore_sequence", {}).get("status")
+        return None if rec is None else rec.get("status")
 
     def sequence_info(self, domain: str, sequence_id: str) -> dict[str, Any]:
         """The complete sequence's attributes (steps, checksums, stats, generation record)."""
@@ -411,13 +453,9 @@ class AtlasStore:
             cached = self._seq_attrs.get(key)
         if cached is not None:
             return cached
-        validate_name(sequence_id, "sequence id")
-        dgroup = self._domain(domain)
-        try:
-            g = dgroup[sequence_id]
-        except KeyError:
-            raise NotFound(f"unknown sequence {domain}/{sequence_id}") from None
-        info = dict(g.attrs).get("atlasstore_sequence")
+        info = self._sequence_record(domain, sequence_id)
+        if info is None:
+            raise NotFound(f"unknown sequence {domain}/{sequence_id}")
         if not info or info.get("status") != "complete":
             raise NotFound(f"sequence {domain}/{sequence_id} is not complete (status "
                            f"{(info or {}).get('status')!r}); it is invisible until committed")
@@ -453,7 +491,7 @@ class AtlasStore:
         """
         self._require_writable()
         validate_name(sequence_id, "sequence id")
-        dgroup = self._domain(domain)
+        self._domain(domain)
         e = physics.validate_energy(energy, f"sequence {domain}/{sequence_id}")
         if e.ndim != 3:
             raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: expected (time, y, x), "
@@ -481,19 +519,32 @@ class AtlasStore:
         # groups behind without it, and they must not block (or leak into) the rewrite.
         self.delete_sequence(domain, sequence_id)
 
-        sgroup = dgroup.create_group(sequence_id, attributes=attrs)
+        prefix = f"{domain}/{sequence_id}"
+        # "writing", with consolidated metadata that lists no members: through the consolidated
+        # path (xarray's default) a sequence shows nothing of itself until it is committed
+        zstore = self._root.store
+        writing = _json_buffer(_group_document(attrs, {}))
+        sync(zstore.set_if_not_exists(f"{prefix}/zarr.json", writing))
+        got = sync(zstore.get(f"{prefix}/zarr.json", prototype=default_buffer_prototype()))
+        if got is None or got.to_bytes() != writing.to_bytes():
+            raise StoreError(f"sequence {domain}/{sequence_id} is being written by another writer")
+        sgroup = zarr.open_group(zstore, path=prefix, mode="r+", use_consolidated=False)
+        members: dict[str, Any] = {}
         for lvl, fields in derived.items():
             lgroup = sgroup.create_group(str(lvl), attributes={
                 "level": lvl, "downsample_factor": max(lv) // lvl})
+            members[str(lvl)] = {**_node_document(lgroup), "consolidated_metadata": _NO_MEMBERS}
             for name, values in fields.as_dict().items():
-                self._write_array(lgroup, name, values, lvl)
+                members[f"{lvl}/{name}"] = _node_document(self._write_array(lgroup, name, values, lvl))
                 rec = complete["atlasstore_sequence"]["arrays"][f"{lvl}/{name}"]
-                rec["nbytes_stored"] = self.nbytes_stored(f"{domain}/{sequence_id}/{lvl}/{name}/")
-        # The commit: one atomic metadata write flips the sequence to complete.
-        sgroup.attrs.update({"atlasstore_sequence": complete["atlasstore_sequence"]})
+                rec["nbytes_stored"] = self.nbytes_stored(f"{prefix}/{lvl}/{name}/")
+        # The commit: one atomic write of the sequence document flips it to complete and carries
+        # the consolidated metadata of its levels and arrays (immutable from now on, so it never
+        # goes stale; a document per sequence, so concurrent writers never share one).
+        sync(zstore.set(f"{prefix}/zarr.json", _json_buffer(_group_document(complete, members))))
         return complete["atlasstore_sequence"]
 
-    def _write_array(self, group: zarr.Group, name: str, values: NDArray, level: int) -> None:
+    def _write_array(self, group: zarr.Group, name: str, values: NDArray, level: int) -> zarr.Array:
         t, ny, nx = values.shape
         lay = self.layout
         tc = max(1, min(lay.time_chunk, t))
@@ -508,6 +559,7 @@ class AtlasStore:
             chunk_key_encoding={"name": "default", "separator": "."},
             attributes={**FIELD_ATTRS[name], "level": level, "grid_spacing": 1.0})
         arr[...] = values
+        return arr
 
     def _sequence_attrs(self, domain: str, sequence_id: str, e: NDArray,
                         derived: Mapping[int, physics.LevelFields],

@@ -157,29 +157,29 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: measure(p, seq, args.repeats) for name, p in
                    (("plain", plain), ("per-sequence", per_seq), ("root", root))}
     layouts = list(results)
+    cmd = shlex.join([sys.executable.split("/")[-1], *sys.argv])
     lines = [
         "# Consolidated metadata: open times of a store of many tiny sequences",
         "",
-        f"Command: `{shlex.join([sys.executable.split('/')[-1], *sys.argv])}`"
-        + (f" ({args.label})" if args.label else ""),
+        f"Command: `{cmd}`" + (f" ({args.label})" if args.label else ""),
         "",
-        f"- {time.strftime('%Y-%m-%d %H:%M')}; atlasstore {code_version()}; python "
-        f"{platform.python_version()}, zarr {zarr.__version__}, xarray {xr.__version__}",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load "
-        f"average at start {'/'.join(f'{x:.1f}' for x in load0)}, at end "
-        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- store: {args.sequences} sequences x 2 steps at 64x64 in {len(DOMAINS)} domains "
-        f"(built in {t_build:.1f} s; the code under test "
-        f"{'writes' if writes_own else 'does not write'} per-sequence consolidated metadata); "
-        f"page cache warm; median of {args.repeats} (whole-store datatree: 1 run)",
-        f"- root zarr.json: plain {sizes['plain']:,} B, per-sequence {sizes['per-sequence']:,} B, "
-        f"root-consolidated {sizes['root']:,} B; one sequence's zarr.json: plain "
-        f"{seq_sizes['plain']:,} B, per-sequence {seq_sizes['per-sequence']:,} B",
-        f"- rewriting the root consolidation once (what every commit would cost to keep it "
-        f"current): {t_cons[0]:.2f} s CPU, {t_cons[1]:.2f} s wall",
+        (f"- {time.strftime('%Y-%m-%d %H:%M')}; atlasstore {code_version()}; python "
+         f"{platform.python_version()}, zarr {zarr.__version__}, xarray {xr.__version__}"),
+        (f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load "
+         f"average at start {'/'.join(f'{x:.1f}' for x in load0)}, at end "
+         f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}"),
+        (f"- store: {args.sequences} sequences x 2 steps at 64x64 in {len(DOMAINS)} domains "
+         f"(built in {t_build:.1f} s; the code under test "
+         f"{'writes' if writes_own else 'does not write'} per-sequence consolidated metadata); "
+         f"page cache warm; median of {args.repeats} (whole-store datatree: 1 run)"),
+        (f"- root zarr.json: plain {sizes['plain']:,} B, per-sequence {sizes['per-sequence']:,} B, "
+         f"root-consolidated {sizes['root']:,} B; one sequence's zarr.json: plain "
+         f"{seq_sizes['plain']:,} B, per-sequence {seq_sizes['per-sequence']:,} B"),
+        (f"- rewriting the root consolidation once (what every commit would cost to keep it "
+         f"current): {t_cons[0]:.2f} s CPU, {t_cons[1]:.2f} s wall"),
         "",
-        "CPU s / wall s per call; **W** = the call warned \"Failed to open Zarr store with "
-        "consolidated metadata\".",
+        ("CPU s / wall s per call; **W** = the call warned \"Failed to open Zarr store with "
+         "consolidated metadata\"."),
         "",
         "| call | " + " | ".join(layouts) + " |",
         "|---|" + "---:|" * len(layouts),
