@@ -407,12 +407,30 @@ class AtlasStore:
     # ------------------------------------------------------------------ sequences
 
     def sequences(self, domain: str, include_incomplete: bool = False) -> list[str]:
-        """Sequence ids of a domain; only complete ones unless asked."""
-        g = self._domain(domain)
+        """Sequence ids of a domain; only complete ones unless asked.
+
+        One plain read of each sequence document (zarr's group listing would also parse the
+        consolidated metadata of every level and array in it); complete records are cached.
+        """
+        self._domain(domain)
+
+        async def _names() -> list[str]:
+            return [k async for k in self._root.store.list_dir(domain)]
+
         out = []
-        for k in sorted(g.group_keys()):
-            if include_incomplete or self.sequence_status(domain, k) == "complete":
-                out.append(k)
+        for k in sorted(sync(_names())):
+            try:
+                rec = self._sequence_record(domain, k)
+            except InvalidName:  # "zarr.json", stray files: never a sequence id
+                continue
+            if rec is None:
+                continue
+            if rec.get("status") == "complete":
+                with self._lock:
+                    self._seq_attrs.setdefault((domain, k), rec)
+            elif not include_incomplete:
+                continue
+            out.append(k)
         return out
 
     def iter_sequences(self, domains: Sequence[str] | None = None) -> Iterator[tuple[str, str]]:
@@ -434,6 +452,8 @@ class AtlasStore:
             self._domain(domain)  # an unknown domain is NotFound naming it
             return None
         doc = _json_or_none(buf.to_bytes())
+        if isinstance(doc, dict) and doc.get("node_type") != "group":
+            return None  # an array (or garbage claiming to be something else) is no sequence
         attrs = doc.get("attributes") if isinstance(doc, dict) else None
         rec = attrs.get("atlasstore_sequence") if isinstance(attrs, dict) else None
         return rec if isinstance(rec, dict) else {}
