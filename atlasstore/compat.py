@@ -25,14 +25,8 @@ from .physics import (
     validate_entropy_increase,
 )
 from .query import Query
-from .store import (
-    AtlasStore,
-    NotFound,
-    StoreError,
-    json_document,
-    step_record,
-    validate_name,
-)
+from .store import AtlasStore, NotFound, StoreError, step_record, validate_name
+from .store_documents import json_document
 from .synth import (
     PerturbationConfig,
     apply_energy_scaling,

@@ -9,8 +9,9 @@ Layout (see README, "Store layout")::
             energy grad_x grad_y     float32 (time, y, x), sharded, crc32c per inner chunk
 
 Commit protocol: a sequence group is created with ``status: writing``; every array is written;
-only then are its checksums and stats written with ``status: complete`` (one atomic metadata
-write). Readers ignore sequences that are not complete, and a writer that finds an incomplete
+only then are its checksums and stats written with ``status: complete`` (one atomic write of the
+sequence's ``zarr.json``, which also carries Zarr's consolidated metadata of its levels and
+arrays, so plain tools open a committed sequence with one read; see README "Store layout"). Readers ignore sequences that are not complete, and a writer that finds an incomplete
 group (a crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
 little-endian float32), so they do not depend on codec or chunking and two runs that compute the
 same numbers have equal checksums; corruption of stored bytes is caught earlier, on read, by the
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,10 +40,21 @@ from zarr.core.sync import sync
 from . import __version__, physics
 from .locations import local_path
 from .provenance import utc_now
-from .schemas import SchemaError, validate
+from .schemas import validate
+from .store_documents import (
+    FORMAT_VERSION,
+    MULTISCALES_CONVENTION,
+    NO_MEMBERS,
+    group_document,
+    json_buffer,
+    json_document,
+    json_or_none,
+    multiscales_attr,
+    node_document,
+    root_document,
+)
 from .store_errors import (
     CorruptArray,
-    InvalidMetadata,
     InvalidName,
     NotAnAtlasStore,
     NotFound,
@@ -53,7 +64,6 @@ from .store_errors import (
 )
 from .tensorstore_reader import TensorStoreReader
 
-FORMAT_VERSION = 1
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 DIMS = ("time", "y", "x")
 CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
@@ -127,36 +137,6 @@ def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
                                                                  "entropy")}, **extra}
 
 
-def json_document(value: Any, what: str) -> Any:
-    """``value`` as it will read back from a metadata document, or InvalidMetadata naming where.
-
-    Refused: what JSON cannot hold (sets, bytes, arrays, objects), NaN and infinities (Zarr
-    would write invalid JSON) and non-string keys (JSON would turn them into strings, so the
-    value would not read back as written). NumPy scalars become numbers, tuples lists.
-    """
-    def conv(v: Any, where: str) -> Any:
-        if isinstance(v, Mapping):
-            out = {}
-            for k, x in v.items():
-                if not isinstance(k, str):
-                    raise InvalidMetadata(f"{what}: key {k!r} at {where or 'top level'} is not a "
-                                          "string")
-                out[k] = conv(x, f"{where}/{k}")
-            return out
-        if isinstance(v, (list, tuple)):
-            return [conv(x, f"{where}/{i}") for i, x in enumerate(v)]
-        if isinstance(v, np.generic):
-            v = v.item()
-        if v is None or isinstance(v, (str, int)):
-            return v
-        if isinstance(v, float) and math.isfinite(v):
-            return v
-        got = repr(v) if isinstance(v, float) else f"a {type(v).__name__}"
-        raise InvalidMetadata(f"{what}: {where or 'the value'} is {got}, which JSON cannot hold")
-
-    return conv(value, "")
-
-
 def checksum(values: ArrayLike) -> str:
     """SHA-256 of decoded values as C-order little-endian float32."""
     a = np.ascontiguousarray(np.asarray(values), dtype="<f4")
@@ -180,104 +160,6 @@ def _open_zarr_store(location: str | Path, read_only: bool,
         return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
                                                  read_only=read_only)
     return zarr.storage.LocalStore(path, read_only=read_only)
-
-
-#: Zarr's inline consolidated metadata of a group without members (xarray and zarr then find no
-#: children through it instead of listing the store)
-_NO_MEMBERS: dict[str, Any] = {"kind": "inline", "must_understand": False, "metadata": {}}
-
-
-def _group_document(attributes: Mapping[str, Any], members: Mapping[str, Any]) -> dict[str, Any]:
-    """A group's ``zarr.json`` with inline consolidated metadata of ``members`` (flat paths ->
-    node documents, as ``zarr.consolidate_metadata`` writes them)."""
-    return {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes),
-            "consolidated_metadata": {**_NO_MEMBERS, "metadata": dict(members)}}
-
-
-def _node_document(node: zarr.Group | zarr.Array) -> dict[str, Any]:
-    """The ``zarr.json`` document of a node, as zarr serialises it."""
-    buf = node.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"]
-    return json.loads(buf.to_bytes())
-
-
-def _json_buffer(doc: Mapping[str, Any]) -> Any:
-    return cpu_buffer.Buffer.from_bytes(json.dumps(doc, allow_nan=False).encode())
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _json_type(v: Any) -> str:
-    """JSON's name for the type of a parsed value (for error messages)."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(v), type(v).__name__)
-
-
-def _root_document(zstore: Any, loc: str) -> dict[str, Any]:
-    """The root ``zarr.json`` of an atlas store, checked before zarr parses it.
-
-    Any other content (absent, not JSON, JSON that is not a Zarr v3 group document, attributes
-    or ``attributes.atlasstore`` that are not objects, an invalid root record, another format
-    version) is NotAnAtlasStore naming the location: zarr itself would raise TypeError or
-    AttributeError on e.g. ``[]`` or ``{"attributes": []}``.
-    """
-    what = f"{loc} is not an atlas store"
-    buf = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
-    if buf is None:
-        raise NotAnAtlasStore(f"{what} (no Zarr v3 root group: no zarr.json)")
-    doc = _json_or_none(buf.to_bytes())
-    if not isinstance(doc, dict):
-        got = "not JSON" if doc is None and buf.to_bytes().strip() != b"null" else _json_type(doc)
-        raise NotAnAtlasStore(f"{what} (its root zarr.json is {got}, not a Zarr group document)")
-    if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
-        raise NotAnAtlasStore(f"{what} (its root zarr.json is not a Zarr v3 group: zarr_format "
-                              f"{doc.get('zarr_format')!r}, node_type {doc.get('node_type')!r})")
-    attrs = doc.get("attributes", {})
-    if not isinstance(attrs, dict):
-        raise NotAnAtlasStore(f"{what} (its root attributes are {_json_type(attrs)}, not an "
-                              "object)")
-    if "atlasstore" not in attrs:
-        raise NotAnAtlasStore(f"{loc} is a Zarr group but not an atlas store "
-                              f"(no 'atlasstore' root attribute)")
-    if not isinstance(attrs["atlasstore"], dict):
-        raise NotAnAtlasStore(f"{what} (its 'atlasstore' root attribute is "
-                              f"{_json_type(attrs['atlasstore'])}, not an object)")
-    fmt = attrs["atlasstore"].get("format_version")
-    if fmt != FORMAT_VERSION:
-        raise NotAnAtlasStore(f"{loc} has atlas format {fmt!r}; this code reads {FORMAT_VERSION}")
-    try:
-        validate(attrs, "root", what=f"root attributes of {loc}")
-    except SchemaError as exc:
-        raise NotAnAtlasStore(f"{what} readable by this code ({exc})") from None
-    return doc
-
-
-def multiscales_attr(levels: Sequence[int], base: int) -> dict[str, Any]:
-    """The zarr-conventions ``multiscales`` block: each level derived from the base level."""
-    layout: list[dict[str, Any]] = []
-    for lvl in levels:
-        f = float(base // lvl)
-        entry: dict[str, Any] = {"asset": str(lvl),
-                                 "transform": {"scale": [f, f], "translation": [(f - 1) / 2] * 2}}
-        if lvl != base:
-            entry["derived_from"] = str(base)
-            entry["resampling_method"] = "sum"
-        layout.append(entry)
-    return {"layout": layout, "resampling_method": "sum"}
-
-
-MULTISCALES_CONVENTION = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
-    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
-    "name": "multiscales",
-    "description": "Multiscale layout of zarr datasets",
-}
 
 
 class AtlasStore:
@@ -309,7 +191,7 @@ class AtlasStore:
             raise StoreError(f"{loc} is a file, not a directory; choose another store path")
         zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
         if sync(zstore.exists("zarr.json")):
-            _root_document(zstore, loc)  # refuses anything but an atlas store, writing nothing
+            root_document(zstore, loc)  # refuses anything but an atlas store, writing nothing
             if exist_ok:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
@@ -330,7 +212,7 @@ class AtlasStore:
                                       cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
         if not exist_ok:
             got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
-            theirs = None if got is None else _json_or_none(got.to_bytes())
+            theirs = None if got is None else json_or_none(got.to_bytes())
             if not isinstance(theirs, dict) or theirs.get("attributes") != attrs:
                 raise StoreError(f"{loc} was created by another process just now; open it instead")
         return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
@@ -349,7 +231,7 @@ class AtlasStore:
         if path is not None and not path.is_dir():
             raise NotAnAtlasStore(f"{loc} is a file, not an atlas store")
         zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
-        _root_document(zstore, loc)
+        root_document(zstore, loc)
         try:
             # never through consolidated metadata someone may have written at the root: it
             # would hide every sequence committed after it
@@ -451,7 +333,7 @@ class AtlasStore:
         if buf is None:
             self._domain(domain)  # an unknown domain is NotFound naming it
             return None
-        doc = _json_or_none(buf.to_bytes())
+        doc = json_or_none(buf.to_bytes())
         if isinstance(doc, dict) and doc.get("node_type") != "group":
             return None  # an array (or garbage claiming to be something else) is no sequence
         attrs = doc.get("attributes") if isinstance(doc, dict) else None
@@ -543,7 +425,7 @@ class AtlasStore:
         # "writing", with consolidated metadata that lists no members: through the consolidated
         # path (xarray's default) a sequence shows nothing of itself until it is committed
         zstore = self._root.store
-        writing = _json_buffer(_group_document(attrs, {}))
+        writing = json_buffer(group_document(attrs, {}))
         sync(zstore.set_if_not_exists(f"{prefix}/zarr.json", writing))
         got = sync(zstore.get(f"{prefix}/zarr.json", prototype=default_buffer_prototype()))
         if got is None or got.to_bytes() != writing.to_bytes():
@@ -553,15 +435,15 @@ class AtlasStore:
         for lvl, fields in derived.items():
             lgroup = sgroup.create_group(str(lvl), attributes={
                 "level": lvl, "downsample_factor": max(lv) // lvl})
-            members[str(lvl)] = {**_node_document(lgroup), "consolidated_metadata": _NO_MEMBERS}
+            members[str(lvl)] = {**node_document(lgroup), "consolidated_metadata": NO_MEMBERS}
             for name, values in fields.as_dict().items():
-                members[f"{lvl}/{name}"] = _node_document(self._write_array(lgroup, name, values, lvl))
+                members[f"{lvl}/{name}"] = node_document(self._write_array(lgroup, name, values, lvl))
                 rec = complete["atlasstore_sequence"]["arrays"][f"{lvl}/{name}"]
                 rec["nbytes_stored"] = self.nbytes_stored(f"{prefix}/{lvl}/{name}/")
         # The commit: one atomic write of the sequence document flips it to complete and carries
         # the consolidated metadata of its levels and arrays (immutable from now on, so it never
         # goes stale; a document per sequence, so concurrent writers never share one).
-        sync(zstore.set(f"{prefix}/zarr.json", _json_buffer(_group_document(complete, members))))
+        sync(zstore.set(f"{prefix}/zarr.json", json_buffer(group_document(complete, members))))
         return complete["atlasstore_sequence"]
 
     def _write_array(self, group: zarr.Group, name: str, values: NDArray, level: int) -> zarr.Array:

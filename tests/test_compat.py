@@ -11,8 +11,8 @@ import pytest
 from atlasstore import physics
 from atlasstore.compat import EnergyAtlasLoader, parse_map_id
 from atlasstore.physics import EnergyMapError
-from atlasstore.store import (AtlasStore, InvalidMetadata, InvalidName, NotAnAtlasStore, NotFound,
-                              SequenceExists, StoreError)
+from atlasstore.store import AtlasStore, InvalidName, NotAnAtlasStore, NotFound, SequenceExists, StoreError
+from atlasstore.store_errors import InvalidMetadata
 from store_fixtures import copy_store, energy_sequence, listing
 
 
