@@ -278,7 +278,8 @@ class Query:
         for w in windows:
             key = (w.domain, w.sequence_id)
             if key not in shapes:
-                shapes[key] = tuple(self.store.array(w.domain, w.sequence_id, scale, fields[0]).shape[1:])
+                _, ny_, nx_ = self.store.array(w.domain, w.sequence_id, scale, fields[0]).shape
+                shapes[key] = (int(ny_), int(nx_))
         for shape in set(shapes.values()):
             ys, xs = self._region_slices(shape)  # checks the region fits every shape
         if len(set(shapes.values())) > 1 and self.region is None:
@@ -341,7 +342,7 @@ class Query:
                 key = (w.domain, w.sequence_id)
                 if key not in per_seq:
                     src = _CheckedArray(self.store, w.domain, w.sequence_id, self.scale, f)
-                    ys, xs = self._region_slices(src.shape[1:])
+                    ys, xs = self._region_slices((src.shape[1], src.shape[2]))
                     rec = self.store.sequence_info(*key)["arrays"][f"{self.scale}/{f}"]
                     name = f"atlasstore-{src.name}-" + tokenize(self.store.location, rec["checksum"])
                     tc = self.store.array(w.domain, w.sequence_id, self.scale, f).chunks[0]

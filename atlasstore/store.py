@@ -11,8 +11,9 @@ Layout (see README, "Store layout")::
 Commit protocol: a sequence group is created with ``status: writing``; every array is written;
 only then are its checksums and stats written with ``status: complete`` (one atomic write of the
 sequence's ``zarr.json``, which also carries Zarr's consolidated metadata of its levels and
-arrays, so plain tools open a committed sequence with one read; see README "Store layout"). Readers ignore sequences that are not complete, and a writer that finds an incomplete
-group (a crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
+arrays, so plain tools open a committed sequence with one read; see README "Store layout").
+Readers ignore sequences that are not complete, and a writer that finds an incomplete group (a
+crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
 little-endian float32), so they do not depend on codec or chunking and two runs that compute the
 same numbers have equal checksums; corruption of stored bytes is caught earlier, on read, by the
 crc32c codec of every inner chunk and shard index.
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -93,9 +94,9 @@ class Layout:
 
     time_chunk: int = 4
     time_shard: int = 128
-    cname: str = "lz4"
+    cname: Literal["lz4", "lz4hc", "blosclz", "snappy", "zlib", "zstd"] = "lz4"
     clevel: int = 5
-    shuffle: str = "shuffle"
+    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = "shuffle"
 
     def compressors(self) -> list[Any]:
         codecs: list[Any] = []
@@ -235,7 +236,8 @@ class AtlasStore:
         try:
             # never through consolidated metadata someone may have written at the root: it
             # would hide every sequence committed after it
-            root = zarr.open_group(zstore, mode=mode, use_consolidated=False)
+            root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+",
+                                   use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError, ValueError) as exc:
             raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
@@ -273,7 +275,8 @@ class AtlasStore:
         return sorted(k for k in self._root.group_keys() if k not in RESERVED)
 
     def domain_info(self, domain: str) -> dict[str, Any]:
-        return dict(self._domain(domain).attrs)["atlasstore_domain"]
+        rec: Any = self._domain(domain).attrs["atlasstore_domain"]
+        return dict(rec)
 
     def _domain(self, domain: str) -> zarr.Group:
         validate_name(domain, "domain name")
@@ -517,10 +520,13 @@ class AtlasStore:
         with self._lock:
             arr = self._arrays.get(path)
         if arr is None:
-            arr = self._root[path]
+            node = self._root[path]
+            if not isinstance(node, zarr.Array):
+                raise CorruptArray(f"{path} is not an array in the store")
+            arr = node
             with self._lock:
-                self._arrays[path] = arr  # type: ignore[assignment]
-        return arr  # type: ignore[return-value]
+                self._arrays[path] = arr
+        return arr
 
     def _array_path(self, domain: str, sequence_id: str, level: int, field: str) -> str:
         info = self.sequence_info(domain, sequence_id)
@@ -552,7 +558,7 @@ class AtlasStore:
         name = f"{domain}/{sequence_id}/{level}/{field}"
         fast = self.fast_reader
         try:
-            values = fast.read(name, (t, y, x)) if fast is not None else arr[t, y, x]
+            values = fast.read(name, (t, y, x)) if fast is not None else np.asarray(arr[t, y, x])
         except (IndexError, TypeError):  # caller's selection, not the data
             raise
         except CorruptArray:
@@ -637,27 +643,28 @@ class RunLog:
     def __init__(self, store: AtlasStore) -> None:
         self.store = store
 
-    def _group(self) -> Any:
+    def _group(self) -> zarr.Group:
         root = self.store.zarr_group
         if "_runs" not in set(root.group_keys()):
             return root.create_group("_runs", attributes={"description": "generation run records"})
-        return root["_runs"]
+        return _subgroup(root, "_runs")
 
     def start(self, run: dict[str, Any]) -> None:
         validate(run, "run", what="run record")
         g = self._group()
         name = run["run_id"]
         if name in set(g.group_keys()):
-            rec = dict(g[name].attrs)["atlasstore_run"]
+            rg = _subgroup(g, name)
+            rec: Any = rg.attrs["atlasstore_run"]
             rec.setdefault("attempts", []).append(run["started"])
-            g[name].attrs.update({"atlasstore_run": rec})
+            rg.attrs.update({"atlasstore_run": rec})
         else:
             g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
 
     def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
         validate(run, "run", what="run record")
-        g = self._group()[run["run_id"]]
-        rec = dict(g.attrs)["atlasstore_run"]
+        g = _subgroup(self._group(), run["run_id"])
+        rec: Any = g.attrs["atlasstore_run"]
         g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
                                            "failures": failures}})
 
@@ -665,8 +672,16 @@ class RunLog:
         root = self.store.zarr_group
         if "_runs" not in set(root.group_keys()):
             return []
-        g = root["_runs"]
-        return [dict(g[k].attrs)["atlasstore_run"] for k in sorted(g.group_keys())]
+        g = _subgroup(root, "_runs")
+        recs: list[Any] = [_subgroup(g, k).attrs["atlasstore_run"] for k in sorted(g.group_keys())]
+        return [dict(r) for r in recs]
+
+
+def _subgroup(group: zarr.Group, name: str) -> zarr.Group:
+    node = group[name]
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"{group.path}/{name} is not a group")
+    return node
 
 
 #: a bulk copy: (domain, sequence, level, field, t0, t1, y slice, x slice, destination)

@@ -90,5 +90,5 @@ class TensorStoreReader:
     def copy_into(self, jobs: Sequence[tuple[str, tuple[Any, ...], NDArray]]) -> None:
         futs = [self._ts.array(dst, copy=False, write=True).write(self.handle(name)[sel])
                 for name, sel, dst in jobs]
-        for fut, (name, _, _) in zip(futs, jobs):
+        for fut, (name, _, _) in zip(futs, jobs, strict=True):
             self._result(fut, name)

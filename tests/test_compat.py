@@ -278,7 +278,7 @@ def test_precompute_pyramids() -> None:
     pyr = EnergyAtlasLoader.precompute_pyramids(m)
     assert sorted(pyr) == [64, 128, 256]
     assert pyr[128].shape == (128, 192) and pyr[64].shape == (64, 96)
-    for lvl, a in pyr.items():
+    for a in pyr.values():
         assert a.dtype == np.float32 and (a >= 0).all()
         assert float(a.sum(dtype=np.float64)) == pytest.approx(float(m.sum(dtype=np.float64)), rel=1e-5)
     only = EnergyAtlasLoader.precompute_pyramids(m, target_scales=[64])
@@ -328,8 +328,10 @@ def test_get_domain_stats(loader: EnergyAtlasLoader) -> None:
     assert st["domain"] == "alpha"
     assert st["n_sequences"] == 2 and st["n_maps"] == 8
     maps = np.concatenate([energy_sequence(5, 128, 128, seed=1), energy_sequence(3, 128, 128, seed=2)])
-    assert st["energy_mean"] == pytest.approx(float(np.mean([m.mean(dtype=np.float64) for m in maps])), rel=1e-6)
-    assert st["energy_variance"] == pytest.approx(float(np.mean([m.astype(np.float64).var() for m in maps])), rel=1e-6)
+    assert st["energy_mean"] == pytest.approx(float(np.mean([m.mean(dtype=np.float64) for m in maps])),
+                                              rel=1e-6)
+    assert st["energy_variance"] == pytest.approx(
+        float(np.mean([m.astype(np.float64).var() for m in maps])), rel=1e-6)
     ents = [float(physics.entropy(m)) for m in maps]
     assert st["entropy_mean"] == pytest.approx(float(np.mean(ents)), rel=1e-9)
     assert st["entropy_min"] == pytest.approx(min(ents)) and st["entropy_max"] == pytest.approx(max(ents))

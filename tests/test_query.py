@@ -168,7 +168,8 @@ def test_fields_selection(stats_store: AtlasStore) -> None:
     for i, wid in enumerate(data["ids"]):
         t0 = int(wid.split("@")[1])
         for f in ("grad_y", "energy"):
-            np.testing.assert_array_equal(data[f][i], stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
+            np.testing.assert_array_equal(data[f][i],
+                                          stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
     assert "grad_x" not in data
     with pytest.raises(QueryError, match="unknown field 'pressure'"):
         Query(stats_store, fields=("pressure",))
@@ -183,7 +184,8 @@ def test_region(stats_store: AtlasStore) -> None:
     assert data["energy"].shape == (3, 2, 32, 64)
     for i, t0 in enumerate(range(3)):
         np.testing.assert_array_equal(
-            data["grad_x"][i], stats_store.read("beta", "b0", 128, "grad_x", t=slice(t0, t0 + 2))[:, 8:40, 16:80])
+            data["grad_x"][i],
+            stats_store.read("beta", "b0", 128, "grad_x", t=slice(t0, t0 + 2))[:, 8:40, 16:80])
     full = Query(stats_store, scale=64, region=(0, 64, 0, 64), domains=("beta",)).to_numpy()
     assert full["energy"].shape == (4, 1, 64, 64)
 
@@ -235,7 +237,8 @@ def test_stat_filters_specific_results(stats_store: AtlasStore) -> None:
     assert ids(Query(stats_store, scale=128, mean=(2.5, 4.5), window=2)) == ["alpha/a0@2"]
     assert ids(Query(stats_store, scale=128, mean=(2.5, 4.5), window=3)) == []
     assert ids(Query(stats_store, scale=128, entropy=(8.0, 9.1))) == ["alpha/a1@1", "alpha/a1@2"]
-    assert ids(Query(stats_store, scale=128, variance=(0.5, 8.0), window=3, domains="alpha")) == ["alpha/a1@1"]
+    assert ids(Query(stats_store, scale=128, variance=(0.5, 8.0), window=3, domains="alpha")) == \
+        ["alpha/a1@1"]
 
 
 def test_combined_stat_filters_intersect(stats_store: AtlasStore) -> None:
@@ -336,7 +339,8 @@ def test_batches_with_stride_and_region_equal_direct_reads(stats_store: AtlasSto
             d, s = key.split("/")
             t0 = int(t0)
             np.testing.assert_array_equal(
-                b["energy"][i], stats_store.read(d, s, 128, t=slice(t0, t0 + 3), y=slice(5, 20), x=slice(100, 128)))
+                b["energy"][i],
+                stats_store.read(d, s, 128, t=slice(t0, t0 + 3), y=slice(5, 20), x=slice(100, 128)))
 
 
 @pytest.mark.parametrize("bs", [0, -1, True, 2.0])
@@ -406,7 +410,7 @@ def test_to_xarray_is_lazy_and_equals_numpy(stats_store: AtlasStore) -> None:
         assert ds[f].attrs["units"]
     assert list(ds.sizes.values()) == [len(ref["ids"]), 2, 32, 40]
     got_ids = [f"{d}/{s}@{t}" for d, s, t in zip(ds["domain"].values, ds["sequence_id"].values,
-                                                 ds["t0"].values)]
+                                                 ds["t0"].values, strict=True)]
     assert got_ids == ref["ids"]
     # y/x are pixel centres in base-level (128) pixels: factor 2 at scale 64
     np.testing.assert_allclose(ds["y"].values, (np.arange(4, 36) + 0.5) * 2)

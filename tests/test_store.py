@@ -269,7 +269,7 @@ def test_multiscales_attribute_shape(store: AtlasStore) -> None:
     layout = ms["layout"]
     assert [entry["asset"] for entry in layout] == ["256", "128", "64"]
     assert "derived_from" not in layout[0]
-    for entry, f in zip(layout, (1.0, 2.0, 4.0)):
+    for entry, f in zip(layout, (1.0, 2.0, 4.0), strict=True):
         assert entry["transform"]["scale"] == [f, f]
         assert entry["transform"]["translation"] == [(f - 1) / 2] * 2
     for entry in layout[1:]:

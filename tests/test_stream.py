@@ -21,9 +21,9 @@ import pytest
 from jax.sharding import NamedSharding
 
 from atlasstore.generate import Plan, generate
+from atlasstore.normalization import load_or_compute_stats, stats_location
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore, CorruptArray, NotFound
-from atlasstore.normalization import load_or_compute_stats, stats_location
 from atlasstore.stream import StreamIterator, epoch_batches, epoch_permutation, process_share, stream
 from atlasstore.window_source import StreamError, WindowSource
 
@@ -302,7 +302,7 @@ def test_resume_is_exact(store128: AtlasStore, prefetch: int, workers: int, k: i
     tail = [_host(b) for b in second]
     got = head + tail
     assert [b["ids"] for b in got] == [b["ids"] for b in ref]
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a["target"], b["target"])
         for lvl in (128, 64):
             np.testing.assert_array_equal(a["inputs"][lvl], b["inputs"][lvl])
