@@ -265,14 +265,35 @@ class AtlasStore:
         attrs = {"atlasstore_domain": {"name": name, "preset": dict(preset) if preset else None,
                                        "created": utc_now()}}
         validate(attrs, "domain", what=f"domain {name!r} attributes")
-        if name in set(self._root.group_keys()):
+        if name in self.domains():
             if not exist_ok:
                 raise StoreError(f"domain {name!r} already exists")
             return
         self._root.create_group(name, attributes=attrs, overwrite=False)
 
     def domains(self) -> list[str]:
-        return sorted(k for k in self._root.group_keys() if k not in RESERVED)
+        """Domain groups of the root (``_runs`` and ``_lock`` are not domains)."""
+        out = []
+        for k in self._list_dir(""):
+            if k in RESERVED or k == "zarr.json":
+                continue  # (zarr's listing also warns about a _lock folder without its zarr.json)
+            doc = self._get_json(f"{k}/zarr.json")
+            if isinstance(doc, dict) and doc.get("node_type") == "group":
+                out.append(k)
+        return out
+
+    def _list_dir(self, prefix: str) -> list[str]:
+        """Names directly under ``prefix``, sorted."""
+        async def _names() -> list[str]:
+            return [k async for k in self._root.store.list_dir(prefix)]
+
+        return sorted(sync(_names()))
+
+    def _get_json(self, key: str) -> Any:
+        """The parsed JSON object at ``key``; None when absent, not JSON, or not an object."""
+        buf = sync(self._root.store.get(key, prototype=default_buffer_prototype()))
+        doc = None if buf is None else json_or_none(buf.to_bytes())
+        return doc if isinstance(doc, dict) else None
 
     def domain_info(self, domain: str) -> dict[str, Any]:
         rec: Any = self._domain(domain).attrs["atlasstore_domain"]
@@ -298,12 +319,8 @@ class AtlasStore:
         consolidated metadata of every level and array in it); complete records are cached.
         """
         self._domain(domain)
-
-        async def _names() -> list[str]:
-            return [k async for k in self._root.store.list_dir(domain)]
-
         out = []
-        for k in sorted(sync(_names())):
+        for k in self._list_dir(domain):
             try:
                 rec = self._sequence_record(domain, k)
             except InvalidName:  # "zarr.json", stray files: never a sequence id
@@ -331,15 +348,16 @@ class AtlasStore:
         """
         validate_name(domain, "domain name")
         validate_name(sequence_id, "sequence id")
-        buf = sync(self._root.store.get(f"{domain}/{sequence_id}/zarr.json",
-                                        prototype=default_buffer_prototype()))
-        if buf is None:
-            self._domain(domain)  # an unknown domain is NotFound naming it
-            return None
-        doc = json_or_none(buf.to_bytes())
-        if isinstance(doc, dict) and doc.get("node_type") != "group":
-            return None  # an array (or garbage claiming to be something else) is no sequence
-        attrs = doc.get("attributes") if isinstance(doc, dict) else None
+        key = f"{domain}/{sequence_id}/zarr.json"
+        doc = self._get_json(key)
+        if doc is None:
+            if not sync(self._root.store.exists(key)):
+                self._domain(domain)  # an unknown domain is NotFound naming it
+                return None
+            return {}  # a damaged document: a sequence, but never a complete one
+        if doc.get("node_type") != "group":
+            return None  # an array is no sequence
+        attrs = doc.get("attributes")
         rec = attrs.get("atlasstore_sequence") if isinstance(attrs, dict) else None
         return rec if isinstance(rec, dict) else {}
 
