@@ -884,3 +884,19 @@ def test_incomplete_sequence_is_invisible_through_the_consolidated_path(
         warnings.filterwarnings("error", message=".*consolidated metadata.*")
         assert sorted(zarr.open_group(loc, mode="r").group_keys()) == ["128", "64"]
         xr.open_zarr(loc, group="128").close()
+
+
+@pytest.mark.parametrize("content", ["[]", "{", "null", '{"node_type": "group", "attributes": 5}'])
+def test_damaged_sequence_document_is_an_incomplete_sequence(store: AtlasStore, content: str) -> None:
+    from atlasstore.audit import audit
+
+    store.write_sequence("alpha", "s0", energy_sequence(2, seed=1))
+    store.write_sequence("alpha", "s1", energy_sequence(2, seed=2))
+    (Path(store.location) / "alpha" / "s1" / "zarr.json").write_text(content)
+    fresh = AtlasStore.open(store.location)
+    assert fresh.sequences("alpha") == ["s0"]
+    assert fresh.sequences("alpha", include_incomplete=True) == ["s0", "s1"]
+    assert fresh.sequence_status("alpha", "s1") is None
+    with pytest.raises(NotFound, match="alpha/s1 is not complete"):
+        fresh.sequence_info("alpha", "s1")
+    assert [(p.path, p.kind) for p in audit(fresh).problems] == [("alpha/s1", "incomplete")]
