@@ -17,16 +17,17 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import physics
-from .query import Query
-from .store import AtlasStore, NotFound, StoreError, validate_name
 
-# Re-exported so old imports keep working.
-from .physics import (  # noqa: F401
+# The physics and synth names are re-exported (see __all__): the predecessor's imports keep working.
+from .physics import (
     ThermodynamicViolation,
     validate_energy_conservation,
     validate_entropy_increase,
 )
-from .synth import (  # noqa: F401
+from .query import Query
+from .store import AtlasStore, NotFound, StoreError, step_record, validate_name
+from .store_documents import json_document
+from .synth import (
     PerturbationConfig,
     apply_energy_scaling,
     apply_gaussian_noise,
@@ -35,7 +36,6 @@ from .synth import (  # noqa: F401
     apply_translation,
     generate_sequence,
 )
-
 
 __all__ = ["EnergyAtlasLoader", "parse_map_id", "ThermodynamicViolation",
            "validate_energy_conservation", "validate_entropy_increase", "PerturbationConfig",
@@ -106,6 +106,7 @@ class EnergyAtlasLoader:
                 "energy_mean": float(energy.mean()), "energy_variance": float(energy.var()),
                 "entropy": float(physics.entropy(energy)),
                 "perturbations": step.get("perturbations", []),
+                "metadata": step.get("metadata", {}),
                 "timestamp": info.get("completed"), "generation": info.get("generation", {})}
         return energy, meta
 
@@ -123,7 +124,13 @@ class EnergyAtlasLoader:
 
     def save_map(self, energy_map: ArrayLike, domain: str, map_id: str,
                  metadata: Mapping[str, Any] | None = None, overwrite: bool = True) -> str:
-        """Store one map (validated) as a one-step sequence ``map_id``; returns the map id."""
+        """Store one map (validated) as a one-step sequence ``map_id``; returns the map id.
+
+        ``metadata`` (any JSON-able mapping; anything else is InvalidMetadata, nothing written)
+        is kept whole in the committed record of the step (``sequence_info(...)["steps"][0]
+        ["metadata"]``, where queries and the catalog index read per-step facts) and comes back
+        from :meth:`load_map` as ``meta["metadata"]``.
+        """
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ValueError(f"metadata must be a mapping, got {type(metadata).__name__}")
         seq, t = parse_map_id(map_id)
@@ -134,12 +141,15 @@ class EnergyAtlasLoader:
             raise physics.EnergyMapError(f"map {domain}/{map_id}: expected a 2D map, got {e.shape}")
         physics.validate_shape(e.shape, f"map {domain}/{map_id}")
         validate_name(domain, "domain name")
+        meta = json_document(dict(metadata or {}), f"metadata of map {domain}/{map_id}")
         if domain not in self.store.domains():
             self.store.create_domain(domain, None)
         generation = {"source": "save_map"}
-        if metadata:
-            generation["source"] = f"save_map: {str(metadata.get('source', 'user'))[:200]}"
-        self.store.write_sequence(domain, seq, e[None], generation=generation, overwrite=overwrite)
+        if meta:
+            generation["source"] = f"save_map: {str(meta.get('source', 'user'))[:200]}"
+        steps = [step_record(0, e, metadata=meta)] if meta else None
+        self.store.write_sequence(domain, seq, e[None], steps=steps, generation=generation,
+                                  overwrite=overwrite)
         return f"{seq}@0"
 
     def get_domain_stats(self, domain: str) -> dict[str, Any]:

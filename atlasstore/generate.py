@@ -29,8 +29,8 @@ import numpy as np
 
 from . import physics, synth
 from .provenance import code_version, host, utc_now
-from .store import (AtlasStore, Layout, RunLog, SequenceExists, StoreError, WriterLock,
-                    validate_name)
+from .store import AtlasStore, Layout, RunLog, SequenceExists, StoreError, validate_name
+from .writer_lock import WriterLock
 
 #: Largest in-memory footprint one task may need (a sequence with its levels and gradients).
 MAX_TASK_BYTES = 4 * 2**30

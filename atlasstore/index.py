@@ -126,14 +126,6 @@ def sync_catalog(store: AtlasStore, catalog: Catalog, prune: bool = True,
     return {"registered": registered, "removed": removed, "runs": len(runs), "refused": refused}
 
 
-def _open(r: tuple[float, float] | None) -> tuple[float | None, float | None] | None:
-    """Query's infinite bounds as the catalog's open (None) bounds."""
-    if r is None:
-        return None
-    lo, hi = r
-    return (None if lo == float("-inf") else lo, None if hi == float("inf") else hi)
-
-
 class CatalogSelector:
     """Answers a query's selection from the catalog's index, without reading Zarr attributes.
 
@@ -153,9 +145,9 @@ class CatalogSelector:
         seqs = [s for s in seqs if query.wants_sequence(s.domain, s.sequence_id)]
         allowed: dict[str, set[int]] = {}
         if query.has_stat_filters() and seqs:
-            for ts in self.catalog.find_timesteps(domains=domains, entropy=_open(query.entropy),
-                                                  mean=_open(query.mean),
-                                                  variance=_open(query.variance),
+            for ts in self.catalog.find_timesteps(domains=domains, entropy=query.entropy,
+                                                  mean=query.mean,
+                                                  variance=query.variance,
                                                   sequence_keys=[s.key for s in seqs]):
                 allowed.setdefault(ts.sequence_key, set()).add(ts.t)
         out = []

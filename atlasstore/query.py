@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from .physics import SCALES
 from .store import FIELDS, AtlasStore, InvalidName, NotFound, validate_name
 
-Range = tuple[float, float]
+#: an inclusive (lo, hi) statistic range; None is an open bound
+Range = tuple[float | None, float | None]
 
 
 class QueryError(ValueError):
@@ -62,7 +63,8 @@ class Selector(Protocol):
 
 
 def _in_range(value: float, rng: Range | None) -> bool:
-    return rng is None or (rng[0] <= value <= rng[1])
+    return rng is None or ((rng[0] is None or rng[0] <= value)
+                           and (rng[1] is None or value <= rng[1]))
 
 
 class StoreSelector:
@@ -179,9 +181,9 @@ class Query:
             if any(v is not None and not np.isfinite(float(v)) for v in r):
                 raise QueryError(f"{name} range bounds must be finite (None for an open bound), "
                                  f"got {r}")
-            lo = -np.inf if r[0] is None else float(r[0])
-            hi = np.inf if r[1] is None else float(r[1])
-            if lo > hi:
+            lo = None if r[0] is None else float(r[0])
+            hi = None if r[1] is None else float(r[1])
+            if lo is not None and hi is not None and lo > hi:
                 raise QueryError(f"{name} range must be (lo, hi) with lo <= hi, got {r}")
             object.__setattr__(self, name, (lo, hi))
 
@@ -276,7 +278,8 @@ class Query:
         for w in windows:
             key = (w.domain, w.sequence_id)
             if key not in shapes:
-                shapes[key] = tuple(self.store.array(w.domain, w.sequence_id, scale, fields[0]).shape[1:])
+                _, ny_, nx_ = self.store.array(w.domain, w.sequence_id, scale, fields[0]).shape
+                shapes[key] = (int(ny_), int(nx_))
         for shape in set(shapes.values()):
             ys, xs = self._region_slices(shape)  # checks the region fits every shape
         if len(set(shapes.values())) > 1 and self.region is None:
@@ -320,10 +323,13 @@ class Query:
         """A lazy, Dask-backed ``xarray.Dataset`` with dims (sample, step, y, x).
 
         Nothing is read until computed; coordinates give each sample's domain, sequence and t0,
-        and y/x are pixel centres in base-level pixels so levels align.
+        and y/x are pixel centres in base-level pixels so levels align. Blocks are read through
+        :meth:`AtlasStore.read` (not ``dask.array.from_zarr``, which reads a missing shard as
+        zeros), so a missing or corrupt shard raises ``CorruptArray`` on compute.
         """
         import dask.array as da
         import xarray as xr
+        from dask.base import tokenize
 
         wins = self.windows()
         if not wins:
@@ -335,9 +341,13 @@ class Query:
             for w in wins:
                 key = (w.domain, w.sequence_id)
                 if key not in per_seq:
-                    arr = self.store.array(w.domain, w.sequence_id, self.scale, f)
-                    ys, xs = self._region_slices(arr.shape[1:])
-                    per_seq[key] = da.from_zarr(arr)[:, ys, xs]
+                    src = _CheckedArray(self.store, w.domain, w.sequence_id, self.scale, f)
+                    ys, xs = self._region_slices((src.shape[1], src.shape[2]))
+                    rec = self.store.sequence_info(*key)["arrays"][f"{self.scale}/{f}"]
+                    name = f"atlasstore-{src.name}-" + tokenize(self.store.location, rec["checksum"])
+                    tc = self.store.array(w.domain, w.sequence_id, self.scale, f).chunks[0]
+                    per_seq[key] = da.from_array(src, chunks=(tc, -1, -1), name=name,
+                                                 meta=np.empty((0, 0, 0), np.float32))[:, ys, xs]
                 parts.append(per_seq[key][w.t0:w.t0 + w.length])
             attrs = dict(self.store.array(wins[0].domain, wins[0].sequence_id, self.scale, f).attrs)
             data_vars[f] = (("sample", "step", "y", "x"), da.stack(parts), attrs)
@@ -355,3 +365,21 @@ class Query:
             y=("y", (np.arange(y0, y0 + ny) + 0.5) * factor),
             x=("x", (np.arange(x0, x0 + nx) + 0.5) * factor),
         ).assign_attrs(scale=self.scale, window=self.window, stride=self.stride)
+
+
+class _CheckedArray:
+    """One committed array as an indexable for ``dask.array.from_array``: every block is read
+    with :meth:`AtlasStore.read`, the store's checked read path (crc32c, missing shards)."""
+
+    def __init__(self, store: AtlasStore, domain: str, sequence_id: str, level: int,
+                 field: str) -> None:
+        self.store, self.domain, self.sequence_id = store, domain, sequence_id
+        self.level, self.field = level, field
+        self.name = f"{domain}/{sequence_id}/{level}/{field}"
+        self.shape = tuple(store.array(domain, sequence_id, level, field).shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> NDArray[np.float32]:
+        t, y, x = key
+        return self.store.read(self.domain, self.sequence_id, self.level, self.field, t=t, y=y, x=x)

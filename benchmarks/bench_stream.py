@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                  scheduler="serial")
         t_gen = time.perf_counter() - t0
         store = AtlasStore.open(loc)
-        q = Query(store)
+        q = Query(store, window=N_IN + N_OUT)
         size = _du(loc)
         t0 = time.perf_counter()
         first = stream(q, n_in=N_IN, n_out=N_OUT, batch_size=batch, prefetch=0)

@@ -29,7 +29,7 @@ from atlasstore.store import AtlasStore
 #: ``atlas`` as a child process (same interpreter and environment as the test).
 ATLAS = [sys.executable, "-m", "atlasstore.cli"]
 
-#: the store's writer lock object (see ``atlasstore.store.WriterLock``)
+#: the store's writer lock object (see ``atlasstore.writer_lock.WriterLock``)
 LOCK_KEY = Path("_lock") / "zarr.json"
 
 

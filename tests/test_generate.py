@@ -313,7 +313,8 @@ def test_bad_location_is_refused(tmp_path: Path) -> None:
 
 
 def test_live_writer_lock_refuses_a_second_run(tmp_path: Path) -> None:
-    from atlasstore.store import StoreError, WriterLock
+    from atlasstore.store import StoreError
+    from atlasstore.writer_lock import WriterLock
 
     p = tmp_path / "g.zarr"
     plan = Plan(domains=("plasma_physics",), sequences=1, **SMALL)

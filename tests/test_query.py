@@ -10,15 +10,17 @@ import pytest
 
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
-from atlasstore.store import AtlasStore, InvalidName, NotFound
+from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
 from store_fixtures import (  # noqa: F401  (fixtures)
     A0_MEANS,
     A1_LIT,
     B0_STEPS,
     N128,
+    chunk_files,
     copy_store,
     energy_sequence,
     expected_windows,
+    flip_bytes,
     lit_map,
     stats_store,
     stats_store_path,
@@ -166,7 +168,8 @@ def test_fields_selection(stats_store: AtlasStore) -> None:
     for i, wid in enumerate(data["ids"]):
         t0 = int(wid.split("@")[1])
         for f in ("grad_y", "energy"):
-            np.testing.assert_array_equal(data[f][i], stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
+            np.testing.assert_array_equal(data[f][i],
+                                          stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
     assert "grad_x" not in data
     with pytest.raises(QueryError, match="unknown field 'pressure'"):
         Query(stats_store, fields=("pressure",))
@@ -181,7 +184,8 @@ def test_region(stats_store: AtlasStore) -> None:
     assert data["energy"].shape == (3, 2, 32, 64)
     for i, t0 in enumerate(range(3)):
         np.testing.assert_array_equal(
-            data["grad_x"][i], stats_store.read("beta", "b0", 128, "grad_x", t=slice(t0, t0 + 2))[:, 8:40, 16:80])
+            data["grad_x"][i],
+            stats_store.read("beta", "b0", 128, "grad_x", t=slice(t0, t0 + 2))[:, 8:40, 16:80])
     full = Query(stats_store, scale=64, region=(0, 64, 0, 64), domains=("beta",)).to_numpy()
     assert full["energy"].shape == (4, 1, 64, 64)
 
@@ -233,7 +237,8 @@ def test_stat_filters_specific_results(stats_store: AtlasStore) -> None:
     assert ids(Query(stats_store, scale=128, mean=(2.5, 4.5), window=2)) == ["alpha/a0@2"]
     assert ids(Query(stats_store, scale=128, mean=(2.5, 4.5), window=3)) == []
     assert ids(Query(stats_store, scale=128, entropy=(8.0, 9.1))) == ["alpha/a1@1", "alpha/a1@2"]
-    assert ids(Query(stats_store, scale=128, variance=(0.5, 8.0), window=3, domains="alpha")) == ["alpha/a1@1"]
+    assert ids(Query(stats_store, scale=128, variance=(0.5, 8.0), window=3, domains="alpha")) == \
+        ["alpha/a1@1"]
 
 
 def test_combined_stat_filters_intersect(stats_store: AtlasStore) -> None:
@@ -334,7 +339,8 @@ def test_batches_with_stride_and_region_equal_direct_reads(stats_store: AtlasSto
             d, s = key.split("/")
             t0 = int(t0)
             np.testing.assert_array_equal(
-                b["energy"][i], stats_store.read(d, s, 128, t=slice(t0, t0 + 3), y=slice(5, 20), x=slice(100, 128)))
+                b["energy"][i],
+                stats_store.read(d, s, 128, t=slice(t0, t0 + 3), y=slice(5, 20), x=slice(100, 128)))
 
 
 @pytest.mark.parametrize("bs", [0, -1, True, 2.0])
@@ -373,6 +379,20 @@ def test_where_returns_modified_copy(stats_store: AtlasStore) -> None:
         q.where(window=0)
 
 
+@pytest.mark.parametrize("name,rng", [("entropy", (9.0, None)), ("mean", (None, 2.5)),
+                                      ("variance", (None, None))])
+def test_where_keeps_open_statistic_bounds(stats_store: AtlasStore, name: str,
+                                           rng: tuple[float | None, float | None]) -> None:
+    """An open bound (None) survives where(): it used to become inf, which the re-check of
+    where() then refused as a non-finite bound."""
+    q = Query(stats_store, scale=128, **{name: rng})
+    q2 = q.where(window=2)
+    assert getattr(q2, name) == rng
+    assert ids(q2) == ids(Query(stats_store, scale=128, window=2, **{name: rng}))
+    lo, hi = (-math.inf if rng[0] is None else rng[0]), (math.inf if rng[1] is None else rng[1])
+    assert ids(q2) == expected_ids(2, ok=_ok(name, (lo, hi)))
+
+
 # --------------------------------------------------------------------------- xarray
 
 
@@ -390,7 +410,7 @@ def test_to_xarray_is_lazy_and_equals_numpy(stats_store: AtlasStore) -> None:
         assert ds[f].attrs["units"]
     assert list(ds.sizes.values()) == [len(ref["ids"]), 2, 32, 40]
     got_ids = [f"{d}/{s}@{t}" for d, s, t in zip(ds["domain"].values, ds["sequence_id"].values,
-                                                 ds["t0"].values)]
+                                                 ds["t0"].values, strict=True)]
     assert got_ids == ref["ids"]
     # y/x are pixel centres in base-level (128) pixels: factor 2 at scale 64
     np.testing.assert_allclose(ds["y"].values, (np.arange(4, 36) + 0.5) * 2)
@@ -417,3 +437,44 @@ def test_non_integer_region_is_a_query_error(stats_store: AtlasStore) -> None:
 def test_non_integer_time_range_is_a_query_error(stats_store: AtlasStore) -> None:
     with pytest.raises(QueryError, match="time_range"):
         Query(stats_store, scale=128, time_range=(0.5, 3)).windows()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "flipped"])
+def test_to_xarray_raises_on_a_damaged_shard_never_zeros(tmp_path: Path, stats_store_path: Path,
+                                                         damage: str) -> None:
+    """The README's promise holds for the lazy view too: a missing, empty or corrupt shard is
+    CorruptArray on compute (dask's from_zarr read a missing shard as zeros)."""
+    p = copy_store(stats_store_path, tmp_path / "copy.zarr")
+    ds = Query(AtlasStore.open(p), scale=128, sequences=("b0",), window=2).to_xarray()
+    (shard,) = chunk_files(p, "beta/b0/128/energy")
+    if damage == "missing":
+        shard.unlink()
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    else:
+        flip_bytes(shard, 40)
+    with pytest.raises(CorruptArray, match="beta/b0/128/energy"):
+        ds["energy"].compute()
+    # the same dataset built after the damage fails the same way
+    with pytest.raises(CorruptArray, match="beta/b0/128/energy"):
+        Query(AtlasStore.open(p), scale=128, sequences=("b0",), window=2).to_xarray()["energy"].compute()
+
+
+def test_to_xarray_reads_through_zarr_for_remote_stores_and_still_refuses_missing_shards() -> None:
+    """memory:// stores take the zarr-python path, whose missing-shard check must apply too."""
+    import uuid
+
+    from atlasstore.store import AtlasStore as Store
+
+    loc = f"memory://xr-{uuid.uuid4().hex}/atlas.zarr"
+    st = Store.create(loc)
+    st.create_domain("alpha")
+    st.write_sequence("alpha", "s0", energy_sequence(3, 64, 64, seed=1))
+    ds = Query(st, scale=64, window=3).to_xarray()
+    np.testing.assert_array_equal(ds["energy"].values[0], st.read("alpha", "s0", 64, "energy"))
+    key = f"alpha/s0/64/energy/{st.array('alpha', 's0', 64, 'energy').metadata.encode_chunk_key((0, 0, 0))}"
+    from zarr.core.sync import sync
+
+    sync(st.zarr_group.store.delete(key))
+    with pytest.raises(CorruptArray, match="missing or empty"):
+        ds["energy"].compute()

@@ -436,7 +436,7 @@ def test_failed_write_leaves_the_store_audit_clean(tmp_path: Path, monkeypatch: 
 
 
 def test_readers_survive_the_writer_lock_being_taken(tmp_path: Path) -> None:
-    from atlasstore.store import WriterLock
+    from atlasstore.writer_lock import WriterLock
 
     loc = tmp_path / "atlas.zarr"
     AtlasStore.create(loc).create_domain("alpha")

@@ -110,7 +110,7 @@ def _eval_keys(st: AtlasStore, ck: LoadedCheckpoint, cfg: TrainConfig, split: st
 
 def _setting(ck: LoadedCheckpoint, store: str | None, split: str,
              sequences: Sequence[str] | None, batch_size: int | None) -> _Setting:
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     cfg = TrainConfig.from_dict(ck.meta["config"])
     res = int(ck.meta["query"]["resolution"])
@@ -132,7 +132,7 @@ def _setting(ck: LoadedCheckpoint, store: str | None, split: str,
 def _fit_baselines(s: _Setting) -> tuple[FittedBaselines, str, int]:
     """Baselines fitted on training windows (on the evaluation data if the training store is
     gone, and said so); (fitted, what they were fitted on, number of windows)."""
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     cfg, res, train_loc = s.cfg, s.resolution, s.ck.meta["store"]
     fit_on = "train"
@@ -208,7 +208,7 @@ def _per_domain(a: Mapping[str, NDArray], std: NDArray, ids: Sequence[str],
 def _rollout_report(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any]:
     """VRMSE by lead of the model and baselines fed their own predictions, from step 0 of every
     evaluated sequence; {} when the sequences are too short."""
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     if horizon <= 0:
         return {}
@@ -217,7 +217,8 @@ def _rollout_report(s: _Setting, base: FittedBaselines, horizon: int) -> dict[st
     h = min(horizon, n_steps - n_in)
     if h < 1:
         return {}
-    rq = build_query(s.store, s.cfg.data, res, s.keys).where(stride=1, time_range=(0, n_in + h))
+    rq = build_query(s.store, s.cfg.data, res, s.keys).where(window=n_in + h, stride=1,
+                                                             time_range=(0, n_in + h))
     rsrc = WindowSource(rq, n_in, h, reader=s.cfg.data.reader)
     rv: dict[str, list[NDArray]] = {k: [] for k in ("model", *base.names, "conservation")}
     bs = s.batch_size

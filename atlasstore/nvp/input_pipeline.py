@@ -94,7 +94,7 @@ class DataPlan:
     val_keys: list[str]
     resolution: int          # the level the model predicts
     levels: tuple[int, ...]  # the model's input levels, finest (= resolution) first
-    factor: int              # stored base level // resolution (the target is block-summed)
+    factor: int              # 1: the stream's target is already at the resolution
     model_shape: tuple[int, int]
     train_query: Query
     val_query: Query
@@ -144,10 +144,10 @@ def plan_data(store: AtlasStore, data: DataConfig, train_keys: Sequence[str],
     res = data.resolution or base
     if res not in stored_levels:
         raise TrainError(f"data.resolution {res} is not a stored level ({list(stored_levels)})")
-    factor = base // res
+    factor = 1  # the stream delivers the target at the query's scale, res
     return DataPlan(data=data, train_keys=train_keys, val_keys=val_keys, resolution=res,
                     levels=tuple(lv for lv in stored_levels if lv <= res), factor=factor,
-                    model_shape=(shape[0] // factor, shape[1] // factor),
+                    model_shape=(shape[0] * res // base, shape[1] * res // base),
                     train_query=build_query(store, data, res, train_keys),
                     val_query=build_query(store, data, res, val_keys))
 
@@ -155,7 +155,7 @@ def plan_data(store: AtlasStore, data: DataConfig, train_keys: Sequence[str],
 def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
                  reader: str) -> dict[int, tuple[float, float]]:
     """Mean and std of the energy at every level over all values of the given sequences."""
-    from ..stream import compute_stats
+    from ..normalization import compute_stats
 
     seqs = [tuple(k.split("/", 1)) for k in keys]
     st = compute_stats(store, seqs, ["energy"], list(levels), reader=reader, fingerprint="-")
@@ -186,7 +186,7 @@ def train_iterator(plan: DataPlan, seed: int) -> Any:
 
 def val_source(plan: DataPlan) -> Any:
     """The validation windows, read by index."""
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     return WindowSource(plan.val_query, plan.data.n_in, 1, reader=plan.data.reader)
 
