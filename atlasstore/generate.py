@@ -13,6 +13,7 @@ filesystem or an object-store URL).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.core.sync import sync as zarr_sync
 
 from . import physics, synth
 from .provenance import code_version, host, utc_now
@@ -150,6 +152,23 @@ class Plan:
 
 # --------------------------------------------------------------------------- the task
 
+def _settle_zarr_writes(timeout: float = 60.0) -> None:
+    """Wait for the writes zarr still runs after one of them failed.
+
+    zarr writes a node's metadata and (``set_if_not_exists``) its parents' in one
+    ``asyncio.gather``; when one write fails the others go on in the background. A parent
+    write that checked "exists" before our cleanup deleted the group would otherwise recreate
+    an empty group there afterwards, even after the run has returned.
+    """
+    async def _wait() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    zarr_sync(_wait())
+
+
 def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] | None = None,
               storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Synthesise, derive and commit one sequence; skip it if already complete.
@@ -184,8 +203,10 @@ def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] |
                                     levels=plan.scales, overwrite=True)
     except BaseException:
         # e.g. disk full: remove the uncommitted group (best effort; a crash leaves it to the
-        # next run, which replaces it) so the store holds only complete sequences
+        # next run, which replaces it) so the store holds only complete sequences - once the
+        # failed call's sibling writes have finished, or they would recreate parts of it
         with contextlib.suppress(Exception):
+            _settle_zarr_writes()
             store.delete_sequence(task.domain, task.sequence_id)
         raise
     return {"task": asdict(task), "status": "written", "info": info,

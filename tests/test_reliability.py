@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -389,6 +390,53 @@ def test_disk_fills_up_during_a_run_then_rerun_with_space(after: int, tmp_path: 
     print(f"RELIABILITY disk-full after {after} writes: {outcome}; first failed write "
           f"{full.failed[0]}; incomplete groups left: {len(incomplete)}; re-run with space: "
           f"{rep.written} written, {rep.skipped} skipped, checksums == reference")
+
+
+def test_a_failed_write_leaves_nothing_behind_when_sibling_writes_are_slow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_reference: dict[str, str]) -> None:
+    """Regression (``test_disk_fills_up...[19]`` failed under load): zarr writes a node's
+    metadata and, in the same ``asyncio.gather``, its parents' (``set_if_not_exists``). When the
+    node's write failed, the parents' writes went on in the background; one that found its key
+    present before ``write_one``'s cleanup deleted the sequence wrote it again afterwards - an
+    empty ``seq-00001`` group that audit reports incomplete, appearing even after
+    ``generate()`` had returned. Slow parent writes (a loaded machine) make the race certain."""
+    import zarr
+
+    LocalStore = zarr.storage.LocalStore
+    orig_set, orig_sine = LocalStore.set, LocalStore.set_if_not_exists
+    target = "plasma_physics/seq-00001/64/energy/zarr.json"
+    failed: list[str] = []
+    in_flight = [0]
+
+    async def set_(store, key, value, *a, **k):
+        if key == target and not failed:  # one failing write: the space is there again after
+            failed.append(key)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
+        return await orig_set(store, key, value, *a, **k)
+
+    async def slow_set_if_not_exists(store, key, value, *a, **k):
+        in_flight[0] += 1
+        try:
+            await asyncio.sleep(0.2)
+            return await orig_sine(store, key, value, *a, **k)
+        finally:
+            in_flight[0] -= 1
+    monkeypatch.setattr(LocalStore, "set", set_)
+    monkeypatch.setattr(LocalStore, "set_if_not_exists", slow_set_if_not_exists)
+    loc = tmp_path / "atlas.zarr"
+    rep = generate(loc, FULL_PLAN, scheduler="serial")
+    busy_at_return = in_flight[0]
+    assert wait_until(lambda: in_flight[0] == 0, 60.0)
+    assert failed == [target]
+    assert [f"{f.domain}/{f.sequence_id}" for f in rep.failures] == ["plasma_physics/seq-00001"]
+    assert busy_at_return == 0, "writes for the failed sequence still ran after generate() returned"
+    state = store_state(loc, FULL_PLAN.domains)
+    assert (state.writing, state.other) == (frozenset(), frozenset()), state
+    assert audit(AtlasStore.open(loc)).problems == []
+    monkeypatch.undo()
+    rep = generate(loc, FULL_PLAN, scheduler="serial")
+    assert (rep.written, rep.skipped) == (1, N_FULL - 1)
+    assert checksums(loc) == full_reference
 
 
 def test_one_failed_write_is_reported_by_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
