@@ -130,11 +130,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .generate import Plan, generate
+    from .generate import Plan, generate, preflight
 
     plan = Plan(domains=tuple(args.domains), sequences=args.sequences, steps=args.steps,
                 scales=tuple(args.scales) if args.scales is not None else None, seed=args.seed,
                 start_index=args.start_index)
+    # every refusal (engine, store, a clash with stored sequences) before any file is created
+    preflight(args.store, plan, workers=args.workers, scheduler=args.scheduler)
     catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
     n = len(plan.tasks())
     bar = tqdm(total=n, unit="seq", desc="generate", disable=args.quiet or not sys.stderr.isatty()
@@ -149,7 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         report = generate(args.store, plan, workers=args.workers, scheduler=args.scheduler,
-                          catalog=catalog, progress=progress)
+                          catalog=catalog, progress=progress, dask_logs=args.debug)
     finally:
         bar.close()
         if catalog is not None:
@@ -176,7 +178,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             gen = info.get("generation", {})
             print(f"{seq}\t{info['n_steps']} steps\t{info['shape'][0]}x{info['shape'][1]}\t"
                   f"levels {','.join(map(str, info['levels']))}\tseed {gen.get('seed')}")
-        incomplete = set(store.sequences(args.domain, include_incomplete=True)) - set(store.sequences(args.domain))
+        incomplete = (set(store.sequences(args.domain, include_incomplete=True))
+                      - set(store.sequences(args.domain)))
         for seq in sorted(incomplete):
             print(f"{seq}\t(incomplete: not visible to queries)")
     else:
@@ -226,7 +229,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         tmp = out.with_name(out.name + ".partial.npz")
         np.savez(tmp, **{k: v for k, v in data.items() if k != "ids"}, ids=np.array(data["ids"]))
         os.replace(tmp, out)
-        print(f"{n} windows -> {out} ({', '.join(f'{k}{tuple(v.shape)}' for k, v in data.items() if k != 'ids')})")
+        shapes = ', '.join(f'{k}{tuple(v.shape)}' for k, v in data.items() if k != 'ids')
+        print(f"{n} windows -> {out} ({shapes})")
     else:
         for wid in data["ids"]:
             print(wid)
@@ -251,8 +255,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         e = store.read(args.domain, args.sequence, lvl, "energy", t=args.t)
         gx = store.read(args.domain, args.sequence, lvl, "grad_x", t=args.t)
         gy = store.read(args.domain, args.sequence, lvl, "grad_y", t=args.t)
-        for i, (img, title, cmap) in enumerate(((e, f"E at {lvl}", "inferno"),
-                                                (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))):
+        panels = ((e, f"E at {lvl}", "inferno"),
+                  (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))
+        for i, (img, title, cmap) in enumerate(panels):
             ax = axes[i][j]
             im = ax.imshow(img, cmap=cmap, origin="lower")
             ax.set_title(title)
@@ -483,10 +488,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("atlas: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from .generate import GenerationInterrupted
+
+        if isinstance(exc, GenerationInterrupted):
+            print(f"atlas: interrupted: {exc.complete} of {exc.total} sequences of {exc.run_id} "
+                  f"are complete; run the same command again to resume", file=sys.stderr)
+        else:
+            print("atlas: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+    except Exception as exc:  # the one place errors become exit codes (re-raised with --debug)
         if isinstance(exc, _user_error_types()) and not args.debug:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"atlas: error: {msg}", file=sys.stderr)

@@ -47,7 +47,13 @@ from atlasstore.query import Query
 from atlasstore.store import AtlasStore, CorruptArray, NotAnAtlasStore, RunLog, checksum
 from catalog_fixtures import REPO, neo4j_settings, open_neo4j_or_skip
 from proc_helpers import (
-    ProcTracker, checksums, kill9, leftover_partials, lock_record, sequence_ids, store_state,
+    ProcTracker,
+    checksums,
+    kill9,
+    leftover_partials,
+    lock_record,
+    sequence_ids,
+    store_state,
     wait_until,
 )
 from store_fixtures import copy_store, listing
@@ -218,7 +224,7 @@ def shard_layout(array_dir: Path) -> tuple[Path, int, list[tuple[int, int]], int
     assert shard["name"] == "sharding_indexed", shard
     inner = shard["configuration"]["chunk_shape"]
     outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    n_inner = int(np.prod([o // i for o, i in zip(outer, inner)]))
+    n_inner = int(np.prod([o // i for o, i in zip(outer, inner, strict=True)]))
     index_codecs = [c["name"] for c in shard["configuration"]["index_codecs"]]
     assert index_codecs == ["bytes", "crc32c"], index_codecs
     index_len = 16 * n_inner + 4
@@ -606,7 +612,8 @@ _PATTERNS = {
     "password assignment": re.compile(r"(?i)\bpass(?:word|wd)\b\s*[=:]\s*['\"](?![<$%{])[^'\"\s]{6,}['\"]"),
     "AWS key": re.compile("AKIA" + "[0-9A-Z]{16}"),
     # shell / env-file assignments (not Python, where NAME=expr is a keyword argument)
-    "NEO4J_PASSWORD shell literal": re.compile(r"(?m)^\s*(?:export\s+)?(?:ATLAS_)?NEO4J_PASSWORD=(?![$'\"<%{])\S{4,}"),
+    "NEO4J_PASSWORD shell literal": re.compile(
+        r"(?m)^\s*(?:export\s+)?(?:ATLAS_)?NEO4J_PASSWORD=(?![$'\"<%{])\S{4,}"),
     "token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,})"),
 }
 
