@@ -7,8 +7,11 @@ and exit 2; ``--debug`` shows the traceback of anything unexpected.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
 import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from . import __version__
 DEFAULT_STORE = "atlas.zarr"
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE, as a shell reports `ls | head -1`'s ls
 
 
 class UserError(Exception):
@@ -115,6 +119,16 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------- commands
@@ -380,6 +394,20 @@ def format_lineage(lin: Any) -> str:
 
 # --------------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped command."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            prefix = self.prog.partition(" ")[2]
+            name = f"{prefix} {value}".strip()
+            close = difflib.get_close_matches(value, list(action.choices), n=1)
+            hint = (f"did you mean {f'{prefix} {close[0]}'.strip()!r}?" if close
+                    else f"commands: {', '.join(action.choices)}")
+            self.exit(EXIT_USER_ERROR, f"atlas: error: unknown command {name!r}; {hint}\n")
+        super()._check_value(action, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=os.environ.get("ATLAS_STORE", DEFAULT_STORE),
@@ -390,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "from NEO4J_URI/NEO4J_USER/NEO4J_PASSWORD); default $ATLAS_CATALOG or "
                           "<store>.catalog.sqlite where a catalog is needed")
 
-    p = argparse.ArgumentParser(prog="atlas", description="Generate, store, query and stream energy maps.")
+    p = _Parser(prog="atlas", description="Generate, store, query and stream energy maps.")
     p.add_argument("--version", action="version", version=f"atlasstore {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -420,22 +448,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("ls", parents=[common], help="list domains, or the sequences of a domain")
-    s.add_argument("domain", nargs="?")
+    s.add_argument("domain", nargs="?", help="list this domain's sequences (default: list domains)")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("query", parents=[common, cat], help="select windows and save them as .npz")
-    s.add_argument("--domains", type=_csv, default=None)
+    s.add_argument("--domains", type=_csv, default=None,
+                   help="comma-separated domains (default: every domain of the store)")
     s.add_argument("--sequences", type=_csv, default=None, help="sequence ids or domain/id")
-    s.add_argument("--scale", type=int, default=256)
-    s.add_argument("--fields", type=_csv, default=["energy"])
-    s.add_argument("--window", type=int, default=1)
-    s.add_argument("--stride", type=int, default=1)
-    s.add_argument("--time-range", type=_int_range, default=None, metavar="START:STOP")
-    s.add_argument("--region", type=_region, default=None, metavar="Y0:Y1,X0:X1")
-    s.add_argument("--entropy", type=_range, default=None, metavar="LO:HI")
-    s.add_argument("--mean", type=_range, default=None, metavar="LO:HI")
-    s.add_argument("--variance", type=_range, default=None, metavar="LO:HI")
-    s.add_argument("--perturbation", default=None)
+    s.add_argument("--scale", type=int, default=256,
+                   help="pyramid level to read, by the short side of its maps: 256, 128 or 64 "
+                        "(default 256)")
+    s.add_argument("--fields", type=_csv, default=["energy"],
+                   help="comma-separated fields: energy, grad_x, grad_y (default energy)")
+    s.add_argument("--window", type=int, default=1, help="time steps per window (default 1)")
+    s.add_argument("--stride", type=int, default=1,
+                   help="steps between the starts of successive windows (default 1)")
+    s.add_argument("--time-range", type=_int_range, default=None, metavar="START:STOP",
+                   help="only windows inside steps START..STOP-1")
+    s.add_argument("--region", type=_region, default=None, metavar="Y0:Y1,X0:X1",
+                   help="crop every window to rows Y0..Y1-1 and columns X0..X1-1 (pixels of "
+                        "--scale)")
+    s.add_argument("--entropy", type=_range, default=None, metavar="LO:HI",
+                   help="only windows whose every step has a Shannon entropy (nats) in LO..HI")
+    s.add_argument("--mean", type=_range, default=None, metavar="LO:HI",
+                   help="only windows whose every step has a mean energy in LO..HI")
+    s.add_argument("--variance", type=_range, default=None, metavar="LO:HI",
+                   help="only windows whose every step has an energy variance in LO..HI")
+    s.add_argument("--perturbation", default=None,
+                   help="only sequences with a step perturbed this way (e.g. thermal_blur)")
     s.add_argument("--run", default=None, help="only sequences of this generation run id")
     s.add_argument("--count", action="store_true", help="print the number of windows only")
     s.add_argument("--limit", type=int, default=10000, help="refuse to load more windows (default 10000)")
@@ -443,21 +483,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_query)
 
     s = sub.add_parser("show", parents=[common], help="PNG quicklook: every level and |grad E|")
-    s.add_argument("domain")
-    s.add_argument("sequence")
-    s.add_argument("--t", type=int, default=0)
-    s.add_argument("--out", default=None)
+    s.add_argument("domain", help="domain of the sequence")
+    s.add_argument("sequence", help="sequence id, e.g. seq-00000")
+    s.add_argument("--t", type=int, default=0, help="time step to show (default 0)")
+    s.add_argument("--out", default=None,
+                   help="PNG file to write (default: <domain>_<sequence>_t<T>.png)")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("audit", parents=[common, cat],
                        help="verify checksums and invariants; report per domain; catalog drift")
-    s.add_argument("--domains", type=_csv, default=None)
+    s.add_argument("--domains", type=_csv, default=None,
+                   help="comma-separated domains to audit (default: all)")
     s.add_argument("--quick", action="store_true", help="skip decoding arrays")
     s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("stats", parents=[common], help="per-domain statistics")
-    s.add_argument("domain", nargs="?")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("domain", nargs="?", help="one domain (default: every domain)")
+    s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("catalog", help="catalog maintenance and lineage")
@@ -467,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_catalog_sync)
     c = csub.add_parser("lineage", parents=[common, cat], help="print the upstream lineage of a node")
     c.add_argument("node_id", help="e.g. plasma_physics/seq-00000/64/grad_x, a run id, a checkpoint id")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print nodes and edges as JSON")
     c.set_defaults(func=cmd_catalog_lineage)
 
     _add_nvp_commands(sub, common, cat)
@@ -487,7 +529,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # like ls or git when `| head` has read enough: stop quietly, with the status of a
+        # process killed by SIGPIPE; stdout goes to /dev/null so the flush at exit is quiet too
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as exc:
         from .generate import GenerationInterrupted
 

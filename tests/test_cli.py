@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -304,6 +305,71 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert exc.value.code == 0
     assert "atlasstore" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- help, typos
+
+
+def _actions_without_help(parser: argparse.ArgumentParser, path: str = "atlas") -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _actions_without_help(sub, f"{path} {name}")
+        elif not (action.help or "").strip():
+            out.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return out
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    parser = cli.build_parser()
+    commands = {a for act in parser._actions if isinstance(act, argparse._SubParsersAction)
+                for a in act.choices}
+    assert {"generate", "query", "show", "train", "evaluate"} <= commands
+    assert _actions_without_help(parser) == []
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["genrate"], "atlas: error: unknown command 'genrate'; did you mean 'generate'?"),
+    (["qeury", "--count"], "atlas: error: unknown command 'qeury'; did you mean 'query'?"),
+    (["catalog", "synk"], "atlas: error: unknown command 'catalog synk'; did you mean 'catalog sync'?"),
+    (["frobnicate"], "atlas: error: unknown command 'frobnicate'; commands: init, generate, ls,"),
+])
+def test_mistyped_command_suggests_the_closest(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                               message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- pipes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ["ls", "plasma_physics"], ["query", "--domains", "plasma_physics"], ["stats"],
+    ["catalog", "lineage", "plasma_physics/seq-00000/64/grad_x", "--catalog", "CATALOG"],
+])
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, cli_store: Path,
+                                                 argv: list[str]) -> None:
+    """`atlas ls plasma_physics | head -1` with head gone: no traceback, no 'internal error';
+    exit status 141 (128 + SIGPIPE) as ls and git give in a pipefail shell."""
+    catalog = tmp_path / "c.sqlite"
+    if "CATALOG" in argv:
+        assert cli.main(["catalog", "sync", "--store", str(cli_store), "--catalog", str(catalog)]) == 0
+        argv = [str(catalog) if a == "CATALOG" else a for a in argv]
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before atlas writes its first byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli", *argv, "--store",
+                               str(cli_store)], stdout=w, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    finally:
+        os.close(w)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
 
 
 # --------------------------------------------------------------------------- refusals write nothing
