@@ -569,6 +569,25 @@ def _generate_locked(store: AtlasStore, loc: str, plan: Plan, checked: PlanCheck
     return report
 
 
+#: Dask settings for the LocalCluster generate() starts (benchmarks/bench_generate.py):
+#: - MALLOC_TRIM_THRESHOLD_ unset: Dask's nanny sets 65536 in workers, which turns off glibc's
+#:   dynamic mmap threshold: every temporary > 128 KiB is mmap'ed and faulted afresh (+50-90 %
+#:   CPU per map). Our tasks free all memory at the end, so the trimming buys nothing here.
+#: - less housekeeping: an idle 2-worker cluster with Dask's defaults burnt ~170 ms CPU per
+#:   second (8 % of a 2-core machine), ~20 ms/s with these, mostly event-loop wake-ups: the
+#:   statistical profiler samples every task's stack 100 times a second for the dashboard
+#:   (also -2.7 ms CPU per map in a busy worker), the loop tick runs every 20 ms, the
+#:   memory monitors every 100 ms and the system monitors every 500 ms. Memory limits are
+#:   still enforced, once a second.
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "10s",
+}
+
+
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
     """Block SIGINT in this thread while a local cluster starts.
@@ -604,12 +623,7 @@ def _run_dask(engine: str, workers: int | None, tasks: list[Task], loc: str, pla
     cluster = None
     if engine in ("processes", "threads"):
         n = workers or os.cpu_count() or 1
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which turns off glibc's
-        # dynamic mmap threshold: every temporary > 128 KiB is mmap'ed and faulted afresh
-        # (measured +50-90 % CPU per map, benchmarks/results/generate.md). Our tasks free all
-        # memory at the end, so the trimming buys nothing here.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
-                _sigint_blocked():
+        with dask.config.set(LOCAL_CLUSTER_CONFIG), _sigint_blocked():
             # Every failure reaches the report, so the cluster's own log lines (a "Compute
             # Failed" block per failed attempt, heartbeat errors at shutdown) are silenced;
             # its HTTP server takes a free loopback port instead of warning that 8787 is taken.

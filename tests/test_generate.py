@@ -405,3 +405,35 @@ def test_process_cluster_matches_serial(tmp_path: Path, generated_store_path: Pa
     assert report.ok and report.written == 4 and report.engine == "processes"
     assert all_checksums(AtlasStore.open(tmp_path / f"w{workers}.zarr")) == \
         all_checksums(AtlasStore.open(generated_store_path))
+
+
+def test_local_cluster_is_started_with_the_tuned_dask_settings(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate()'s own LocalCluster: Dask's malloc trim off, housekeeping slowed down, SIGINT
+    blocked while it starts, HTTP server on a free loopback port, logs silenced (the real
+    cluster runs; its construction is observed)."""
+    import logging
+    import signal
+
+    import dask
+    import distributed
+
+    import atlasstore.generate as gen
+
+    seen: dict[str, Any] = {}
+    real_init = distributed.LocalCluster.__init__
+
+    def spy(self: Any, *a: Any, **k: Any) -> None:
+        seen.update({key: dask.config.get(key) for key in gen.LOCAL_CLUSTER_CONFIG})
+        seen["sigint_blocked"] = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        seen["kwargs"] = k
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", spy)
+    plan = Plan(domains=("plasma_physics",), sequences=1, **SMALL)
+    assert generate(tmp_path / "g.zarr", plan, scheduler="threads", workers=1).written == 1
+    assert {k: seen[k] for k in gen.LOCAL_CLUSTER_CONFIG} == gen.LOCAL_CLUSTER_CONFIG
+    assert gen.LOCAL_CLUSTER_CONFIG["distributed.worker.profile.enabled"] is False
+    assert seen["sigint_blocked"] and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert seen["kwargs"]["scheduler_kwargs"] == {"dashboard_address": "127.0.0.1:0"}
+    assert seen["kwargs"]["silence_logs"] == logging.CRITICAL
