@@ -94,10 +94,9 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     from .catalog import open_catalog
     from .locations import default_catalog_location
 
-    spec = getattr(args, "catalog", None)
-    explicit = bool(spec)
-    if not explicit:
-        spec = default_catalog_location(args.store)
+    given = getattr(args, "catalog", None)
+    explicit = bool(given)
+    spec = str(given) if explicit else default_catalog_location(args.store)
     local = str(spec).removeprefix("sqlite:///")
     is_file = "://" not in str(spec).replace("sqlite:///", "") and str(spec) != "neo4j"
     if is_file and not create and not Path(local).exists():
@@ -409,10 +408,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--store", default=os.environ.get("ATLAS_STORE", DEFAULT_STORE),
                         help="atlas store path or fsspec URL (default: $ATLAS_STORE or ./atlas.zarr)")
-    cat = argparse.ArgumentParser(add_help=False)
+    cat = _Parser(add_help=False)
     cat.add_argument("--catalog", default=os.environ.get("ATLAS_CATALOG"),
                      help="catalog: a SQLite path, sqlite:///path, or neo4j (URI and credentials "
                           "from NEO4J_URI/NEO4J_USER/NEO4J_PASSWORD); default $ATLAS_CATALOG or "

@@ -1,13 +1,16 @@
 """Bulk generation: a plan of domains x sequences becomes Dask tasks writing into the store.
 
-Each task synthesises one sequence from a seed derived from (run seed, domain, index), derives
-its pyramid and gradients, writes its own sequence group and commits it (see
-:mod:`atlasstore.store`), and returns its committed attributes. The driver gathers results as
-they finish and registers them in the catalog in batches. Because every sequence is
-deterministic and commits atomically, a killed run re-run with the same plan skips what is
-complete, rewrites what was half-written, and ends with a store identical (checksums) to an
-uninterrupted run. The same graph runs on a LocalCluster, in-process, or on any existing Dask
-cluster (``scheduler=ADDRESS``; the store must then be reachable from every worker: a shared
+Before any work the plan is checked against the store (the committed attributes of its own
+sequence ids): ids holding other data refuse the whole plan, ids already holding the planned
+data are skipped. Each task synthesises one sequence from a seed derived from (run seed,
+domain, index), derives its pyramid and gradients, writes its own sequence group and commits
+it (see :mod:`atlasstore.store`), and returns its committed attributes, or the error when
+running it again could not help. The driver gathers results as they finish and registers
+them in the catalog in batches. Because every sequence is deterministic and commits
+atomically, a killed run re-run with the same plan skips what is complete, rewrites what was
+half-written, and ends with a store identical (checksums) to an uninterrupted run. The same
+graph runs on a LocalCluster, in-process, or on any existing Dask cluster
+(``scheduler=ADDRESS``; the store must then be reachable from every worker: a shared
 filesystem or an object-store URL).
 """
 
@@ -104,16 +107,16 @@ class Plan:
             validate_name(d, "domain name")
             if d not in known:
                 raise PlanError(f"unknown domain {d!r}; known presets: {', '.join(known)}")
-        for name, v, hi in (("sequences", self.sequences, MAX_SEQUENCES),
-                            ("steps", self.steps, 100_000), ("seed", self.seed, 2**63 - 1),
-                            ("start_index", self.start_index, MAX_SEQUENCES)):
-            if v is None:
+        for name, num, hi in (("sequences", self.sequences, MAX_SEQUENCES),
+                              ("steps", self.steps, 100_000), ("seed", self.seed, 2**63 - 1),
+                              ("start_index", self.start_index, MAX_SEQUENCES)):
+            if num is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise PlanError(f"{name} must be an integer, got {v!r}")
+            if isinstance(num, bool) or not isinstance(num, (int, np.integer)):
+                raise PlanError(f"{name} must be an integer, got {num!r}")
             lo = 0 if name in ("seed", "start_index") else 1
-            if not lo <= v <= hi:
-                raise PlanError(f"{name} must be in [{lo}, {hi}], got {v}")
+            if not lo <= num <= hi:
+                raise PlanError(f"{name} must be in [{lo}, {hi}], got {num}")
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
             physics.validate_shape(self.shape, "plan shape")
@@ -300,7 +303,7 @@ class CatalogSink:
         self.errors: list[str] = []
         self._run_registered = False
 
-    def _safe(self, fn: Callable[[], None]) -> None:
+    def _safe(self, fn: Callable[[], object]) -> None:
         if self.errors:
             return
         try:
@@ -397,14 +400,14 @@ def _next_free_index(store: AtlasStore, domains: tuple[str, ...]) -> int:
 
 def _id_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5] -> 'seq-00000..seq-00002,seq-00005'."""
-    out, run = [], [indices[0]]
-    for i in indices[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == run[-1] + 1:
-            run.append(i)
-            continue
-        out.append(sequence_id(run[0]) + (f"..{sequence_id(run[-1])}" if len(run) > 1 else ""))
-        run = [i]
-    return ",".join(out)
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(sequence_id(r[0]) + (f"..{sequence_id(r[-1])}" if len(r) > 1 else "")
+                    for r in runs)
 
 
 def check_plan(store: AtlasStore, plan: Plan) -> PlanCheck:
