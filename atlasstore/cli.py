@@ -531,24 +531,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
         return code
-    except BrokenPipeError:
-        if not _stdout_closed():
-            raise
-        # like ls or git when `| head` has read enough: stop quietly, with the status of a
-        # process killed by SIGPIPE; stdout goes to /dev/null so the flush at exit is quiet too
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as exc:
-        from .generate import GenerationInterrupted
-
-        if isinstance(exc, GenerationInterrupted):
+        gen = sys.modules.get("atlasstore.generate")  # only generate raises the detailed one
+        if gen is not None and isinstance(exc, gen.GenerationInterrupted):
             print(f"atlas: interrupted: {exc.complete} of {exc.total} sequences of {exc.run_id} "
                   f"are complete; run the same command again to resume", file=sys.stderr)
         else:
             print("atlas: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the one place errors become exit codes (re-raised with --debug)
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # like ls or git when `| head` has read enough: stop quietly, with the status of a
+            # process killed by SIGPIPE; stdout goes to /dev/null so the flush at exit is quiet
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         if isinstance(exc, _user_error_types()) and not args.debug:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"atlas: error: {msg}", file=sys.stderr)
@@ -558,7 +555,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the "
               f"traceback)", file=sys.stderr)
         return EXIT_FAILED
-
 
 if __name__ == "__main__":
     sys.exit(main())

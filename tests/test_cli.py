@@ -372,6 +372,16 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, cli_store: Path
     assert proc.returncode == 141
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(
+        cli_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe (a socket, say)")
+
+    monkeypatch.setattr(cli, "cmd_stats", broken)
+    code, _, err = run(capsys, "stats", "--store", str(cli_store))
+    assert code == 1 and err.startswith("atlas: internal error: BrokenPipeError"), err
+
+
 # --------------------------------------------------------------------------- refusals write nothing
 
 
