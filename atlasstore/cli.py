@@ -7,8 +7,11 @@ and exit 2; ``--debug`` shows the traceback of anything unexpected.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
 import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from . import __version__
 DEFAULT_STORE = "atlas.zarr"
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE, as a shell reports `ls | head -1`'s ls
 
 
 class UserError(Exception):
@@ -90,10 +94,9 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     from .catalog import open_catalog
     from .locations import default_catalog_location
 
-    spec = getattr(args, "catalog", None)
-    explicit = bool(spec)
-    if not explicit:
-        spec = default_catalog_location(args.store)
+    given = getattr(args, "catalog", None)
+    explicit = bool(given)
+    spec = str(given) if explicit else default_catalog_location(args.store)
     local = str(spec).removeprefix("sqlite:///")
     is_file = "://" not in str(spec).replace("sqlite:///", "") and str(spec) != "neo4j"
     if is_file and not create and not Path(local).exists():
@@ -117,6 +120,16 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # --------------------------------------------------------------------------- commands
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -130,11 +143,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .generate import Plan, generate
+    from .generate import Plan, generate, preflight
 
     plan = Plan(domains=tuple(args.domains), sequences=args.sequences, steps=args.steps,
                 scales=tuple(args.scales) if args.scales is not None else None, seed=args.seed,
                 start_index=args.start_index)
+    # every refusal (engine, store, a clash with stored sequences) before any file is created
+    preflight(args.store, plan, workers=args.workers, scheduler=args.scheduler)
     catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
     n = len(plan.tasks())
     bar = tqdm(total=n, unit="seq", desc="generate", disable=args.quiet or not sys.stderr.isatty()
@@ -149,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         report = generate(args.store, plan, workers=args.workers, scheduler=args.scheduler,
-                          catalog=catalog, progress=progress)
+                          catalog=catalog, progress=progress, dask_logs=args.debug)
     finally:
         bar.close()
         if catalog is not None:
@@ -176,7 +191,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             gen = info.get("generation", {})
             print(f"{seq}\t{info['n_steps']} steps\t{info['shape'][0]}x{info['shape'][1]}\t"
                   f"levels {','.join(map(str, info['levels']))}\tseed {gen.get('seed')}")
-        incomplete = set(store.sequences(args.domain, include_incomplete=True)) - set(store.sequences(args.domain))
+        incomplete = (set(store.sequences(args.domain, include_incomplete=True))
+                      - set(store.sequences(args.domain)))
         for seq in sorted(incomplete):
             print(f"{seq}\t(incomplete: not visible to queries)")
     else:
@@ -226,7 +242,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         tmp = out.with_name(out.name + ".partial.npz")
         np.savez(tmp, **{k: v for k, v in data.items() if k != "ids"}, ids=np.array(data["ids"]))
         os.replace(tmp, out)
-        print(f"{n} windows -> {out} ({', '.join(f'{k}{tuple(v.shape)}' for k, v in data.items() if k != 'ids')})")
+        shapes = ', '.join(f'{k}{tuple(v.shape)}' for k, v in data.items() if k != 'ids')
+        print(f"{n} windows -> {out} ({shapes})")
     else:
         for wid in data["ids"]:
             print(wid)
@@ -251,8 +268,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         e = store.read(args.domain, args.sequence, lvl, "energy", t=args.t)
         gx = store.read(args.domain, args.sequence, lvl, "grad_x", t=args.t)
         gy = store.read(args.domain, args.sequence, lvl, "grad_y", t=args.t)
-        for i, (img, title, cmap) in enumerate(((e, f"E at {lvl}", "inferno"),
-                                                (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))):
+        panels = ((e, f"E at {lvl}", "inferno"),
+                  (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))
+        for i, (img, title, cmap) in enumerate(panels):
             ax = axes[i][j]
             im = ax.imshow(img, cmap=cmap, origin="lower")
             ax.set_title(title)
@@ -375,17 +393,31 @@ def format_lineage(lin: Any) -> str:
 
 # --------------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped command."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            prefix = self.prog.partition(" ")[2]
+            name = f"{prefix} {value}".strip()
+            close = difflib.get_close_matches(value, list(action.choices), n=1)
+            hint = (f"did you mean {f'{prefix} {close[0]}'.strip()!r}?" if close
+                    else f"commands: {', '.join(action.choices)}")
+            self.exit(EXIT_USER_ERROR, f"atlas: error: unknown command {name!r}; {hint}\n")
+        super()._check_value(action, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--store", default=os.environ.get("ATLAS_STORE", DEFAULT_STORE),
                         help="atlas store path or fsspec URL (default: $ATLAS_STORE or ./atlas.zarr)")
-    cat = argparse.ArgumentParser(add_help=False)
+    cat = _Parser(add_help=False)
     cat.add_argument("--catalog", default=os.environ.get("ATLAS_CATALOG"),
                      help="catalog: a SQLite path, sqlite:///path, or neo4j (URI and credentials "
                           "from NEO4J_URI/NEO4J_USER/NEO4J_PASSWORD); default $ATLAS_CATALOG or "
                           "<store>.catalog.sqlite where a catalog is needed")
 
-    p = argparse.ArgumentParser(prog="atlas", description="Generate, store, query and stream energy maps.")
+    p = _Parser(prog="atlas", description="Generate, store, query and stream energy maps.")
     p.add_argument("--version", action="version", version=f"atlasstore {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -415,22 +447,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("ls", parents=[common], help="list domains, or the sequences of a domain")
-    s.add_argument("domain", nargs="?")
+    s.add_argument("domain", nargs="?", help="list this domain's sequences (default: list domains)")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("query", parents=[common, cat], help="select windows and save them as .npz")
-    s.add_argument("--domains", type=_csv, default=None)
+    s.add_argument("--domains", type=_csv, default=None,
+                   help="comma-separated domains (default: every domain of the store)")
     s.add_argument("--sequences", type=_csv, default=None, help="sequence ids or domain/id")
-    s.add_argument("--scale", type=int, default=256)
-    s.add_argument("--fields", type=_csv, default=["energy"])
-    s.add_argument("--window", type=int, default=1)
-    s.add_argument("--stride", type=int, default=1)
-    s.add_argument("--time-range", type=_int_range, default=None, metavar="START:STOP")
-    s.add_argument("--region", type=_region, default=None, metavar="Y0:Y1,X0:X1")
-    s.add_argument("--entropy", type=_range, default=None, metavar="LO:HI")
-    s.add_argument("--mean", type=_range, default=None, metavar="LO:HI")
-    s.add_argument("--variance", type=_range, default=None, metavar="LO:HI")
-    s.add_argument("--perturbation", default=None)
+    s.add_argument("--scale", type=int, default=256,
+                   help="pyramid level to read, by the short side of its maps: 256, 128 or 64 "
+                        "(default 256)")
+    s.add_argument("--fields", type=_csv, default=["energy"],
+                   help="comma-separated fields: energy, grad_x, grad_y (default energy)")
+    s.add_argument("--window", type=int, default=1, help="time steps per window (default 1)")
+    s.add_argument("--stride", type=int, default=1,
+                   help="steps between the starts of successive windows (default 1)")
+    s.add_argument("--time-range", type=_int_range, default=None, metavar="START:STOP",
+                   help="only windows inside steps START..STOP-1")
+    s.add_argument("--region", type=_region, default=None, metavar="Y0:Y1,X0:X1",
+                   help="crop every window to rows Y0..Y1-1 and columns X0..X1-1 (pixels of "
+                        "--scale)")
+    s.add_argument("--entropy", type=_range, default=None, metavar="LO:HI",
+                   help="only windows whose every step has a Shannon entropy (nats) in LO..HI")
+    s.add_argument("--mean", type=_range, default=None, metavar="LO:HI",
+                   help="only windows whose every step has a mean energy in LO..HI")
+    s.add_argument("--variance", type=_range, default=None, metavar="LO:HI",
+                   help="only windows whose every step has an energy variance in LO..HI")
+    s.add_argument("--perturbation", default=None,
+                   help="only sequences with a step perturbed this way (e.g. thermal_blur)")
     s.add_argument("--run", default=None, help="only sequences of this generation run id")
     s.add_argument("--count", action="store_true", help="print the number of windows only")
     s.add_argument("--limit", type=int, default=10000, help="refuse to load more windows (default 10000)")
@@ -438,21 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_query)
 
     s = sub.add_parser("show", parents=[common], help="PNG quicklook: every level and |grad E|")
-    s.add_argument("domain")
-    s.add_argument("sequence")
-    s.add_argument("--t", type=int, default=0)
-    s.add_argument("--out", default=None)
+    s.add_argument("domain", help="domain of the sequence")
+    s.add_argument("sequence", help="sequence id, e.g. seq-00000")
+    s.add_argument("--t", type=int, default=0, help="time step to show (default 0)")
+    s.add_argument("--out", default=None,
+                   help="PNG file to write (default: <domain>_<sequence>_t<T>.png)")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("audit", parents=[common, cat],
                        help="verify checksums and invariants; report per domain; catalog drift")
-    s.add_argument("--domains", type=_csv, default=None)
+    s.add_argument("--domains", type=_csv, default=None,
+                   help="comma-separated domains to audit (default: all)")
     s.add_argument("--quick", action="store_true", help="skip decoding arrays")
     s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("stats", parents=[common], help="per-domain statistics")
-    s.add_argument("domain", nargs="?")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("domain", nargs="?", help="one domain (default: every domain)")
+    s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("catalog", help="catalog maintenance and lineage")
@@ -462,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_catalog_sync)
     c = csub.add_parser("lineage", parents=[common, cat], help="print the upstream lineage of a node")
     c.add_argument("node_id", help="e.g. plasma_physics/seq-00000/64/grad_x, a run id, a checkpoint id")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print nodes and edges as JSON")
     c.set_defaults(func=cmd_catalog_lineage)
 
     _add_nvp_commands(sub, common, cat)
@@ -482,11 +528,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("atlas: interrupted", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
+        return code
+    except KeyboardInterrupt as exc:
+        gen = sys.modules.get("atlasstore.generate")  # only generate raises the detailed one
+        if gen is not None and isinstance(exc, gen.GenerationInterrupted):
+            print(f"atlas: interrupted: {exc.complete} of {exc.total} sequences of {exc.run_id} "
+                  f"are complete; run the same command again to resume", file=sys.stderr)
+        else:
+            print("atlas: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+    except Exception as exc:  # the one place errors become exit codes (re-raised with --debug)
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # like ls or git when `| head` has read enough: stop quietly, with the status of a
+            # process killed by SIGPIPE; stdout goes to /dev/null so the flush at exit is quiet
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         if isinstance(exc, _user_error_types()) and not args.debug:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"atlas: error: {msg}", file=sys.stderr)
@@ -496,7 +555,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the "
               f"traceback)", file=sys.stderr)
         return EXIT_FAILED
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -108,7 +108,7 @@ class ProcTracker:
             r.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_tree(r)
-            raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout} s\n{r.describe()}")
+            raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout} s\n{r.describe()}") from None
         return r
 
     def remember(self, procs: Iterable[psutil.Process]) -> None:

@@ -804,9 +804,13 @@ CLI_CASES = [
     (["generate", "--store", S, "--domains", "plasma_physics", "--scales", "128,64"], "full resolution"),
     (["generate", "--store", S, "--domains", "plasma_physics", "--scales", "abc"], "scales"),
     (["generate", "--store", S, "--domains", "plasma_physics", "--steps", "nan"], "invalid int"),
-    (["generate", "--store", S, "--domains", "plasma_physics", "--catalog", "bogus://x"], "bogus"),
-    (["generate", "--store", S, "--domains", "plasma_physics", "--catalog", "{root}/no/dir/c.sqlite"],
-     "does not exist"),
+    # the stored sequence's plan (a different one is refused first, as a clash)
+    (["generate", "--store", S, "--domains", "plasma_physics", "--steps", "3", "--seed", "4",
+      "--catalog", "bogus://x"], "bogus"),
+    (["generate", "--store", S, "--domains", "plasma_physics", "--steps", "3", "--seed", "4",
+      "--catalog", "{root}/no/dir/c.sqlite"], "does not exist"),
+    (["generate", "--store", S, "--domains", "plasma_physics", "--steps", "4"],
+     "--start-index 1"),
     # ls / show / stats
     (["ls", "a/b", "--store", S], "path separator"), (["ls", "..", "--store", S], "'..'"),
     (["ls", "nope", "--store", S], "unknown domain"), (["ls", "it's", "--store", S], "must start"),

@@ -150,9 +150,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.Argume
     s.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="val: the run's held-out sequences (default); all: every matching "
                         "sequence of --store (e.g. a separately generated test store)")
-    s.add_argument("--mc-samples", type=int, default=None, help="MC-dropout samples")
-    s.add_argument("--rollout-steps", type=int, default=None)
+    s.add_argument("--mc-samples", type=int, default=None,
+                   help="MC-dropout samples (default: the run config's eval.mc_samples)")
+    s.add_argument("--rollout-steps", type=int, default=None,
+                   help="autoregressive rollout length in steps (default: eval.rollout_steps)")
     s.add_argument("--plots", type=int, default=None, help="sample figures (0: no figures)")
-    s.add_argument("--max-windows", type=int, default=None)
+    s.add_argument("--max-windows", type=int, default=None,
+                   help="evaluate at most this many windows (default: eval.max_windows)")
     s.add_argument("--json", action="store_true", help="print the whole report as JSON")
     s.set_defaults(func=lambda a: cmd_evaluate(a, common))
