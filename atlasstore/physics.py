@@ -205,7 +205,7 @@ def gradients(energy: ArrayLike, spacing: float = 1.0) -> tuple[NDArray, NDArray
     e = np.asarray(energy)
     dtype = e.dtype if e.dtype.kind == "f" else np.float64
     gy, gx = np.gradient(e.astype(np.float64, copy=False), spacing, axis=(-2, -1), edge_order=1)
-    return gx.astype(dtype, copy=False), gy.astype(dtype, copy=False)
+    return np.asarray(gx, dtype=dtype), np.asarray(gy, dtype=dtype)
 
 
 def gradient_magnitude(grad_x: ArrayLike, grad_y: ArrayLike) -> NDArray:

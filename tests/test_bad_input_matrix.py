@@ -28,8 +28,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -193,8 +194,9 @@ def test_store_refuses_hostile_names(store: AtlasStore, api_root: Path, name: st
 
 def test_store_refuses_non_string_names(store: AtlasStore, api_root: Path) -> None:
     for bad in (5, None, b"alpha", ("alpha",)):
-        assert_clear(lambda: store.create_domain(bad), api_root, "must be a string")
-        assert_clear(lambda: store.write_sequence("alpha", bad, energy_sequence(2)), api_root)
+        assert_clear(lambda bad=bad: store.create_domain(bad), api_root, "must be a string")
+        assert_clear(lambda bad=bad: store.write_sequence("alpha", bad, energy_sequence(2)),
+                     api_root)
 
 
 @pytest.mark.parametrize("preset", [{"x": 1}, {"name": "a", "pattern": "nope"}, {"shape": [float("nan")]}])
@@ -264,7 +266,8 @@ def test_create_and_open_refuse_what_is_not_a_store(tmp_path: Path) -> None:
     ({"fields": ()}, "fields is empty"), ({"fields": ("pressure",)}, "pressure"),
     ({"fields": ("energy", "../x")}, "unknown field"),
     ({"window": 0}, "window"), ({"window": -1}, "window"), ({"window": 2.0}, "window"),
-    ({"window": 10**9, "scale": 64}, "longer than every"), ({"stride": 0}, "stride"), ({"stride": True}, "stride"),
+    ({"window": 10**9, "scale": 64}, "longer than every"), ({"stride": 0}, "stride"),
+    ({"stride": True}, "stride"),
     ({"time_range": (3, 1)}, "time_range"), ({"time_range": (-1, 3)}, "time_range"),
     ({"time_range": (0, 2.5)}, "time_range"), ({"time_range": (0, 1, 2)}, "time_range"),
     ({"region": (0, 0, 0, 1)}, "region"), ({"region": (-1, 4, 0, 4)}, "region"),
@@ -335,7 +338,8 @@ def brute_force(infos: dict, kw: dict) -> list[tuple[str, str, int, int]] | str:
     """The windows a query must yield, or "error: <why>" -- an independent reading of the docs."""
     scale, fields = kw["scale"], kw["fields"]
     window, stride = kw["window"], kw["stride"]
-    if scale not in (64, 128, 256) or not fields or any(f not in ("energy", "grad_x", "grad_y") for f in fields):
+    if scale not in (64, 128, 256) or not fields or any(
+            f not in ("energy", "grad_x", "grad_y") for f in fields):
         return "error: scale/fields"
     if window < 1 or stride < 1:
         return "error: window/stride"
@@ -426,7 +430,8 @@ def query_kwargs(draw: Any, infos: dict, scales: list[int], bad_scales: list[int
         "entropy": draw(_range_strategy(_stat_values(infos, "entropy"))),
         "mean": draw(_range_strategy(_stat_values(infos, "mean"))),
         "variance": draw(_range_strategy(_stat_values(infos, "variance"))),
-        "perturbation": draw(st.sampled_from([None, None, "rotation", "thermal_blur", "gaussian_noise", "nope"])),
+        "perturbation": draw(st.sampled_from(
+            [None, None, "rotation", "thermal_blur", "gaussian_noise", "nope"])),
         "run_id": draw(st.sampled_from([None, None, FUZZ_A.run_id(), FUZZ_B.run_id(), "run-nobody"])),
     }
 
@@ -569,7 +574,8 @@ def test_wrong_typed_arguments_give_clear_errors(store: AtlasStore, api_root: Pa
     ({"start_index": 10**9}, "start_index"),
     ({"shape": (100, 100)}, "short side"), ({"shape": (64, 65)}, "aspect"),
     ({"shape": (10**9, 10**9)}, "short side"), ({"shape": (64,)}, "2 dimensions"),
-    ({"scales": ()}, "scales is empty"), ({"scales": (512,)}, "scales"), ({"scales": (128, 64)}, "full resolution"),
+    ({"scales": ()}, "scales is empty"), ({"scales": (512,)}, "scales"),
+    ({"scales": (128, 64)}, "full resolution"),
 ])
 def test_plan_bad_inputs(kw: dict, needle: str, tmp_path: Path) -> None:
     assert_clear(lambda: generate(tmp_path / "g.zarr", Plan(**{"domains": ("plasma_physics",), **kw}),
@@ -588,7 +594,7 @@ def test_generate_bad_locations(tmp_path: Path) -> None:
     f.write_text("x")
     plan = Plan(domains=("plasma_physics",), sequences=1, steps=2, shape=(64, 64))
     for loc, needle in ((f, "is a file"), (str(tmp_path / "a\x00b"), ""), ("nope://x/y", "nope")):
-        assert_clear(lambda: generate(loc, plan, scheduler="serial"), tmp_path, needle)
+        assert_clear(lambda loc=loc: generate(loc, plan, scheduler="serial"), tmp_path, needle)
 
 
 def test_generate_bad_scheduler_writes_nothing(tmp_path: Path) -> None:
@@ -709,7 +715,8 @@ def test_catalog_bad_records_and_filters_write_nothing(backend: str, tmp_path: P
             lambda: cat.register_sequences([dict(seq, run_id="run-nobody")], steps, arrays),
             lambda: cat.register_sequences([seq], [dict(steps[0], mean=float("nan"))], arrays),
             lambda: cat.register_sequences([seq], steps, [dict(arrays[0], derived_from=arrays[0]["key"])]),
-            lambda: cat.register_sequences([seq], steps, arrays + [dict(arrays[1], derived_from="d/nope/256/energy")]),
+            lambda: cat.register_sequences(
+                [seq], steps, arrays + [dict(arrays[1], derived_from="d/nope/256/energy")]),
             lambda: cat.register_sequences([5]),
             lambda: cat.register_run({}),
             lambda: cat.register_run(dict(make_run("run-2"), seed=2**70)),
@@ -817,7 +824,8 @@ CLI_CASES = [
     (["ls", "--store", "{root}/missing.zarr"], "does not exist"),
     (["show", "plasma_physics", "..", "--store", S], "'..'"),
     (["show", "plasma_physics", "seq-00000", "--t", "-1", "--store", S, "--out", "{root}/x.png"], "outside"),
-    (["show", "plasma_physics", "seq-00000", "--t", "1000000000", "--store", S, "--out", "{root}/x.png"], "outside"),
+    (["show", "plasma_physics", "seq-00000", "--t", "1000000000", "--store", S,
+      "--out", "{root}/x.png"], "outside"),
     (["show", "plasma_physics", "seq-00009", "--store", S, "--out", "{root}/x.png"], "seq-00009"),
     (["show", "plasma_physics", "seq-00000", "--store", S, "--out", "{root}/no/dir/x.png"], "no/dir"),
     (["stats", "nope", "--store", S], "nope"), (["stats", "a/b", "--store", S], "path separator"),
@@ -858,8 +866,10 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,needle", CLI_CASES, ids=[" ".join(a[:3])[:40] + f"-{i}" for i, (a, _) in enumerate(CLI_CASES)])
-def test_cli_bad_input(cli_root: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+@pytest.mark.parametrize("argv,needle", CLI_CASES,
+                         ids=[" ".join(a[:3])[:40] + f"-{i}" for i, (a, _) in enumerate(CLI_CASES)])
+def test_cli_bad_input(cli_root: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                       needle: str) -> None:
     (cli_root / "afile").write_text("x")
     argv = [a.replace("{store}", str(cli_root / "atlas.zarr")).replace("{root}", str(cli_root))
             for a in argv]
@@ -867,7 +877,8 @@ def test_cli_bad_input(cli_root: Path, capsys: pytest.CaptureFixture[str], argv:
     assert not (cli_root / "missing.zarr").exists() and not (cli_root / "x.png").exists()
 
 
-def test_cli_hostile_names_never_reach_a_catalog_query(cli_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_hostile_names_never_reach_a_catalog_query(cli_root: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """The catalog still holds exactly what it held: no injected statement ran."""
     with SQLiteCatalog(cli_root / "atlas.catalog.sqlite") as cat:
         before = (raw_counts(cat), cat.sequence_keys())

@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from atlasstore.generate import Plan, generate
+from atlasstore.store import AtlasStore
+from atlasstore.writer_lock import StoreLocked, WriterLock
 from proc_helpers import (
     LOCK_KEY,
     ProcTracker,
@@ -33,10 +37,6 @@ from proc_helpers import (
     wait_until,
     write_lock,
 )
-
-from atlasstore.generate import Plan, generate
-from atlasstore.store import AtlasStore
-from atlasstore.writer_lock import StoreLocked, WriterLock
 
 HOST = socket.gethostname()
 LONG = dict(domains=("plasma_physics", "fluid_dynamics"), sequences=10, steps=10)  # ~6 s serial
