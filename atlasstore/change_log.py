@@ -22,8 +22,10 @@ dense (0, 1, 2, ... with no gap) and never rewritten:
   missed. A ``write`` is claimed after the old version (if any) was deleted under its own
   ``delete`` entry, so a reader that sees a ``write`` entry and then a complete sequence sees
   the new data, never the old.
-* Reading from position ``p`` costs one GET per entry since ``p`` plus one miss: a catalog that
-  is up to date learns it with a single request, whatever the size of the store.
+* Reading from position ``p`` asks for the entries in concurrent rounds of 1, 2, 4, ... up to
+  64 keys until one is missing: a catalog that is up to date learns it with a single GET,
+  whatever the size of the store; k changes cost k GETs plus at most min(k, 63) + 1 misses, in
+  about log2(k) round trips.
 
 The log is not compacted yet: it grows by one small object (~200 bytes) per change. Truncating
 entries every catalog has applied is left for later (it needs a low-water mark object that
@@ -188,7 +190,7 @@ class ChangeLog:
                     return out
                 out.append(_parse(n + i, raw))
             n += want
-            step = min(step * 4, READ_BATCH)
+            step = min(step * 2, READ_BATCH)
         return out
 
     # ------------------------------------------------------------------ plumbing

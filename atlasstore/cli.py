@@ -462,13 +462,12 @@ def format_lineage(lin: Any) -> str:
         node = lin.nodes.get(nid)
         props = node.properties if node else {}
         extra = {k: props[k] for k in ("kind", "seed", "config_hash", "code_version", "host",
-                                       "pattern", "source", "step", "path", "format", "size",
-                                       "sha256") if props.get(k) is not None}
-        if node is not None and node.kind == "Sequence" and extra.get("kind") == "generate":
-            del extra["kind"]
-        for k in ("config_hash", "sha256"):
-            if k in extra:
-                extra[k] = str(extra[k])[:12]
+                                       "pattern", "source", "step", "path", "format", "size")
+                 if props.get(k) is not None}
+        if node is None or node.kind != "Sequence" or extra.get("kind") == "generate":
+            extra.pop("kind", None)  # (who wrote a sequence, when not the generator)
+        if "config_hash" in extra:
+            extra["config_hash"] = str(extra["config_hash"])[:12]
         return nid + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
     lines = [label(lin.root)]
