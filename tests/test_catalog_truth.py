@@ -20,7 +20,6 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlasstore import cli
 from atlasstore.catalog import CatalogMismatch, SQLiteCatalog
 from atlasstore.change_log import entry_key
 from atlasstore.compat import EnergyAtlasLoader
@@ -33,18 +32,7 @@ from catalog_fixtures import (
     open_neo4j_or_skip,
 )
 from store_fixtures import energy_sequence
-
-
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
-    monkeypatch.delenv("ATLAS_STORE", raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli import _no_env, run  # noqa: F401 - no ATLAS_* from the environment; atlas in-process
 
 
 @pytest.fixture(params=["sqlite", pytest.param("neo4j", marks=pytest.mark.neo4j)])
