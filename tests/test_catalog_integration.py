@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from atlasstore import cli
 from atlasstore.audit import Problem, audit
-from atlasstore.change_log import entry_key
+from atlasstore.change_log import ChangeLog, entry_key
 from atlasstore.catalog import (
     ArrayRecord, CatalogNotFound, GenerationRun, Sequence, SQLiteCatalog, TimeStep, node_id,
 )
@@ -150,6 +150,10 @@ def test_generate_registers_every_record_and_the_run(catalog: Any, tmp_path: Pat
         seq = catalog.get_sequence(f"{t.domain}/{t.sequence_id}")
         assert seq.seed == t.seed == sequence_seed(5, t.domain, t.index)
         assert seq.run_id == plan.run_id() and seq.levels == [128, 64]
+    # registered from the store's change log: the catalog has applied all of it, so the next
+    # query has nothing to catch up (4 writes + the run's start and finish)
+    st = catalog.store_sync()
+    assert (st.position, st.pending) == (ChangeLog(store).head(), {}) and st.position == 6
     # a re-run skips everything and re-registers the same records: nothing duplicated
     before = raw_counts(catalog)
     rep2 = generate(loc, plan, scheduler="serial", catalog=catalog)

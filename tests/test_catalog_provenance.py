@@ -172,7 +172,7 @@ def test_commit_sync_loses_no_update_under_contention(catalog: Any) -> None:
                     st = catalog.store_sync()
                     if catalog.commit_sync(st.version, StoreSync("s", st.position + 1)):
                         break
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=bump, args=(10,)) for _ in range(4)]
@@ -246,7 +246,7 @@ def test_sqlite_layout_1_is_migrated_in_place(tmp_path: Path) -> None:
         ref.register_checkpoint("ck", "tr", 1, {}, "/ck", created="2026-01-01T00:00:00+00:00")
         want_lin = ref.lineage("Checkpoint:ck").to_dict()
         want_seq = ref.get_sequence("d/s1").to_dict()
-        copy = {t: [tuple(r) for r in ref._q(f"SELECT * FROM {t}")] for t in (  # noqa: S608
+        copy = {t: [tuple(r) for r in ref._q(f"SELECT * FROM {t}")] for t in (
             "generation_runs", "sequences", "timesteps", "arrays", "sequence_levels",
             "sequence_perturbations", "stat_widths", "dataset_versions", "training_runs",
             "checkpoints", "edges")}
@@ -256,7 +256,7 @@ def test_sqlite_layout_1_is_migrated_in_place(tmp_path: Path) -> None:
     for table, rows in copy.items():
         for r in rows:
             r = r[:ncols.get(table, len(r))]
-            db.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(r))})", r)  # noqa: S608
+            db.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(r))})", r)
     db.commit()
     db.close()
     with SQLiteCatalog(path) as c:
