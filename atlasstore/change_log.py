@@ -27,7 +27,7 @@ dense (0, 1, 2, ... with no gap) and never rewritten:
   whatever the size of the store; k changes cost k GETs plus at most min(k, 63) + 1 misses, in
   about log2(k) round trips.
 
-The log is not compacted yet: it grows by one small object (~200 bytes) per change. Truncating
+The log is not compacted yet: it grows by one object of about 200 bytes per change. Truncating
 entries every catalog has applied is left for later (it needs a low-water mark object that
 readers consult before their position).
 """
