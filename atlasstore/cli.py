@@ -107,7 +107,7 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
         # answering what it has not applied from the store
         if not (is_file and Path(local).is_file() and not os.access(local, os.W_OK)):
             raise
-        cat = open_catalog(spec, read_only=True)
+        cat = open_catalog(str(spec), read_only=True)
     if not explicit and not required and cat.count() == 0 and cat.store_sync() is None:
         cat.close()
         return None

@@ -28,7 +28,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zarr.core.buffer import default_buffer_prototype
@@ -288,7 +288,7 @@ class CatchUp:
     removed: int = 0
     pending: int = 0  # changes still in flight (answered from the store)
     position: int = 0
-    refused: dict[str, str] | None = None
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def _check_binding(st: StoreSync | None, sid: str, store: AtlasStore, catalog: Catalog) -> None:
@@ -308,7 +308,7 @@ def catch_up(store: AtlasStore, catalog: Catalog, *, batch: int = CATCH_UP_BATCH
     """
     sid = store_id(store)
     log = ChangeLog(store)
-    out = CatchUp(refused={})
+    out = CatchUp()
     while True:
         st = catalog.store_sync()
         _check_binding(st, sid, store, catalog)
@@ -434,8 +434,7 @@ def sync_catalog(store: AtlasStore, catalog: Catalog, prune: bool = True,
     # the changes since the last sync, as they are now, and the new position, in one CAS commit
     while True:
         cur = catalog.store_sync()
-        mine = cur is not None and cur.store_id == sid
-        ops = {**(dict(cur.pending) if mine else {}), **recent,
+        ops = {**(dict(cur.pending) if cur is not None and cur.store_id == sid else {}), **recent,
                **{k: "refused" for k in refused}}
         plan = _plan(store, catalog, ops, ())
         if catalog.commit_sync(cur.version if cur is not None else None,

@@ -563,14 +563,15 @@ def sequence_checksum(array_checksums: Mapping[str, str]) -> str:
 class StoreSync:
     """How far a catalog has followed its store's change log (see "Keeping up with the store").
 
-    ``position``: entries before it are applied; ``pending``: sequence key -> the entry whose
-    change was not yet visible when it was applied (re-checked on every catch-up); ``version``
-    increases with every commit (the compare-and-swap token).
+    ``position``: entries before it are applied; ``pending``: sequence key -> the change
+    (``"write"``/``"delete"``, or ``"refused"`` for a record the catalog cannot hold) not yet
+    confirmed by the store when it was applied: re-checked on every catch-up and answered from
+    the store meanwhile; ``version`` increases with every commit (the compare-and-swap token).
     """
 
     store_id: str
     position: int
-    pending: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
     version: int = 0
     updated: str = ""
 
