@@ -66,8 +66,8 @@ class Selector(Protocol):
 
 def _in_range(value: float | None, rng: Range | None) -> bool:
     """``value`` in the inclusive range; a missing value (a field without entropy) is in no
-    range, only in "no filter"."""
-    if rng is None:
+    range with a bound (as in the catalog, where an unbounded range is no filter at all)."""
+    if rng is None or (rng[0] is None and rng[1] is None):
         return True
     return value is not None and ((rng[0] is None or rng[0] <= value)
                                   and (rng[1] is None or value <= rng[1]))
