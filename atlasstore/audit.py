@@ -1,20 +1,23 @@
-"""Audit a store: checksums, physical invariants, per-domain report, catalog drift.
+"""Audit a store: checksums, physical invariants, per-domain report, catalog drift, and whether
+a dataset version's (a checkpoint's) training data still matches the store.
 
 Every array is decoded in full (crc32c of every chunk checked by the codec) and its SHA-256 of
 decoded values compared with the one committed; every stored value is checked non-negative (for
 energy) and finite; every pyramid level is checked to conserve sum E against the base level.
+Drift compares every committed sequence, whoever wrote it, with the catalog.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import physics
-from .store import AtlasStore, CorruptArray, checksum
+from .catalog.base import sequence_checksum
+from .store import AtlasStore, CorruptArray, NotFound, checksum
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,7 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
                                                "re-run generation to complete it"))
                 continue
             info = store.sequence_info(domain, seq)
-            if info.get("generation", {}).get("run_id"):  # catalogued (see atlasstore.index)
-                stored_keys.add(f"{domain}/{seq}")
+            stored_keys.add(f"{domain}/{seq}")  # every committed sequence is catalogued
             dr.sequences += 1
             dr.maps += info["n_steps"]
             dr.bytes_on_disk += store.nbytes_stored(f"{domain}/{seq}/")
@@ -143,6 +145,60 @@ def drift(stored: set[str], catalogued: set[str], domains: list[str] | None = No
            for k in sorted(stored - catalogued)]
     out += [Problem(k, "catalog_extra", "in the catalog but not in the store (run `atlas catalog sync`)")
             for k in sorted(catalogued - stored)]
+    return out
+
+
+@dataclass
+class DatasetAudit:
+    """Whether the data a dataset version pinned is still in the store, unchanged.
+
+    ``matches``/``changed``/``missing``: sequence keys whose data has the pinned checksum, has
+    another one (rewritten, or its stored bytes no longer decode to it: ``corrupt``), or is gone.
+    """
+
+    version_id: str
+    matches: list[str] = field(default_factory=list)
+    changed: dict[str, str] = field(default_factory=dict)  # key -> what differs
+    missing: list[str] = field(default_factory=list)
+    checked_arrays: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.changed and not self.missing
+
+
+def audit_dataset(store: AtlasStore, version_id: str, pins: Mapping[str, str],
+                  verify: bool = True) -> DatasetAudit:
+    """Compare a dataset version's pins (sequence key -> checksum of its data when the version
+    was registered, :func:`~atlasstore.catalog.base.sequence_checksum`) with the store: the
+    committed checksums, and with ``verify`` the decoded arrays too."""
+    out = DatasetAudit(version_id)
+    for key in sorted(pins):
+        domain, _, seq = key.partition("/")
+        try:
+            info = store.sequence_info(domain, seq)
+        except NotFound:
+            out.missing.append(key)
+            continue
+        recorded = {k: rec["checksum"] for k, rec in info["arrays"].items()}
+        if sequence_checksum(recorded) != pins[key]:
+            out.changed[key] = "rewritten: its committed checksums differ from the pinned ones"
+            continue
+        bad = []
+        if verify:
+            for akey, want in sorted(recorded.items()):
+                level, fname = akey.split("/")
+                out.checked_arrays += 1
+                try:
+                    got = checksum(store.read(domain, seq, int(level), fname))
+                except CorruptArray as exc:
+                    got = f"corrupt ({exc})"
+                if got != want:
+                    bad.append(akey)
+        if bad:
+            out.changed[key] = f"stored data does not match its checksum: {', '.join(bad)}"
+        else:
+            out.matches.append(key)
     return out
 
 

@@ -91,7 +91,7 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     Read-only commands never create a catalog file; without ``required`` an absent or empty
     default catalog means "no catalog" (the store is scanned instead).
     """
-    from .catalog import open_catalog
+    from .catalog import CatalogError, open_catalog
     from .locations import default_catalog_location
 
     given = getattr(args, "catalog", None)
@@ -103,11 +103,24 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
         if required or explicit:
             raise UserError(f"no catalog at {local}; create it with `atlas catalog sync`")
         return None
-    cat = open_catalog(spec)
-    if not explicit and not required and cat.count() == 0:
+    try:
+        cat = open_catalog(spec)
+    except CatalogError:
+        # a catalog file we may read but not write (another user's): queries still use it,
+        # answering what it has not applied from the store
+        if not (is_file and Path(local).is_file() and not os.access(local, os.W_OK)):
+            raise
+        cat = open_catalog(str(spec), read_only=True)
+    if not explicit and not required and cat.count() == 0 and cat.store_sync() is None:
         cat.close()
         return None
     return cat
+
+
+def _note(view: Any) -> None:
+    """How a catalog answered (when it did not simply answer), on stderr."""
+    if view is not None and view.note:
+        print(f"atlas: note: {view.note}", file=sys.stderr)
 
 
 
@@ -220,11 +233,14 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
 def cmd_query(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .store import NotFound
+
     store = _open_store(args)
-    catalog = _open_catalog(args)
+    catalog = None if args.no_catalog else _open_catalog(args)
     try:
         q = _build_query(args, store, catalog)
         n = q.count()
+        _note(getattr(q.selector, "view", None))
         if args.count:
             print(n)
             return 0
@@ -233,7 +249,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         if n > args.limit:
             raise UserError(f"query selects {n} windows, more than --limit {args.limit}; "
                             f"narrow it or raise --limit")
-        data = q.to_numpy()
+        try:
+            data = q.to_numpy()
+        except NotFound as exc:
+            if catalog is None:
+                raise
+            raise UserError(f"{exc} (the store changed while reading, or the catalog does not "
+                            "match it: run `atlas catalog sync`, or query with --no-catalog)"
+                            ) from None
     finally:
         if catalog is not None:
             catalog.close()
@@ -291,9 +314,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit, summary_rows
 
+    if args.dataset_version or args.checkpoint:
+        return _audit_dataset(args)
     store = _open_store(args)
     catalog = _open_catalog(args)
     try:
+        if catalog is not None:
+            _catch_up_quietly(store, catalog)
         report = audit(store, domains=args.domains or None, verify=not args.quick, catalog=catalog)
     finally:
         if catalog is not None:
@@ -329,13 +356,87 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catch_up_quietly(store: Any, catalog: Any) -> None:
+    """Apply the store's recent changes to the catalog before reporting on it (what is left
+    is drift the change log does not explain); a note when it cannot."""
+    from .catalog import CatalogError, CatalogMismatch
+    from .index import CatalogNotSynced, catch_up
+
+    try:
+        res = catch_up(store, catalog)
+    except CatalogMismatch:
+        raise
+    except CatalogNotSynced as exc:
+        print(f"atlas: note: {exc}", file=sys.stderr)
+        return
+    except CatalogError as exc:
+        print(f"atlas: note: the catalog was not brought up to date: {exc}", file=sys.stderr)
+        return
+    if res.applied:
+        print(f"catalog: applied {res.applied} store change(s) since its last sync"
+              + (f"; {res.pending} still in flight" if res.pending else ""))
+
+
+def _audit_dataset(args: argparse.Namespace) -> int:
+    """`atlas audit --dataset-version ID | --checkpoint PATH`: does the training data still
+    match the store?"""
+    from .audit import audit_dataset
+
+    store = _open_store(args)
+    catalog = _open_catalog(args, required=True)
+    try:
+        vid = args.dataset_version or _checkpoint_dataset_version(args.checkpoint, catalog)
+        dv = catalog.get_dataset_version(vid)
+    finally:
+        catalog.close()
+    if dv is None:
+        raise UserError(f"dataset version {vid!r} is not in the catalog {catalog.uri}")
+    if not dv.checksums:
+        raise UserError(f"dataset version {vid!r} pins no checksums (registered before "
+                        "datasets were pinned): there is nothing to compare")
+    rep = audit_dataset(store, vid, dv.checksums, verify=not args.quick)
+    print(f"dataset version {vid}: {len(rep.matches)} sequences match, {len(rep.changed)} "
+          f"changed, {len(rep.missing)} missing ({rep.checked_arrays} arrays decoded)")
+    for key, why in rep.changed.items():
+        print(f"CHANGED {key}: {why}", file=sys.stderr)
+    for key in rep.missing:
+        print(f"MISSING {key}: no longer in the store", file=sys.stderr)
+    return 0 if rep.ok else EXIT_FAILED
+
+
+def _checkpoint_dataset_version(spec: str, catalog: Any) -> str:
+    """The dataset version a checkpoint was trained on: from its run directory's ``run.json``
+    (a run directory, or a checkpoint folder inside one), else the catalog's checkpoint id."""
+    p = Path(spec)
+    if p.exists():
+        for d in (p, *p.resolve().parents):
+            f = d / "run.json"
+            if f.is_file():
+                try:
+                    vid = json.loads(f.read_text()).get("dataset_version_id")
+                except (OSError, ValueError) as exc:
+                    raise UserError(f"cannot read {f}: {exc}") from None
+                if not vid:
+                    raise UserError(f"{f} records no dataset version")
+                return str(vid)
+        raise UserError(f"{spec} is not in a run directory (no run.json at or above it)")
+    ck = catalog.get_checkpoint(spec)
+    if ck is None:
+        raise UserError(f"no checkpoint {spec!r}: neither a path nor a checkpoint id in the catalog")
+    tr = catalog.get_training_run(ck.training_run_id)
+    if tr is None:
+        raise UserError(f"checkpoint {spec!r}: its training run {ck.training_run_id!r} is not in "
+                        "the catalog")
+    return str(tr.dataset_version_id)
+
+
 def cmd_catalog_sync(args: argparse.Namespace) -> int:
     from .index import sync_catalog
 
     store = _open_store(args)
     catalog = _open_catalog(args, required=True, create=True)
     try:
-        result = sync_catalog(store, catalog, prune=not args.no_prune)
+        result = sync_catalog(store, catalog, prune=not args.no_prune, rebind=args.rebind)
     finally:
         catalog.close()
     print(f"catalog sync: {result['registered']} sequences registered, {result['removed']} removed, "
@@ -346,8 +447,16 @@ def cmd_catalog_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_lineage(args: argparse.Namespace) -> int:
+    from .store import StoreError
+
     catalog = _open_catalog(args, required=True)
     try:
+        try:
+            store = _open_store(args)
+        except StoreError as exc:  # lineage needs only the catalog
+            print(f"atlas: note: {exc}; showing the catalog as it is", file=sys.stderr)
+        else:
+            _catch_up_quietly(store, catalog)
         lin = catalog.lineage(args.node_id)
     finally:
         catalog.close()
@@ -370,8 +479,11 @@ def format_lineage(lin: Any) -> str:
     def label(nid: str) -> str:
         node = lin.nodes.get(nid)
         props = node.properties if node else {}
-        extra = {k: props[k] for k in ("seed", "config_hash", "code_version", "host", "pattern",
-                                       "step", "path") if k in props}
+        extra = {k: props[k] for k in ("kind", "seed", "config_hash", "code_version", "host",
+                                       "pattern", "source", "step", "path", "format", "size")
+                 if props.get(k) is not None}
+        if node is None or node.kind != "Sequence" or extra.get("kind") == "generate":
+            extra.pop("kind", None)  # (who wrote a sequence, when not the generator)
         if "config_hash" in extra:
             extra["config_hash"] = str(extra["config_hash"])[:12]
         return nid + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
@@ -381,7 +493,7 @@ def format_lineage(lin: Any) -> str:
 
     def walk(nid: str, depth: int) -> None:
         for e in sorted(by_src.get(nid, []), key=lambda e: (e.rel, e.dst)):
-            op = e.properties.get("operation")
+            op = e.properties.get("operation") or e.properties.get("member")
             lines.append("  " * depth + f"-{e.rel}-> {label(e.dst)}" + (f"  [{op}]" if op else ""))
             if e.dst not in seen:
                 seen.add(e.dst)
@@ -477,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only sequences with a step perturbed this way (e.g. thermal_blur)")
     s.add_argument("--run", default=None, help="only sequences of this generation run id")
     s.add_argument("--count", action="store_true", help="print the number of windows only")
+    s.add_argument("--no-catalog", action="store_true",
+                   help="select by scanning the store, without the catalog (the answer is the "
+                        "same; the catalog is faster on large stores)")
     s.add_argument("--limit", type=int, default=10000, help="refuse to load more windows (default 10000)")
     s.add_argument("--out", default=None, help="write the windows to this .npz file")
     s.set_defaults(func=cmd_query)
@@ -494,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domains", type=_csv, default=None,
                    help="comma-separated domains to audit (default: all)")
     s.add_argument("--quick", action="store_true", help="skip decoding arrays")
+    s.add_argument("--dataset-version", default=None, metavar="ID",
+                   help="instead: check that the data this dataset version pinned is still in "
+                        "the store, unchanged (exit 1 if not)")
+    s.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
+                   help="instead: the same for the dataset version a checkpoint was trained on "
+                        "(a run directory or checkpoint folder, or a catalog checkpoint id)")
     s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("stats", parents=[common], help="per-domain statistics")
@@ -504,7 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("catalog", help="catalog maintenance and lineage")
     csub = s.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")
     c = csub.add_parser("sync", parents=[common, cat], help="rebuild/reconcile the catalog from the store")
-    c.add_argument("--no-prune", action="store_true", help="keep catalog entries missing from the store")
+    c.add_argument("--no-prune", action="store_true",
+                   help="keep catalog entries the store never had (deletes the store logged "
+                        "are applied all the same)")
+    c.add_argument("--rebind", action="store_true",
+                   help="take over a catalog built for another store (its sequences are "
+                        "replaced by this store's; training lineage stays)")
     c.set_defaults(func=cmd_catalog_sync)
     c = csub.add_parser("lineage", parents=[common, cat], help="print the upstream lineage of a node")
     c.add_argument("node_id", help="e.g. plasma_physics/seq-00000/64/grad_x, a run id, a checkpoint id")

@@ -5,12 +5,13 @@ sequence ids): ids holding other data refuse the whole plan, ids already holding
 data are skipped. Each task synthesises one sequence from a seed derived from (run seed,
 domain, index), derives its pyramid and gradients, writes its own sequence group and commits
 it (see :mod:`atlasstore.store`), and returns its committed attributes, or the error when
-running it again could not help. The driver gathers results as they finish and registers
-them in the catalog in batches. Because every sequence is deterministic and commits
-atomically, a killed run re-run with the same plan skips what is complete, rewrites what was
-half-written, and ends with a store identical (checksums) to an uninterrupted run. The same
-graph runs on a LocalCluster, in-process, or on any existing Dask cluster
-(``scheduler=ADDRESS``; the store must then be reachable from every worker: a shared
+running it again could not help. The driver gathers results as they finish and brings the
+catalog up to date in batches (from the store's change log, which every commit writes to; see
+:mod:`atlasstore.index`). Because every sequence is deterministic and commits atomically, a
+killed run re-run with the same plan skips what is complete, rewrites what was half-written,
+and ends with a store identical (checksums) to an uninterrupted run. The same graph runs on a
+LocalCluster, in-process, or on any existing Dask cluster (``scheduler=ADDRESS``; the store
+must then be reachable from every worker: a shared
 filesystem or an object-store URL).
 """
 
@@ -289,48 +290,38 @@ class RunReport:
 
 
 class CatalogSink:
-    """Registers committed sequences in a catalog in batches; survives catalog outages.
-
-    On a catalog error the store stays the truth: the error is recorded, registration stops
-    for this run, and ``atlas catalog sync`` brings the catalog up to date later.
+    """Brings the catalog up to date every ``batch_size`` committed sequences and at the end,
+    from the store's change log (``index.refresh``): what the catalog registers is what the
+    store committed, runs included, and the catalog's log position moves with it. Survives
+    catalog outages: on a catalog error the store stays the truth, the error is recorded,
+    registration stops for this run, and ``atlas catalog sync`` brings the catalog up to date
+    later.
     """
 
-    def __init__(self, catalog: Any, run: dict[str, Any], batch_size: int = 64) -> None:
+    def __init__(self, catalog: Any, store: AtlasStore, batch_size: int = 64) -> None:
         self.catalog = catalog
-        self.run = run
+        self.store = store
         self.batch_size = batch_size
-        self.pending: list[dict[str, Any]] = []
+        self.unflushed = 0
         self.errors: list[str] = []
-        self._run_registered = False
-
-    def _safe(self, fn: Callable[[], object]) -> None:
-        if self.errors:
-            return
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - any catalog failure must not stop the run
-            self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def add(self, info: dict[str, Any]) -> None:
         if self.catalog is None:
             return
-        self.pending.append(info)
-        if len(self.pending) >= self.batch_size:
+        self.unflushed += 1
+        if self.unflushed >= self.batch_size:
             self.flush()
 
-    def flush(self, final_run: dict[str, Any] | None = None) -> None:
-        if self.catalog is None:
+    def flush(self) -> None:
+        if self.catalog is None or self.errors:
             return
-        from .index import register_run, register_sequence_infos
+        from .index import refresh
 
-        if final_run is not None:
-            self.run = final_run
-        if not self._run_registered or final_run is not None:
-            self._safe(lambda: register_run(self.catalog, self.run))
-            self._run_registered = not self.errors
-        if self.pending:
-            batch, self.pending = self.pending, []
-            self._safe(lambda: register_sequence_infos(self.catalog, batch))
+        self.unflushed = 0
+        try:
+            refresh(self.store, self.catalog)
+        except Exception as exc:  # noqa: BLE001 - any catalog failure must not stop the run
+            self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
 class PlanClash(PlanError):
@@ -514,7 +505,7 @@ def _generate_locked(store: AtlasStore, loc: str, plan: Plan, checked: PlanCheck
            "started": utc_now(), "finished": None, "counts": {}}
     runs = RunLog(store)
     runs.start(run)
-    sink = CatalogSink(catalog, run, catalog_batch)
+    sink = CatalogSink(catalog, store, catalog_batch)
     report = RunReport(run_id)
     tasks = plan.tasks()
     t_start = time.perf_counter()
@@ -567,7 +558,7 @@ def _generate_locked(store: AtlasStore, loc: str, plan: Plan, checked: PlanCheck
         runs.finish(run, [asdict(f) for f in report.failures])
     except OSError as exc:  # e.g. the disk is still full: the sequences themselves are safe
         report.store_errors.append(f"run record not updated: {type(exc).__name__}: {exc}")
-    sink.flush(final_run=run)
+    sink.flush()
     report.catalog_errors = sink.errors
     return report
 

@@ -1,15 +1,17 @@
 """Queries: select windows of sequences by domain, scale, time and statistics; read them.
 
 A :class:`Query` is planned in two steps. *Selection* decides which sequences and time steps
-qualify; it is answered by a :class:`Selector`: the catalog when one is given (an index, no Zarr
-reads), else a scan of the store's committed sequence attributes. *Reading* turns windows into
+qualify; it is answered by a :class:`Selector`: the catalog when one is given (an index, checked
+against the store's change log so that it answers exactly as the scan would; see
+:class:`atlasstore.index.CatalogSelector`), else a scan of the store's committed sequence
+attributes. *Reading* turns windows into
 arrays, merging the windows of one sequence in a batch into a single contiguous time slice per
 array, so a batch costs one read per (sequence, level, field) rather than one per window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -62,34 +64,57 @@ class Selector(Protocol):
     def select(self, query: Query) -> list[Selected]: ...
 
 
-def _in_range(value: float, rng: Range | None) -> bool:
-    return rng is None or ((rng[0] is None or rng[0] <= value)
-                           and (rng[1] is None or value <= rng[1]))
+def _in_range(value: float | None, rng: Range | None) -> bool:
+    """``value`` in the inclusive range; a missing value (a field without entropy) is in no
+    range with a bound (as in the catalog, where an unbounded range is no filter at all)."""
+    if rng is None or (rng[0] is None and rng[1] is None):
+        return True
+    return value is not None and ((rng[0] is None or rng[0] <= value)
+                                  and (rng[1] is None or value <= rng[1]))
 
 
 class StoreSelector:
-    """Selection by scanning committed sequence attributes in the store (no catalog needed)."""
+    """Selection by scanning committed sequence attributes in the store (no catalog needed).
+
+    ``only``: just these ``domain/sequence_id`` keys (the ones a catalog cannot answer for:
+    read from the store without listing it).
+    """
+
+    def __init__(self, only: Iterable[str] | None = None) -> None:
+        self.only = None if only is None else frozenset(only)
 
     def select(self, query: Query) -> list[Selected]:
         out = []
         for domain in query.resolved_domains():
-            for seq_id in query.store.sequences(domain):
-                if not query.wants_sequence(domain, seq_id):
-                    continue
-                info = query.store.sequence_info(domain, seq_id)
-                if query.run_id is not None and info["generation"].get("run_id") != query.run_id:
-                    continue
-                steps = info["steps"]
-                if query.perturbation is not None and not any(
-                        p.get("kind") == query.perturbation
-                        for s in steps for p in s.get("perturbations", [])):
-                    continue
-                allowed = None
-                if query.has_stat_filters():
-                    allowed = frozenset(s["t"] for s in steps if query.step_passes(s))
-                out.append(Selected(domain, seq_id, int(info["n_steps"]), tuple(info["levels"]),
-                                    allowed))
+            if self.only is None:
+                ids = query.store.sequences(domain)
+            else:
+                ids = sorted(k.partition("/")[2] for k in self.only
+                             if k.partition("/")[0] == domain)
+                ids = [i for i in ids if query.store.sequence_status(domain, i) == "complete"]
+            for seq_id in ids:
+                sel = self._one(query, domain, seq_id)
+                if sel is not None:
+                    out.append(sel)
         return out
+
+    @staticmethod
+    def _one(query: Query, domain: str, seq_id: str) -> Selected | None:
+        if not query.wants_sequence(domain, seq_id):
+            return None
+        info = query.store.sequence_info(domain, seq_id)
+        if query.run_id is not None and \
+                (info.get("generation") or {}).get("run_id") != query.run_id:
+            return None
+        steps = info["steps"]
+        if query.perturbation is not None and not any(
+                p.get("kind") == query.perturbation
+                for s in steps for p in s.get("perturbations", [])):
+            return None
+        allowed = None
+        if query.has_stat_filters():
+            allowed = frozenset(s["t"] for s in steps if query.step_passes(s))
+        return Selected(domain, seq_id, int(info["n_steps"]), tuple(info["levels"]), allowed)
 
 
 @dataclass(frozen=True)
@@ -208,8 +233,9 @@ class Query:
         return any(r is not None for r in (self.entropy, self.mean, self.variance))
 
     def step_passes(self, step: Mapping[str, Any]) -> bool:
-        return (_in_range(step["entropy"], self.entropy) and _in_range(step["mean"], self.mean)
-                and _in_range(step["variance"], self.variance))
+        return (_in_range(step.get("entropy"), self.entropy)
+                and _in_range(step.get("mean"), self.mean)
+                and _in_range(step.get("variance"), self.variance))
 
     def where(self, **changes: Any) -> Query:
         """A copy with some parameters changed."""

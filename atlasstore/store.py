@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import __version__, physics
+from .change_log import ChangeLog
 from .locations import local_path
 from .provenance import utc_now
 from .schemas import validate
@@ -68,7 +70,7 @@ from .tensorstore_reader import TensorStoreReader
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 DIMS = ("time", "y", "x")
 CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
-RESERVED = {"_runs", "_lock"}
+RESERVED = {"_runs", "_lock", "_log"}
 
 FIELD_ATTRS: dict[str, dict[str, str]] = {
     "energy": {"long_name": "energy density", "units": "energy / pixel"},
@@ -201,7 +203,7 @@ class AtlasStore:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
         attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
-                                "code_version": __version__,
+                                "code_version": __version__, "store_id": str(uuid.uuid4()),
                                 "schemas": ["root", "domain", "sequence", "preset"],
                                 "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
         validate(attrs, "root", what="root attributes")
@@ -390,6 +392,8 @@ class AtlasStore:
         self._require_writable()
         validate_name(sequence_id, "sequence id")
         self._domain(domain)
+        if sync(self._root.store.exists(f"{domain}/{sequence_id}/zarr.json")):
+            ChangeLog(self).record("delete", domain, sequence_id)  # intent, before the change
         # delete the sequence metadata first: from then on the sequence is invisible, whatever
         # a crash leaves of the rest
         sync(self._root.store.delete(f"{domain}/{sequence_id}/zarr.json"))
@@ -441,6 +445,7 @@ class AtlasStore:
         # Also when there is no sequence metadata: a writer killed while deleting can leave level
         # groups behind without it, and they must not block (or leak into) the rewrite.
         self.delete_sequence(domain, sequence_id)
+        ChangeLog(self).record("write", domain, sequence_id)  # intent, before the commit
 
         prefix = f"{domain}/{sequence_id}"
         # "writing", with consolidated metadata that lists no members: through the consolidated
@@ -678,6 +683,7 @@ class RunLog:
             rg.attrs.update({"atlasstore_run": rec})
         else:
             g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
+        ChangeLog(self.store).record("run", run_id=name)
 
     def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
         validate(run, "run", what="run record")
@@ -685,6 +691,7 @@ class RunLog:
         rec: Any = g.attrs["atlasstore_run"]
         g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
                                            "failures": failures}})
+        ChangeLog(self.store).record("run", run_id=run["run_id"])
 
     def list(self) -> list[dict[str, Any]]:
         root = self.store.zarr_group

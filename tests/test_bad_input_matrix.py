@@ -712,7 +712,8 @@ def test_catalog_bad_records_and_filters_write_nothing(backend: str, tmp_path: P
             lambda: cat.register_sequences([dict(seq, n_steps=-1)], steps, arrays),
             lambda: cat.register_sequences([dict(seq, seed="abc")], steps, arrays),
             lambda: cat.register_sequences([dict(seq, key="other/key")], steps, arrays),
-            lambda: cat.register_sequences([dict(seq, run_id="run-nobody")], steps, arrays),
+            lambda: cat.register_sequences([dict(seq, kind="robot")], steps, arrays),
+            lambda: cat.register_sequences([dict(seq, sources=[{"uri": "x"}])], steps, arrays),
             lambda: cat.register_sequences([seq], [dict(steps[0], mean=float("nan"))], arrays),
             lambda: cat.register_sequences([seq], steps, [dict(arrays[0], derived_from=arrays[0]["key"])]),
             lambda: cat.register_sequences(

@@ -478,3 +478,28 @@ def test_to_xarray_reads_through_zarr_for_remote_stores_and_still_refuses_missin
     sync(st.zarr_group.store.delete(key))
     with pytest.raises(CorruptArray, match="missing or empty"):
         ds["energy"].compute()
+
+
+def test_a_step_without_entropy_passes_no_entropy_filter(stats_store: AtlasStore) -> None:
+    """Fields without entropy (intensive fields: their steps record none) never match an entropy
+    range, as in the catalog (NULL); other filters still apply to them."""
+    step = {"t": 0, "mean": 1.0, "variance": 0.5, "sum": None}
+    assert Query(stats_store, scale=64).step_passes(step)
+    assert Query(stats_store, scale=64, mean=(0.5, 1.5), variance=(0.0, 1.0)).step_passes(step)
+    assert Query(stats_store, scale=64, entropy=(None, None)).step_passes(step)  # no bound
+    assert not Query(stats_store, scale=64, entropy=(0.0, 100.0)).step_passes(step)
+    assert not Query(stats_store, scale=64, entropy=(None, 100.0)).step_passes(step)
+    assert not Query(stats_store, scale=64, mean=(2.0, 3.0)).step_passes(step)
+
+
+def test_store_selector_only_reads_the_named_sequences(stats_store: AtlasStore) -> None:
+    """``StoreSelector(only=...)``: what a catalog cannot answer for, read without a listing;
+    names that are not (complete) sequences select nothing."""
+    from atlasstore.query import StoreSelector
+
+    q = Query(stats_store, scale=64, window=2)
+    every = StoreSelector().select(q)
+    keys = [f"{s.domain}/{s.sequence_id}" for s in every]
+    some = StoreSelector(only=[keys[-1], keys[0], f"{every[0].domain}/missing"]).select(q)
+    assert some == [every[0], every[-1]]
+    assert StoreSelector(only=[]).select(q) == []
