@@ -22,8 +22,8 @@ import hashlib
 import os
 import shlex
 import subprocess
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +47,8 @@ def make_run(run_id: str = "run-1", *, seed: int = 1234, code_version: str = "at
              ) -> dict[str, Any]:
     cfg = config if config is not None else {"domains": ["plasma_physics"], "n_sequences": 2,
                                              "n_steps": 4, "seed": seed}
-    return {"run_id": run_id, "config": cfg, "config_hash": "sha256:" + hashlib.sha256(run_id.encode()).hexdigest(),
+    config_hash = "sha256:" + hashlib.sha256(run_id.encode()).hexdigest()
+    return {"run_id": run_id, "config": cfg, "config_hash": config_hash,
             "seed": seed, "code_version": code_version, "host": host,
             "started": "2026-01-02T03:00:00+00:00", "finished": finished,
             "counts": {"sequences": 2, "arrays": 18}, "kind": kind}
@@ -102,8 +103,8 @@ def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed:
             else:
                 derived = f"{key}/{lv}/energy"
                 op = f"gradient({f[-1]}, central, h=1)"
-            stats = {"mean": 1.0 if f == "energy" else 0.0, "variance": 0.2, "min": 0.0 if f == "energy" else -1.0,
-                     "max": 3.0}
+            stats = {"mean": 1.0 if f == "energy" else 0.0, "variance": 0.2,
+                     "min": 0.0 if f == "energy" else -1.0, "max": 3.0}
             if f == "energy" and with_entropy:
                 stats["entropy"] = entropy[0]
             arrays.append({"key": akey, "sequence_key": key, "level": lv, "field": f,

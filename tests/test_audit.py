@@ -12,13 +12,7 @@ import zarr
 from atlasstore import physics
 from atlasstore.audit import audit, drift, summary_rows
 from atlasstore.store import AtlasStore, CorruptArray, checksum
-from store_fixtures import (  # noqa: F401  (fixtures)
-    chunk_files,
-    copy_store,
-    flip_bytes,
-    generated_store_path,
-    stats_store_path,
-)
+from store_fixtures import chunk_files, copy_store, flip_bytes
 
 DOMAINS = ["fluid_dynamics", "plasma_physics"]
 SEQS = ["seq-00000", "seq-00001"]

@@ -16,11 +16,20 @@ import numpy as np
 import pytest
 
 from atlasstore.catalog import (
-    ArrayRecord, Catalog, CatalogError, CatalogNotFound, CatalogUnavailable, GenerationRun,
-    Lineage, Sequence, SQLiteCatalog, TimeStep, node_id, open_catalog,
+    ArrayRecord,
+    Catalog,
+    CatalogError,
+    CatalogNotFound,
+    CatalogUnavailable,
+    GenerationRun,
+    Lineage,
+    Sequence,
+    SQLiteCatalog,
+    TimeStep,
+    node_id,
+    open_catalog,
 )
 from atlasstore.schemas import SchemaError
-from catalog_fixtures import catalog  # noqa: F401 - the shared backend fixture
 from catalog_fixtures import HOSTILE, batch, make_run, make_sequence, raw_counts
 
 
@@ -552,7 +561,7 @@ def test_data_persists_across_reopen(catalog, tmp_path):
         assert len(again.get_arrays("plasma/s1")) == 9
 
 
-# ------------------------------------------------------------------------------ open_catalog and SQLite specifics
+# ---------------------------------------------------------------- open_catalog and SQLite specifics
 
 
 def test_open_catalog_specs(tmp_path, monkeypatch):

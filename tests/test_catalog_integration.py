@@ -31,17 +31,28 @@ from hypothesis import strategies as st
 
 from atlasstore import cli
 from atlasstore.audit import Problem, audit
-from atlasstore.change_log import ChangeLog, entry_key
 from atlasstore.catalog import (
-    ArrayRecord, CatalogNotFound, GenerationRun, Sequence, SQLiteCatalog, TimeStep, node_id,
+    ArrayRecord,
+    CatalogNotFound,
+    GenerationRun,
+    Sequence,
+    SQLiteCatalog,
+    TimeStep,
+    node_id,
 )
+from atlasstore.change_log import ChangeLog, entry_key
 from atlasstore.generate import Plan, code_version, generate, sequence_seed
 from atlasstore.index import RUN_FIELDS, CatalogSelector, is_catalogued, records_from_info, sync_catalog
 from atlasstore.query import Query, QueryError, StoreSelector
 from atlasstore.store import AtlasStore, NotFound, RunLog
-from catalog_fixtures import catalog  # noqa: F401 - the shared backend fixture
 from catalog_fixtures import (
-    REPO, _unavailable, batch, make_run, make_sequence, raw_counts, wipe_neo4j,
+    REPO,
+    _unavailable,
+    batch,
+    make_run,
+    make_sequence,
+    raw_counts,
+    wipe_neo4j,
 )
 from proc_helpers import ATLAS, ProcTracker, store_state, wait_until
 from store_fixtures import copy_store, listing

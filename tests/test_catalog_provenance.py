@@ -12,10 +12,14 @@ from typing import Any
 import pytest
 
 from atlasstore.catalog import (
-    CatalogError, ImportRun, SQLiteCatalog, StoreSync, node_id, sequence_checksum,
+    CatalogError,
+    ImportRun,
+    SQLiteCatalog,
+    StoreSync,
+    node_id,
+    sequence_checksum,
 )
 from atlasstore.schemas import SchemaError
-from catalog_fixtures import catalog  # noqa: F401 - the shared backend fixture
 from catalog_fixtures import batch, make_run, make_sequence, make_source, raw_counts
 
 IMP = "import-0123456789abcdef"

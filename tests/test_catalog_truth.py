@@ -28,7 +28,6 @@ from atlasstore.index import CatalogSelector, catalog_view, catch_up, sync_catal
 from atlasstore.query import Query, QueryError, StoreSelector
 from atlasstore.store import AtlasStore, NotFound, RunLog
 from catalog_fixtures import (
-    catalog,  # noqa: F401 - the shared backend fixture
     open_neo4j_or_skip,
 )
 from store_fixtures import energy_sequence

@@ -11,7 +11,7 @@ import pytest
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
 from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
-from store_fixtures import (  # noqa: F401  (fixtures)
+from store_fixtures import (
     A0_MEANS,
     A1_LIT,
     B0_STEPS,
@@ -22,8 +22,6 @@ from store_fixtures import (  # noqa: F401  (fixtures)
     expected_windows,
     flip_bytes,
     lit_map,
-    stats_store,
-    stats_store_path,
 )
 
 N_STEPS = {("alpha", "a0"): len(A0_MEANS), ("alpha", "a1"): len(A1_LIT), ("beta", "b0"): B0_STEPS}

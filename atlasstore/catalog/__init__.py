@@ -14,10 +14,31 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
-    ARRAY_FIELDS, KINDS, SEQUENCE_KINDS, ArrayRecord, Catalog, CatalogError, CatalogMismatch,
-    CatalogNotFound, CatalogUnavailable, Checkpoint, DatasetVersion, GenerationRun, ImportRun,
-    Lineage, LineageEdge, LineageNode, Range, Sequence, SourceFile, StoreSync, TimeStep,
-    TrainingRun, node_id, sequence_checksum, split_node_id,
+    ARRAY_FIELDS,
+    KINDS,
+    SEQUENCE_KINDS,
+    ArrayRecord,
+    Catalog,
+    CatalogError,
+    CatalogMismatch,
+    CatalogNotFound,
+    CatalogUnavailable,
+    Checkpoint,
+    DatasetVersion,
+    GenerationRun,
+    ImportRun,
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    Range,
+    Sequence,
+    SourceFile,
+    StoreSync,
+    TimeStep,
+    TrainingRun,
+    node_id,
+    sequence_checksum,
+    split_node_id,
 )
 from .sqlite import SQLiteCatalog
 

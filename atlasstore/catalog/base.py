@@ -239,7 +239,7 @@ def check_range(name: str, rng: Range | None) -> tuple[float | None, float | Non
         lo, hi = rng
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (lo, hi) pair, got {rng!r}") from None
-    out = []
+    out: list[float | None] = []
     for b in (lo, hi):
         if b is None:
             out.append(None)
@@ -803,7 +803,8 @@ class Batch:
     def child_keys_by_sequence(self) -> dict[str, list[str]]:
         """For each sequence of the batch: the keys of its parts given in this batch."""
         out: dict[str, list[str]] = {s.key: [] for s in self.seqs}
-        for c in (*self.timesteps, *self.arrays):
+        parts: list[TimeStep | ArrayRecord] = [*self.timesteps, *self.arrays]
+        for c in parts:
             if c.sequence_key in out:
                 out[c.sequence_key].append(c.key)
         return out
@@ -811,7 +812,8 @@ class Batch:
     def outside_sequence_keys(self) -> set[str]:
         """Sequences referred to by parts of this batch but not registered in it."""
         mine = self.seq_keys
-        return {c.sequence_key for c in (*self.timesteps, *self.arrays)} - mine
+        parts: list[TimeStep | ArrayRecord] = [*self.timesteps, *self.arrays]
+        return {c.sequence_key for c in parts} - mine
 
     def outside_derived_keys(self) -> set[str]:
         """Arrays named in ``derived_from`` that are not in this batch."""

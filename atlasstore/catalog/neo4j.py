@@ -53,11 +53,42 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .base import (
-    RESOLVE_ORDER, ArrayRecord, CatalogError, CatalogNotFound, CatalogUnavailable, Checkpoint,
-    ClosesOnExit, DatasetVersion, GenerationRun, ImportRun, Lineage, LineageEdge, LineageNode,
-    Range, Sequence, SourceFile, StoreSync, TimeStep, TrainingRun, agent_properties, batch_widths,
-    check_domains, check_limit, check_range, chunks, dumps, make_batch, missing_message, node_id,
-    run_record, seek_margin, sequence_checksum, sort_edges, split_node_id, sync_batch, utc_now,
+    RESOLVE_ORDER,
+    ArrayRecord,
+    CatalogError,
+    CatalogNotFound,
+    CatalogUnavailable,
+    Checkpoint,
+    ClosesOnExit,
+    DatasetVersion,
+    GenerationRun,
+    ImportRun,
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    Range,
+    Sequence,
+    SourceFile,
+    StoreSync,
+    TimeStep,
+    TrainingRun,
+    agent_properties,
+    batch_widths,
+    check_domains,
+    check_limit,
+    check_range,
+    chunks,
+    dumps,
+    make_batch,
+    missing_message,
+    node_id,
+    run_record,
+    seek_margin,
+    sequence_checksum,
+    sort_edges,
+    split_node_id,
+    sync_batch,
+    utc_now,
 )
 
 SCHEMA_VERSION = 2
@@ -631,6 +662,7 @@ class Neo4jCatalog(ClosesOnExit):
         self._lock = threading.Lock()
         self._secret = password or None  # only to scrub it from any driver message
         auth = (self.user, password) if password else None
+        self._driver: neo4j.Driver | None
         try:
             self._driver = neo4j.GraphDatabase.driver(
                 uri, auth=auth, connection_timeout=connection_timeout,
@@ -689,7 +721,7 @@ class Neo4jCatalog(ClosesOnExit):
         try:
             with self._session() as s:
                 return s.execute_write(fn, *args)
-        except Exception as exc:  # noqa: BLE001 - translated
+        except Exception as exc:
             err = self._translate(exc)
             if err is exc:
                 raise
@@ -699,7 +731,7 @@ class Neo4jCatalog(ClosesOnExit):
         try:
             with self._session() as s:
                 return s.execute_read(fn, *args)
-        except Exception as exc:  # noqa: BLE001 - translated
+        except Exception as exc:
             err = self._translate(exc)
             if err is exc:
                 raise
