@@ -532,8 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
         return code
     except KeyboardInterrupt as exc:
-        gen = sys.modules.get("atlasstore.generate")  # only generate raises the detailed one
-        if gen is not None and isinstance(exc, gen.GenerationInterrupted):
+        drv = sys.modules.get("atlasstore.run_driver")  # only runs raise the detailed one
+        if drv is not None and isinstance(exc, drv.RunInterrupted):
             print(f"atlas: interrupted: {exc.complete} of {exc.total} sequences of {exc.run_id} "
                   f"are complete; run the same command again to resume", file=sys.stderr)
         else:
