@@ -211,7 +211,8 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
         selector = CatalogSelector(catalog)
     return Query(store, domains=tuple(args.domains) if args.domains else None,
                  sequences=tuple(args.sequences) if args.sequences else None,
-                 scale=args.scale, fields=tuple(args.fields), window=args.window,
+                 scale=args.scale, fields=tuple(args.fields) if args.fields else None,
+                 window=args.window,
                  stride=args.stride, time_range=args.time_range, region=args.region,
                  entropy=args.entropy, mean=args.mean, variance=args.variance,
                  perturbation=args.perturbation, run_id=args.run, selector=selector)
@@ -454,11 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domains", type=_csv, default=None,
                    help="comma-separated domains (default: every domain of the store)")
     s.add_argument("--sequences", type=_csv, default=None, help="sequence ids or domain/id")
-    s.add_argument("--scale", type=int, default=256,
-                   help="pyramid level to read, by the short side of its maps: 256, 128 or 64 "
-                        "(default 256)")
-    s.add_argument("--fields", type=_csv, default=["energy"],
-                   help="comma-separated fields: energy, grad_x, grad_y (default energy)")
+    s.add_argument("--scale", type=int, default=None,
+                   help="pyramid level to read, by the short side of its maps (256, 128 or 64 for "
+                        "generated data; any stored level; default: the full resolution of the "
+                        "selected sequences)")
+    s.add_argument("--fields", type=_csv, default=None,
+                   help="comma-separated fields: the primary field (energy, or an imported "
+                        "field's name), grad_x, grad_y (default: the primary field)")
     s.add_argument("--window", type=int, default=1, help="time steps per window (default 1)")
     s.add_argument("--stride", type=int, default=1,
                    help="steps between the starts of successive windows (default 1)")

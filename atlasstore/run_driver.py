@@ -286,7 +286,7 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
             for job in jobs:
                 try:
                     handle(job, job.fn(*_resolve(job.args, shared)), None)
-                except (OSError, *DETERMINISTIC_ERRORS) as exc:
+                except (OSError, ValueError, StoreError) as exc:  # OSError + DETERMINISTIC_ERRORS
                     handle(job, None, exc)
         elif jobs:
             _run_dask(engine, workers, jobs, handle, dask_logs)

@@ -429,7 +429,7 @@ class SequenceWriter:
             for name, vals in out.items():
                 st = self._arrays[f"{lvl}/{name}"]
                 self._write_block(st.arr, t0, vals)
-                st.sha.update(memoryview(np.ascontiguousarray(vals, dtype="<f4")).cast("B"))
+                st.sha.update(np.ascontiguousarray(vals, dtype="<f4").data)
             del out
         self._t += n
         self._n_buf = 0

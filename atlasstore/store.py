@@ -484,6 +484,24 @@ class AtlasStore:
             raise NotFound(f"unknown field {field!r}; fields: {', '.join(info['fields'])}")
         return f"{domain}/{sequence_id}/{level}/{field}"
 
+    def coordinates(self, domain: str, sequence_id: str, level: int
+                    ) -> dict[str, tuple[NDArray[np.float64], dict[str, Any]]]:
+        """Physical coordinate arrays (``y``, ``x``, ``time``: values and attributes) of a
+        committed sequence's level; empty for a sequence without coordinates."""
+        info = self.sequence_info(domain, sequence_id)
+        rec = info.get("coordinates") or {}
+        if level not in info["levels"]:
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
+                           f"levels: {info['levels']}")
+        out = {}
+        for name in ("y", "x", "time"):
+            if name in rec:
+                node = self._root[f"{domain}/{sequence_id}/{level}/{name}"]
+                if not isinstance(node, zarr.Array):
+                    raise CorruptArray(f"{domain}/{sequence_id}/{level}/{name} is not an array")
+                out[name] = (np.asarray(node[...], np.float64), dict(node.attrs))
+        return out
+
     @property
     def fast_reader(self) -> TensorStoreReader | None:
         """TensorStore read path for local stores (5-10x less CPU per read than zarr-python,
