@@ -435,9 +435,9 @@ class Query:
                 out[name] = (name, values[yx[i]], attrs)
         times = {k: [st.get("time") for st in self.store.sequence_info(*k)["steps"]] for k in keys}
         if all(t is not None for ts in times.values() for t in ts):
+            tv = np.array([times[(w.domain, w.sequence_id)][w.t0:w.t0 + w.length] for w in wins])
             out["time"] = (("sample", "step"),
-                           np.array([times[(w.domain, w.sequence_id)][w.t0:w.t0 + w.length]
-                                     for w in wins]))
+                           tv.astype("datetime64[ns]") if tv.dtype.kind == "U" else tv)
         return out
 
 

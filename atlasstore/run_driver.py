@@ -238,13 +238,15 @@ class CatalogSink:
 
 
 def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
-            complete: Sequence[tuple[Job, dict[str, Any]]] = (), *,
+            complete: Sequence[tuple[Job, dict[str, Any]]] = (),
+            failed: Sequence[tuple[Job, str]] = (), *,
             workers: int | None = None, scheduler: str | None = None, catalog: Any = None,
             progress: Callable[[dict[str, Any]], None] | None = None, catalog_batch: int = 64,
             dask_logs: bool = False) -> RunReport:
     """Run ``jobs`` under the run record ``run`` (started now, finished at the end) into the
     store, whose writer lock the caller holds; ``complete`` are jobs found complete before any
-    work (reported as skipped, not run). See the module docstring."""
+    work (reported as skipped, not run), ``failed`` jobs refused before any work with the
+    reason (reported as failures, not run). See the module docstring."""
     check_engine(scheduler, workers)
     run_id = run["run_id"]
     runs = RunLog(store)
@@ -276,10 +278,13 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
     for job, info in complete:
         handle(job, {"task": job.task_dict(), "status": "skipped", "info": info, "seconds": 0.0},
                None)
+    for job, error in failed:
+        handle(job, {"task": job.task_dict(), "status": "failed", "error": error, "seconds": 0.0},
+               None)
     engine = scheduler or "processes"
     report.engine = engine
-    all_keys = [(j.domain, j.sequence_id) for j, _ in complete] + [(j.domain, j.sequence_id)
-                                                                    for j in jobs]
+    all_keys = [(j.domain, j.sequence_id) for j in
+                [*(j for j, _ in complete), *(j for j, _ in failed), *jobs]]
     try:
         if engine == "serial":
             shared: dict[str, Any] = {}

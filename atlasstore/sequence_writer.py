@@ -415,6 +415,8 @@ class SequenceWriter:
         for s0 in range(0, n, sub):
             for i, rec in enumerate(self._step_records(block[s0:s0 + sub]), start=s0):
                 given = {k: v for k, v in self._extra[i].items() if k != "t"}  # t is ours
+                if self.coords.time is not None:
+                    rec["time"] = self.coords.time[t0 + i]
                 self._steps.append({"t": t0 + i, "perturbations": [], **rec, **given})
         for lvl in self.levels:
             ny, nx = physics.grid_level_shape((self.ny, self.nx), lvl)
@@ -466,12 +468,15 @@ class SequenceWriter:
                 "multiscales": multiscales_attr(list(self.levels), self.levels[0]),
                 "atlasstore_sequence": rec}
 
-    def commit(self) -> dict[str, Any]:
+    def commit(self, generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Make the sequence visible (all ``n_steps`` must have been appended); returns the
-        committed sequence attributes."""
+        committed sequence attributes. ``generation`` adds keys known only after the data
+        were read (an import's source checksums)."""
         if self._done:
             raise StoreError(f"{self.what}: the writer is closed")
         try:
+            if generation:
+                self.generation.update(json_document(dict(generation), f"{self.what} generation"))
             return self._commit()
         except BaseException:
             self.abort()
@@ -598,6 +603,14 @@ def from_dataarray(da: Any, dims: Mapping[str, str] | None = None
     themselves; a 2D array is one step). Coordinates of those dimensions are kept (dates as
     ISO strings), and so are the array's attributes that JSON can hold.
     """
+    da = in_store_order(da, dims)
+    coords, attrs, name = dataarray_metadata(da, dims)
+    return np.asarray(da.values), coords, attrs, name
+
+
+def in_store_order(da: Any, dims: Mapping[str, str] | None = None) -> Any:
+    """``da`` with its dims mapped by ``dims`` in (time, y, x) order (a 2D array gains a time
+    axis of one step); EnergyMapError when they do not fit."""
     want = {"time": "time", "y": "y", "x": "x", **dict(dims or {})}
     names = tuple(da.dims)
     if len(names) == 2 and want["time"] not in names:
@@ -611,13 +624,20 @@ def from_dataarray(da: Any, dims: Mapping[str, str] | None = None
             f"{dict(zip(('time', 'y', 'x'), order, strict=True))}"
             + (f" (missing {missing})" if missing else "") + "; pass dims={'time': ..., "
             "'y': ..., 'x': ...}")
-    da = da.transpose(*order)
+    return da.transpose(*order)
+
+
+def dataarray_metadata(da: Any, dims: Mapping[str, str] | None = None
+                       ) -> tuple[Coordinates, dict[str, Any], str | None]:
+    """Coordinates, JSON attributes and name of a (time, y, x) DataArray, without reading its
+    values."""
+    order = tuple(da.dims)
     axes: dict[str, Axis | None] = {}
     for ours, theirs in zip(("y", "x"), order[1:], strict=True):
         c = da.coords.get(theirs)
-        if c is not None and np.issubdtype(c.dtype, np.number):
-            axes[ours] = Axis(tuple(np.asarray(c.values, np.float64)), json_attr(c.attrs.get("units")),
-                              theirs)
+        if c is not None and c.ndim == 1 and np.issubdtype(c.dtype, np.number):
+            axes[ours] = Axis(tuple(np.asarray(c.values, np.float64)),
+                              json_attr(c.attrs.get("units")), str(theirs))
         else:
             axes[ours] = None
     time: tuple[float | str, ...] | None = None
@@ -632,9 +652,9 @@ def from_dataarray(da: Any, dims: Mapping[str, str] | None = None
         elif np.issubdtype(tv.dtype, np.number):
             time = tuple(float(t) for t in tv)
             time_units = json_attr(tc.attrs.get("units"))
-    coords = Coordinates(axes["y"], axes["x"], time, time_units, order[0] if time else None)
+    coords = Coordinates(axes["y"], axes["x"], time, time_units, str(order[0]) if time else None)
     attrs = {str(k): v for k, v in ((k, json_attr(v)) for k, v in da.attrs.items()) if v is not None}
-    return np.asarray(da.values), coords, attrs, (str(da.name) if da.name is not None else None)
+    return coords, attrs, (str(da.name) if da.name is not None else None)
 
 
 def json_attr(v: Any) -> Any:

@@ -332,8 +332,8 @@ class StreamIterator:
     samples per batch on this process (split evenly over the local devices); ``seed``/``shuffle``
     for the per-epoch order; ``num_epochs`` (``None``: forever); ``prefetch`` batches read ahead
     by a background thread (0: read in ``next()``), ``workers`` batches read concurrently by it;
-    ``fields`` extra input fields (default: the
-    query's fields other than the primary field, see :class:`WindowSource`); ``normalise`` with statistics from ``stats_path`` (default
+    ``fields`` extra input fields (default: the query's fields other than the primary field,
+    see :class:`WindowSource`); ``normalise`` with statistics from ``stats_path`` (default
     beside the store); ``process_index``/``process_count`` override JAX's (for tests and custom
     launchers); ``devices`` the local devices to shard over (default ``jax.local_devices()``);
     ``reader`` "auto", "tensorstore" or "zarr".
