@@ -183,6 +183,84 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.failures or report.store_errors or report.catalog_errors else 0
 
 
+def _pairs(text: str) -> dict[str, str]:
+    """'a=x,b=y' -> {'a': 'x', 'b': 'y'}."""
+    out = {}
+    for item in _csv(text):
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        out[k] = v
+    return out
+
+
+def _int_pairs(text: str) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in _pairs(text).items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DIM=INDEX[,DIM=INDEX...], got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        ny, nx = text.lower().split("x")
+        return int(ny), int(nx)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NYxNX (rows x columns), e.g. 128x384, got "
+                                         f"{text!r}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .ingest import ImportOptions, plan_npy, plan_well, plan_xarray, run_import
+
+    options = ImportOptions(kind=args.kind, levels=tuple(args.levels) if args.levels else None,
+                            smallest=args.min_level, crop=args.crop, pad=args.pad,
+                            pad_mode=args.pad_mode)
+    if args.source == "npy":
+        plan = plan_npy(args.dir, args.pattern, domain=args.domain, sequence=args.sequence,
+                        sidecars=not args.no_sidecars, sidecar_keys=args.sidecar_keys,
+                        inventory=args.inventory, field_name=args.field, options=options)
+    elif args.source == "well":
+        plan = plan_well(args.files, field=args.field, derive=args.derive, domain=args.domain,
+                         density=args.density, velocity=args.velocity, options=options)
+    else:
+        plan = plan_xarray(args.path, args.var, dims=args.dims, sequence_dim=args.sequence_dim,
+                           isel=args.isel, domain=args.domain, sequence=args.sequence,
+                           field=args.field, engine=args.engine, options=options)
+    # every refusal (engine, store) before any file is created
+    from .run_driver import preflight_store
+
+    preflight_store(args.store, workers=args.workers, scheduler=args.scheduler)
+    catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
+    bar = tqdm(total=len(plan.units) + len(plan.failures), unit="seq", desc="import",
+               disable=args.quiet or not sys.stderr.isatty() and not args.progress,
+               file=sys.stderr)
+    def progress(_result: dict[str, Any]) -> None:
+        bar.update(1)
+
+    try:
+        report = run_import(args.store, plan, workers=args.workers, scheduler=args.scheduler,
+                            catalog=catalog, progress=progress, dask_logs=args.debug)
+    finally:
+        bar.close()
+        if catalog is not None:
+            catalog.close()
+    print(f"run {report.run_id}: {report.written} sequences written, {report.skipped} already "
+          f"complete, {len(report.failures)} failed; {report.maps} maps, "
+          f"{_fmt_bytes(report.source_bytes)} read, {report.seconds:.1f} s, "
+          f"{report.maps_per_second:.1f} maps/s ({report.engine})")
+    for f in report.failures:
+        print(f"FAILED {f.domain}/{f.sequence_id}: {f.error}", file=sys.stderr)
+    for e in report.store_errors:
+        print(f"store: {e}", file=sys.stderr)
+    for e in report.catalog_errors:
+        print(f"catalog not updated ({e}); the store is complete - run `atlas catalog sync` "
+              f"when the catalog is back", file=sys.stderr)
+    return EXIT_FAILED if report.failures or report.store_errors or report.catalog_errors else 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     store = _open_store(args)
     if args.domain:
@@ -447,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
     s.set_defaults(func=cmd_generate)
 
+    _add_import_command(sub, common, cat)
+
     s = sub.add_parser("ls", parents=[common], help="list domains, or the sequences of a domain")
     s.add_argument("domain", nargs="?", help="list this domain's sequences (default: list domains)")
     s.set_defaults(func=cmd_ls)
@@ -516,6 +596,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_nvp_commands(sub, common, cat)
     return p
+
+
+def _add_import_command(sub: Any, common: argparse.ArgumentParser,
+                        cat: argparse.ArgumentParser) -> None:
+    """`atlas import npy|well|xarray`: bring your own data (atlasstore.ingest)."""
+    shape = _Parser(add_help=False)
+    g = shape.add_argument_group("shaping (every source)")
+    g.add_argument("--kind", choices=("extensive", "intensive"), default=None,
+                   help="the field's kind: extensive (per-pixel content: block-sum pyramid, "
+                        "non-negative, entropy) or intensive (mean pyramid, any sign); default: "
+                        "extensive for energy and *_energy, else intensive")
+    g.add_argument("--levels", type=_scales, default=None,
+                   help="pyramid levels by short side, the full resolution first, e.g. 512,256 "
+                        "(default: the native size and its halvings down to --min-level)")
+    g.add_argument("--min-level", type=int, default=64,
+                   help="smallest short side the default pyramid halves down to (default 64)")
+    g.add_argument("--crop", type=_size, default=None, metavar="NYxNX",
+                   help="keep the first NY rows and NX columns of every map")
+    g.add_argument("--pad", type=_size, default=None, metavar="NYxNX",
+                   help="pad every map at its far end to NY rows and NX columns")
+    g.add_argument("--pad-mode", choices=("zero", "edge", "reflect"), default=None,
+                   help="what --pad fills with (default: zero for extensive fields, edge for "
+                        "intensive ones)")
+    e = shape.add_argument_group("engine")
+    e.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
+    e.add_argument("--scheduler", default=None,
+                   help="'processes' (default), 'threads', 'serial', or a Dask scheduler address")
+    e.add_argument("--no-catalog", action="store_true", help="do not register in a catalog")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
+
+    s = sub.add_parser("import", help="import your own data: the predecessor's .npy folders, "
+                                      "The Well's HDF5 files, any xarray dataset")
+    isub = s.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    parents = [common, cat, shape]
+    i = isub.add_parser("npy", parents=parents,
+                        help="a folder of .npy maps with JSON sidecars (the predecessor's layout)")
+    i.add_argument("dir", help="the folder")
+    i.add_argument("--pattern", default="{domain}/{sequence}_t{t}.npy",
+                   help="relative path of every map with fields {domain}, {sequence} and {t} "
+                        "(default '{domain}/{sequence}_t{t}.npy'); '*' matches within a name")
+    i.add_argument("--domain", default=None, help="the domain, if the pattern has no {domain}")
+    i.add_argument("--sequence", default=None,
+                   help="the sequence id, if the pattern has no {sequence}")
+    i.add_argument("--sidecar-keys", type=_pairs, default=None, metavar="FIELD=KEY,...",
+                   help="take domain, sequence or t from these sidecar keys, e.g. "
+                        "sequence=sequence_id,t=time_step")
+    i.add_argument("--no-sidecars", action="store_true", help="maps without JSON sidecars")
+    i.add_argument("--inventory", default=None,
+                   help="the predecessor's catalog.json (default: DIR/catalog.json if present); "
+                        "files must match its checksums")
+    i.add_argument("--field", default="energy", help="name of the stored field (default energy)")
+    i.set_defaults(func=cmd_import)
+    i = isub.add_parser("well", parents=parents,
+                        help="HDF5 files in The Well's format, one sequence per trajectory")
+    i.add_argument("files", nargs="+", help="the HDF5 files")
+    what = i.add_mutually_exclusive_group(required=True)
+    what.add_argument("--field", default=None,
+                      help="a t0 field (e.g. density) or a t1 component (e.g. velocity_x)")
+    what.add_argument("--derive", choices=("kinetic_energy",), default=None,
+                      help="a derived energy density: kinetic_energy = 1/2 rho |u|^2 (1/2 |u|^2 "
+                           "where the file has no density)")
+    i.add_argument("--domain", default=None, help="the domain (default: the file's dataset_name)")
+    i.add_argument("--density", default="density", help="density field for --derive (default density)")
+    i.add_argument("--velocity", default="velocity",
+                   help="velocity field for --derive (default velocity)")
+    i.set_defaults(func=cmd_import)
+    i = isub.add_parser("xarray", parents=parents,
+                        help="a variable of anything xarray opens (NetCDF, Zarr, HDF5)")
+    i.add_argument("path", help="the file or Zarr store")
+    i.add_argument("--var", required=True, help="the variable to import")
+    i.add_argument("--dims", type=_pairs, default=None, metavar="time=T,y=Y,x=X",
+                   help="which of the variable's dimensions are time, y and x (default: "
+                        "dimensions named time, y, x)")
+    i.add_argument("--sequence-dim", default=None,
+                   help="a dimension whose every index is its own sequence")
+    i.add_argument("--isel", type=_int_pairs, default=None, metavar="DIM=INDEX,...",
+                   help="fix other dimensions at an index")
+    i.add_argument("--domain", default=None, help="the domain (default: the file's name)")
+    i.add_argument("--sequence", default=None,
+                   help="the sequence id without --sequence-dim (default: the variable's name)")
+    i.add_argument("--field", default=None, help="name of the stored field (default: --var)")
+    i.add_argument("--engine", default=None, help="xarray's engine (default: by the file)")
+    i.set_defaults(func=cmd_import)
 
 
 def _add_nvp_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.ArgumentParser) -> None:

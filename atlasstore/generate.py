@@ -30,7 +30,6 @@ import numpy as np
 from zarr.core.sync import sync as zarr_sync
 
 from . import physics, run_driver, synth
-from .locations import local_path
 from .provenance import code_version, host, utc_now
 from .run_driver import (
     DETERMINISTIC_ERRORS,
@@ -46,7 +45,6 @@ from .sequence_writer import settle_zarr_writes
 from .store import (
     AtlasStore,
     Layout,
-    NotAnAtlasStore,
     RunLog,
     SequenceExists,
     validate_name,
@@ -320,20 +318,9 @@ def preflight(location: str | Path, plan: Plan, *, workers: int | None = None,
     location that is not an atlas store, a plan that clashes with the store. None: the store
     does not exist yet. (The CLI runs this before it creates a catalog.)"""
     check_engine(scheduler, workers)
-    loc = str(location)
-    path = local_path(loc)
-    if path is not None:
-        if path.exists() and not path.is_dir():
-            raise run_driver.StoreError(f"{loc} is a file, not a directory; choose another store path")
-        if not path.exists() or not any(path.iterdir()):
-            return None
-    try:
-        store = AtlasStore.open(loc, mode="r+", storage_options=storage_options)
-    except NotAnAtlasStore:
-        if path is not None:
-            raise
-        return None  # a remote location: generate() creates it or refuses what is there
-    return check_plan(store, plan)
+    store = run_driver.preflight_store(location, workers=workers, scheduler=scheduler,
+                                       storage_options=storage_options)
+    return None if store is None else check_plan(store, plan)
 
 
 def check_engine(scheduler: str | None, workers: int | None) -> None:

@@ -30,13 +30,15 @@ import signal
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync as zarr_sync
 
+from .locations import local_path
 from .provenance import utc_now
-from .store import AtlasStore, Layout, RunLog, StoreError
+from .store import AtlasStore, Layout, NotAnAtlasStore, RunLog, StoreError
 from .writer_lock import WriterLock
 
 #: Errors a task's own inputs determine (a conservation breach, a clash with stored data, bad
@@ -164,6 +166,27 @@ def locked_store(location: str, run_id: str, *, layout: Layout | None = None,
                               layout=layout or Layout())
     with WriterLock(store, {"run_id": run_id, "started": utc_now()}):
         yield store
+
+
+def preflight_store(location: str | Path, *, workers: int | None = None,
+                    scheduler: str | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> AtlasStore | None:
+    """The store a run would write (None: not there yet), or the refusal of a bad engine or
+    of a location that is not an atlas store - without writing anything."""
+    check_engine(scheduler, workers)
+    loc = str(location)
+    path = local_path(loc)
+    if path is not None:
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{loc} is a file, not a directory; choose another store path")
+        if not path.exists() or not any(path.iterdir()):
+            return None
+    try:
+        return AtlasStore.open(loc, mode="r+", storage_options=storage_options)
+    except NotAnAtlasStore:
+        if path is not None:
+            raise
+        return None  # a remote location: the run creates it or refuses what is there
 
 
 def committed_attrs(store: AtlasStore, keys: Sequence[tuple[str, str]]
