@@ -512,7 +512,8 @@ class SequenceWriter:
                     "checksum": "sha256:" + st.sha.hexdigest(), "shape": list(st.arr.shape),
                     "stats": st.moments.result(), "derived_from": src, "operation": how,
                     "nbytes_stored": store.nbytes_stored(f"{prefix}/{lvl}/{fname}/")}
-        members.update(coord_members)
+        # each group's members contiguous: zarr rebuilds the nesting with itertools.groupby
+        members = dict(sorted({**members, **coord_members}.items()))
         attrs = self._attrs("complete")
         attrs["atlasstore_sequence"].update(
             steps=self._steps, completed=utc_now(), checksum_algorithm=CHECKSUM_ALGORITHM,
