@@ -41,6 +41,8 @@ from ..store import AtlasStore, Layout, SequenceExists, validate_name
 #: bytes of source values a reader hands over at a time (the writer buffers one shard)
 READ_BLOCK_BYTES = 32 * 2**20
 PAD_MODES = ("zero", "edge", "reflect")
+#: source paths a run record lists (all of them are in its ``paths_sha256``)
+MAX_LISTED_SOURCES = 1000
 
 
 class ImportPlanError(ValueError):
@@ -244,8 +246,10 @@ class ImportPlan:
         """The run's config: the command's options and a summary of its sources (no checksums:
         the run id must not need a pass over the data)."""
         files = sorted(str(Path(f).resolve()) for f in self.files)
+        listing = hashlib.sha256("\n".join(files).encode()).hexdigest()
         return {"source_format": self.format,
-                "sources": {"count": len(files), "paths": files},
+                "sources": {"count": len(files), "paths_sha256": listing,
+                            "paths": files[:MAX_LISTED_SOURCES]},
                 "options": {**self.source_options, **self.options.to_dict()}}
 
     def config_hash(self) -> str:

@@ -364,7 +364,7 @@ def _group(found: list[_Found], pattern: str, sidecars: bool, keys: Mapping[str,
                                **({"inventory": f.inventory} if f.inventory else {})})
                       for i, f in enumerate(fs))
         unit = Unit(domain, seq, label, "npy", NpySequence(steps, field_name))
-        files += [str(f.path) for f in fs]
+        files += [str(p) for f in fs for p in (f.path, f.sidecar) if p is not None]
         if err:
             failures.append((unit, err))
         else:
