@@ -432,7 +432,7 @@ def run_import(location: str | Path, plan: ImportPlan, *, workers: int | None = 
                "host": host(), "started": utc_now(), "finished": None, "counts": {}}
         shared = {f: Shared(f"sha256-{run_id}-{hashlib.sha256(f.encode()).hexdigest()[:16]}",
                             sha256_file, (f,))
-                  for u in plan.units for f in u.shared_hashes}
+                  for u in [*plan.units, *(u for u, _ in plan.failures)] for f in u.shared_hashes}
 
         def job(unit: Unit) -> Job:
             key = f"import-{unit.domain}-{unit.sequence_id}-{run_id}"
