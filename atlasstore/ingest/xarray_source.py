@@ -174,7 +174,10 @@ def plan_xarray(path: str | Path, var: str, *, dims: Mapping[str, str] | None = 
             validate_name(v, name)
     dom = domain or re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(p).stem).strip("._-") or "xarray"
     validate_name(dom, "domain name")
-    ds = open_dataset(p, engine)
+    try:
+        ds = open_dataset(p, engine)
+    except SourceError as exc:
+        raise ImportPlanError(str(exc)) from None
     try:
         if sequence_dim is None:
             select(ds, p, var, d, sel)
@@ -187,10 +190,11 @@ def plan_xarray(path: str | Path, var: str, *, dims: Mapping[str, str] | None = 
                                   f"(dims {list(ds[var].dims)})")
             n = int(ds[var].sizes[sequence_dim]) if var in ds.data_vars else 0
             select(ds, p, var, d, {**sel, sequence_dim: 0})
-            labels = ds[var][sequence_dim].values if sequence_dim in ds[var].coords else range(n)
-            ids = [_safe(v) for v in labels]
-            if None in ids or len(set(ids)) != n:
-                ids = [f"{_safe(sequence_dim) or 'seq'}-{i:04d}" for i in range(n)]
+            ids: list[str | None] = [f"{_safe(sequence_dim) or 'seq'}-{i:04d}" for i in range(n)]
+            if sequence_dim in ds[var].coords:  # named by its coordinate where it can be
+                named = [_safe(v) for v in ds[var][sequence_dim].values]
+                if None not in named and len(set(named)) == n:
+                    ids = named
             units = [Unit(dom, str(ids[i]), f"{p} variable {var} {sequence_dim}={i}", "xarray",
                           XarraySlice(p, var, d, {**sel, sequence_dim: i}, engine, field),
                           shared_hashes=(p,)) for i in range(n)]
