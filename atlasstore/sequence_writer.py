@@ -393,16 +393,7 @@ class SequenceWriter:
 
     def _create_array(self, group: zarr.Group, name: str, shape: tuple[int, int, int],
                       attrs: Mapping[str, Any]) -> zarr.Array:
-        t, ny, nx = shape
-        tc, ts = shard_steps(self.store.layout, t)
-        # (a short sequence is one shard; its last inner chunk may extend past the end)
-        return group.create_array(
-            name, shape=shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
-            compressors=self.store.layout.compressors(), fill_value=0.0, dimension_names=DIMS,
-            # every shard is written, even all-zero ones, so a missing shard means corruption
-            config={"write_empty_chunks": True},
-            # "c.0.0.0" files beside zarr.json instead of nested c/0/0/ directories
-            chunk_key_encoding={"name": "default", "separator": "."}, attributes=dict(attrs))
+        return create_field_array(group, name, shape, self.store.layout, attrs)
 
     def _flush(self) -> None:
         """Derive, write and fold in the buffered block (whole shards; see module docstring)."""
@@ -575,6 +566,21 @@ class SequenceWriter:
             self.abort()
         elif not self._done:
             self.commit()
+
+
+def create_field_array(group: zarr.Group, name: str, shape: tuple[int, int, int], layout: Any,
+                       attrs: Mapping[str, Any]) -> zarr.Array:
+    """A (time, y, x) float32 array of a level group, chunked and compressed by ``layout``."""
+    t, ny, nx = shape
+    tc, ts = shard_steps(layout, t)
+    # (a short sequence is one shard; its last inner chunk may extend past the end)
+    return group.create_array(
+        name, shape=shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
+        compressors=layout.compressors(), fill_value=0.0, dimension_names=DIMS,
+        # every shard is written, even all-zero ones, so a missing shard means corruption
+        config={"write_empty_chunks": True},
+        # "c.0.0.0" files beside zarr.json instead of nested c/0/0/ directories
+        chunk_key_encoding={"name": "default", "separator": "."}, attributes=dict(attrs))
 
 
 def settle_zarr_writes(timeout: float = 60.0) -> None:
