@@ -194,7 +194,8 @@ class _Moments:
         self.hi = -math.inf
         self.entropies: list[NDArray[np.float64]] | None = [] if with_entropy else None
 
-    def add(self, a64: NDArray[np.float64]) -> None:
+    def add(self, a64: NDArray[np.float64], entropies: NDArray[np.float64] | None = None) -> None:
+        """Fold in a (t, y, x) block; ``entropies``: its per-step entropies if already known."""
         n_b = a64.size
         mean_b = float(a64.mean())
         m2_b = float(a64.var()) * n_b
@@ -206,7 +207,8 @@ class _Moments:
         self.lo = min(self.lo, float(a64.min()))
         self.hi = max(self.hi, float(a64.max()))
         if self.entropies is not None:
-            self.entropies.append(np.atleast_1d(physics.entropy(a64)))
+            self.entropies.append(np.atleast_1d(physics.entropy(a64) if entropies is None
+                                                else entropies))
 
     def result(self) -> dict[str, float]:
         s = {"mean": self.mean, "variance": max(self.m2 / self.n, 0.0), "min": self.lo,
@@ -409,6 +411,9 @@ class SequenceWriter:
                 if self.coords.time is not None:
                     rec["time"] = self.coords.time[t0 + i]
                 self._steps.append({"t": t0 + i, "perturbations": [], **rec, **given})
+        # the base level's per-step entropies are the step records' (computed once)
+        step_h = (np.array([st["entropy"] for st in self._steps[-n:]])
+                  if self.kind == "extensive" else None)
         for lvl in self.levels:
             ny, nx = physics.grid_level_shape((self.ny, self.nx), lvl)
             out = {name: np.empty((n, ny, nx), np.float32)
@@ -418,7 +423,9 @@ class SequenceWriter:
                     if lvl != base else self._derive_base(block[s0:s0 + sub])
                 for name, vals in zip(out, (v, gx, gy), strict=True):
                     out[name][s0:s0 + sub] = vals
-                    self._arrays[f"{lvl}/{name}"].moments.add(vals.astype(np.float64))
+                    known = (step_h[s0:s0 + sub] if step_h is not None and lvl == base
+                             and name == self.field.name else None)
+                    self._arrays[f"{lvl}/{name}"].moments.add(vals.astype(np.float64), known)
             for name, vals in out.items():
                 st = self._arrays[f"{lvl}/{name}"]
                 self._write_block(st.arr, t0, vals)
