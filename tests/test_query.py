@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import store_fixtures
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
 from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
-from store_fixtures import (  # noqa: F401  (fixtures)
+from store_fixtures import (
     A0_MEANS,
     A1_LIT,
     B0_STEPS,
@@ -22,9 +23,11 @@ from store_fixtures import (  # noqa: F401  (fixtures)
     expected_windows,
     flip_bytes,
     lit_map,
-    stats_store,
-    stats_store_path,
 )
+
+# the shared fixtures, bound as names (an import of them would read as a redefinition to ruff)
+stats_store = store_fixtures.stats_store
+stats_store_path = store_fixtures.stats_store_path
 
 N_STEPS = {("alpha", "a0"): len(A0_MEANS), ("alpha", "a1"): len(A1_LIT), ("beta", "b0"): B0_STEPS}
 ORDER = [("alpha", "a0"), ("alpha", "a1"), ("beta", "b0")]
