@@ -289,7 +289,7 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
         selector = CatalogSelector(catalog)
     return Query(store, domains=tuple(args.domains) if args.domains else None,
                  sequences=tuple(args.sequences) if args.sequences else None,
-                 scale=args.scale, fields=tuple(args.fields) if args.fields else None,
+                 scale=args.scale, fields=None if args.fields is None else tuple(args.fields),
                  window=args.window,
                  stride=args.stride, time_range=args.time_range, region=args.region,
                  entropy=args.entropy, mean=args.mean, variance=args.variance,

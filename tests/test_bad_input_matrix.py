@@ -261,8 +261,8 @@ def test_create_and_open_refuse_what_is_not_a_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kw,needle", [
     ({"scale": 100}, "scale 100"), ({"scale": 0}, "scale"), ({"scale": -64}, "scale"),
     ({"scale": True}, "scale"), ({"scale": "64"}, "scale"),
-    ({"fields": ()}, "fields is empty"), ({"fields": ("pressure",)}, "pressure"),
-    ({"fields": ("energy", "../x")}, "unknown field"),
+    ({"fields": ()}, "fields is empty"), ({"fields": ("pressure",), "scale": 64}, "pressure"),
+    ({"fields": ("energy", "../x"), "scale": 64}, "unknown field"),
     ({"window": 0}, "window"), ({"window": -1}, "window"), ({"window": 2.0}, "window"),
     ({"window": 10**9, "scale": 64}, "longer than every"), ({"stride": 0}, "stride"),
     ({"stride": True}, "stride"),
@@ -336,8 +336,9 @@ def brute_force(infos: dict, kw: dict) -> list[tuple[str, str, int, int]] | str:
     """The windows a query must yield, or "error: <why>" -- an independent reading of the docs."""
     scale, fields = kw["scale"], kw["fields"]
     window, stride = kw["window"], kw["stride"]
-    if scale not in (64, 128, 256) or not fields or any(
-            f not in ("energy", "grad_x", "grad_y") for f in fields):
+    # any positive level (the selected sequences must hold it, below); the fields are checked
+    # against what the sequences hold when windows are read (_check_query)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1 or not fields:
         return "error: scale/fields"
     if window < 1 or stride < 1:
         return "error: window/stride"
@@ -451,8 +452,10 @@ def _check_query(store: AtlasStore, selector: Any, kw: dict, expect: Any) -> Non
         try:
             data = q.to_numpy()
         except QueryError:
-            assert region is not None and (region[1] > shape[0] or region[3] > shape[1])
+            assert (region is not None and (region[1] > shape[0] or region[3] > shape[1])) or any(
+                f not in ("energy", "grad_x", "grad_y") for f in kw["fields"])
             return
+        assert all(f in ("energy", "grad_x", "grad_y") for f in kw["fields"])
         ys = slice(region[0], region[1]) if region else slice(None)
         xs = slice(region[2], region[3]) if region else slice(None)
         for i, (d, s, t0, n) in enumerate(got):
