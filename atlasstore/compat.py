@@ -146,7 +146,7 @@ class EnergyAtlasLoader:
         meta = json_document(dict(metadata or {}), f"metadata of map {domain}/{map_id}")
         if domain not in self.store.domains():
             self.store.create_domain(domain, None)
-        generation = {"source": "save_map"}
+        generation = {"kind": "save_map", "source": "save_map"}
         if meta:
             generation["source"] = f"save_map: {str(meta.get('source', 'user'))[:200]}"
         steps = [step_record(0, e, metadata=meta)] if meta else None

@@ -274,8 +274,11 @@ class SequenceWriter:
             raise physics.GridError(f"{what}: {exc}") from None
         self.coords = coords or NO_COORDINATES
         self._check_coords()
-        self.generation = {"code_version": __version__,
-                           **json_document(dict(generation or {}), f"{what} generation")}
+        gen = json_document(dict(generation or {}), f"{what} generation")
+        # who wrote it (notes/contract-provenance.md): generate, import and save_map say so;
+        # anything else came through the Python API
+        kind = gen.get("kind") or ("generate" if gen.get("run_id") else "api")
+        self.generation = {"code_version": __version__, **gen, "kind": kind}
         self.field_record = json_document(field.record(), f"{what} field")
         self.coord_record = self.coords.record()
         self.overwrite = overwrite

@@ -406,3 +406,15 @@ def test_writer_refuses_what_it_cannot_write(store: AtlasStore) -> None:
             SequenceWriter(store, "lab", "s", shape)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="FieldSpec"):
         SequenceWriter(store, "lab", "s", (3, 64, 64), field="energy")  # type: ignore[arg-type]
+
+
+def test_every_write_says_who_wrote_it(store: AtlasStore) -> None:
+    """generation.kind (notes/contract-provenance.md): the API, save_map, a generation run."""
+    from atlasstore.compat import EnergyAtlasLoader
+
+    e = energy_sequence(2)
+    assert store.write_sequence("lab", "a", e)["generation"]["kind"] == "api"
+    assert store.write_sequence("lab", "g", e, generation={"run_id": "run-0123456789abcdef"}
+                                )["generation"]["kind"] == "generate"
+    EnergyAtlasLoader(store).save_map(e[0], "lab", "m")
+    assert store.sequence_info("lab", "m")["generation"]["kind"] == "save_map"
