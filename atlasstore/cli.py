@@ -336,19 +336,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from .physics import gradient_magnitude
+    from .sequence_writer import primary_field
 
     store = _open_store(args)
     info = store.sequence_info(args.domain, args.sequence)
+    name = primary_field(info)  # energy, or an imported field's own name
     if not 0 <= args.t < info["n_steps"]:
         raise UserError(f"--t {args.t} outside 0..{info['n_steps'] - 1}")
     levels = info["levels"]
     fig, axes = plt.subplots(2, len(levels), figsize=(4 * len(levels), 7.5), squeeze=False)
     for j, lvl in enumerate(levels):
-        e = store.read(args.domain, args.sequence, lvl, "energy", t=args.t)
+        e = store.read(args.domain, args.sequence, lvl, name, t=args.t)
         gx = store.read(args.domain, args.sequence, lvl, "grad_x", t=args.t)
         gy = store.read(args.domain, args.sequence, lvl, "grad_y", t=args.t)
-        panels = ((e, f"E at {lvl}", "inferno"),
-                  (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))
+        sym = "E" if name == "energy" else name
+        panels = ((e, f"{sym} at {lvl}", "inferno"),
+                  (gradient_magnitude(gx, gy), f"|grad {sym}| at {lvl}", "viridis"))
         for i, (img, title, cmap) in enumerate(panels):
             ax = axes[i][j]
             im = ax.imshow(img, cmap=cmap, origin="lower")
@@ -357,8 +360,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046)
     step = info["steps"][args.t]
-    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  H={step['entropy']:.3f} nats  "
-                 f"sum E={step['sum']:.4g}")
+    stats = (f"H={step['entropy']:.3f} nats  sum={step['sum']:.4g}" if "entropy" in step
+             else f"mean={step['mean']:.4g}")  # an intensive field has no entropy
+    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  {stats}")
     fig.tight_layout()
     out = Path(args.out or f"{args.domain}_{args.sequence}_t{args.t}.png")
     fig.savefig(out, dpi=80)

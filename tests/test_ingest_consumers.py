@@ -61,6 +61,15 @@ def test_atlas_query_at_every_stored_level(well_store: Path, tmp_path: Path) -> 
     assert rc == 2 and "has no scale 256; levels: [128, 64]" in err
 
 
+def test_atlas_show_on_imported_fields(well_store: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "q.png"
+    rc, _, err = run_cli("show", "--store", str(well_store), "turbulent_radiative_layer_2D",
+                         "trl-traj0001", "--t", "2", "--out", str(out))
+    assert rc == 0, err
+    assert out.stat().st_size > 1000
+
+
 def test_the_stream_on_imported_data(well_store: Path) -> None:
     pytest.importorskip("jax")
     from atlasstore.stream import stream
