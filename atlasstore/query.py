@@ -291,7 +291,7 @@ class Query:
         want = tuple(fields) if fields else self.fields
         keys = list(dict.fromkeys((w.domain, w.sequence_id) for w in windows))
         if want is None:
-            return (self._common_primary(keys),)
+            return (self.primary_of(keys),)
         for d, s in keys:
             held = self.store.sequence_info(d, s)["fields"]
             for f in want:
@@ -299,7 +299,9 @@ class Query:
                     raise QueryError(f"unknown field {f!r}; {d}/{s} holds: {', '.join(held)}")
         return want
 
-    def _common_primary(self, keys: Sequence[tuple[str, str]]) -> str:
+    def primary_of(self, keys: Sequence[tuple[str, str]]) -> str:
+        """The primary field these (domain, sequence) hold: one name, or QueryError naming
+        the different ones ("energy" for none)."""
         primaries: dict[str, str] = {}
         for d, s in keys:
             primaries.setdefault(primary_field(self.store.sequence_info(d, s)), f"{d}/{s}")
@@ -311,7 +313,7 @@ class Query:
 
     def primary_field(self) -> str:
         """The primary field of the selected sequences (they must agree; "energy" when none)."""
-        return self._common_primary([(s.domain, s.sequence_id) for s in self.selection()])
+        return self.primary_of([(s.domain, s.sequence_id) for s in self.selection()])
 
     def read_windows(self, windows: Sequence[Window], fields: Sequence[str] | None = None,
                      scale: int | None = None) -> dict[str, NDArray[np.float32]]:

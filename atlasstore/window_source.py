@@ -145,7 +145,7 @@ class WindowSource:
         #: the selected sequences' primary field (energy, or an imported field's own name):
         #: the target, and the first input field
         try:
-            self.primary = query._common_primary(self.sequences_of(selected))
+            self.primary = query.primary_of(self.sequences_of(selected))
         except QueryError as exc:
             raise StreamError(str(exc)) from None
         extra = tuple(f for f in (fields if fields is not None else query.fields or ())
