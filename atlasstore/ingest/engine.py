@@ -309,9 +309,18 @@ def write_unit(location: str, unit: Unit, options: ImportOptions, run_id: str,
     return result
 
 
-def _task(unit: Unit) -> dict[str, Any]:
-    return {"domain": unit.domain, "sequence_id": unit.sequence_id, "source": unit.source,
-            "format": unit.format}
+@dataclass(frozen=True)
+class ImportTask:
+    """What results and failures of a unit carry (see :class:`run_driver.Job`)."""
+
+    domain: str
+    sequence_id: str
+    source: str
+    format: str
+
+
+def _task(unit: Unit) -> ImportTask:
+    return ImportTask(unit.domain, unit.sequence_id, unit.source, unit.format)
 
 
 def _identity(sources: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
@@ -438,7 +447,7 @@ def run_import(location: str | Path, plan: ImportPlan, *, workers: int | None = 
             key = f"import-{unit.domain}-{unit.sequence_id}-{run_id}"
             args = (loc, unit, plan.options, run_id, lay, storage_options,
                     *(shared[f] for f in unit.shared_hashes))
-            return Job(_key(unit), unit.domain, unit.sequence_id, key, write_unit, args,
+            return Job(_task(unit), unit.domain, unit.sequence_id, key, write_unit, args,
                        source=unit.source)
 
         failed = [(job(u), err) for u, err in plan.failures]
@@ -446,17 +455,6 @@ def run_import(location: str | Path, plan: ImportPlan, *, workers: int | None = 
                                   workers=workers, scheduler=scheduler, catalog=catalog,
                                   progress=progress, catalog_batch=catalog_batch,
                                   dask_logs=dask_logs)
-
-
-class _Key(dict[str, Any]):
-    """A hashable task record (results and failures carry it)."""
-
-    def __hash__(self) -> int:  # type: ignore[override]  # a dict is unhashable by design
-        return hash(tuple(sorted(self.items())))
-
-
-def _key(unit: Unit) -> _Key:
-    return _Key(_task(unit))
 
 
 def resolve_inside(root: Path, path: Path) -> Path:
