@@ -68,31 +68,11 @@ def write_well(path: Path, n_traj: int, n_steps: int, nx: int, ny: int, seed: in
     written a time slab at a time; returns the bytes of density."""
     import h5py
 
+    from well_fixture import write_header
+
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
-        f.attrs.update(dataset_name="turbulent_radiative_layer_2D", grid_type="cartesian",
-                       n_spatial_dims=2, n_trajectories=n_traj, simulation_parameters=["tcool"],
-                       tcool=0.1)
-        d = f.create_group("dimensions")
-        d.attrs["spatial_dims"] = ["x", "y"]
-        d["time"] = np.linspace(0, 0.1 * (n_steps - 1), n_steps, dtype="float32")
-        d["time"].attrs["sample_varying"] = False
-        d["x"] = np.linspace(-0.5, 0.5, nx, dtype="float32")
-        d["y"] = np.linspace(-1.0, 2.0, ny, dtype="float32")
-        for k in ("x", "y"):
-            d[k].attrs.update(sample_varying=False, time_varying=False)
-        bc = f.create_group("boundary_conditions")
-        for name, ax, typ, size in (("x_periodic", "x", "PERIODIC", nx), ("y_open", "y", "OPEN", ny)):
-            g = bc.create_group(name)
-            m = np.zeros(size, bool)
-            m[[0, -1]] = True
-            g.attrs.update(associated_dims=[ax], associated_fields=[], bc_type=typ,
-                           sample_varying=False, time_varying=False)
-            g["mask"] = m
-        s = f.create_group("scalars")
-        s.attrs["field_names"] = ["tcool"]
-        s["tcool"] = np.float32(0.1)
-        s["tcool"].attrs.update(sample_varying=False, time_varying=False)
+        write_header(f, n_traj=n_traj, n_steps=n_steps, nx=nx, ny=ny)
         t0 = f.create_group("t0_fields")
         t0.attrs["field_names"] = ["density"]
         ds = t0.create_dataset("density", shape=(n_traj, n_steps, nx, ny), dtype="float32")

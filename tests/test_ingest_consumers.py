@@ -3,8 +3,6 @@ streaming iterator and `atlas train`."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore import cli
 from atlasstore.ingest import import_well, import_xarray
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore
+from cli_runner import run_cli
 from well_fixture import write_well_file
 
 TINY: dict[str, Any] = {
@@ -29,13 +27,6 @@ TINY: dict[str, Any] = {
     "eval": {"mc_samples": 2, "rollout_steps": 2, "n_plots": 1, "batch_size": 2,
              "fit_windows": 4},
 }
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ partial visible), resume and the command line.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -17,25 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlasstore import cli
 from atlasstore.audit import audit
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.index import CatalogSelector
 from atlasstore.ingest import ImportOptions, ImportPlanError, import_npy, plan_npy
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore, RunLog
+from cli_runner import run_cli
 from predecessor_fixture import PATTERN, Written, write_predecessor_folder
 from store_fixtures import listing
 
 SMALL = {"domains": ("plasma_physics", "fluid_dynamics"), "sequences": 2, "steps": 4,
          "shape": (64, 64)}
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ axis or a swapped coordinate would show.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import h5py
@@ -17,22 +15,15 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from atlasstore import cli
 from atlasstore.audit import audit
 from atlasstore.ingest import ImportOptions, ImportPlanError, import_well, plan_well
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore
+from cli_runner import run_cli
 from well_fixture import pattern, write_well_file
 
 dummy_data = pytest.importorskip("the_well.utils.dummy_data",
                                  reason="the-well 1.2.0 (scripts/setup installs it --no-deps)")
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,9 @@ from atlasstore import cli
 from atlasstore.ingest import ImportOptions, ImportPlanError, import_xarray, plan_xarray
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore
+from cli_runner import run_cli
 
 DIMS = {"time": "t", "y": "lat", "x": "lon"}
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def dataset(runs: int = 2, steps: int = 6, ny: int = 96, nx: int = 160) -> xr.Dataset:

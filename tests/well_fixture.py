@@ -5,6 +5,7 @@ time-varying scalars, and fields whose flags leave axes out (per ``notes/well.md
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -16,6 +17,35 @@ def pattern(b: int, t: int, nx: int, ny: int) -> np.ndarray:
     i = np.arange(nx)[:, None]
     j = np.arange(ny)[None, :]
     return (1.0 + i + 1000.0 * j + 1e6 * t + 1e7 * b).astype(np.float64)
+
+
+def write_header(f: h5py.File, *, n_traj: int, n_steps: int, nx: int, ny: int,
+                 name: str = "turbulent_radiative_layer_2D", tcool: float = 0.1,
+                 names: Callable[[list[str]], object] = lambda v: v) -> None:
+    """Root attributes, ``dimensions/`` (x first), boundary conditions (x periodic, y open,
+    masks at both ends) and the constant scalar ``tcool`` of a TRL-like file."""
+    f.attrs.update(dataset_name=name, grid_type="cartesian", n_spatial_dims=2,
+                   n_trajectories=n_traj, simulation_parameters=names(["tcool"]), tcool=tcool)
+    d = f.create_group("dimensions")
+    d.attrs["spatial_dims"] = names(["x", "y"])
+    d["time"] = np.linspace(0.0, 1.597033 * (n_steps - 1), n_steps, dtype="float32")
+    d["time"].attrs["sample_varying"] = False
+    d["x"] = np.linspace(-0.5, 0.5, nx, dtype="float32")
+    d["y"] = np.linspace(-1.0, 2.0, ny, dtype="float32")
+    for k in ("x", "y"):
+        d[k].attrs.update(sample_varying=False, time_varying=False)
+    bc = f.create_group("boundary_conditions")
+    for bname, ax, typ, size in (("x_periodic", "x", "PERIODIC", nx), ("y_open", "y", "OPEN", ny)):
+        g = bc.create_group(bname)
+        m = np.zeros(size, bool)
+        m[[0, -1]] = True
+        g.attrs.update(associated_dims=names([ax]), associated_fields=[], bc_type=typ,
+                       sample_varying=False, time_varying=False)
+        g["mask"] = m
+    s = f.create_group("scalars")
+    s.attrs["field_names"] = names(["tcool"])
+    s["tcool"] = np.float32(tcool)
+    s["tcool"].attrs.update(sample_varying=False, time_varying=False)
 
 
 def write_well_file(path: str | Path, *, n_traj: int = 2, n_steps: int = 5, nx: int = 128,
@@ -36,28 +66,10 @@ def write_well_file(path: str | Path, *, n_traj: int = 2, n_steps: int = 5, nx: 
 
     out: dict[str, np.ndarray] = {}
     with h5py.File(path, "w") as f:
-        f.attrs.update(dataset_name=name, grid_type="cartesian", n_spatial_dims=2,
-                       n_trajectories=n_traj, simulation_parameters=names(["tcool"]), tcool=tcool)
-        d = f.create_group("dimensions")
-        d.attrs["spatial_dims"] = names(["x", "y"])
-        d["time"] = np.linspace(0.0, 1.597033 * (n_steps - 1), n_steps, dtype="float32")
-        d["time"].attrs["sample_varying"] = False
-        d["x"] = np.linspace(-0.5, 0.5, nx, dtype="float32")
-        d["y"] = np.linspace(-1.0, 2.0, ny, dtype="float32")
-        for k in ("x", "y"):
-            d[k].attrs.update(sample_varying=False, time_varying=False)
-        bc = f.create_group("boundary_conditions")
-        for bname, ax, typ, size in (("x_periodic", "x", "PERIODIC", nx), ("y_open", "y", "OPEN", ny)):
-            g = bc.create_group(bname)
-            m = np.zeros(size, bool)
-            m[[0, -1]] = True
-            g.attrs.update(associated_dims=names([ax]), associated_fields=[], bc_type=typ,
-                           sample_varying=False, time_varying=False)
-            g["mask"] = m
-        s = f.create_group("scalars")
+        write_header(f, n_traj=n_traj, n_steps=n_steps, nx=nx, ny=ny, name=name, tcool=tcool,
+                     names=names)
+        s = f["scalars"]
         s.attrs["field_names"] = names(["tcool", "mass_flux"])
-        s["tcool"] = np.float32(tcool)
-        s["tcool"].attrs.update(sample_varying=False, time_varying=False)
         flux = rng.random((n_traj, n_steps))
         s["mass_flux"] = flux
         s["mass_flux"].attrs.update(sample_varying=True, time_varying=True)
