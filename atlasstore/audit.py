@@ -2,9 +2,10 @@
 a dataset version's (a checkpoint's) training data still matches the store.
 
 Every array is decoded in full (crc32c of every chunk checked by the codec) and its SHA-256 of
-decoded values compared with the one committed; every stored value is checked non-negative (for
-energy) and finite; every pyramid level is checked to conserve sum E against the base level.
-Drift compares every committed sequence, whoever wrote it, with the catalog.
+decoded values compared with the one committed; every stored value is checked finite, and the
+primary field's physics where it makes sense: an extensive field (energy) non-negative with
+every pyramid level conserving its sum against the base level, an intensive field (a
+temperature, a velocity) with every level conserving its mean (its values may be negative).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from . import physics
 from .catalog.base import sequence_checksum
+from .sequence_writer import field_kind, primary_field
 from .store import AtlasStore, CorruptArray, NotFound, checksum
 
 
@@ -77,7 +79,7 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
             if store.sequence_status(domain, seq) != "complete":
                 report.problems.append(Problem(f"{domain}/{seq}", "incomplete",
                                                "sequence is not committed (a crashed or running writer); "
-                                               "re-run generation to complete it"))
+                                               "re-run the command that wrote it to complete it"))
                 continue
             info = store.sequence_info(domain, seq)
             stored_keys.add(f"{domain}/{seq}")  # every committed sequence is catalogued
@@ -86,7 +88,8 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
             dr.bytes_on_disk += store.nbytes_stored(f"{domain}/{seq}/")
             means += [s["mean"] for s in info["steps"]]
             variances += [s["variance"] for s in info["steps"]]
-            entropies += [s["entropy"] for s in info["steps"]]
+            entropies += [s["entropy"] for s in info["steps"] if "entropy" in s]
+            primary, kind = primary_field(info), field_kind(info)
             base_sums = None
             for key, rec in sorted(info["arrays"].items(), key=lambda kv: -int(kv[0].split("/")[0])):
                 lvl_s, fname = key.split("/")
@@ -109,31 +112,45 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
                     report.problems.append(Problem(path, "checksum",
                                                    "decoded values do not match the committed checksum"))
                     continue
-                report.problems += _invariants(path, fname, lvl, values, base_sums, tolerance)
-                if fname == "energy" and lvl == max(info["levels"]):
-                    base_sums = values.astype(np.float64).sum(axis=(1, 2))
+                report.problems += _invariants(path, fname == primary, kind, lvl, values,
+                                               base_sums, tolerance)
+                if fname == primary and lvl == max(info["levels"]):
+                    base_sums = _totals(values, kind)
         if means:
-            dr.mean, dr.variance, dr.entropy = (float(np.mean(v)) for v in (means, variances, entropies))
+            dr.mean, dr.variance = float(np.mean(means)), float(np.mean(variances))
+            dr.entropy = float(np.mean(entropies)) if entropies else float("nan")
     if catalog is not None:
         report.problems += drift(stored_keys, set(catalog.sequence_keys()), domains)
     return report
 
 
-def _invariants(path: str, fname: str, level: int, values: np.ndarray,
-                base_sums: np.ndarray | None, tolerance: float) -> list[Problem]:
+def _totals(values: np.ndarray, kind: str) -> np.ndarray:
+    """What every level of a pyramid conserves, per step: the sum (extensive), the mean
+    (intensive)."""
+    v = values.astype(np.float64)
+    return v.sum(axis=(1, 2)) if kind == "extensive" else v.mean(axis=(1, 2))
+
+
+def _invariants(path: str, primary: bool, kind: str, level: int, values: np.ndarray,
+                base: np.ndarray | None, tolerance: float) -> list[Problem]:
     out = []
     if not np.isfinite(values).all():
         out.append(Problem(path, "invariant", "non-finite values stored"))
         return out
-    if fname == "energy":
-        if (values < 0).any():
-            out.append(Problem(path, "invariant", f"{int((values < 0).sum())} negative energies"))
-        if base_sums is not None:
-            sums = values.astype(np.float64).sum(axis=(1, 2))
-            err = np.abs(sums - base_sums) / np.where(base_sums > 0, base_sums, 1.0)
-            if (err >= tolerance).any():
-                out.append(Problem(path, "invariant", f"level {level} does not conserve energy "
-                                   f"(max relative error {float(err.max()):.3e})"))
+    if not primary:
+        return out
+    if kind == "extensive" and (values < 0).any():
+        out.append(Problem(path, "invariant", f"{int((values < 0).sum())} negative values in an "
+                           "extensive field"))
+    if base is not None:
+        got = _totals(values, kind)
+        scale = np.abs(base) if kind == "extensive" else np.maximum(
+            np.abs(values).astype(np.float64).mean(axis=(1, 2)), np.abs(base))
+        err = np.abs(got - base) / np.where(scale > 0, scale, 1.0)
+        if (err >= tolerance).any():
+            what = "energy" if kind == "extensive" else "the mean"
+            out.append(Problem(path, "invariant", f"level {level} does not conserve {what} "
+                               f"(max relative error {float(err.max()):.3e})"))
     return out
 
 

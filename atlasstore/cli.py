@@ -13,7 +13,7 @@ import json
 import os
 import select
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,18 +182,93 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.close()
         if catalog is not None:
             catalog.close()
+    return _run_summary(report, f"{_fmt_bytes(report.bytes_written)} decoded",
+                        lambda f: f" seed={f.seed}: ")
+
+
+def _run_summary(report: Any, volume: str, label: Callable[[Any], str]) -> int:
+    """The summary line of a run, a FAILED line per failure (``label(failure)`` between the
+    sequence and its error), store and catalog problems; the exit status."""
     print(f"run {report.run_id}: {report.written} sequences written, {report.skipped} already "
-          f"complete, {len(report.failures)} failed; {report.maps} maps, "
-          f"{_fmt_bytes(report.bytes_written)} decoded, {report.seconds:.1f} s, "
-          f"{report.maps_per_second:.1f} maps/s ({report.engine})")
+          f"complete, {len(report.failures)} failed; {report.maps} maps, {volume}, "
+          f"{report.seconds:.1f} s, {report.maps_per_second:.1f} maps/s ({report.engine})")
     for f in report.failures:
-        print(f"FAILED {f.domain}/{f.sequence_id} seed={f.seed}: {f.error}", file=sys.stderr)
+        print(f"FAILED {f.domain}/{f.sequence_id}{label(f)}{f.error}", file=sys.stderr)
     for e in report.store_errors:
         print(f"store: {e}", file=sys.stderr)
     for e in report.catalog_errors:
         print(f"catalog not updated ({e}); the store is complete - run `atlas catalog sync` "
               f"when the catalog is back", file=sys.stderr)
     return EXIT_FAILED if report.failures or report.store_errors or report.catalog_errors else 0
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """'a=x,b=y' -> {'a': 'x', 'b': 'y'}."""
+    out = {}
+    for item in _csv(text):
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        out[k] = v
+    return out
+
+
+def _int_pairs(text: str) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in _pairs(text).items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DIM=INDEX[,DIM=INDEX...], got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        ny, nx = text.lower().split("x")
+        return int(ny), int(nx)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NYxNX (rows x columns), e.g. 128x384, got "
+                                         f"{text!r}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .ingest import ImportOptions, plan_npy, plan_well, plan_xarray, run_import
+
+    options = ImportOptions(kind=args.kind, levels=tuple(args.levels) if args.levels else None,
+                            smallest=args.min_level, crop=args.crop, pad=args.pad,
+                            pad_mode=args.pad_mode)
+    if args.source == "npy":
+        plan = plan_npy(args.dir, args.pattern, domain=args.domain, sequence=args.sequence,
+                        sidecars=not args.no_sidecars, sidecar_keys=args.sidecar_keys,
+                        inventory=args.inventory, field_name=args.field, options=options)
+    elif args.source == "well":
+        plan = plan_well(args.files, field=args.field, derive=args.derive, domain=args.domain,
+                         density=args.density, velocity=args.velocity, options=options)
+    else:
+        plan = plan_xarray(args.path, args.var, dims=args.dims, sequence_dim=args.sequence_dim,
+                           isel=args.isel, domain=args.domain, sequence=args.sequence,
+                           field=args.field, engine=args.engine, options=options)
+    # every refusal (engine, store) before any file is created
+    from .run_driver import preflight_store
+
+    preflight_store(args.store, workers=args.workers, scheduler=args.scheduler)
+    catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
+    bar = tqdm(total=len(plan.units) + len(plan.failures), unit="seq", desc="import",
+               disable=args.quiet or not sys.stderr.isatty() and not args.progress,
+               file=sys.stderr)
+
+    def progress(_result: dict[str, Any]) -> None:
+        bar.update(1)
+
+    try:
+        report = run_import(args.store, plan, workers=args.workers, scheduler=args.scheduler,
+                            catalog=catalog, progress=progress, dask_logs=args.debug)
+    finally:
+        bar.close()
+        if catalog is not None:
+            catalog.close()
+    # the error names the file it comes from
+    return _run_summary(report, f"{_fmt_bytes(report.source_bytes)} read", lambda f: ": ")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -224,7 +299,8 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
         selector = CatalogSelector(catalog)
     return Query(store, domains=tuple(args.domains) if args.domains else None,
                  sequences=tuple(args.sequences) if args.sequences else None,
-                 scale=args.scale, fields=tuple(args.fields), window=args.window,
+                 scale=args.scale, fields=None if args.fields is None else tuple(args.fields),
+                 window=args.window,
                  stride=args.stride, time_range=args.time_range, region=args.region,
                  entropy=args.entropy, mean=args.mean, variance=args.variance,
                  perturbation=args.perturbation, run_id=args.run, selector=selector)
@@ -280,19 +356,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from .physics import gradient_magnitude
+    from .sequence_writer import primary_field
 
     store = _open_store(args)
     info = store.sequence_info(args.domain, args.sequence)
+    name = primary_field(info)  # energy, or an imported field's own name
     if not 0 <= args.t < info["n_steps"]:
         raise UserError(f"--t {args.t} outside 0..{info['n_steps'] - 1}")
     levels = info["levels"]
     fig, axes = plt.subplots(2, len(levels), figsize=(4 * len(levels), 7.5), squeeze=False)
     for j, lvl in enumerate(levels):
-        e = store.read(args.domain, args.sequence, lvl, "energy", t=args.t)
+        e = store.read(args.domain, args.sequence, lvl, name, t=args.t)
         gx = store.read(args.domain, args.sequence, lvl, "grad_x", t=args.t)
         gy = store.read(args.domain, args.sequence, lvl, "grad_y", t=args.t)
-        panels = ((e, f"E at {lvl}", "inferno"),
-                  (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))
+        sym = "E" if name == "energy" else name
+        panels = ((e, f"{sym} at {lvl}", "inferno"),
+                  (gradient_magnitude(gx, gy), f"|grad {sym}| at {lvl}", "viridis"))
         for i, (img, title, cmap) in enumerate(panels):
             ax = axes[i][j]
             im = ax.imshow(img, cmap=cmap, origin="lower")
@@ -301,8 +380,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046)
     step = info["steps"][args.t]
-    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  H={step['entropy']:.3f} nats  "
-                 f"sum E={step['sum']:.4g}")
+    stats = (f"H={step['entropy']:.3f} nats  sum={step['sum']:.4g}" if "entropy" in step
+             else f"mean={step['mean']:.4g}")  # an intensive field has no entropy
+    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  {stats}")
     fig.tight_layout()
     out = Path(args.out or f"{args.domain}_{args.sequence}_t{args.t}.png")
     fig.savefig(out, dpi=80)
@@ -558,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
     s.set_defaults(func=cmd_generate)
 
+    _add_import_command(sub, common, cat)
+
     s = sub.add_parser("ls", parents=[common], help="list domains, or the sequences of a domain")
     s.add_argument("domain", nargs="?", help="list this domain's sequences (default: list domains)")
     s.set_defaults(func=cmd_ls)
@@ -566,11 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domains", type=_csv, default=None,
                    help="comma-separated domains (default: every domain of the store)")
     s.add_argument("--sequences", type=_csv, default=None, help="sequence ids or domain/id")
-    s.add_argument("--scale", type=int, default=256,
-                   help="pyramid level to read, by the short side of its maps: 256, 128 or 64 "
-                        "(default 256)")
-    s.add_argument("--fields", type=_csv, default=["energy"],
-                   help="comma-separated fields: energy, grad_x, grad_y (default energy)")
+    s.add_argument("--scale", type=int, default=None,
+                   help="pyramid level to read, by the short side of its maps (256, 128 or 64 for "
+                        "generated data; any stored level; default: the full resolution of the "
+                        "selected sequences)")
+    s.add_argument("--fields", type=_csv, default=None,
+                   help="comma-separated fields: the primary field (energy, or an imported "
+                        "field's name), grad_x, grad_y (default: the primary field)")
     s.add_argument("--window", type=int, default=1, help="time steps per window (default 1)")
     s.add_argument("--stride", type=int, default=1,
                    help="steps between the starts of successive windows (default 1)")
@@ -641,6 +725,90 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_import_command(sub: Any, common: argparse.ArgumentParser,
+                        cat: argparse.ArgumentParser) -> None:
+    """`atlas import npy|well|xarray`: bring your own data (atlasstore.ingest)."""
+    shape = _Parser(add_help=False)
+    g = shape.add_argument_group("shaping (every source)")
+    g.add_argument("--kind", choices=("extensive", "intensive"), default=None,
+                   help="the field's kind: extensive (per-pixel content: block-sum pyramid, "
+                        "non-negative, entropy) or intensive (mean pyramid, any sign); default: "
+                        "extensive for energy and *_energy, else intensive")
+    g.add_argument("--levels", type=_scales, default=None,
+                   help="pyramid levels by short side, the full resolution first, e.g. 512,256 "
+                        "(default: the native size and its halvings down to --min-level)")
+    g.add_argument("--min-level", type=int, default=64,
+                   help="smallest short side the default pyramid halves down to (default 64)")
+    g.add_argument("--crop", type=_size, default=None, metavar="NYxNX",
+                   help="keep the first NY rows and NX columns of every map")
+    g.add_argument("--pad", type=_size, default=None, metavar="NYxNX",
+                   help="pad every map at its far end to NY rows and NX columns")
+    g.add_argument("--pad-mode", choices=("zero", "edge", "reflect"), default=None,
+                   help="what --pad fills with (default: zero for extensive fields, edge for "
+                        "intensive ones)")
+    e = shape.add_argument_group("engine")
+    e.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
+    e.add_argument("--scheduler", default=None,
+                   help="'processes' (default), 'threads', 'serial', or a Dask scheduler address")
+    e.add_argument("--no-catalog", action="store_true", help="do not register in a catalog")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
+
+    s = sub.add_parser("import", help="import your own data: the predecessor's .npy folders, "
+                                      "The Well's HDF5 files, any xarray dataset")
+    isub = s.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    parents = [common, cat, shape]
+    i = isub.add_parser("npy", parents=parents,
+                        help="a folder of .npy maps with JSON sidecars (the predecessor's layout)")
+    i.add_argument("dir", help="the folder")
+    i.add_argument("--pattern", default="{domain}/{sequence}_t{t}.npy",
+                   help="relative path of every map with fields {domain}, {sequence} and {t} "
+                        "(default '{domain}/{sequence}_t{t}.npy'); '*' matches within a name")
+    i.add_argument("--domain", default=None, help="the domain, if the pattern has no {domain}")
+    i.add_argument("--sequence", default=None,
+                   help="the sequence id, if the pattern has no {sequence}")
+    i.add_argument("--sidecar-keys", type=_pairs, default=None, metavar="FIELD=KEY,...",
+                   help="take domain, sequence or t from these sidecar keys, e.g. "
+                        "sequence=sequence_id,t=time_step")
+    i.add_argument("--no-sidecars", action="store_true", help="maps without JSON sidecars")
+    i.add_argument("--inventory", default=None,
+                   help="the predecessor's catalog.json (default: DIR/catalog.json if present); "
+                        "files must match its checksums")
+    i.add_argument("--field", default="energy", help="name of the stored field (default energy)")
+    i.set_defaults(func=cmd_import)
+    i = isub.add_parser("well", parents=parents,
+                        help="HDF5 files in The Well's format, one sequence per trajectory")
+    i.add_argument("files", nargs="+", help="the HDF5 files")
+    what = i.add_mutually_exclusive_group(required=True)
+    what.add_argument("--field", default=None,
+                      help="a t0 field (e.g. density) or a t1 component (e.g. velocity_x)")
+    what.add_argument("--derive", choices=("kinetic_energy",), default=None,
+                      help="a derived energy density: kinetic_energy = 1/2 rho |u|^2 (1/2 |u|^2 "
+                           "where the file has no density)")
+    i.add_argument("--domain", default=None, help="the domain (default: the file's dataset_name)")
+    i.add_argument("--density", default="density", help="density field for --derive (default density)")
+    i.add_argument("--velocity", default="velocity",
+                   help="velocity field for --derive (default velocity)")
+    i.set_defaults(func=cmd_import)
+    i = isub.add_parser("xarray", parents=parents,
+                        help="a variable of anything xarray opens (NetCDF, Zarr, HDF5)")
+    i.add_argument("path", help="the file or Zarr store")
+    i.add_argument("--var", required=True, help="the variable to import")
+    i.add_argument("--dims", type=_pairs, default=None, metavar="time=T,y=Y,x=X",
+                   help="which of the variable's dimensions are time, y and x (default: "
+                        "dimensions named time, y, x)")
+    i.add_argument("--sequence-dim", default=None,
+                   help="a dimension whose every index is its own sequence")
+    i.add_argument("--isel", type=_int_pairs, default=None, metavar="DIM=INDEX,...",
+                   help="fix other dimensions at an index")
+    i.add_argument("--domain", default=None, help="the domain (default: the file's name)")
+    i.add_argument("--sequence", default=None,
+                   help="the sequence id without --sequence-dim (default: the variable's name)")
+    i.add_argument("--field", default=None, help="name of the stored field (default: --var)")
+    i.add_argument("--engine", default=None, help="xarray's engine (default: by the file)")
+    i.set_defaults(func=cmd_import)
+
+
 def _add_nvp_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.ArgumentParser) -> None:
     """`atlas train` / `atlas evaluate`, when the NVP module is present."""
     try:
@@ -658,8 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
         return code
     except KeyboardInterrupt as exc:
-        gen = sys.modules.get("atlasstore.generate")  # only generate raises the detailed one
-        if gen is not None and isinstance(exc, gen.GenerationInterrupted):
+        drv = sys.modules.get("atlasstore.run_driver")  # only runs raise the detailed one
+        if drv is not None and isinstance(exc, drv.RunInterrupted):
             print(f"atlas: interrupted: {exc.complete} of {exc.total} sequences of {exc.run_id} "
                   f"are complete; run the same command again to resume", file=sys.stderr)
         else:

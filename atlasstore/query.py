@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .physics import SCALES
-from .store import FIELDS, AtlasStore, InvalidName, NotFound, validate_name
+from .sequence_writer import primary_field
+from .store import AtlasStore, InvalidName, NotFound, validate_name
 
 #: an inclusive (lo, hi) statistic range; None is an open bound
 Range = tuple[float | None, float | None]
@@ -121,16 +121,23 @@ class StoreSelector:
 class Query:
     """What to read. All filters are optional; windows are ``window`` steps, every ``stride``.
 
-    ``time_range`` is a half-open [start, stop) of steps a window must lie in; ``region`` is
-    (y0, y1, x0, x1) in pixels of the query's ``scale``. Stat ranges are inclusive and apply to
-    every step of a window (entropy in nats, mean and variance of the base-level energy).
+    ``scale`` is a stored level, named by the short side of its maps (256, 128, 64 for the
+    generator's maps; any level the store holds, e.g. 128 and 64 for 384x128 maps); None means
+    the full resolution of the selected sequences (they must agree), found when the query is
+    built. ``fields`` are arrays the selected sequences hold; None (the default) is their
+    primary field (``energy`` for generated data, the field's own name for imported data; they
+    must agree). ``time_range`` is a half-open [start, stop) of steps a window must lie in;
+    ``region`` is (y0, y1, x0, x1) in pixels of the query's ``scale``. Stat ranges are
+    inclusive and apply to every step of a window (entropy in nats, mean and variance of the
+    base-level primary field; a field without entropy - an intensive one - never passes an
+    entropy range).
     """
 
     store: AtlasStore
     domains: tuple[str, ...] | None = None
     sequences: tuple[str, ...] | None = None
     scale: int = 256
-    fields: tuple[str, ...] = ("energy",)
+    fields: tuple[str, ...] | None = None
     window: int = 1
     stride: int = 1
     time_range: tuple[int, int] | None = None
@@ -151,6 +158,19 @@ class Query:
             raise QueryNameError(str(exc)) from None
         except (TypeError, ValueError) as exc:  # malformed values
             raise QueryError(f"invalid query: {exc}") from None
+        if self.scale is None:
+            object.__setattr__(self, "scale", self._full_resolution())
+
+    def _full_resolution(self) -> int | None:
+        """The finest level of the selected sequences (None when none is selected)."""
+        bases: dict[int, str] = {}
+        for s in (self.selector or StoreSelector()).select(self):
+            bases.setdefault(max(s.levels), f"{s.domain}/{s.sequence_id}")
+        if len(bases) > 1:
+            desc = ", ".join(f"{lvl} ({name})" for lvl, name in sorted(bases.items()))
+            raise QueryError(f"the selected sequences differ in full resolution: {desc}; choose "
+                             "a level with scale= (--scale)")
+        return next(iter(bases), None)
 
     def _check(self) -> None:
         for name in ("domains", "sequences", "fields"):
@@ -166,14 +186,14 @@ class Query:
                 raise QueryError("domains is empty")
             for d in self.domains:
                 validate_name(d, "domain name")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, np.integer)) \
-                or self.scale not in SCALES:
-            raise QueryError(f"scale {self.scale!r} is not one of {sorted(SCALES)}")
-        if not self.fields:
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(
+                self.scale, (int, np.integer)) or self.scale < 1):
+            raise QueryError(f"scale {self.scale!r} must be a positive integer: a stored level, "
+                             "named by the short side of its maps")
+        if self.fields is not None and not self.fields:
             raise QueryError("fields is empty")
-        for f in self.fields:
-            if f not in FIELDS:
-                raise QueryError(f"unknown field {f!r}; fields: {', '.join(FIELDS)}")
+        if self.fields is not None and not all(isinstance(f, str) for f in self.fields):
+            raise QueryError(f"fields must be names, got {self.fields!r}")
         for name in ("window", "stride"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -288,6 +308,37 @@ class Query:
 
     # ------------------------------------------------------------------ reading
 
+    def fields_of(self, windows: Sequence[Window], fields: Sequence[str] | None = None
+                  ) -> tuple[str, ...]:
+        """The fields to read for these windows: ``fields`` (else the query's), each held by
+        every window's sequence; None means the sequences' common primary field."""
+        want = tuple(fields) if fields else self.fields
+        keys = list(dict.fromkeys((w.domain, w.sequence_id) for w in windows))
+        if want is None:
+            return (self.primary_of(keys),)
+        for d, s in keys:
+            held = self.store.sequence_info(d, s)["fields"]
+            for f in want:
+                if f not in held:
+                    raise QueryError(f"unknown field {f!r}; {d}/{s} holds: {', '.join(held)}")
+        return want
+
+    def primary_of(self, keys: Sequence[tuple[str, str]]) -> str:
+        """The primary field these (domain, sequence) hold: one name, or QueryError naming
+        the different ones ("energy" for none)."""
+        primaries: dict[str, str] = {}
+        for d, s in keys:
+            primaries.setdefault(primary_field(self.store.sequence_info(d, s)), f"{d}/{s}")
+        if len(primaries) > 1:
+            desc = ", ".join(f"{f} ({name})" for f, name in sorted(primaries.items()))
+            raise QueryError(f"the selected sequences hold different fields: {desc}; name the "
+                             "fields to read (fields=, --fields)")
+        return next(iter(primaries), "energy")
+
+    def primary_field(self) -> str:
+        """The primary field of the selected sequences (they must agree; "energy" when none)."""
+        return self.primary_of([(s.domain, s.sequence_id) for s in self.selection()])
+
     def read_windows(self, windows: Sequence[Window], fields: Sequence[str] | None = None,
                      scale: int | None = None) -> dict[str, NDArray[np.float32]]:
         """Arrays (n, window, y, x) per field for the given windows.
@@ -296,10 +347,11 @@ class Query:
         TensorStore decodes them in parallel straight into the output (only the inner chunks a
         window covers are decoded; see README "Chunking").
         """
-        fields = tuple(fields or self.fields)
         scale = scale or self.scale
         if not windows:
-            return {f: np.empty((0, self.window, 0, 0), np.float32) for f in fields}
+            return {f: np.empty((0, self.window, 0, 0), np.float32)
+                    for f in (fields or self.fields or ("energy",))}
+        fields = self.fields_of(windows, fields)
         shapes = {}
         for w in windows:
             key = (w.domain, w.sequence_id)
@@ -361,7 +413,7 @@ class Query:
         if not wins:
             raise QueryError("query selects no windows")
         data_vars = {}
-        for f in self.fields:
+        for f in self.fields_of(wins):
             per_seq: dict[tuple[str, str], Any] = {}
             parts = []
             for w in wins:
@@ -383,14 +435,36 @@ class Query:
         y0 = self.region[0] if self.region else 0
         x0 = self.region[2] if self.region else 0
         ny, nx = ds.sizes["y"], ds.sizes["x"]
-        return ds.assign_coords(
-            domain=("sample", [w.domain for w in wins]),
-            sequence_id=("sample", [w.sequence_id for w in wins]),
-            t0=("sample", [w.t0 for w in wins]),
-            step=("step", np.arange(self.window)),
-            y=("y", (np.arange(y0, y0 + ny) + 0.5) * factor),
-            x=("x", (np.arange(x0, x0 + nx) + 0.5) * factor),
-        ).assign_attrs(scale=self.scale, window=self.window, stride=self.stride)
+        coords: dict[str, Any] = {
+            "domain": ("sample", [w.domain for w in wins]),
+            "sequence_id": ("sample", [w.sequence_id for w in wins]),
+            "t0": ("sample", [w.t0 for w in wins]),
+            "step": ("step", np.arange(self.window)),
+            "y": ("y", (np.arange(y0, y0 + ny) + 0.5) * factor),
+            "x": ("x", (np.arange(x0, x0 + nx) + 0.5) * factor)}
+        coords.update(self._physical_coords(wins, (slice(y0, y0 + ny), slice(x0, x0 + nx))))
+        return ds.assign_coords(coords).assign_attrs(scale=self.scale, window=self.window,
+                                                     stride=self.stride)
+
+    def _physical_coords(self, wins: Sequence[Window], yx: tuple[slice, slice]
+                         ) -> dict[str, Any]:
+        """Physical y/x (when every window's sequence has the same) and time per sample and
+        step (when every one has time values), replacing pixel centres."""
+        out: dict[str, Any] = {}
+        keys = list(dict.fromkeys((w.domain, w.sequence_id) for w in wins))
+        axes = [self.store.coordinates(d, s, self.scale) for d, s in keys]
+        for i, name in enumerate(("y", "x")):
+            if not all(name in a for a in axes):
+                continue
+            values, attrs = axes[0][name]
+            if all(np.array_equal(a[name][0], values) for a in axes):
+                out[name] = (name, values[yx[i]], attrs)
+        times = {k: [st.get("time") for st in self.store.sequence_info(*k)["steps"]] for k in keys}
+        if all(t is not None for ts in times.values() for t in ts):
+            tv = np.array([times[(w.domain, w.sequence_id)][w.t0:w.t0 + w.length] for w in wins])
+            out["time"] = (("sample", "step"),
+                           tv.astype("datetime64[ns]") if tv.dtype.kind == "U" else tv)
+        return out
 
 
 class _CheckedArray:

@@ -181,16 +181,19 @@ BLOCKED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
+    from atlasstore.change_log import ChangeLog
     from atlasstore.store import AtlasStore
     loc, seq, gate = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     store = AtlasStore.open(loc, mode="r+")
-    write_array = AtlasStore._write_array
-    def blocked(self, *a, **k):  # after the intent and the "writing" document, before the commit
-        gate.with_suffix(".waiting").touch()
-        while not gate.exists():
-            time.sleep(0.01)
-        return write_array(self, *a, **k)
-    AtlasStore._write_array = blocked
+    record = ChangeLog.record
+    def blocked(self, op, *a, **k):  # after the intent and the "writing" document, before the commit
+        out = record(self, op, *a, **k)
+        if op == "write":
+            gate.with_suffix(".waiting").touch()
+            while not gate.exists():
+                time.sleep(0.01)
+        return out
+    ChangeLog.record = blocked
     store.write_sequence("d", seq, np.full((3, 64, 64), 2.0, np.float32), overwrite=True)
 """)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import store_fixtures
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
 from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
@@ -23,6 +24,10 @@ from store_fixtures import (
     flip_bytes,
     lit_map,
 )
+
+# the shared fixtures, bound as names (an import of them would read as a redefinition to ruff)
+stats_store = store_fixtures.stats_store
+stats_store_path = store_fixtures.stats_store_path
 
 N_STEPS = {("alpha", "a0"): len(A0_MEANS), ("alpha", "a1"): len(A1_LIT), ("beta", "b0"): B0_STEPS}
 ORDER = [("alpha", "a0"), ("alpha", "a1"), ("beta", "b0")]
@@ -155,8 +160,12 @@ def test_scale_selection(stats_store: AtlasStore, scale: int, shape: tuple[int, 
 def test_missing_scale_and_bad_scale(stats_store: AtlasStore) -> None:
     with pytest.raises(NotFound, match="no scale 256"):
         Query(stats_store).windows()  # default scale 256; the store's maps are 128
-    with pytest.raises(QueryError, match="scale 100"):
-        Query(stats_store, scale=100)
+    with pytest.raises(NotFound, match="no scale 100"):  # any stored level; 100 is not one
+        Query(stats_store, scale=100).windows()
+    for bad in (0, -64, True, "64", 1.5):
+        with pytest.raises(QueryError, match="scale .* must be a positive integer"):
+            Query(stats_store, scale=bad)
+    assert Query(stats_store, scale=None, domains=("beta",)).scale == 128  # the full resolution
 
 
 def test_fields_selection(stats_store: AtlasStore) -> None:
@@ -169,8 +178,8 @@ def test_fields_selection(stats_store: AtlasStore) -> None:
             np.testing.assert_array_equal(data[f][i],
                                           stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
     assert "grad_x" not in data
-    with pytest.raises(QueryError, match="unknown field 'pressure'"):
-        Query(stats_store, fields=("pressure",))
+    with pytest.raises(QueryError, match="unknown field 'pressure'; beta/b0 holds: energy, grad_x"):
+        Query(stats_store, fields=("pressure",), sequences=("b0",), scale=64).to_numpy()
     with pytest.raises(QueryError, match="fields is empty"):
         Query(stats_store, fields=())
 
