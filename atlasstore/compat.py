@@ -17,16 +17,18 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import physics
-from .query import Query
-from .store import AtlasStore, NotFound, StoreError, validate_name
 
-# Re-exported so old imports keep working.
-from .physics import (  # noqa: F401
+# The physics and synth names are re-exported (see __all__): the predecessor's imports keep working.
+from .physics import (
     ThermodynamicViolation,
     validate_energy_conservation,
     validate_entropy_increase,
 )
-from .synth import (  # noqa: F401
+from .query import Query
+from .sequence_writer import field_kind, primary_field
+from .store import AtlasStore, NotFound, StoreError, step_record, validate_name
+from .store_documents import json_document
+from .synth import (
     PerturbationConfig,
     apply_energy_scaling,
     apply_gaussian_noise,
@@ -35,7 +37,6 @@ from .synth import (  # noqa: F401
     apply_translation,
     generate_sequence,
 )
-
 
 __all__ = ["EnergyAtlasLoader", "parse_map_id", "ThermodynamicViolation",
            "validate_energy_conservation", "validate_entropy_increase", "PerturbationConfig",
@@ -99,13 +100,15 @@ class EnergyAtlasLoader:
         info = self.store.sequence_info(domain, seq)
         if not 0 <= t < info["n_steps"]:
             raise NotFound(f"map {domain}/{map_id}: step {t} outside 0..{info['n_steps'] - 1}")
-        energy = self.store.read(domain, seq, scale, "energy", t=t)
+        energy = self.store.read(domain, seq, scale, primary_field(info), t=t)
         step = info["steps"][t]
         meta = {"domain": domain, "map_id": f"{seq}@{t}", "sequence_id": seq, "t": t,
                 "scale": scale, "shape": list(energy.shape),
                 "energy_mean": float(energy.mean()), "energy_variance": float(energy.var()),
-                "entropy": float(physics.entropy(energy)),
+                "entropy": (float(physics.entropy(energy)) if field_kind(info) == "extensive"
+                            else None),  # an intensive field has none
                 "perturbations": step.get("perturbations", []),
+                "metadata": step.get("metadata", {}),
                 "timestamp": info.get("completed"), "generation": info.get("generation", {})}
         return energy, meta
 
@@ -116,14 +119,20 @@ class EnergyAtlasLoader:
         wins = q.windows()
         if not wins:
             return np.empty((0, window, scale, scale), np.float32), []
-        batch = q.read_windows(wins)["energy"]
+        batch = next(iter(q.read_windows(wins).values()))  # the primary field
         meta = [{"domain": w.domain, "sequence_id": w.sequence_id, "t0": w.t0, "window": w.length,
                  "scale": scale} for w in wins]
         return batch, meta
 
     def save_map(self, energy_map: ArrayLike, domain: str, map_id: str,
                  metadata: Mapping[str, Any] | None = None, overwrite: bool = True) -> str:
-        """Store one map (validated) as a one-step sequence ``map_id``; returns the map id."""
+        """Store one map (validated) as a one-step sequence ``map_id``; returns the map id.
+
+        ``metadata`` (any JSON-able mapping; anything else is InvalidMetadata, nothing written)
+        is kept whole in the committed record of the step (``sequence_info(...)["steps"][0]
+        ["metadata"]``, where queries and the catalog index read per-step facts) and comes back
+        from :meth:`load_map` as ``meta["metadata"]``.
+        """
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ValueError(f"metadata must be a mapping, got {type(metadata).__name__}")
         seq, t = parse_map_id(map_id)
@@ -134,12 +143,15 @@ class EnergyAtlasLoader:
             raise physics.EnergyMapError(f"map {domain}/{map_id}: expected a 2D map, got {e.shape}")
         physics.validate_shape(e.shape, f"map {domain}/{map_id}")
         validate_name(domain, "domain name")
+        meta = json_document(dict(metadata or {}), f"metadata of map {domain}/{map_id}")
         if domain not in self.store.domains():
             self.store.create_domain(domain, None)
-        generation = {"source": "save_map"}
-        if metadata:
-            generation["source"] = f"save_map: {str(metadata.get('source', 'user'))[:200]}"
-        self.store.write_sequence(domain, seq, e[None], generation=generation, overwrite=overwrite)
+        generation = {"kind": "save_map", "source": "save_map"}
+        if meta:
+            generation["source"] = f"save_map: {str(meta.get('source', 'user'))[:200]}"
+        steps = [step_record(0, e, metadata=meta)] if meta else None
+        self.store.write_sequence(domain, seq, e[None], steps=steps, generation=generation,
+                                  overwrite=overwrite)
         return f"{seq}@0"
 
     def get_domain_stats(self, domain: str) -> dict[str, Any]:
@@ -148,14 +160,15 @@ class EnergyAtlasLoader:
         steps = [s for sid in seqs for s in self.store.sequence_info(domain, sid)["steps"]]
         if not steps:
             raise StoreError(f"domain {domain!r} has no complete sequences")
+        h = [s["entropy"] for s in steps if "entropy" in s] or [float("nan")]  # intensive: none
         return {
             "domain": domain,
             "n_sequences": len(seqs),
             "n_maps": len(steps),
             "energy_mean": float(np.mean([s["mean"] for s in steps])),
             "energy_variance": float(np.mean([s["variance"] for s in steps])),
-            "entropy_mean": float(np.mean([s["entropy"] for s in steps])),
-            "entropy_min": float(np.min([s["entropy"] for s in steps])),
-            "entropy_max": float(np.max([s["entropy"] for s in steps])),
+            "entropy_mean": float(np.mean(h)),
+            "entropy_min": float(np.min(h)),
+            "entropy_max": float(np.max(h)),
             "bytes_on_disk": self.store.nbytes_stored(f"{domain}/"),
         }

@@ -1,14 +1,17 @@
 """Bulk generation: a plan of domains x sequences becomes Dask tasks writing into the store.
 
-Each task synthesises one sequence from a seed derived from (run seed, domain, index), derives
-its pyramid and gradients, writes its own sequence group and commits it (see
-:mod:`atlasstore.store`), and returns its committed attributes. The driver gathers results as
-they finish and registers them in the catalog in batches. Because every sequence is
-deterministic and commits atomically, a killed run re-run with the same plan skips what is
-complete, rewrites what was half-written, and ends with a store identical (checksums) to an
-uninterrupted run. The same graph runs on a LocalCluster, in-process, or on any existing Dask
-cluster (``scheduler=ADDRESS``; the store must then be reachable from every worker: a shared
-filesystem or an object-store URL).
+Before any work the plan is checked against the store (the committed attributes of its own
+sequence ids): ids holding other data refuse the whole plan, ids already holding the planned
+data are skipped. Each task synthesises one sequence from a seed derived from (run seed,
+domain, index), derives its pyramid and gradients, writes its own sequence group and commits
+it (see :mod:`atlasstore.store`), and returns its committed attributes, or the error when
+running it again could not help. The run itself - writer lock, run record, Dask cluster,
+results, catalog registration, failures, Ctrl-C - is :mod:`atlasstore.run_driver`, shared with
+``atlas import``. Because every sequence is deterministic and commits atomically, a killed run
+re-run with the same plan skips what is complete, rewrites what was half-written, and ends
+with a store identical (checksums) to an uninterrupted run. The same graph runs on a
+LocalCluster, in-process, or on any existing Dask cluster (``scheduler=ADDRESS``; the store
+must then be reachable from every worker: a shared filesystem or an object-store URL).
 """
 
 from __future__ import annotations
@@ -16,21 +19,41 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.core.sync import sync as zarr_sync
 
-from . import physics, synth
+from . import physics, run_driver, synth
 from .provenance import code_version, host, utc_now
-from .store import (AtlasStore, Layout, RunLog, SequenceExists, StoreError, WriterLock,
-                    validate_name)
+from .run_driver import (
+    DETERMINISTIC_ERRORS,
+    LOCAL_CLUSTER_CONFIG,
+    CatalogSink,
+    Failure,
+    Job,
+    RunReport,
+    committed_attrs,
+)
+from .run_driver import RunInterrupted as GenerationInterrupted
+from .sequence_writer import settle_zarr_writes
+from .store import (
+    AtlasStore,
+    Layout,
+    RunLog,
+    SequenceExists,
+    validate_name,
+)
+
+__all__ = ["DETERMINISTIC_ERRORS", "LOCAL_CLUSTER_CONFIG", "CatalogSink", "Failure",
+           "GenerationInterrupted", "Plan", "PlanCheck", "PlanClash", "PlanError", "RunLog",
+           "RunReport", "Task", "check_plan", "generate", "preflight", "sequence_id",
+           "sequence_seed", "write_one"]
 
 #: Largest in-memory footprint one task may need (a sequence with its levels and gradients).
 MAX_TASK_BYTES = 4 * 2**30
@@ -90,16 +113,16 @@ class Plan:
             validate_name(d, "domain name")
             if d not in known:
                 raise PlanError(f"unknown domain {d!r}; known presets: {', '.join(known)}")
-        for name, v, hi in (("sequences", self.sequences, MAX_SEQUENCES),
-                            ("steps", self.steps, 100_000), ("seed", self.seed, 2**63 - 1),
-                            ("start_index", self.start_index, MAX_SEQUENCES)):
-            if v is None:
+        for name, num, hi in (("sequences", self.sequences, MAX_SEQUENCES),
+                              ("steps", self.steps, 100_000), ("seed", self.seed, 2**63 - 1),
+                              ("start_index", self.start_index, MAX_SEQUENCES)):
+            if num is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise PlanError(f"{name} must be an integer, got {v!r}")
+            if isinstance(num, bool) or not isinstance(num, (int, np.integer)):
+                raise PlanError(f"{name} must be an integer, got {num!r}")
             lo = 0 if name in ("seed", "start_index") else 1
-            if not lo <= v <= hi:
-                raise PlanError(f"{name} must be in [{lo}, {hi}], got {v}")
+            if not lo <= num <= hi:
+                raise PlanError(f"{name} must be in [{lo}, {hi}], got {num}")
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
             physics.validate_shape(self.shape, "plan shape")
@@ -150,260 +173,198 @@ class Plan:
 
 # --------------------------------------------------------------------------- the task
 
+
+def _difference(task: Task, plan: Plan, info: Mapping[str, Any]) -> str | None:
+    """How a committed sequence differs from what ``plan`` would write there (None: same)."""
+    preset = plan.preset(task.domain)
+    gen = info.get("generation") or {}
+    want_shape = list(plan.shape or preset.shape)
+    have = {"steps": info.get("n_steps"), "shape": info.get("shape"),
+            "levels": info.get("levels"), "perturbations": gen.get("perturbations"),
+            "seed": gen.get("seed")}
+    want = {"steps": plan.steps or preset.n_steps, "shape": want_shape,
+            "levels": list(plan.scales or physics.levels_for(tuple(want_shape))),
+            "perturbations": preset.perturbations.to_dict(), "seed": task.seed}
+    vague = {"perturbations": "other perturbations", "seed": "another seed"}
+    diff = [vague.get(k, f"{k} {have[k]} stored vs {want[k]} planned")
+            for k in have if have[k] != want[k]]
+    return ", ".join(diff) or None
+
+
 def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] | None = None,
               storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Synthesise, derive and commit one sequence; skip it if already complete.
 
-    Runs on a worker; returns ``{"task", "status", "info", "seconds"}`` or raises.
+    Runs on a worker; returns ``{"task", "status", "info" | "error", "seconds"}`` with status
+    written, skipped or failed (a deterministic error, see ``DETERMINISTIC_ERRORS``); raises
+    anything else.
     """
-    t0 = time.perf_counter()
+    return run_driver.task_result(
+        task, lambda: _write_one(location, task, plan, layout, storage_options))
+
+
+def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] | None,
+               storage_options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
     store = AtlasStore.open(location, mode="r+", storage_options=storage_options,
                             layout=Layout(**layout) if layout else Layout())
     preset = plan.preset(task.domain)
     if store.sequence_status(task.domain, task.sequence_id) == "complete":
         info = store.sequence_info(task.domain, task.sequence_id)
-        gen = info.get("generation", {})
-        want_steps = plan.steps or preset.n_steps
-        want_shape = list(plan.shape or preset.shape)
-        want_levels = list(plan.scales or physics.levels_for(tuple(want_shape)))
-        if (gen.get("seed"), info["n_steps"], info["shape"], info["levels"],
-                gen.get("perturbations")) != (task.seed, want_steps, want_shape, want_levels,
-                                              preset.perturbations.to_dict()):
-            raise SequenceExists(
-                f"{task.domain}/{task.sequence_id} already holds different data (seed "
-                f"{gen.get('seed')}, {info['n_steps']} steps, run {gen.get('run_id')}); this plan "
-                f"wants seed {task.seed}, {want_steps} steps: use another store or --start-index")
-        return {"task": asdict(task), "status": "skipped", "info": info,
-                "seconds": time.perf_counter() - t0}
+        diff = _difference(task, plan, info)
+        if diff:
+            raise SequenceExists(f"{task.domain}/{task.sequence_id} already holds other data "
+                                 f"({diff}; written by {info.get('generation', {}).get('run_id')})"
+                                 f": use another store or --start-index")
+        return "skipped", info
     seq, steps = synth.synthesize(preset, task.seed, n_steps=plan.steps, shape=plan.shape)
-    generation = {"run_id": plan.run_id(), "seed": task.seed, "pattern": preset.pattern,
-                  "perturbations": preset.perturbations.to_dict(), "code_version": code_version(),
-                  "index": task.index}
+    generation = {"kind": "generate", "run_id": plan.run_id(), "seed": task.seed,
+                  "pattern": preset.pattern, "perturbations": preset.perturbations.to_dict(),
+                  "code_version": code_version(), "index": task.index}
     try:
         info = store.write_sequence(task.domain, task.sequence_id, seq, steps, generation,
                                     levels=plan.scales, overwrite=True)
     except BaseException:
         # e.g. disk full: remove the uncommitted group (best effort; a crash leaves it to the
-        # next run, which replaces it) so the store holds only complete sequences
+        # next run, which replaces it) so the store holds only complete sequences - once the
+        # failed call's sibling writes have finished, or they would recreate parts of it
         with contextlib.suppress(Exception):
+            settle_zarr_writes()
             store.delete_sequence(task.domain, task.sequence_id)
         raise
-    return {"task": asdict(task), "status": "written", "info": info,
-            "seconds": time.perf_counter() - t0}
+    return "written", info
 
 
 # --------------------------------------------------------------------------- the driver
 
-@dataclass
-class Failure:
-    domain: str
-    sequence_id: str
-    seed: int
-    error: str
+
+class PlanClash(PlanError):
+    """Planned sequence ids already hold other data in the store; refused before any work."""
 
 
 @dataclass
-class RunReport:
-    run_id: str
-    written: int = 0
-    skipped: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    maps: int = 0
-    bytes_written: int = 0
-    seconds: float = 0.0
-    catalog_errors: list[str] = field(default_factory=list)
-    store_errors: list[str] = field(default_factory=list)
-    engine: str = ""
+class PlanCheck:
+    """The plan's sequences as the store holds them: ``complete`` (committed with the data the
+    plan would write: skipped) and ``pending`` (absent or half-written: to be written)."""
 
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.store_errors
-
-    @property
-    def maps_per_second(self) -> float:
-        return self.maps / self.seconds if self.seconds else 0.0
+    complete: dict[Task, dict[str, Any]]
+    pending: list[Task]
 
 
-class CatalogSink:
-    """Registers committed sequences in a catalog in batches; survives catalog outages.
+_SEQ_ID = re.compile(r"^seq-(\d+)$")
 
-    On a catalog error the store stays the truth: the error is recorded, registration stops
-    for this run, and ``atlas catalog sync`` brings the catalog up to date later.
-    """
 
-    def __init__(self, catalog: Any, run: dict[str, Any], batch_size: int = 64) -> None:
-        self.catalog = catalog
-        self.run = run
-        self.batch_size = batch_size
-        self.pending: list[dict[str, Any]] = []
-        self.errors: list[str] = []
-        self._run_registered = False
+def _next_free_index(store: AtlasStore, domains: tuple[str, ...]) -> int:
+    """The first index after every sequence id in ``domains`` (lists names, reads nothing)."""
+    zstore = store.zarr_group.store
 
-    def _safe(self, fn: Callable[[], None]) -> None:
-        if self.errors:
-            return
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - any catalog failure must not stop the run
-            self.errors.append(f"{type(exc).__name__}: {exc}")
+    async def names() -> list[str]:
+        out: list[str] = []
+        for d in domains:
+            with contextlib.suppress(OSError):
+                out += [k async for k in zstore.list_dir(d)]
+        return out
 
-    def add(self, info: dict[str, Any]) -> None:
-        if self.catalog is None:
-            return
-        self.pending.append(info)
-        if len(self.pending) >= self.batch_size:
-            self.flush()
+    return max((int(m.group(1)) for k in zarr_sync(names()) if (m := _SEQ_ID.match(k))),
+               default=-1) + 1
 
-    def flush(self, final_run: dict[str, Any] | None = None) -> None:
-        if self.catalog is None:
-            return
-        from .index import register_run, register_sequence_infos
 
-        if final_run is not None:
-            self.run = final_run
-        if not self._run_registered or final_run is not None:
-            self._safe(lambda: register_run(self.catalog, self.run))
-            self._run_registered = not self.errors
-        if self.pending:
-            batch, self.pending = self.pending, []
-            self._safe(lambda: register_sequence_infos(self.catalog, batch))
+def _id_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> 'seq-00000..seq-00002,seq-00005'."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(sequence_id(r[0]) + (f"..{sequence_id(r[-1])}" if len(r) > 1 else "")
+                    for r in runs)
+
+
+def check_plan(store: AtlasStore, plan: Plan) -> PlanCheck:
+    """Compare the plan with what the store holds under the plan's sequence ids (their committed
+    attributes only; the store is never listed); refuse with ``PlanClash`` if any holds other
+    data, naming the clash and a ``start_index`` that appends instead."""
+    tasks = plan.tasks()
+    complete: dict[Task, dict[str, Any]] = {}
+    pending: list[Task] = []
+    clashes: list[tuple[Task, str]] = []
+    attrs = committed_attrs(store, [(t.domain, t.sequence_id) for t in tasks])
+    for t, info in zip(tasks, attrs, strict=True):
+        if not info or info.get("status") != "complete":
+            pending.append(t)
+        elif diff := _difference(t, plan, info):
+            clashes.append((t, diff))
+        else:
+            complete[t] = info
+    if clashes:
+        by_domain: dict[str, list[int]] = {}
+        for t, _ in clashes:
+            by_domain.setdefault(t.domain, []).append(t.index)
+        where = ", ".join(f"{d}/{_id_ranges(ix)}" for d, ix in by_domain.items())
+        first, diff = clashes[0]
+        detail = diff if len(clashes) == 1 else f"{first.domain}/{first.sequence_id}: {diff}"
+        raise PlanClash(
+            f"{where} already {'holds' if len(clashes) == 1 else 'hold'} other data than "
+            f"planned ({detail}); nothing was written. To add the planned sequences after the "
+            f"existing ones use --start-index {_next_free_index(store, plan.domains)}, or "
+            f"another store")
+    return PlanCheck(complete, pending)
+
+
+def preflight(location: str | Path, plan: Plan, *, workers: int | None = None,
+              scheduler: str | None = None,
+              storage_options: Mapping[str, Any] | None = None) -> PlanCheck | None:
+    """Refuse, without writing anything, what :func:`generate` would refuse: a bad engine, a
+    location that is not an atlas store, a plan that clashes with the store. None: the store
+    does not exist yet. (The CLI runs this before it creates a catalog.)"""
+    check_engine(scheduler, workers)
+    store = run_driver.preflight_store(location, workers=workers, scheduler=scheduler,
+                                       storage_options=storage_options)
+    return None if store is None else check_plan(store, plan)
+
+
+def check_engine(scheduler: str | None, workers: int | None) -> None:
+    """Refuse a bad engine before anything is written (as a PlanError)."""
+    try:
+        run_driver.check_engine(scheduler, workers)
+    except run_driver.EngineError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
              scheduler: str | None = None, catalog: Any = None, layout: Layout | None = None,
              storage_options: Mapping[str, Any] | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None,
-             catalog_batch: int = 64) -> RunReport:
+             catalog_batch: int = 64, dask_logs: bool = False) -> RunReport:
     """Run ``plan`` into the store at ``location`` (created if missing).
 
     ``scheduler``: None -> a LocalCluster of ``workers`` processes (default: one per core);
     ``"serial"`` -> in this process; ``"threads"`` -> a LocalCluster of threads; anything else
     is a Dask scheduler address. ``progress`` is called with every finished task's result.
+    A plan that clashes with the store raises ``PlanClash`` before anything is written; Ctrl-C
+    raises ``GenerationInterrupted`` once the workers are stopped. ``dask_logs``: let a local
+    cluster's own warnings and errors through (by default every failure is in the report).
     """
     loc = str(location)
-    _check_engine(scheduler, workers)
-    store = AtlasStore.create(loc, exist_ok=True, storage_options=storage_options,
-                              layout=layout or Layout())
+    check_engine(scheduler, workers)
     lay = asdict(layout) if layout else None
-    with WriterLock(store, {"run_id": plan.run_id(), "started": utc_now()}):
+    with run_driver.locked_store(loc, plan.run_id(), layout=layout,
+                                 storage_options=storage_options) as store:
+        checked = check_plan(store, plan)
         for d in plan.domains:
             store.create_domain(d, plan.preset(d).to_dict())
-        return _generate_locked(store, loc, plan, workers, scheduler, catalog, lay,
-                                storage_options, progress, catalog_batch)
+        run = {"run_id": plan.run_id(), "kind": "generate", "config": plan.to_dict(),
+               "config_hash": plan.config_hash(), "seed": plan.seed,
+               "code_version": code_version(), "host": host(), "started": utc_now(),
+               "finished": None, "counts": {}}
 
+        def job(task: Task) -> Job:
+            return Job(task, task.domain, task.sequence_id,
+                       f"write-{task.domain}-{task.sequence_id}-{plan.run_id()}", write_one,
+                       (loc, task, plan, lay, storage_options), seed=task.seed)
 
-def _check_engine(scheduler: str | None, workers: int | None) -> None:
-    """Refuse a bad engine before anything is written."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or not 1 <= workers <= 1024):
-        raise PlanError(f"workers must be an integer in [1, 1024], got {workers!r}")
-    if scheduler is None or scheduler in ("processes", "threads", "serial"):
-        return
-    if not isinstance(scheduler, str) or not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[\w.-]+:\d+$",
-                                                      scheduler):
-        raise PlanError(f"scheduler must be 'processes', 'threads', 'serial' or a Dask scheduler "
-                        f"address like tcp://host:8786, got {scheduler!r}")
-
-
-def _generate_locked(store: AtlasStore, loc: str, plan: Plan, workers: int | None,
-                     scheduler: str | None, catalog: Any, lay: dict[str, Any] | None,
-                     storage_options: Mapping[str, Any] | None,
-                     progress: Callable[[dict[str, Any]], None] | None,
-                     catalog_batch: int) -> RunReport:
-    run_id = plan.run_id()
-    run = {"run_id": run_id, "config": plan.to_dict(), "config_hash": plan.config_hash(),
-           "seed": plan.seed, "code_version": code_version(), "host": host(),
-           "started": utc_now(), "finished": None, "counts": {}}
-    runs = RunLog(store)
-    runs.start(run)
-    sink = CatalogSink(catalog, run, catalog_batch)
-    report = RunReport(run_id)
-    tasks = plan.tasks()
-    t_start = time.perf_counter()
-
-    def handle(task: Task, result: dict[str, Any] | None, exc: BaseException | None) -> None:
-        if exc is not None:
-            report.failures.append(Failure(task.domain, task.sequence_id, task.seed,
-                                           f"{type(exc).__name__}: {exc}"))
-            out = {"task": asdict(task), "status": "failed", "error": str(exc)}
-        else:
-            assert result is not None
-            info = result["info"]
-            if result["status"] == "written":
-                report.written += 1
-                report.maps += info["n_steps"]
-                report.bytes_written += int(sum(np.prod(a["shape"]) for a in info["arrays"].values()) * 4)
-            else:
-                report.skipped += 1
-            sink.add(info)
-            out = result
-        if progress is not None:
-            progress(out)
-
-    engine = scheduler or "processes"
-    report.engine = engine
-    if engine == "serial":
-        for task in tasks:
-            try:
-                handle(task, write_one(loc, task, plan, lay, storage_options), None)
-            except (physics.ThermodynamicViolation, physics.EnergyMapError, StoreError,
-                    ValueError, OSError) as exc:
-                handle(task, None, exc)
-    else:
-        _run_dask(engine, workers, tasks, loc, plan, lay, storage_options, handle, report)
-
-    report.seconds = time.perf_counter() - t_start
-    run = {**run, "finished": utc_now(),
-           "counts": {"tasks": len(tasks), "written": report.written, "skipped": report.skipped,
-                      "failed": len(report.failures), "maps": report.maps}}
-    try:
-        runs.finish(run, [asdict(f) for f in report.failures])
-    except OSError as exc:  # e.g. the disk is still full: the sequences themselves are safe
-        report.store_errors.append(f"run record not updated: {type(exc).__name__}: {exc}")
-    sink.flush(final_run=run)
-    report.catalog_errors = sink.errors
-    return report
-
-
-def _run_dask(engine: str, workers: int | None, tasks: list[Task], loc: str, plan: Plan,
-              lay: dict[str, Any] | None, storage_options: Mapping[str, Any] | None,
-              handle: Callable[[Task, dict[str, Any] | None, BaseException | None], None],
-              report: RunReport) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    import dask
-
-    cluster = None
-    if engine in ("processes", "threads"):
-        n = workers or os.cpu_count() or 1
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which turns off glibc's
-        # dynamic mmap threshold: every temporary > 128 KiB is mmap'ed and faulted afresh
-        # (measured +50-90 % CPU per map, benchmarks/results/generate.md). Our tasks free all
-        # memory at the end, so the trimming buys nothing here.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1,
-                                   processes=(engine == "processes"), dashboard_address=None,
-                                   silence_logs=40)
-        client = Client(cluster)
-    else:
-        client = Client(engine, timeout="20s")
-    try:
-        futures = {}
-        for task in tasks:
-            fut = client.submit(write_one, loc, task, plan, lay, storage_options,
-                                key=f"write-{task.domain}-{task.sequence_id}-{plan.run_id()}",
-                                retries=1, pure=False)
-            futures[fut] = task
-        for fut in as_completed(futures):
-            task = futures.pop(fut)
-            try:
-                result = fut.result()
-            except Exception as exc:  # noqa: BLE001 - reported per task, the run goes on
-                handle(task, None, exc)
-            else:
-                handle(task, result, None)
-            fut.release()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        return run_driver.execute(
+            store, run, [job(t) for t in checked.pending],
+            [(job(t), info) for t, info in checked.complete.items()], workers=workers,
+            scheduler=scheduler, catalog=catalog, progress=progress,
+            catalog_batch=catalog_batch, dask_logs=dask_logs)

@@ -17,7 +17,7 @@ from . import __version__
 
 def utc_now() -> str:
     """ISO 8601 UTC timestamp to the second (the format of every ``created``/``started`` field)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @lru_cache(maxsize=1)

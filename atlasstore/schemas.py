@@ -8,7 +8,7 @@ before anything is written.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ def schema_dir() -> Path:
                             "or schemas/ beside the package)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """Load ``schemas/<name>.schema.json`` (checked to be a valid Draft 2020-12 schema)."""
     path = schema_dir() / f"{name}.schema.json"
@@ -42,7 +42,7 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry() -> Registry:
     """All shipped schemas by their ``$id`` so that ``$ref`` between files resolves offline."""
     resources = []
@@ -52,7 +52,7 @@ def _registry() -> Registry:
     return Registry().with_resources(resources)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(load_schema(name), registry=_registry())
 

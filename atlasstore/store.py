@@ -9,9 +9,11 @@ Layout (see README, "Store layout")::
             energy grad_x grad_y     float32 (time, y, x), sharded, crc32c per inner chunk
 
 Commit protocol: a sequence group is created with ``status: writing``; every array is written;
-only then are its checksums and stats written with ``status: complete`` (one atomic metadata
-write). Readers ignore sequences that are not complete, and a writer that finds an incomplete
-group (a crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
+only then are its checksums and stats written with ``status: complete`` (one atomic write of the
+sequence's ``zarr.json``, which also carries Zarr's consolidated metadata of its levels and
+arrays, so plain tools open a committed sequence with one read; see README "Store layout").
+Readers ignore sequences that are not complete, and a writer that finds an incomplete group (a
+crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
 little-endian float32), so they do not depend on codec or chunking and two runs that compute the
 same numbers have equal checksums; corruption of stored bytes is caught earlier, on read, by the
 crc32c codec of every inner chunk and shard index.
@@ -21,15 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -40,52 +39,47 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import __version__, physics
-from .locations import atomic_write, local_path
-from .provenance import host, utc_now
+from .change_log import ChangeLog
+from .locations import local_path
+from .provenance import utc_now
 from .schemas import validate
+from .sequence_writer import (
+    CHECKSUM_ALGORITHM,
+    DIMS,
+    ENERGY,
+    Coordinates,
+    FieldSpec,
+    SequenceWriter,
+    from_dataarray,
+)
+from .store_documents import (
+    FORMAT_VERSION,
+    RESERVED,
+    json_document,
+    json_or_none,
+    root_document,
+    validate_name,
+)
+from .store_errors import (
+    CorruptArray,
+    InvalidName,
+    NotAnAtlasStore,
+    NotFound,
+    SequenceExists,
+    StoreError,
+    looks_corrupt,
+)
+from .tensorstore_reader import TensorStoreReader
 
-FORMAT_VERSION = 1
+__all__ = ["CHECKSUM_ALGORITHM", "DIMS", "FIELDS", "AtlasStore", "Coordinates", "CorruptArray",
+           "FieldSpec", "InvalidName", "Layout", "NotAnAtlasStore", "NotFound", "RunLog",
+           "SequenceExists", "SequenceWriter", "StoreError", "checksum", "step_record",
+           "validate_name"]
+
+#: The arrays of an energy sequence (the generator's); a sequence of another field holds
+#: ``[<field name>, "grad_x", "grad_y"]`` (its record's ``fields``, see :class:`FieldSpec`).
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
-DIMS = ("time", "y", "x")
-CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
-RESERVED = {"_runs", "_lock"}
 
-FIELD_ATTRS: dict[str, dict[str, str]] = {
-    "energy": {"long_name": "energy density", "units": "energy / pixel"},
-    "grad_x": {"long_name": "dE/dx (central differences, one-sided at edges)",
-               "units": "energy / pixel^2"},
-    "grad_y": {"long_name": "dE/dy (central differences, one-sided at edges)",
-               "units": "energy / pixel^2"},
-}
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class StoreError(Exception):
-    """Base of store errors."""
-
-
-class NotAnAtlasStore(StoreError):
-    """The path exists but is not an atlas store (or does not exist)."""
-
-
-class InvalidName(StoreError, ValueError):
-    """A domain or sequence name that could escape the store or is unsafe."""
-
-
-class NotFound(StoreError, KeyError):
-    """A missing domain, sequence, level or field."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-class SequenceExists(StoreError):
-    """A complete sequence is already stored under that name."""
-
-
-class CorruptArray(StoreError):
-    """Stored bytes fail their crc32c or the decoded values fail their checksum."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +95,9 @@ class Layout:
 
     time_chunk: int = 4
     time_shard: int = 128
-    cname: str = "lz4"
+    cname: Literal["lz4", "lz4hc", "blosclz", "snappy", "zlib", "zstd"] = "lz4"
     clevel: int = 5
-    shuffle: str = "shuffle"
+    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = "shuffle"
 
     def compressors(self) -> list[Any]:
         codecs: list[Any] = []
@@ -116,26 +110,11 @@ class Layout:
 DEFAULT_LAYOUT = Layout()
 
 
-def validate_name(name: str, what: str = "name") -> str:
-    """Refuse names that could escape the store or break paths: '/', '..', whitespace, control."""
-    if not isinstance(name, str):
-        raise InvalidName(f"{what} must be a string, got {type(name).__name__}")
-    if name == "":
-        raise InvalidName(f"{what} is empty")
-    if "/" in name or "\\" in name:
-        raise InvalidName(f"{what} {name!r} contains a path separator")
-    if ".." in name:
-        raise InvalidName(f"{what} {name!r} contains '..'")
-    if any(c.isspace() for c in name):
-        raise InvalidName(f"{what} {name!r} contains whitespace")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName(f"{what} {name!r} contains control characters")
-    if not _NAME_RE.match(name):
-        raise InvalidName(f"{what} {name!r} must start with a letter or digit and use only "
-                          f"letters, digits, '_', '-', '.' (at most 128 characters)")
-    if name in RESERVED or name == "zarr.json":
-        raise InvalidName(f"{what} {name!r} is reserved")
-    return name
+def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
+    """The committed record of step ``t`` (stats of its base-level map) plus ``extra`` keys."""
+    stats = physics.map_stats(energy)
+    return {"t": t, "perturbations": [], **{k: stats[k] for k in ("sum", "mean", "variance",
+                                                                 "entropy")}, **extra}
 
 
 def checksum(values: ArrayLike) -> str:
@@ -153,6 +132,24 @@ def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
     return s
 
 
+def _is_dataarray(value: Any) -> bool:
+    return type(value).__name__ == "DataArray" and hasattr(value, "dims") and hasattr(value, "coords")
+
+
+def _field_spec(field: FieldSpec | str | None, kind: str | None, name: str | None,
+                attrs: Mapping[str, Any]) -> FieldSpec:
+    """The FieldSpec of a write: given, or built from a name, a kind and source attributes."""
+    if isinstance(field, FieldSpec):
+        if kind is not None and kind != field.kind:
+            raise physics.EnergyMapError(f"kind {kind!r} contradicts the field's {field.kind!r}")
+        return field
+    nm = field or name or "energy"
+    units = attrs.get("units")
+    long_name = attrs.get("long_name")
+    return FieldSpec(nm, kind or "extensive", units if isinstance(units, str) else None,
+                     long_name if isinstance(long_name, str) else None, dict(attrs))
+
+
 def _open_zarr_store(location: str | Path, read_only: bool,
                      storage_options: Mapping[str, Any] | None) -> Any:
     loc = str(location)
@@ -161,29 +158,6 @@ def _open_zarr_store(location: str | Path, read_only: bool,
         return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
                                                  read_only=read_only)
     return zarr.storage.LocalStore(path, read_only=read_only)
-
-
-def multiscales_attr(levels: Sequence[int], base: int) -> dict[str, Any]:
-    """The zarr-conventions ``multiscales`` block: each level derived from the base level."""
-    layout: list[dict[str, Any]] = []
-    for lvl in levels:
-        f = float(base // lvl)
-        entry: dict[str, Any] = {"asset": str(lvl),
-                                 "transform": {"scale": [f, f], "translation": [(f - 1) / 2] * 2}}
-        if lvl != base:
-            entry["derived_from"] = str(base)
-            entry["resampling_method"] = "sum"
-        layout.append(entry)
-    return {"layout": layout, "resampling_method": "sum"}
-
-
-MULTISCALES_CONVENTION = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
-    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
-    "name": "multiscales",
-    "description": "Multiscale layout of zarr datasets",
-}
 
 
 class AtlasStore:
@@ -214,16 +188,17 @@ class AtlasStore:
         if path is not None and path.exists() and not path.is_dir():
             raise StoreError(f"{loc} is a file, not a directory; choose another store path")
         zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
-        try:
-            existing = zarr.open_group(zstore, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-            existing = None
-        if existing is not None or (path is not None and path.exists() and any(path.iterdir())):
+        if sync(zstore.exists("zarr.json")):
+            root_document(zstore, loc)  # refuses anything but an atlas store, writing nothing
+            if exist_ok:
+                return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
+            raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
+        if path is not None and path.exists() and any(path.iterdir()):
             if exist_ok:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
         attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
-                                "code_version": __version__,
+                                "code_version": __version__, "store_id": str(uuid.uuid4()),
                                 "schemas": ["root", "domain", "sequence", "preset"],
                                 "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
         validate(attrs, "root", what="root attributes")
@@ -235,7 +210,8 @@ class AtlasStore:
                                       cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
         if not exist_ok:
             got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
-            if got is None or json.loads(got.to_bytes()).get("attributes") != attrs:
+            theirs = None if got is None else json_or_none(got.to_bytes())
+            if not isinstance(theirs, dict) or theirs.get("attributes") != attrs:
                 raise StoreError(f"{loc} was created by another process just now; open it instead")
         return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
 
@@ -253,18 +229,15 @@ class AtlasStore:
         if path is not None and not path.is_dir():
             raise NotAnAtlasStore(f"{loc} is a file, not an atlas store")
         zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
+        root_document(zstore, loc)
         try:
-            root = zarr.open_group(zstore, mode=mode)
+            # never through consolidated metadata someone may have written at the root: it
+            # would hide every sequence committed after it
+            root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+",
+                                   use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError, ValueError) as exc:
             raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
-        if "atlasstore" not in root.attrs:
-            raise NotAnAtlasStore(f"{loc} is a Zarr group but not an atlas store "
-                                  f"(no 'atlasstore' root attribute)")
-        validate(dict(root.attrs), "root", what=f"root attributes of {loc}")
-        fmt = root.attrs["atlasstore"]["format_version"]
-        if fmt != FORMAT_VERSION:
-            raise NotAnAtlasStore(f"{loc} has atlas format {fmt}; this code reads {FORMAT_VERSION}")
         return cls(root, loc, layout)
 
     @property
@@ -289,17 +262,39 @@ class AtlasStore:
         attrs = {"atlasstore_domain": {"name": name, "preset": dict(preset) if preset else None,
                                        "created": utc_now()}}
         validate(attrs, "domain", what=f"domain {name!r} attributes")
-        if name in set(self._root.group_keys()):
+        if name in self.domains():
             if not exist_ok:
                 raise StoreError(f"domain {name!r} already exists")
             return
         self._root.create_group(name, attributes=attrs, overwrite=False)
 
     def domains(self) -> list[str]:
-        return sorted(k for k in self._root.group_keys() if k not in RESERVED)
+        """Domain groups of the root (``_runs`` and ``_lock`` are not domains)."""
+        out = []
+        for k in self._list_dir(""):
+            if k in RESERVED or k == "zarr.json":
+                continue  # (zarr's listing also warns about a _lock folder without its zarr.json)
+            doc = self._get_json(f"{k}/zarr.json")
+            if isinstance(doc, dict) and doc.get("node_type") == "group":
+                out.append(k)
+        return out
+
+    def _list_dir(self, prefix: str) -> list[str]:
+        """Names directly under ``prefix``, sorted."""
+        async def _names() -> list[str]:
+            return [k async for k in self._root.store.list_dir(prefix)]
+
+        return sorted(sync(_names()))
+
+    def _get_json(self, key: str) -> Any:
+        """The parsed JSON object at ``key``; None when absent, not JSON, or not an object."""
+        buf = sync(self._root.store.get(key, prototype=default_buffer_prototype()))
+        doc = None if buf is None else json_or_none(buf.to_bytes())
+        return doc if isinstance(doc, dict) else None
 
     def domain_info(self, domain: str) -> dict[str, Any]:
-        return dict(self._domain(domain).attrs)["atlasstore_domain"]
+        rec: Any = self._domain(domain).attrs["atlasstore_domain"]
+        return dict(rec)
 
     def _domain(self, domain: str) -> zarr.Group:
         validate_name(domain, "domain name")
@@ -315,12 +310,26 @@ class AtlasStore:
     # ------------------------------------------------------------------ sequences
 
     def sequences(self, domain: str, include_incomplete: bool = False) -> list[str]:
-        """Sequence ids of a domain; only complete ones unless asked."""
-        g = self._domain(domain)
+        """Sequence ids of a domain; only complete ones unless asked.
+
+        One plain read of each sequence document (zarr's group listing would also parse the
+        consolidated metadata of every level and array in it); complete records are cached.
+        """
+        self._domain(domain)
         out = []
-        for k in sorted(g.group_keys()):
-            if include_incomplete or self.sequence_status(domain, k) == "complete":
-                out.append(k)
+        for k in self._list_dir(domain):
+            try:
+                rec = self._sequence_record(domain, k)
+            except InvalidName:  # "zarr.json", stray files: never a sequence id
+                continue
+            if rec is None:
+                continue
+            if rec.get("status") == "complete":
+                with self._lock:
+                    self._seq_attrs.setdefault((domain, k), rec)
+            elif not include_incomplete:
+                continue
+            out.append(k)
         return out
 
     def iter_sequences(self, domains: Sequence[str] | None = None) -> Iterator[tuple[str, str]]:
@@ -328,13 +337,34 @@ class AtlasStore:
             for s in self.sequences(d):
                 yield d, s
 
+    def _sequence_record(self, domain: str, sequence_id: str) -> dict[str, Any] | None:
+        """The ``atlasstore_sequence`` record of a sequence group; None when there is no group.
+
+        Read as plain JSON: zarr would also parse the consolidated metadata of every level and
+        array in the document, which a scan of many sequences does not need.
+        """
+        validate_name(domain, "domain name")
+        validate_name(sequence_id, "sequence id")
+        key = f"{domain}/{sequence_id}/zarr.json"
+        doc = self._get_json(key)
+        if doc is None:
+            if not sync(self._root.store.exists(key)):
+                self._domain(domain)  # an unknown domain is NotFound naming it
+                return None
+            return {}  # a damaged document: a sequence, but never a complete one
+        if doc.get("node_type") != "group":
+            return None  # an array is no sequence
+        attrs = doc.get("attributes")
+        rec = attrs.get("atlasstore_sequence") if isinstance(attrs, dict) else None
+        return rec if isinstance(rec, dict) else {}
+
     def sequence_status(self, domain: str, sequence_id: str) -> str | None:
         """"complete", "writing", or None when absent."""
         try:
-            g = self._domain(domain)[sequence_id]
-        except KeyError:
+            rec = self._sequence_record(domain, sequence_id)
+        except NotFound:
             return None
-        return dict(g.attrs).get("atlasstore_sequence", {}).get("status")
+        return None if rec is None else rec.get("status")
 
     def sequence_info(self, domain: str, sequence_id: str) -> dict[str, Any]:
         """The complete sequence's attributes (steps, checksums, stats, generation record)."""
@@ -343,13 +373,9 @@ class AtlasStore:
             cached = self._seq_attrs.get(key)
         if cached is not None:
             return cached
-        validate_name(sequence_id, "sequence id")
-        dgroup = self._domain(domain)
-        try:
-            g = dgroup[sequence_id]
-        except KeyError:
-            raise NotFound(f"unknown sequence {domain}/{sequence_id}") from None
-        info = dict(g.attrs).get("atlasstore_sequence")
+        info = self._sequence_record(domain, sequence_id)
+        if info is None:
+            raise NotFound(f"unknown sequence {domain}/{sequence_id}")
         if not info or info.get("status") != "complete":
             raise NotFound(f"sequence {domain}/{sequence_id} is not complete (status "
                            f"{(info or {}).get('status')!r}); it is invisible until committed")
@@ -361,6 +387,14 @@ class AtlasStore:
         self._require_writable()
         validate_name(sequence_id, "sequence id")
         self._domain(domain)
+        # intent, before the change; only a committed sequence is anything a catalog can know
+        # (an aborted or crashed write logs nothing: its "write" entry comes with the commit)
+        try:
+            committed = self.sequence_status(domain, sequence_id) == "complete"
+        except StoreError:  # an unreadable document: log it, a catalog may know the sequence
+            committed = True
+        if committed:
+            ChangeLog(self).record("delete", domain, sequence_id)
         # delete the sequence metadata first: from then on the sequence is invisible, whatever
         # a crash leaves of the rest
         sync(self._root.store.delete(f"{domain}/{sequence_id}/zarr.json"))
@@ -373,117 +407,63 @@ class AtlasStore:
         if isinstance(self._ts_reader, TensorStoreReader):
             self._ts_reader.forget(f"{domain}/{sequence_id}/")
 
-    def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike,
+    def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike | Any,
                        steps: Sequence[Mapping[str, Any]] | None = None,
                        generation: Mapping[str, Any] | None = None,
-                       levels: Sequence[int] | None = None, overwrite: bool = False) -> dict[str, Any]:
-        """Write a (time, y, x) energy sequence with its pyramid and gradients, then commit.
+                       levels: Sequence[int] | None = None, overwrite: bool = False, *,
+                       field: FieldSpec | str | None = None, kind: str | None = None,
+                       coords: Coordinates | None = None, dims: Mapping[str, str] | None = None,
+                       smallest: int = physics.SMALLEST_LEVEL) -> dict[str, Any]:
+        """Write a (time, y, x) sequence with its pyramid and gradients, then commit.
 
-        Everything is validated and derived in memory first, so bad input writes nothing. A
-        complete sequence of the same id is refused unless ``overwrite``; an incomplete one (a
-        crashed writer) is replaced. Returns the committed sequence attributes.
+        ``energy`` is an array or an ``xarray.DataArray`` (its dims mapped by ``dims``; its
+        coordinates and attributes are kept, its name names the field unless ``field`` does).
+        ``field`` (a :class:`FieldSpec` or a name) and ``kind`` say what the values are
+        (default: energy, extensive); ``levels``/``smallest`` choose the pyramid
+        (:func:`physics.pyramid_levels`); ``coords`` records physical axes. Everything is
+        validated first, so bad input writes nothing. A complete sequence of the same id is
+        refused unless ``overwrite``; an incomplete one (a crashed writer) is replaced. Returns
+        the committed sequence attributes. Long sequences: :meth:`sequence_writer`.
         """
         self._require_writable()
         validate_name(sequence_id, "sequence id")
-        dgroup = self._domain(domain)
-        e = physics.validate_energy(energy, f"sequence {domain}/{sequence_id}")
+        self._domain(domain)
+        what = f"sequence {domain}/{sequence_id}"
+        da_name = None
+        attrs: dict[str, Any] = {}
+        if _is_dataarray(energy):
+            energy, da_coords, attrs, da_name = from_dataarray(energy, dims)
+            coords = coords or da_coords
+        spec = _field_spec(field, kind, da_name, attrs)
+        e = physics.validate_field(energy, spec.kind, what,
+                                   what="energy" if spec.name == "energy" else
+                                   f"extensive field {spec.name!r}")
         if e.ndim != 3:
-            raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: expected (time, y, x), "
-                                         f"got shape {e.shape}")
-        physics.validate_shape(e.shape, f"sequence {domain}/{sequence_id}")
+            raise physics.EnergyMapError(f"{what}: expected (time, y, x), got shape {e.shape}")
         e = e.astype(np.float32, copy=False)
         if not np.isfinite(e).all():
-            raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: values overflow float32")
-        allowed = physics.levels_for(e.shape)
-        lv = tuple(sorted(set(levels), reverse=True)) if levels is not None else allowed
-        if not lv or lv[0] != allowed[0] or any(v not in allowed for v in lv):
-            raise physics.EnergyMapError(
-                f"sequence {domain}/{sequence_id}: levels {list(levels or [])} must be among "
-                f"{list(allowed)} and include the full resolution {allowed[0]}")
-        derived = physics.derive_levels(e, lv)
-        attrs = self._sequence_attrs(domain, sequence_id, e, derived, steps, generation)
-        complete = {**attrs, "atlasstore_sequence": {**attrs["atlasstore_sequence"],
-                                                     **self._commit_block(derived, lv)}}
-        validate(complete, "sequence", what=f"sequence {domain}/{sequence_id} attributes")
+            raise physics.EnergyMapError(f"{what}: values overflow float32")
+        if steps is not None and len(steps) != e.shape[0]:
+            raise ValueError(f"{what}: {len(steps)} step records for {e.shape[0]} time steps")
+        if steps is not None:
+            json_document(list(steps), f"{what} step records")
+        writer = self.sequence_writer(domain, sequence_id, e.shape, field=spec, levels=levels,
+                                      smallest=smallest, generation=generation, coords=coords,
+                                      overwrite=overwrite)
+        writer.append(e, steps)
+        return writer.commit()
 
-        status = self.sequence_status(domain, sequence_id)
-        if status == "complete" and not overwrite:
-            raise SequenceExists(f"sequence {domain}/{sequence_id} already exists and is complete")
-        # Also when there is no sequence metadata: a writer killed while deleting can leave level
-        # groups behind without it, and they must not block (or leak into) the rewrite.
-        self.delete_sequence(domain, sequence_id)
-
-        sgroup = dgroup.create_group(sequence_id, attributes=attrs)
-        for lvl, fields in derived.items():
-            lgroup = sgroup.create_group(str(lvl), attributes={
-                "level": lvl, "downsample_factor": max(lv) // lvl})
-            for name, values in fields.as_dict().items():
-                self._write_array(lgroup, name, values, lvl)
-                rec = complete["atlasstore_sequence"]["arrays"][f"{lvl}/{name}"]
-                rec["nbytes_stored"] = self.nbytes_stored(f"{domain}/{sequence_id}/{lvl}/{name}/")
-        # The commit: one atomic metadata write flips the sequence to complete.
-        sgroup.attrs.update({"atlasstore_sequence": complete["atlasstore_sequence"]})
-        return complete["atlasstore_sequence"]
-
-    def _write_array(self, group: zarr.Group, name: str, values: NDArray, level: int) -> None:
-        t, ny, nx = values.shape
-        lay = self.layout
-        tc = max(1, min(lay.time_chunk, t))
-        ts = -(-max(tc, min(lay.time_shard, t)) // tc) * tc  # whole inner chunks, >= 1
-        # (a short sequence is one shard; its last inner chunk may extend past the end)
-        arr = group.create_array(
-            name, shape=values.shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
-            compressors=lay.compressors(), fill_value=0.0, dimension_names=DIMS,
-            # every shard is written, even all-zero ones, so a missing shard means corruption
-            config={"write_empty_chunks": True},
-            # "c.0.0.0" files beside zarr.json instead of nested c/0/0/ directories
-            chunk_key_encoding={"name": "default", "separator": "."},
-            attributes={**FIELD_ATTRS[name], "level": level, "grid_spacing": 1.0})
-        arr[...] = values
-
-    def _sequence_attrs(self, domain: str, sequence_id: str, e: NDArray,
-                        derived: Mapping[int, physics.LevelFields],
-                        steps: Sequence[Mapping[str, Any]] | None,
-                        generation: Mapping[str, Any] | None) -> dict[str, Any]:
-        if steps is None:
-            steps = [{"t": t, "perturbations": [], **{k: v for k, v in physics.map_stats(e[t]).items()
-                                                       if k in ("sum", "mean", "variance", "entropy")}}
-                     for t in range(e.shape[0])]
-        elif len(steps) != e.shape[0]:
-            raise ValueError(f"sequence {domain}/{sequence_id}: {len(steps)} step records for "
-                             f"{e.shape[0]} time steps")
-        levels = sorted(derived, reverse=True)
-        gen = {"code_version": __version__, **dict(generation or {})}
-        return {
-            "zarr_conventions": [MULTISCALES_CONVENTION],
-            "multiscales": multiscales_attr(levels, levels[0]),
-            "atlasstore_sequence": {
-                "status": "writing", "domain": domain, "sequence_id": sequence_id,
-                "n_steps": int(e.shape[0]), "shape": [int(e.shape[1]), int(e.shape[2])],
-                "levels": levels, "fields": list(FIELDS), "dtype": "float32",
-                "generation": gen, "created": utc_now(),
-                "steps": [dict(s) for s in steps],
-            },
-        }
-
-    @staticmethod
-    def _commit_block(derived: Mapping[int, physics.LevelFields], levels: Sequence[int]) -> dict[str, Any]:
-        base = max(levels)
-        arrays: dict[str, Any] = {}
-        for lvl, fields in derived.items():
-            for name, values in fields.as_dict().items():
-                if name == "energy":
-                    src = None if lvl == base else f"{base}/energy"
-                    op = None if lvl == base else f"area_downsample(factor={base // lvl})"
-                else:
-                    src = f"{lvl}/energy"
-                    op = f"gradient(axis={name[-1]}, central, edge_order=1, h=1)"
-                arrays[f"{lvl}/{name}"] = {
-                    "checksum": checksum(values), "shape": list(values.shape),
-                    "stats": array_stats(values, with_entropy=(name == "energy")),
-                    "derived_from": src, "operation": op}
-        return {"status": "complete", "completed": utc_now(), "checksum_algorithm": CHECKSUM_ALGORITHM,
-                "arrays": arrays}
+    def sequence_writer(self, domain: str, sequence_id: str, shape: tuple[int, int, int], *,
+                        field: FieldSpec | None = None, levels: Sequence[int] | None = None,
+                        smallest: int = physics.SMALLEST_LEVEL,
+                        generation: Mapping[str, Any] | None = None,
+                        coords: Coordinates | None = None, overwrite: bool = False
+                        ) -> SequenceWriter:
+        """A writer that takes the (time, y, x) sequence of ``shape`` in time blocks and holds at
+        most one shard of steps in memory (see :class:`SequenceWriter`)."""
+        return SequenceWriter(self, domain, sequence_id, tuple(shape),  # type: ignore[arg-type]
+                              field=field or ENERGY, levels=levels, smallest=smallest,
+                              generation=generation, coords=coords, overwrite=overwrite)
 
     # ------------------------------------------------------------------ reading
 
@@ -494,10 +474,13 @@ class AtlasStore:
         with self._lock:
             arr = self._arrays.get(path)
         if arr is None:
-            arr = self._root[path]
+            node = self._root[path]
+            if not isinstance(node, zarr.Array):
+                raise CorruptArray(f"{path} is not an array in the store")
+            arr = node
             with self._lock:
-                self._arrays[path] = arr  # type: ignore[assignment]
-        return arr  # type: ignore[return-value]
+                self._arrays[path] = arr
+        return arr
 
     def _array_path(self, domain: str, sequence_id: str, level: int, field: str) -> str:
         info = self.sequence_info(domain, sequence_id)
@@ -510,6 +493,24 @@ class AtlasStore:
         if field not in info["fields"]:
             raise NotFound(f"unknown field {field!r}; fields: {', '.join(info['fields'])}")
         return f"{domain}/{sequence_id}/{level}/{field}"
+
+    def coordinates(self, domain: str, sequence_id: str, level: int
+                    ) -> dict[str, tuple[NDArray[np.float64], dict[str, Any]]]:
+        """Physical coordinate arrays (``y``, ``x``, ``time``: values and attributes) of a
+        committed sequence's level; empty for a sequence without coordinates."""
+        info = self.sequence_info(domain, sequence_id)
+        rec = info.get("coordinates") or {}
+        if level not in info["levels"]:
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
+                           f"levels: {info['levels']}")
+        out = {}
+        for name in ("y", "x", "time"):
+            if name in rec:
+                node = self._root[f"{domain}/{sequence_id}/{level}/{name}"]
+                if not isinstance(node, zarr.Array):
+                    raise CorruptArray(f"{domain}/{sequence_id}/{level}/{name} is not an array")
+                out[name] = (np.asarray(node[...], np.float64), dict(node.attrs))
+        return out
 
     @property
     def fast_reader(self) -> TensorStoreReader | None:
@@ -529,13 +530,13 @@ class AtlasStore:
         name = f"{domain}/{sequence_id}/{level}/{field}"
         fast = self.fast_reader
         try:
-            values = fast.read(name, (t, y, x)) if fast is not None else arr[t, y, x]
+            values = fast.read(name, (t, y, x)) if fast is not None else np.asarray(arr[t, y, x])
         except (IndexError, TypeError):  # caller's selection, not the data
             raise
         except CorruptArray:
             raise
         except Exception as exc:  # codec errors surface as various types
-            if _looks_corrupt(exc):
+            if looks_corrupt(exc):
                 raise CorruptArray(f"{name}: stored data is corrupt "
                                    f"({type(exc).__name__}: {exc})") from exc
             raise
@@ -614,270 +615,48 @@ class RunLog:
     def __init__(self, store: AtlasStore) -> None:
         self.store = store
 
-    def _group(self) -> Any:
+    def _group(self) -> zarr.Group:
         root = self.store.zarr_group
         if "_runs" not in set(root.group_keys()):
             return root.create_group("_runs", attributes={"description": "generation run records"})
-        return root["_runs"]
+        return _subgroup(root, "_runs")
 
     def start(self, run: dict[str, Any]) -> None:
         validate(run, "run", what="run record")
         g = self._group()
         name = run["run_id"]
         if name in set(g.group_keys()):
-            rec = dict(g[name].attrs)["atlasstore_run"]
+            rg = _subgroup(g, name)
+            rec: Any = rg.attrs["atlasstore_run"]
             rec.setdefault("attempts", []).append(run["started"])
-            g[name].attrs.update({"atlasstore_run": rec})
+            rg.attrs.update({"atlasstore_run": rec})
         else:
             g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
+        ChangeLog(self.store).record("run", run_id=name)
 
     def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
         validate(run, "run", what="run record")
-        g = self._group()[run["run_id"]]
-        rec = dict(g.attrs)["atlasstore_run"]
+        g = _subgroup(self._group(), run["run_id"])
+        rec: Any = g.attrs["atlasstore_run"]
         g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
                                            "failures": failures}})
+        ChangeLog(self.store).record("run", run_id=run["run_id"])
 
     def list(self) -> list[dict[str, Any]]:
         root = self.store.zarr_group
         if "_runs" not in set(root.group_keys()):
             return []
-        g = root["_runs"]
-        return [dict(g[k].attrs)["atlasstore_run"] for k in sorted(g.group_keys())]
+        g = _subgroup(root, "_runs")
+        recs: list[Any] = [_subgroup(g, k).attrs["atlasstore_run"] for k in sorted(g.group_keys())]
+        return [dict(r) for r in recs]
+
+
+def _subgroup(group: zarr.Group, name: str) -> zarr.Group:
+    node = group[name]
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"{group.path}/{name} is not a group")
+    return node
 
 
 #: a bulk copy: (domain, sequence, level, field, t0, t1, y slice, x slice, destination)
 ReadJob = tuple[str, str, int, str, int, int, slice, slice, NDArray[np.float32]]
-
-
-class TensorStoreReader:
-    """TensorStore's zarr3 driver over a local store's committed arrays.
-
-    All copies of a call are issued at once and run in TensorStore's thread pool (decode, crc32c
-    check and copy into the caller's buffer, without the GIL). With ``cache_bytes > 0`` decoded
-    chunks are kept in an LRU cache pool, so a step shared by overlapping windows is decoded once;
-    committed arrays are immutable, so cached data is not rechecked after open.
-    """
-
-    def __init__(self, root: Path, cache_bytes: int = 0) -> None:
-        import tensorstore as ts
-
-        self._ts = ts
-        self.root = root
-        self.cache_bytes = int(cache_bytes)
-        self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
-        self._handles: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def for_store(cls, store: AtlasStore, cache_bytes: int = 0) -> TensorStoreReader | None:
-        """A reader for a local store; None for remote (fsspec) stores."""
-        path = local_path(store.location)
-        return None if path is None else cls(path.resolve(), cache_bytes)
-
-    def handle(self, name: str) -> Any:
-        h = self._handles.get(name)
-        if h is None:
-            # fill_missing_data_reads=False: a missing or empty shard is an error, never zeros
-            spec: dict[str, Any] = {"driver": "zarr3", "fill_missing_data_reads": False,
-                                    "kvstore": {"driver": "file", "path": str(self.root / name)}}
-            if self.cache_bytes:
-                spec["recheck_cached_data"] = "open"
-            h = self._ts.open(spec, read=True, context=self._ctx).result()
-            with self._lock:
-                h = self._handles.setdefault(name, h)
-        return h
-
-    def forget(self, prefix: str) -> None:
-        with self._lock:
-            for k in [k for k in self._handles if k.startswith(prefix)]:
-                del self._handles[k]
-
-    @staticmethod
-    def _result(fut: Any, name: str) -> Any:
-        try:
-            return fut.result()
-        except Exception as exc:
-            text = str(exc)
-            if text.startswith(("OUT_OF_RANGE", "INVALID_ARGUMENT")):  # the caller's selection
-                raise IndexError(f"{name}: {text.splitlines()[0][:300]}") from None
-            if text.startswith(("NOT_FOUND", "FAILED_PRECONDITION")):
-                raise CorruptArray(f"{name}: shard missing or empty ({text.splitlines()[0][:300]})") from exc
-            if _looks_corrupt(exc):
-                raise CorruptArray(f"{name}: stored data is corrupt ({exc})") from exc
-            raise
-
-    def read(self, name: str, selection: tuple[Any, ...]) -> NDArray:
-        try:
-            view = self.handle(name)[selection]
-        except (ValueError, IndexError) as exc:  # tensorstore's bad index
-            raise IndexError(f"{name}: {str(exc).splitlines()[0][:300]}") from None
-        return np.asarray(self._result(view.read(), name))
-
-    def copy_into(self, jobs: Sequence[tuple[str, tuple[Any, ...], NDArray]]) -> None:
-        futs = [self._ts.array(dst, copy=False, write=True).write(self.handle(name)[sel])
-                for name, sel, dst in jobs]
-        for fut, (name, _, _) in zip(futs, jobs):
-            self._result(fut, name)
-
-
-class StoreLocked(StoreError):
-    """Another live writer holds the store's writer lock."""
-
-
-class WriterLock:
-    """One generation run writes a store at a time; a dead holder never blocks the next run.
-
-    Local stores use an OS file lock (``flock``) on ``_lock/zarr.json``: the kernel releases it
-    when the holder exits or is killed, so there is no stale state and no race in breaking one.
-    The file is a valid Zarr group whose attributes name the holder (run id, pid, host) for the
-    refusal message. Remote (fsspec) stores have no such primitive: there the lock object is
-    created with the store's exclusive put and is stale when its holder's pid is gone (same
-    host) or its heartbeat, refreshed every ``stale_after / 4`` s, is older than ``stale_after``
-    s; two runs breaking the same stale remote lock at the same instant can both proceed.
-    """
-
-    KEY = "_lock/zarr.json"
-
-    def __init__(self, store: AtlasStore, owner: Mapping[str, Any] | None = None,
-                 stale_after: float = 120.0) -> None:
-        self.store = store
-        self.owner = dict(owner or {})
-        self.stale_after = stale_after
-        self.token = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._fd: int | None = None
-        root = local_path(store.location)
-        self._path = None if root is None else root / self.KEY
-
-    def _payload(self) -> bytes:
-        lock = {"token": self.token, "pid": os.getpid(), "host": host(),
-                "heartbeat": time.time(), **self.owner}
-        return json.dumps({"zarr_format": 3, "node_type": "group",
-                           "attributes": {"atlasstore_writer_lock": lock}}).encode()
-
-    @staticmethod
-    def _parse(raw: bytes) -> dict[str, Any]:
-        try:
-            return json.loads(raw)["attributes"]["atlasstore_writer_lock"]
-        except (ValueError, KeyError, TypeError):
-            return {}
-
-    def _refuse(self, rec: Mapping[str, Any]) -> StoreLocked:
-        return StoreLocked(
-            f"{self.store.location} is being written by another generation run "
-            f"({rec.get('run_id', '?')}, pid {rec.get('pid')} on {rec.get('host')}); wait for it "
-            f"to finish (a killed run's lock is released automatically)")
-
-    # ------------------------------------------------------------------ local: flock
-
-    def _acquire_local(self) -> None:
-        import fcntl
-
-        assert self._path is not None
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # The flock is on the lock *directory*; the holder's details go into its zarr.json by
-        # atomic replace, so a reader listing the store never sees a half-written file.
-        fd = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            try:
-                rec = self._parse(self._path.read_bytes())
-            except OSError:
-                rec = {}
-            raise self._refuse(rec) from None
-        self._fd = fd
-        self._write_local(self._payload())
-
-    def _write_local(self, payload: bytes) -> None:
-        assert self._path is not None
-        atomic_write(self._path, payload)
-
-    def _release_local(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            self._write_local(json.dumps({"zarr_format": 3, "node_type": "group",
-                                          "attributes": {}}).encode())
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    # ------------------------------------------------------------------ remote: heartbeat
-
-    def _read(self) -> dict[str, Any] | None:
-        buf = sync(self.store.zarr_group.store.get(self.KEY, prototype=default_buffer_prototype()))
-        return None if buf is None else self._parse(buf.to_bytes())
-
-    def _is_stale(self, rec: Mapping[str, Any]) -> bool:
-        if rec.get("host") == host() and isinstance(rec.get("pid"), int):
-            try:
-                os.kill(rec["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-        return time.time() - float(rec.get("heartbeat", 0)) > self.stale_after
-
-    def _acquire_remote(self) -> None:
-        zstore = self.store.zarr_group.store
-        for _ in range(3):
-            sync(zstore.set_if_not_exists(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
-            rec = self._read()
-            if rec is not None and rec.get("token") == self.token:
-                self._thread = threading.Thread(target=self._beat, name="atlas-writer-lock",
-                                                daemon=True)
-                self._thread.start()
-                return
-            if rec is None or self._is_stale(rec):
-                sync(zstore.delete_dir(self.KEY.split("/")[0]))
-                continue
-            raise self._refuse(rec)
-        raise StoreLocked(f"could not take the writer lock of {self.store.location}")
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.stale_after / 4):
-            rec = self._read()
-            if rec is None or rec.get("token") != self.token:
-                return
-            sync(self.store.zarr_group.store.set(self.KEY, cpu_buffer.Buffer.from_bytes(self._payload())))
-
-    def _release_remote(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        rec = self._read()
-        if rec is not None and rec.get("token") == self.token:
-            sync(self.store.zarr_group.store.delete_dir(self.KEY.split("/")[0]))
-
-    # ------------------------------------------------------------------ API
-
-    def acquire(self) -> WriterLock:
-        self.store._require_writable()
-        if self._path is not None:
-            self._acquire_local()
-        else:
-            self._acquire_remote()
-        return self
-
-    def release(self) -> None:
-        if self._path is not None:
-            self._release_local()
-        else:
-            self._release_remote()
-
-    def __enter__(self) -> WriterLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _looks_corrupt(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(w in text for w in ("crc", "checksum", "blosc", "decompress", "corrupt", "decod",
-                                   "shard", "codec", "buffer", "zstd", "index", "data_loss",
-                                   "digest"))

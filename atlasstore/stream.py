@@ -2,7 +2,7 @@
 
 Usage::
 
-    q = Query(store, domains=("fluid_dynamics",), stride=1)
+    q = Query(store, domains=("fluid_dynamics",), scale=256, window=5, stride=1)
     with stream(q, n_in=4, n_out=1, batch_size=16, seed=0, num_epochs=None) as it:
         for batch in it:              # {"inputs": {256: (B,4,256,256), 128: ..., 64: ...},
             ...                       #  "target": (B,1,256,256), "ids": [...]}  (jax.Arrays)
@@ -10,11 +10,13 @@ Usage::
 
 What a batch is
 ---------------
-A *sample* is one window of ``n_in + n_out`` consecutive steps of one sequence (the query's
-windows with ``window = n_in + n_out``; its ``stride``, ``time_range`` and statistic filters
-apply). ``inputs[level]`` holds the first ``n_in`` steps at every level stored for the query's
-sequences (full resolution and each pyramid level, exactly as stored: nothing is resized at read
-time); ``target`` holds the next ``n_out`` steps at the full-resolution level. Extra fields
+A *sample* is one of the query's windows, so the query's ``window`` must be ``n_in + n_out``
+(a mismatch is refused with :class:`StreamError`); its ``stride``, ``time_range``, statistic
+filters, ``perturbation`` and ``run_id`` choose the windows, and a ``region`` is refused (whole
+maps only). ``inputs[level]`` holds the first ``n_in`` steps at every stored level up to the
+query's ``scale`` (exactly as stored: nothing is resized at read time); ``target`` holds the
+next ``n_out`` steps at the query's ``scale`` (so ``scale=128`` on a 256 store streams inputs
+at 128 and 64 and a 128 target; see :class:`~atlasstore.window_source.WindowSource`). Extra fields
 (``fields=("grad_x",)``) come as ``batch["fields"][name][level]`` shaped like ``inputs``. Every
 array is float32 ``(B, steps, y, x)``, normalised (see below) unless ``normalise=False``, and
 already placed (transfer and normalisation finished) on the devices as a ``jax.Array``
@@ -82,18 +84,12 @@ numbers in ``benchmarks/results/stream.md``):
   (seed, epoch, step), and :class:`WindowSource` still implements Grain's random-access
   protocol (``__len__``, ``__getitem__``, ``_getitems``) so a Grain pipeline can be built on it.
 
-Normalisation statistics
-------------------------
-Per (domain, field, level): mean and std of every value of every step of the selected sequences
-(float64 accumulation), computed once from the data and cached in a JSON file **beside the
-store**, ``<store>.stream-stats.json`` (or ``stats_path=``), keyed by a fingerprint of the
-selected sequences' ids and their recorded array checksums (so a changed set of sequences, or a
-rewritten one, is recomputed; unchanged ones load). A file beside the store, not root attributes:
-training opens stores read-only, and writing the root ``zarr.json`` would race with other
-writers of root metadata; the SQLite catalog lives beside the store the same way. For non-local
-stores the file is written through fsspec; if it cannot be written the statistics are kept in
-memory only. ``(x - mean) / std``; :meth:`StreamIterator.denormalise` (alias ``inverse``) undoes
-it per sample (domains from the batch's ids).
+Normalisation
+-------------
+Per (domain, field, level) mean and std, computed once and cached beside the store
+(:mod:`atlasstore.normalization`, ``stats_path=`` to put them elsewhere); ``(x - mean) / std``
+on the device; :meth:`StreamIterator.denormalise` (alias ``inverse``) undoes it per sample
+(domains from the batch's ids).
 
 Wait metric
 -----------
@@ -112,43 +108,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .locations import atomic_write, is_remote
-from .query import Query, Window
-from .store import FIELDS, AtlasStore, TensorStoreReader
+from .normalization import NormStats, load_or_compute_stats
+from .query import Query
+from .window_source import StreamError, WindowSource, check_int, normalise_np, tree_map2
 
 STATE_VERSION = 1
-STATS_FORMAT = "atlasstore-stream-stats/1"
-STATS_SUFFIX = ".stream-stats.json"
-#: entries kept in one statistics file (oldest dropped first)
-MAX_STATS_ENTRIES = 32
-#: largest decoded-chunk cache that ``cache_bytes="auto"`` picks
-AUTO_CACHE_CAP = 2 * 2**30
-
-__all__ = [
-    "StreamError", "NormStats", "WindowSource", "StreamIterator", "stream",
-    "epoch_permutation", "process_share", "epoch_batches", "stats_location",
-    "load_or_compute_stats", "compute_stats", "stats_fingerprint",
-]
-
-
-class StreamError(ValueError):
-    """A stream that cannot be built as asked, or a state that does not belong to it."""
 
 
 # ---------------------------------------------------------------------------- order & sharding
-
-
-def _check_int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise StreamError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> NDArray[np.int64]:
@@ -172,377 +144,6 @@ def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, process_index:
     share = process_share(epoch_permutation(n, seed, epoch, shuffle), process_index, process_count)
     steps = len(share) // batch_size
     return share[:steps * batch_size].reshape(steps, batch_size)
-
-
-# ---------------------------------------------------------------------------- read paths
-
-#: a copy job: (domain, sequence, level, field, t0, t1, destination view of shape (t1-t0, y, x))
-Job = tuple[str, str, int, str, int, int, NDArray[np.float32]]
-
-
-class _Reader:
-    """The store's read path, with this iterator's own decoded-chunk cache.
-
-    "tensorstore" (local stores; the default where available) reads every copy of a batch at
-    once in TensorStore's thread pool; "zarr" goes through zarr-python (any fsspec location).
-    """
-
-    def __init__(self, store: AtlasStore, kind: str = "auto", cache_bytes: int = 0) -> None:
-        if kind not in ("auto", "tensorstore", "zarr"):
-            raise StreamError(f"reader must be 'auto', 'tensorstore' or 'zarr', got {kind!r}")
-        self.store = store
-        self.ts: TensorStoreReader | None = None
-        if kind != "zarr":
-            try:
-                self.ts = TensorStoreReader.for_store(store, cache_bytes)
-            except ImportError:
-                if kind == "tensorstore":
-                    raise
-            if self.ts is None and kind == "tensorstore":
-                raise StreamError(f"reader='tensorstore' needs a local store; {store.location} is not")
-        self.name = "tensorstore" if self.ts is not None else "zarr"
-
-    def copy_into(self, jobs: Sequence[Job]) -> None:
-        full = slice(None)
-        self.store.read_into([(d, s, lvl, f, t0, t1, full, full, dst)
-                              for d, s, lvl, f, t0, t1, dst in jobs], reader=self.ts)
-
-    def read_all(self, d: str, s: str, lvl: int, f: str) -> NDArray:
-        return self.store.read(d, s, lvl, f)
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class NormStats:
-    """Mean and std per (domain, field, level), with the fingerprint of the data they describe."""
-
-    fingerprint: str
-    values: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]  # dom->field->level->{}
-
-    def mean_std(self, domain: str, field: str, level: int) -> tuple[float, float]:
-        try:
-            v = self.values[domain][field][str(level)]
-        except KeyError:
-            raise StreamError(f"no normalisation statistics for {domain}/{field} at level {level}"
-                              ) from None
-        return float(v["mean"]), float(v["std"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "values": json.loads(json.dumps(self.values))}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> NormStats:
-        return cls(str(d["fingerprint"]), d["values"])
-
-
-def stats_fingerprint(store: AtlasStore, sequences: Sequence[tuple[str, str]],
-                      fields: Sequence[str], levels: Sequence[int]) -> str:
-    """Hash of the sequences (ids and recorded checksums of the arrays used), fields and levels."""
-    recs = []
-    for d, s in sorted(sequences):
-        arrays = store.sequence_info(d, s).get("arrays", {})
-        recs.append([d, s, {f"{lvl}/{f}": arrays.get(f"{lvl}/{f}", {}).get("checksum")
-                            for lvl in levels for f in fields}])
-    blob = json.dumps({"v": 1, "sequences": recs, "fields": sorted(fields),
-                       "levels": sorted(levels)}, sort_keys=True).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
-
-
-def compute_stats(store: AtlasStore, sequences: Sequence[tuple[str, str]], fields: Sequence[str],
-                  levels: Sequence[int], reader: Any = "auto",
-                  fingerprint: str | None = None) -> NormStats:
-    """Mean/std per (domain, field, level) over every value of the given sequences."""
-    rd = _Reader(store, reader) if isinstance(reader, str) else reader
-    acc: dict[tuple[str, str, int], list[float]] = {}
-    for d, s in sorted(sequences):
-        for f in fields:
-            for lvl in levels:
-                a = np.asarray(rd.read_all(d, s, lvl, f), dtype=np.float64)
-                n, sm, sq = acc.setdefault((d, f, lvl), [0.0, 0.0, 0.0])
-                acc[(d, f, lvl)] = [n + a.size, sm + float(a.sum()), sq + float(np.square(a).sum())]
-    values: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    for (d, f, lvl), (n, sm, sq) in sorted(acc.items()):
-        mean = sm / n
-        var = max(sq / n - mean * mean, 0.0)
-        std = float(np.sqrt(var))
-        if not np.isfinite(std) or std <= 1e-12 * max(1.0, abs(mean)):
-            std = 1.0  # a constant field: only centre it
-        values.setdefault(d, {}).setdefault(f, {})[str(lvl)] = {
-            "mean": mean, "std": std, "count": int(n)}
-    fp = fingerprint or stats_fingerprint(store, sequences, fields, levels)
-    return NormStats(fp, values)
-
-
-def stats_location(store: AtlasStore) -> str:
-    """The default statistics file: ``<store location>.stream-stats.json`` beside the store."""
-    return str(store.location).rstrip("/") + STATS_SUFFIX
-
-
-def _read_stats_file(path: str) -> dict[str, Any]:
-    try:
-        if is_remote(path):
-            import fsspec
-
-            with fsspec.open(path, "r") as fh:
-                doc = json.load(fh)
-        else:
-            doc = json.loads(Path(path.removeprefix("file://")).read_text())
-    except (FileNotFoundError, OSError, ValueError):
-        return {"format": STATS_FORMAT, "entries": {}}
-    if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
-        return {"format": STATS_FORMAT, "entries": {}}
-    doc.setdefault("entries", {})
-    return doc
-
-
-def _write_stats_file(path: str, doc: Mapping[str, Any]) -> bool:
-    text = json.dumps(doc, indent=1, sort_keys=True)
-    try:
-        if is_remote(path):
-            import fsspec
-
-            with fsspec.open(path, "w") as fh:
-                fh.write(text)
-            return True
-        atomic_write(path.removeprefix("file://"), text)  # readers see the old or the new file
-        return True
-    except (OSError, ImportError):
-        return False
-
-
-_stats_lock = threading.Lock()
-
-
-def load_or_compute_stats(store: AtlasStore, sequences: Sequence[tuple[str, str]],
-                          fields: Sequence[str], levels: Sequence[int], path: str | None = None,
-                          reader: Any = "auto", recompute: bool = False
-                          ) -> tuple[NormStats, bool]:
-    """Statistics for these sequences from the cache file, else computed and saved.
-
-    Returns ``(stats, computed)``. The cache is keyed by :func:`stats_fingerprint`.
-    """
-    path = path or stats_location(store)
-    fp = stats_fingerprint(store, sequences, fields, levels)
-    with _stats_lock:
-        doc = _read_stats_file(path)
-        entry = doc["entries"].get(fp)
-        if entry is not None and not recompute:
-            return NormStats(fp, entry["values"]), False
-        st = compute_stats(store, sequences, fields, levels, reader=reader, fingerprint=fp)
-        doc = _read_stats_file(path)  # re-read: keep entries another process added meanwhile
-        doc["entries"][fp] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "sequences": [f"{d}/{s}" for d, s in sorted(sequences)],
-                              "fields": list(fields), "levels": list(levels),
-                              "values": st.to_json()["values"]}
-        if len(doc["entries"]) > MAX_STATS_ENTRIES:
-            for old in sorted(doc["entries"], key=lambda k: doc["entries"][k]["created"]
-                              )[:len(doc["entries"]) - MAX_STATS_ENTRIES]:
-                if old != fp:
-                    del doc["entries"][old]
-        _write_stats_file(path, doc)
-        return st, True
-
-
-# ---------------------------------------------------------------------------- window source
-
-
-class WindowSource:
-    """Random access over a query's windows of ``n_in + n_out`` steps.
-
-    ``len(src)`` windows; ``src[i]`` is one sample as NumPy (``{"inputs": {level: (n_in, y, x)},
-    "target": (n_out, y, x), "id": str}`` plus ``"fields"`` for extra fields);
-    ``src.read_batch(idx)`` reads several at once into stacked arrays (every copy of the batch in
-    flight at once). This is Grain's random-access data-source protocol (``__len__``,
-    ``__getitem__``, ``_getitems``), so ``grain.MapDataset.source(src)`` works on it.
-
-    ``cache_bytes``: size of the decoded-chunk cache of the TensorStore reader; "auto" is the
-    decoded size of every array the stream reads, capped at :data:`AUTO_CACHE_CAP`; 0 disables.
-    """
-
-    def __init__(self, query: Query, n_in: int, n_out: int = 1, *,
-                 fields: Sequence[str] | None = None, stats: NormStats | None = None,
-                 reader: str = "auto", cache_bytes: int | str = "auto") -> None:
-        self.n_in = _check_int("n_in", n_in, 1)
-        self.n_out = _check_int("n_out", n_out, 1)
-        if not isinstance(query, Query):
-            raise StreamError(f"expected a Query, got {type(query).__name__}")
-        if query.region is not None:
-            raise StreamError("the stream reads whole maps at every level; a query region "
-                              f"({query.region}) is not supported")
-        extra = tuple(f for f in (fields if fields is not None else query.fields) if f != "energy")
-        for f in extra:
-            if f not in FIELDS:
-                raise StreamError(f"unknown field {f!r}; fields: {', '.join(FIELDS)}")
-        self.extra_fields = tuple(dict.fromkeys(extra))
-        self.window = self.n_in + self.n_out
-        self.query = query.where(window=self.window)
-        self.store = query.store
-        selected = self.query.selection()
-        if not selected:
-            raise StreamError(f"the query selects no sequences (domains={query.domains}, "
-                              f"sequences={query.sequences}); it yields no windows: nothing to "
-                              "stream")
-        longest = max(s.n_steps for s in selected)
-        if self.window > longest:
-            raise StreamError(f"a sample needs n_in + n_out = {self.n_in} + {self.n_out} = "
-                              f"{self.window} steps, but the longest selected sequence has "
-                              f"{longest}")
-        # One scale per stream: every sequence must have the same levels and map shape.
-        sig: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
-        for s in selected:
-            info = self.store.sequence_info(s.domain, s.sequence_id)
-            key = (tuple(sorted(s.levels, reverse=True)), tuple(info["shape"]))
-            sig.setdefault(key, f"{s.domain}/{s.sequence_id}")
-        if len(sig) > 1:
-            desc = "; ".join(f"{name}: levels {list(k[0])}, shape {list(k[1])}"
-                             for k, name in sig.items())
-            raise StreamError("mismatched scales: the selected sequences differ in levels or map "
-                              f"shape ({desc}), so they cannot share a batch; select one scale/"
-                              "shape per stream (domains=, sequences=)")
-        (levels, shape), = sig
-        self.levels: tuple[int, ...] = levels
-        self.base_level = levels[0]
-        self.base_shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
-        self.level_shapes = {lvl: (self.base_shape[0] * lvl // self.base_level,
-                                   self.base_shape[1] * lvl // self.base_level) for lvl in levels}
-        self.sequences = [(s.domain, s.sequence_id) for s in selected]
-        self.windows: list[Window] = self.query.windows()
-        if not self.windows:
-            raise StreamError(f"the query yields no windows of {self.window} steps (stride "
-                              f"{query.stride}, time_range {query.time_range}, statistic "
-                              "filters); nothing to stream")
-        self.data_nbytes = 4 * len(self.all_fields) * sum(
-            s.n_steps for s in selected) * sum(ny * nx for ny, nx in self.level_shapes.values())
-        if cache_bytes == "auto":
-            cache_bytes = min(self.data_nbytes, AUTO_CACHE_CAP)
-        self.cache_bytes = _check_int("cache_bytes", cache_bytes, 0)
-        self._reader = _Reader(self.store, reader, self.cache_bytes)
-        self.stats: NormStats | None = None
-        self._mi: dict[tuple[str, int], NDArray[np.float32]] = {}
-        if stats is not None:
-            self.set_stats(stats)
-
-    def set_stats(self, stats: NormStats | None) -> None:
-        """Use these statistics to normalise (None: deliver raw values)."""
-        self.stats = stats
-        self._mi = {}
-        if stats is None:
-            return
-        doms = sorted({w.domain for w in self.windows})
-        dom_index = np.array([doms.index(w.domain) for w in self.windows])
-        for f in self.all_fields:
-            for lvl in self.levels:
-                per_dom = np.array([stats.mean_std(d, f, lvl) for d in doms], np.float64)
-                mi = np.stack([per_dom[:, 0], 1.0 / per_dom[:, 1]], axis=1).astype(np.float32)
-                self._mi[(f, lvl)] = mi[dom_index]  # (n_windows, 2): mean, 1/std
-
-    @property
-    def reader(self) -> str:
-        return self._reader.name
-
-    @property
-    def all_fields(self) -> tuple[str, ...]:
-        return ("energy", *self.extra_fields)
-
-    def sample_nbytes(self) -> int:
-        """Bytes of one sample as delivered (float32)."""
-        n = sum(self.n_in * ny * nx for ny, nx in self.level_shapes.values())
-        by, bx = self.base_shape
-        return 4 * (n * len(self.all_fields) + self.n_out * by * bx)
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def read_raw(self, indices: Sequence[int]
-                 ) -> tuple[dict[str, Any], list[str], dict[str, Any] | None]:
-        """Raw (unnormalised) arrays of these windows, their ids, and the normalisation params.
-
-        The params tree mirrors the arrays tree with (B, 2) float32 leaves (mean, 1/std per
-        sample), or is None without statistics.
-        """
-        idx = np.asarray(indices, dtype=np.int64)
-        wins = [self.windows[int(i)] for i in idx]
-        B = len(wins)
-        per_field = {f: {lvl: _empty_aligned((B, self.n_in, *self.level_shapes[lvl]))
-                         for lvl in self.levels} for f in self.all_fields}
-        target = _empty_aligned((B, self.n_out, *self.base_shape))
-        jobs: list[Job] = []
-        for i, w in enumerate(wins):
-            for f in self.all_fields:
-                for lvl in self.levels:
-                    jobs.append((w.domain, w.sequence_id, lvl, f, w.t0, w.t0 + self.n_in,
-                                 per_field[f][lvl][i]))
-            jobs.append((w.domain, w.sequence_id, self.base_level, "energy", w.t0 + self.n_in,
-                         w.t0 + self.window, target[i]))
-        self._reader.copy_into(jobs)
-        raw: dict[str, Any] = {"inputs": per_field["energy"], "target": target}
-        if self.extra_fields:
-            raw["fields"] = {f: per_field[f] for f in self.extra_fields}
-        params = None
-        if self.stats is not None:
-            params = {"inputs": {lvl: self._mi[("energy", lvl)][idx] for lvl in self.levels},
-                      "target": self._mi[("energy", self.base_level)][idx]}
-            if self.extra_fields:
-                params["fields"] = {f: {lvl: self._mi[(f, lvl)][idx] for lvl in self.levels}
-                                    for f in self.extra_fields}
-        return raw, [w.id for w in wins], params
-
-    def read_batch(self, indices: Sequence[int], normalise: bool = True) -> dict[str, Any]:
-        """NumPy batch ``{"inputs", "target", "ids"[, "fields"]}`` for these window indices.
-
-        Normalised on the host when the source has statistics and ``normalise``.
-        """
-        raw, ids, params = self.read_raw(indices)
-        if params is not None and normalise:
-            _tree_map2(_normalise_np, raw, params)
-        raw["ids"] = ids
-        return raw
-
-    def _unbatch(self, batch: Mapping[str, Any], i: int) -> dict[str, Any]:
-        s: dict[str, Any] = {"inputs": {lvl: a[i] for lvl, a in batch["inputs"].items()},
-                             "target": batch["target"][i], "id": batch["ids"][i]}
-        if "fields" in batch:
-            s["fields"] = {f: {lvl: a[i] for lvl, a in v.items()}
-                           for f, v in batch["fields"].items()}
-        return s
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        i = int(index)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"window {index} out of range for {len(self)} windows")
-        return self._unbatch(self.read_batch([i % len(self)]), 0)
-
-    def _getitems(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        b = self.read_batch(indices)
-        return [self._unbatch(b, i) for i in range(len(indices))]
-
-
-def _empty_aligned(shape: tuple[int, ...], align: int = 64) -> NDArray[np.float32]:
-    """An uninitialised float32 array whose data start on a 64-byte boundary.
-
-    JAX's CPU backend then adopts the buffer in ``device_put`` without copying it (measured: 26
-    MB in ~0.1 ms instead of ~16 ms); on accelerators it makes no difference.
-    """
-    n = int(np.prod(shape)) * 4
-    raw = np.empty(n + align, np.uint8)
-    off = (-raw.ctypes.data) % align
-    return raw[off:off + n].view(np.float32).reshape(shape)
-
-
-def _tree_map2(fn: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
-    """Map over two nested dicts of the same structure (leaves: arrays)."""
-    if isinstance(a, dict):
-        return {k: _tree_map2(fn, v, b[k]) for k, v in a.items()}
-    return fn(a, b)
-
-
-def _normalise_np(x: NDArray[np.float32], mi: NDArray[np.float32]) -> NDArray[np.float32]:
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    x -= mi[:, 0].reshape(shape)
-    x *= mi[:, 1].reshape(shape)
-    return x
 
 
 _jit_normalise: Any = None
@@ -646,7 +247,7 @@ class _Producer:
                 if self.stop_event.is_set():
                     return
             self._put(_END)
-        except BaseException as exc:  # re-raised in the consumer
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             self._put(_Failure(exc))
         finally:
             if pool is not None:
@@ -713,7 +314,7 @@ class _BatchMaker:
         if params is None:
             dev = self._put(raw)
         elif self.normalise_on == "host":
-            dev = self._put(_tree_map2(_normalise_np, raw, params))
+            dev = self._put(tree_map2(normalise_np, raw, params))
         else:
             dev = _device_normalise(self._put(raw), self._put(params))
         jax.block_until_ready(dev)  # "ahead of the consumer" means: on the device, computed
@@ -731,8 +332,8 @@ class StreamIterator:
     samples per batch on this process (split evenly over the local devices); ``seed``/``shuffle``
     for the per-epoch order; ``num_epochs`` (``None``: forever); ``prefetch`` batches read ahead
     by a background thread (0: read in ``next()``), ``workers`` batches read concurrently by it;
-    ``fields`` extra input fields (default: the
-    query's fields other than energy); ``normalise`` with statistics from ``stats_path`` (default
+    ``fields`` extra input fields (default: the query's fields other than the primary field,
+    see :class:`WindowSource`); ``normalise`` with statistics from ``stats_path`` (default
     beside the store); ``process_index``/``process_count`` override JAX's (for tests and custom
     launchers); ``devices`` the local devices to shard over (default ``jax.local_devices()``);
     ``reader`` "auto", "tensorstore" or "zarr".
@@ -748,19 +349,19 @@ class StreamIterator:
         import jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-        _check_int("n_in", n_in, 1)
-        _check_int("n_out", n_out, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.prefetch = _check_int("prefetch", prefetch, 0)
-        self.workers = _check_int("workers", workers, 1)
+        check_int("n_in", n_in, 1)
+        check_int("n_out", n_out, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.prefetch = check_int("prefetch", prefetch, 0)
+        self.workers = check_int("workers", workers, 1)
         if num_epochs is not None:
-            _check_int("num_epochs", num_epochs, 1)
+            check_int("num_epochs", num_epochs, 1)
         self.num_epochs = num_epochs
         self.shuffle = bool(shuffle)
-        self.process_count = _check_int("process_count", jax.process_count()
+        self.process_count = check_int("process_count", jax.process_count()
                                         if process_count is None else process_count, 1)
-        self.process_index = _check_int("process_index", jax.process_index()
+        self.process_index = check_int("process_index", jax.process_index()
                                         if process_index is None else process_index, 0)
         if self.process_index >= self.process_count:
             raise StreamError(f"process_index {self.process_index} is not below process_count "
@@ -847,7 +448,7 @@ class StreamIterator:
             raise StreamError("state belongs to a different stream configuration (windows, "
                               "n_in/n_out, batch size, shuffle, process share, fields, or "
                               "normalisation statistics differ): refusing to resume from it")
-        epoch, step = _check_int("epoch", state["epoch"], 0), _check_int("step", state["step"], 0)
+        epoch, step = check_int("epoch", state["epoch"], 0), check_int("step", state["step"], 0)
         if step >= self.steps_per_epoch:
             raise StreamError(f"state step {step} is beyond the {self.steps_per_epoch} steps of "
                               "an epoch")
@@ -923,15 +524,17 @@ class StreamIterator:
 
     # ---------------------------------------------------------------- normalisation
 
-    def denormalise(self, x: Any, ids: Sequence[str], field: str = "energy",
+    def denormalise(self, x: Any, ids: Sequence[str], field: str | None = None,
                     level: int | None = None) -> Any:
         """Undo the normalisation of ``x`` (B, ...) whose rows are the windows ``ids``.
 
-        ``level`` defaults to the full-resolution level (the target's). Returns the same kind of
-        array (NumPy in, NumPy out; jax in, jax out). Identity when ``normalise=False``.
+        ``field`` defaults to the primary field (the target's), ``level`` to the full-resolution
+        level (the target's). Returns the same kind of array (NumPy in, NumPy out; jax in, jax
+        out). Identity when ``normalise=False``.
         """
         if self.norm_stats is None:
             return x
+        field = field or self.source.primary
         lvl = self.source.base_level if level is None else int(level)
         doms = [i.split("/", 1)[0] for i in ids]
         if len(doms) != x.shape[0]:
@@ -947,11 +550,12 @@ class StreamIterator:
 
     inverse = denormalise
 
-    def normalise(self, x: Any, ids: Sequence[str], field: str = "energy",
+    def normalise(self, x: Any, ids: Sequence[str], field: str | None = None,
                   level: int | None = None) -> Any:
         """Apply the stream's normalisation to raw values ``x`` (B, ...) of the windows ``ids``."""
         if self.norm_stats is None:
             return x
+        field = field or self.source.primary
         lvl = self.source.base_level if level is None else int(level)
         ms = np.array([self.norm_stats.mean_std(i.split("/", 1)[0], field, lvl) for i in ids],
                       np.float32)
@@ -968,10 +572,10 @@ class StreamIterator:
         self._stop()
         self._closed = True
 
-    def __enter__(self) -> StreamIterator:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -987,5 +591,11 @@ class StreamIterator:
 
 def stream(query: Query, *, n_in: int, n_out: int = 1, batch_size: int, **kwargs: Any
            ) -> StreamIterator:
-    """A :class:`StreamIterator` over ``query``; see its parameters."""
+    """A :class:`StreamIterator` over ``query``; see its parameters.
+
+    The query defines the samples and none of its parameters is ignored: ``window`` must equal
+    ``n_in + n_out`` (StreamError otherwise); ``stride``, ``time_range``, statistic filters,
+    ``perturbation`` and ``run_id`` choose the windows; the target is at the query's ``scale``
+    and the inputs at every stored level up to it; a ``region`` is refused.
+    """
     return StreamIterator(query, n_in=n_in, n_out=n_out, batch_size=batch_size, **kwargs)

@@ -475,7 +475,7 @@ class DomainPreset:
         validate(doc, "preset", what=f"preset {doc.get('name', '?')!r}" if isinstance(doc, Mapping) else None)
         shape = tuple(doc["shape"])
         physics.validate_shape(shape, f"preset {doc['name']!r} shape")
-        return cls(name=doc["name"], pattern=doc["pattern"], shape=shape,  # type: ignore[arg-type]
+        return cls(name=doc["name"], pattern=doc["pattern"], shape=(int(shape[0]), int(shape[1])),
                    n_steps=doc["n_steps"],
                    perturbations=PerturbationConfig.from_dict(doc["perturbations"]),
                    description=doc.get("description", ""), source=dict(doc))
@@ -527,6 +527,7 @@ def synthesize(preset: DomainPreset | str, seed: Seed, n_steps: int | None = Non
     # Child sequences built explicitly (not .spawn) so a caller's SeedSequence is never mutated.
     pattern_seed, evolve_seed = (np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, i))
                                  for i in range(2))
-    base = make_pattern(preset.pattern, tuple(shape or preset.shape), pattern_seed)
+    ny, nx = shape or preset.shape
+    base = make_pattern(preset.pattern, (int(ny), int(nx)), pattern_seed)
     return generate_sequence(base, preset.n_steps if n_steps is None else n_steps,
                              preset.perturbations, evolve_seed)

@@ -31,11 +31,10 @@ Writes a Markdown report to ``benchmarks/results/catalog.md`` (``--out``) and pr
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import random
 import shlex
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import machine  # noqa: E402
 from atlasstore.catalog import CatalogUnavailable, SQLiteCatalog  # noqa: E402
-from atlasstore.catalog.neo4j import _MERGE_ARRAYS, Neo4jCatalog, _arr_row  # noqa: E402
 from atlasstore.catalog.base import ArrayRecord  # noqa: E402
+from atlasstore.catalog.neo4j import _MERGE_ARRAYS, Neo4jCatalog, _arr_row  # noqa: E402
 from catalog_fixtures import make_run, make_sequence  # noqa: E402
 
 DOMAINS = ("plasma_physics", "fluid_dynamics", "astrophysics", "turbulent_radiative_layer",
@@ -155,25 +155,6 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines()
-                      if x.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs{mem}, {platform.system()} {platform.release()}"
-
-
 # ------------------------------------------------------------------------------ benchmark
 
 
@@ -193,7 +174,8 @@ def bench_writes(cat: Any, args: argparse.Namespace, rows: list[tuple], is_neo: 
                     row = _arr_row(r)
                     s.execute_write(lambda tx, row=row: tx.run(_MERGE_ARRAYS, rows=[row]).consume())
         t = timed(per_row_bare)
-        rows.append(("per_row_bare", name, "per-row MERGE, 1 transaction per record (the same UNWIND statement, 1 row)",
+        rows.append(("per_row_bare", name,
+                     "per-row MERGE, 1 transaction per record (the same UNWIND statement, 1 row)",
                      len(recs), t, len(recs) / t, f"{len(recs)} records, rate extrapolated"))
         wipe(cat)
         cat.register_run(make_run("bench-run"))
@@ -269,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "catalog.md")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
-    load_start = os.getloadavg()
+    started = machine.start()
     command = "python benchmarks/bench_catalog.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     neo: Neo4jCatalog | None = None
@@ -318,14 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- report
     lines = ["# Catalog benchmark", "",
-             f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
-             f"- machine: {machine()}",
-             f"- python {platform.python_version()}, sqlite {__import__('sqlite3').sqlite_version}, "
-             f"neo4j driver {__import__('neo4j').__version__}",
+             *machine.describe(started, ("neo4j",), {"sqlite": sqlite3.sqlite_version}),
              f"- server: {neo_note or 'n/a'}",
-             f"- load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in load_start)}, "
-             f"at end {'/'.join(f'{x:.1f}' for x in os.getloadavg())} "
-             "(other jobs share the machine: timings are upper bounds)",
              f"- command: `{command}`", "",
              f"## Registering ArrayRecords ({args.arrays:,} records; batch size {args.batch_size})", "",
              "| backend | method | records | seconds | records/s | notes |",

@@ -28,10 +28,8 @@ What it does
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -41,6 +39,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import machine  # noqa: E402
 
 
 def _generate(path: Path, domains: tuple[str, ...], sequences: int, steps: int | None,
@@ -127,15 +127,6 @@ def _shape_check(cfg: Any) -> dict[str, Any]:
     return {"resolution": res, "levels": levels, "batch": b, "mean": list(out.mean.shape)}
 
 
-def _machine() -> str:
-    import jax
-
-    dev = jax.devices()[0]
-    return (f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, jax "
-            f"{jax.__version__} on {dev.platform} ({getattr(dev, 'device_kind', '?')}, "
-            f"{jax.device_count()} device(s))")
-
-
 def _markdown(ctx: dict[str, Any]) -> str:
     from atlasstore.nvp.goals import markdown_tables
 
@@ -146,9 +137,7 @@ def _markdown(ctx: dict[str, Any]) -> str:
         out += [("> `--quick`: tiny data and a few training steps on a small model. It checks that "
                 "the pipeline runs end to end; its numbers say nothing about what the model "
                 "reaches."), ""]
-    out += [(f"Run {ctx['when']} on `{platform.node()}`: {ctx['machine']}; load average "
-            f"{ctx['load_before']} before, {ctx['load_after']} after."), "",
-            "## Reproduce", "", "```", ctx["command"], "```", ""]
+    out += [*ctx["machine"], "", "## Reproduce", "", "```", ctx["command"], "```", ""]
     out.append("Data: " + "; ".join(
         f"`{Path(g['path']).name}` = {len(g['plan']['domains'])} domains x "
         f"{g['plan']['sequences']} sequences x {g['plan']['steps'] or 'preset (10)'} steps, shape "
@@ -225,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolutions", default="64,128", help="throughput at these ('' for none)")
     ap.add_argument("--reproduce", default=None, help=argparse.SUPPRESS)  # the command to show
     args = ap.parse_args(argv)
+    started = machine.start()
 
     from atlasstore.nvp.checkpoint import clear_run
     from atlasstore.nvp.config import TrainConfig
@@ -233,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     from atlasstore.nvp.train import train
     from atlasstore.synth import DEFAULT_DOMAINS
 
-    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     work = Path(args.workdir or f"/tmp/atlas-bench-nvp{'-quick' if args.quick else ''}")
     work.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig.load(args.config)
@@ -300,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     command = args.reproduce or command
     ctx = {
         "quick": args.quick,
-        "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": _machine(), "command": command, "data": data,
+        "machine": [*machine.describe(started, ("numpy", "jax", "jaxlib", "flax", "optax",
+                                                "orbax-checkpoint")),
+                    f"- JAX backend: {machine.jax_backend()}"],
+        "command": command, "data": data,
         "config": json.loads((run_dir / "run.json").read_text())["config"],
         "report": report, "figs": figs,
         "train": {"step": res.step, "seconds": train_s, "stopped": res.stopped,
@@ -312,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
                   "best_step": best_val.get("step"),
                   "best_metric": round(best_val[monitor], 5) if best_val else None},
         "throughput": tps,
-        "load_before": load_before,
-        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     out.write_text(_markdown(ctx))
     (work / "bench_nvp.json").write_text(json.dumps(ctx, indent=1, default=str))

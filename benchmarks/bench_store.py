@@ -44,12 +44,10 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
-import datetime as _dt
-import importlib.metadata as md
+import functools
 import json
 import math
 import os
-import platform
 import random
 import re
 import shutil
@@ -68,9 +66,10 @@ import tensorstore as ts
 import zarr
 from zarr.core.sync import sync as zsync
 
+import machine
 from atlasstore import physics, synth
 from atlasstore.query import Query, Window
-from atlasstore.store import FIELDS, AtlasStore, Layout
+from atlasstore.store import FIELDS, AtlasStore, Layout, array_stats, checksum
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL = tuple(FIELDS)
@@ -84,16 +83,6 @@ WINDOW_LEN = 4
 
 # --------------------------------------------------------------------------- machine
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fs_of(path: Path) -> str:
     try:
         best = ("", "?", "?")
@@ -106,33 +95,10 @@ def fs_of(path: Path) -> str:
         return "unknown"
 
 
-def versions() -> str:
-    out = [f"Python {platform.python_version()}"]
-    for p in ("numpy", "zarr", "numcodecs", "tensorstore", "google-crc32c"):
-        try:
-            out.append(f"{p} {md.version(p)}")
-        except md.PackageNotFoundError:
-            pass
-    return ", ".join(out)
-
-
-def machine_lines(workdir: Path) -> list[str]:
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB RAM"
-    except OSError:
-        pass
-    la = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+def machine_lines(run: machine.Start, workdir: Path) -> list[str]:
     return [
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores "
-        f"({len(os.sched_getaffinity(0))} usable), {mem}; {platform.system()} {platform.release()}",
-        f"- load average at start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (anything near the core "
-        f"count means other work shared the machine)",
+        *machine.describe(run, ("numpy", "zarr", "numcodecs", "tensorstore", "google-crc32c")),
         f"- work folder: {workdir} ({fs_of(workdir)})",
-        f"- {versions()}",
         f"- zarr config: async.concurrency={zarr.config.get('async.concurrency')}, codec_pipeline "
         f"batch_size={zarr.config.get('codec_pipeline.batch_size')}",
     ]
@@ -229,7 +195,8 @@ class Evictor:
 
     def describe(self) -> str:
         if self.mode == "drop":
-            how = "`sync; echo 3 > /proc/sys/vm/drop_caches` (page cache, dentries and inodes) before every cold run"
+            how = ("`sync; echo 3 > /proc/sys/vm/drop_caches` (page cache, dentries and inodes) "
+                   "before every cold run")
         else:
             why = ("chosen with --cold fadvise" if self.requested == "fadvise"
                    else "drop_caches was not permitted")
@@ -421,8 +388,10 @@ def store_compute_seconds(data: Data) -> float:
     """What write_sequence computes before any I/O: levels, gradients, checksums, stats."""
     t0 = time.perf_counter()
     for e in data.seqs.values():
-        derived = physics.derive_levels(e)
-        AtlasStore._commit_block(derived, physics.levels_for(e.shape))
+        for f in physics.derive_levels(e).values():
+            for name, v in f.as_dict().items():
+                checksum(v)
+                array_stats(v, with_entropy=(name == "energy"))
     return time.perf_counter() - t0
 
 
@@ -456,7 +425,7 @@ class StoreReaders:
         ks = self._all(levels)
         if concurrent:
             futs = [ts.open(self._ts_spec(k), read=True, context=self.ctx) for k in ks]
-            for k, fu in zip(ks, futs):
+            for k, fu in zip(ks, futs, strict=True):
                 self.tarrays[k] = fu.result()
         else:
             for k in ks:
@@ -721,31 +690,36 @@ def run_main(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
     agree = check_paths_agree(pred, loose, readers, wins)
     log(f"checks: {ts_check}; {crc_check}; {agree}")
 
+    dir_a, dir_b, dir_c = [work / "a"], [work / "b"], [work / "c"]
+    keys = data.keys
     win_variants: list[tuple[str, str, Callable[[Sequence[str]], int], list[Path]]] = [
-        ("a", pred.name, lambda f: pred.windows(wins, f), [work / "a"]),
-        ("b", loose.name, lambda f: loose.windows(wins, f), [work / "b"]),
-        ("c", "(c) Query.read_windows", lambda f: readers.win_query(wins, f), [work / "c"]),
-        ("c", "(c) AtlasStore.read per window", lambda f: readers.win_store_read(wins, f), [work / "c"]),
-        ("c", "(c) zarr: cached zarr.Array per window", lambda f: readers.win_zarr_cached(wins, f), [work / "c"]),
-        ("c", "(c) zarr: async gather, all windows", lambda f: readers.win_zarr_gather(wins, f), [work / "c"]),
-        ("c", "(c) tensorstore per window", lambda f: readers.win_ts(wins, f), [work / "c"]),
-        ("c", "(c) tensorstore, all reads issued at once", lambda f: readers.win_ts_batched(wins, f), [work / "c"]),
-        ("c", "(c) tensorstore, all at once into a batch buffer", lambda f: readers.win_ts_into(wins, f), [work / "c"]),
+        ("a", pred.name, lambda f: pred.windows(wins, f), dir_a),
+        ("b", loose.name, lambda f: loose.windows(wins, f), dir_b),
+        ("c", "(c) Query.read_windows", lambda f: readers.win_query(wins, f), dir_c),
+        ("c", "(c) AtlasStore.read per window", lambda f: readers.win_store_read(wins, f), dir_c),
+        ("c", "(c) zarr: cached zarr.Array per window", lambda f: readers.win_zarr_cached(wins, f), dir_c),
+        ("c", "(c) zarr: async gather, all windows", lambda f: readers.win_zarr_gather(wins, f), dir_c),
+        ("c", "(c) tensorstore per window", lambda f: readers.win_ts(wins, f), dir_c),
+        ("c", "(c) tensorstore, all reads issued at once", lambda f: readers.win_ts_batched(wins, f), dir_c),
+        ("c", "(c) tensorstore, all at once into a batch buffer",
+         lambda f: readers.win_ts_into(wins, f), dir_c),
     ]
     seq_variants: list[tuple[str, str, Callable[[Sequence[str]], int], list[Path]]] = [
-        ("a", pred.name, lambda f: pred.sequential(data.keys, n_steps, f), [work / "a"]),
-        ("b", loose.name, lambda f: loose.sequential(data.keys, n_steps, f), [work / "b"]),
-        ("c", "(c) AtlasStore.read per array", lambda f: readers.seq_store_read(data.keys, n_steps, f), [work / "c"]),
-        ("c", "(c) zarr: cached zarr.Array", lambda f: readers.seq_zarr_cached(data.keys, n_steps, f), [work / "c"]),
-        ("c", "(c) tensorstore per array", lambda f: readers.seq_ts(data.keys, n_steps, f), [work / "c"]),
-        ("c", "(c) tensorstore, all reads issued at once", lambda f: readers.seq_ts_batched(data.keys, n_steps, f), [work / "c"]),
+        ("a", pred.name, lambda f: pred.sequential(keys, n_steps, f), dir_a),
+        ("b", loose.name, lambda f: loose.sequential(keys, n_steps, f), dir_b),
+        ("c", "(c) AtlasStore.read per array", lambda f: readers.seq_store_read(keys, n_steps, f), dir_c),
+        ("c", "(c) zarr: cached zarr.Array", lambda f: readers.seq_zarr_cached(keys, n_steps, f), dir_c),
+        ("c", "(c) tensorstore per array", lambda f: readers.seq_ts(keys, n_steps, f), dir_c),
+        ("c", "(c) tensorstore, all reads issued at once",
+         lambda f: readers.seq_ts_batched(keys, n_steps, f), dir_c),
     ]
     res: dict[tuple[str, str, str], Timing] = {}
     for task, variants in (("win", win_variants), ("seq", seq_variants)):
         for fs_name, fields in FIELD_SETS.items():
             for _, name, fn, roots in variants:
                 res[(task, fs_name, name)] = t = timeit(
-                    lambda: fn(fields), lambda: ev.evict(roots), args.repeats, args.cold_repeats)
+                    functools.partial(fn, fields), functools.partial(ev.evict, roots),
+                    args.repeats, args.cold_repeats)
                 log(f"{task} {fs_name:13s} {name:45s} warm best {t.warm * 1e3:8.1f} ms "
                     f"median {t.warm_median * 1e3:8.1f} ms  cpu {t.warm_cpu * 1e3:8.1f} ms  "
                     f"cold {t.cold * 1e3:8.1f} ms")
@@ -761,7 +735,7 @@ def run_main(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
               "machine). They show the benchmark works and the rough shape of the result; do not "
               "quote them as performance. The full run replaces this file.", ""]
     L += [f"- command: `.venv/bin/python {' '.join(sys.argv)}` (from the repository root)"]
-    L += machine_lines(work)
+    L += machine_lines(args.started, work)
     T = n_steps
     L += [f"- data: {n_dom} domains x {n_seq} sequences x {T} steps at 256x256 = {data.n_maps} maps "
           f"(`synth.synthesize`, synthesised in memory once in {data.seconds:.1f} s); the same arrays "
@@ -773,29 +747,29 @@ def run_main(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
           f"machine may be shared; the medians are printed on stdout); cold: median of "
           f"{args.cold_repeats} run(s), each after emptying the page cache",
           f"- cold cache: {ev.describe()}",
-          f"- memcpy ceiling: {bw:,.0f} MB/s (`np.copyto` of a {args.memcpy_mb} MiB float32 array, best of 5, "
-          f"one thread); MB/s below are decoded float32 bytes delivered per second",
+          f"- memcpy ceiling: {bw:,.0f} MB/s (`np.copyto` of a {args.memcpy_mb} MiB float32 array, "
+          "best of 5, one thread); MB/s below are decoded float32 bytes delivered per second",
           f"- storage: a cold sequential read of one {args.memcpy_mb} MiB file in 4 MiB blocks ran at "
           f"{disk:,.0f} MB/s (compressed or raw bytes on disk, before any decoding)",
-          f"- warm CPU: process CPU time (all threads) of the warm run that used least; on a shared "
-          f"machine it is steadier than wall time, and above wall time when threads run in parallel",
+          "- warm CPU: process CPU time (all threads) of the warm run that used least; on a shared "
+          "machine it is steadier than wall time, and above wall time when threads run in parallel",
           ""]
 
     L += ["## Files, bytes, write time", "",
-          "| path | files | dirs | bytes (apparent) | bytes allocated on disk | write time | of which compute | "
-          "of which encode + I/O |",
+          "| path | files | dirs | bytes (apparent) | bytes allocated on disk | write time "
+          "| of which compute | of which encode + I/O |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [("a", pred.name, w_a, 0.0, "sidecar stats taken from generation"),
             ("b", loose.name, w_b, derive_b, "derive_levels"),
             ("c", "(c) atlas store, default Layout()", w_c, comp_c, "derive_levels + checksums + stats")]
     for k, name, wt, comp, _ in rows:
         u = usage[k]
-        L.append(f"| {name} | {u['files']:,} | {u['dirs']:,} | {fmt_b(u['bytes'])} | {fmt_b(u['allocated'])} | "
-                 f"{wt:.2f} s | {comp:.2f} s | {wt - comp:.2f} s |")
+        L.append(f"| {name} | {u['files']:,} | {u['dirs']:,} | {fmt_b(u['bytes'])} | "
+                 f"{fmt_b(u['allocated'])} | {wt:.2f} s | {comp:.2f} s | {wt - comp:.2f} s |")
     raw_c = sum(e.nbytes for e in data.seqs.values()) * (1 + 1 / 4 + 1 / 16) * 3
     L += ["",
           f"Write times are buffered writes (no fsync; `sync` ran afterwards, untimed). (c)'s compute is "
-          f"measured separately (`derive_levels` + `AtlasStore._commit_block`: SHA-256 checksums and "
+          f"measured separately (`derive_levels`, then the SHA-256 checksums and "
           f"stats of all 9 arrays) and subtracted. (a) stores only the 256 energy map (its pyramids and "
           f"gradients are recomputed on every load); (b) and (c) store 3 levels x 3 fields "
           f"({fmt_b(raw_c)} of float32); (c) compresses them to {fmt_b(usage['c']['bytes'])} "
@@ -823,14 +797,15 @@ def run_main(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
 
     def table(task: str, header: str) -> list[str]:
         out = [header, "",
-               "| path | fields | warm | warm CPU | warm MB/s | warm % of memcpy | cold | cold MB/s | cold % of memcpy |",
+               "| path | fields | warm | warm CPU | warm MB/s | warm % of memcpy | cold | cold MB/s "
+               "| cold % of memcpy |",
                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for fs_name in FIELD_SETS:
             for (tk, fsn, name), t in res.items():
                 if tk == task and fsn == fs_name:
-                    out.append(f"| {name} | {fs_name} | {fmt_s(t.warm)} | {fmt_s(t.warm_cpu)} | {t.mbps('warm'):,.0f} | "
-                               f"{t.mbps('warm') / bw:.2%} | {fmt_s(t.cold)} | {t.mbps('cold'):,.0f} | "
-                               f"{t.mbps('cold') / bw:.2%} |")
+                    out.append(f"| {name} | {fs_name} | {fmt_s(t.warm)} | {fmt_s(t.warm_cpu)} | "
+                               f"{t.mbps('warm'):,.0f} | {t.mbps('warm') / bw:.2%} | {fmt_s(t.cold)} | "
+                               f"{t.mbps('cold'):,.0f} | {t.mbps('cold') / bw:.2%} |")
         return out + [""]
 
     nb_w = res[("win", "energy", pred.name)].nbytes
@@ -845,12 +820,16 @@ def run_main(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
                       f"({fmt_b(nb_s)} delivered per field)")
     L += ["## Opening arrays (zarr-python vs tensorstore)", "",
           f"{n_arrays} arrays ({len(data.keys)} sequences x 3 levels x 3 fields).", "",
-          "| reader | cold total | cold per array | warm total | warm per array |", "|---|---:|---:|---:|---:|",
-          f"| zarr-python `AtlasStore.array` | {fmt_s(open_zarr_cold)} | {open_zarr_cold / n_arrays * 1e3:.2f} ms | "
+          "| reader | cold total | cold per array | warm total | warm per array |",
+          "|---|---:|---:|---:|---:|",
+          f"| zarr-python `AtlasStore.array` | {fmt_s(open_zarr_cold)} | "
+          f"{open_zarr_cold / n_arrays * 1e3:.2f} ms | "
           f"{fmt_s(open_zarr_warm)} | {open_zarr_warm / n_arrays * 1e3:.2f} ms |",
           f"| tensorstore `ts.open(...).result()` one by one | {fmt_s(open_ts_cold)} | "
-          f"{open_ts_cold / n_arrays * 1e3:.2f} ms | {fmt_s(open_ts_warm)} | {open_ts_warm / n_arrays * 1e3:.2f} ms |",
-          f"| tensorstore, all opens issued at once | | | {fmt_s(open_ts_conc)} | {open_ts_conc / n_arrays * 1e3:.2f} ms |",
+          f"{open_ts_cold / n_arrays * 1e3:.2f} ms | {fmt_s(open_ts_warm)} | "
+          f"{open_ts_warm / n_arrays * 1e3:.2f} ms |",
+          f"| tensorstore, all opens issued at once | | | {fmt_s(open_ts_conc)} | "
+          f"{open_ts_conc / n_arrays * 1e3:.2f} ms |",
           "", "The timed reads above use handles opened once (cached), except `AtlasStore.read` and "
           "`Query.read_windows`, which open per call as the package does today.", "",
           "## Checks", "",
@@ -887,11 +866,14 @@ def run_main(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
                 c = get(task, fs_name, cname, which)
                 bn, bc = best_c(task, fs_name, which)
                 L.append(f"| (c) at least as fast as (b) on {'(1)' if task == 'win' else '(2)'} | "
-                         f"{fs_name}, {which} | {b / c:.2f}x ({cname[4:]}) | {'met' if c <= b else 'NOT met'} | "
+                         f"{fs_name}, {which} | {b / c:.2f}x ({cname[4:]}) | "
+                         f"{'met' if c <= b else 'NOT met'} | "
                          f"{b / bc:.2f}x ({bn[4:]}) | {'met' if bc <= b else 'NOT met'} |")
     L.append(f"| >= 20x fewer files than (a) | {T}-step sequences | {a_files / c_files:.1f}x "
-             f"(per sequence {2 * T / per_seq_c:.1f}x) | {'met' if a_files / c_files >= 20 else 'NOT met'} | | |")
-    L += ["", "Speed-up columns are (other path's time) / (store's time): above 1 means the store is faster.", ""]
+             f"(per sequence {2 * T / per_seq_c:.1f}x) | "
+             f"{'met' if a_files / c_files >= 20 else 'NOT met'} | | |")
+    L += ["", "Speed-up columns are (other path's time) / (store's time): above 1 means the store is "
+          "faster.", ""]
     return "\n".join(L) + "\n"
 
 
@@ -946,12 +928,13 @@ def run_layout(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
             wins = random_windows(r.store, N_WINDOWS, args.seed)
         m: dict[str, Timing] = {}
         for fs_name, fields in FIELD_SETS.items():
-            for key, fn in (("win_query", lambda: r.win_query(wins, fields)),
-                            ("win_zarr", lambda: r.win_zarr_cached(wins, fields)),
-                            ("win_ts", lambda: r.win_ts_batched(wins, fields)),
-                            ("seq_zarr", lambda: r.seq_zarr_cached(data.keys, args.steps, fields)),
-                            ("seq_ts", lambda: r.seq_ts_batched(data.keys, args.steps, fields))):
-                m[f"{key}/{fs_name}"] = timeit(fn, lambda: ev.evict([root]), args.repeats, args.cold_repeats)
+            for key, fn in (("win_query", functools.partial(r.win_query, wins, fields)),
+                            ("win_zarr", functools.partial(r.win_zarr_cached, wins, fields)),
+                            ("win_ts", functools.partial(r.win_ts_batched, wins, fields)),
+                            ("seq_zarr", functools.partial(r.seq_zarr_cached, data.keys, args.steps, fields)),
+                            ("seq_ts", functools.partial(r.seq_ts_batched, data.keys, args.steps, fields))):
+                m[f"{key}/{fs_name}"] = timeit(fn, functools.partial(ev.evict, [root]),
+                                               args.repeats, args.cold_repeats)
         rows.append((label, lay, wt, u, m))
         print(f"[{time.perf_counter() - t_start:6.1f} s] {label:45s} write {wt:6.2f}s  "
               f"{fmt_b(u['bytes']):>10s}  " + "  ".join(
@@ -965,31 +948,32 @@ def run_layout(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
         L += ["> **Smoke numbers** from `--quick` (small data, few repeats, possibly on a busy shared "
               "machine); the full run replaces this file. Do not quote them as performance.", ""]
     L += [f"- command: `.venv/bin/python {' '.join(sys.argv)}` (from the repository root)"]
-    L += machine_lines(work)
+    L += machine_lines(args.started, work)
     assert wins is not None
     L += [f"- data: {args.domains} domains x {args.seqs} sequences x {args.steps} steps at 256x256 "
           f"= {data.n_maps} maps, 3 levels x 3 fields per sequence ({fmt_b(raw)} of float32); every "
           f"layout stores the same arrays; time_shard 128 (one shard per array for these sequences)",
-          f"- (1) {len(wins)} random {WINDOW_LEN}-step windows at {WINDOW_SCALE}, fields energy+grad_x+grad_y "
-          f"(energy-only in the second table); (2) sequential pass at {SEQ_SCALE} over everything",
+          f"- (1) {len(wins)} random {WINDOW_LEN}-step windows at {WINDOW_SCALE}, fields "
+          f"energy+grad_x+grad_y (energy-only in the second table); (2) sequential pass at {SEQ_SCALE} "
+          "over everything",
           f"- warm: best of {args.repeats} after a warm-up; cold: median of {args.cold_repeats}, "
           f"cache emptied before each: {ev.describe()}",
-          f"- readers: zarr-python on cached `zarr.Array`s (one read per window and field, as the "
-          f"iterator would), `Query.read_windows` (the package's batch reader, re-opens arrays), "
-          f"tensorstore (cached handles) with all reads issued at once; (2) reads whole arrays",
+          "- readers: zarr-python on cached `zarr.Array`s (one read per window and field, as the "
+          "iterator would), `Query.read_windows` (the package's batch reader, re-opens arrays), "
+          "tensorstore (cached handles) with all reads issued at once; (2) reads whole arrays",
           f"- write time includes {comp:.1f} s of compute (levels, gradients, checksums, stats) common "
           f"to every layout; memcpy ceiling {bw:,.0f} MB/s", ""]
     for fs_name in ("energy+grads", "energy"):
         L += [f"## Fields: {fs_name}", "",
-              "| layout | stored bytes | ratio | write | (1) zarr per window warm / cold | (1) Query.read_windows warm / cold "
-              "| (1) tensorstore warm / cold | (2) zarr warm / cold | (2) tensorstore warm / cold |",
+              "| layout | stored bytes | ratio | write | (1) zarr per window warm / cold "
+              "| (1) Query.read_windows warm / cold | (1) tensorstore warm / cold | (2) zarr warm / cold "
+              "| (2) tensorstore warm / cold |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for label, lay, wt, u, m in rows:
-            def c(k: str) -> str:
-                t = m[f"{k}/{fs_name}"]
-                return f"{fmt_s(t.warm)} / {fmt_s(t.cold)}"
-            L.append(f"| {label} | {fmt_b(u['bytes'])} | {raw / u['bytes']:.2f} | {wt:.1f} s | {c('win_zarr')} | "
-                     f"{c('win_query')} | {c('win_ts')} | {c('seq_zarr')} | {c('seq_ts')} |")
+        for label, _lay, wt, u, m in rows:
+            c = [f"{fmt_s(m[f'{k}/{fs_name}'].warm)} / {fmt_s(m[f'{k}/{fs_name}'].cold)}"
+                 for k in ("win_zarr", "win_query", "win_ts", "seq_zarr", "seq_ts")]
+            L.append(f"| {label} | {fmt_b(u['bytes'])} | {raw / u['bytes']:.2f} | {wt:.1f} s | "
+                     + " | ".join(c) + " |")
         L.append("")
 
     # a data-driven ranking: geometric mean over reads (both field sets, warm and cold, the
@@ -1008,7 +992,7 @@ def run_layout(args: argparse.Namespace, work: Path, ev: Evictor) -> str:
           "noise of this run.", "",
           "| layout | relative read time (warm + cold) | relative warm CPU time | stored bytes vs default "
           "| write vs default |", "|---|---:|---:|---:|---:|"]
-    for label, lay, wt, u, m in sorted(rows, key=lambda r: score(r[4])):
+    for label, _lay, wt, u, m in sorted(rows, key=lambda r: score(r[4])):
         L.append(f"| {label} | {score(m):.2f} | {score(m, ('warm_cpu',)):.2f} | "
                  f"{u['bytes'] / rows[0][3]['bytes']:.2f} | {wt / rows[0][2]:.2f} |")
     L += ["", "## What the readers read", "",
@@ -1041,6 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="override: warm repeats")
     ap.add_argument("--cold-repeats", type=int, default=None, help="override: cold repeats")
     args = ap.parse_args(argv)
+    args.started = machine.start()
     if args.quick:
         sizes, reps, args.memcpy_mb = (5, 2, 16), (2, 1), 128
     elif args.layout:  # 11 layouts: fewer sequences (the first 3 of each domain of the main run)

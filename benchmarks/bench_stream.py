@@ -34,10 +34,6 @@ batch 16 (``--quick``: 8), all normalised except where said.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import importlib.metadata as md
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -55,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import machine  # noqa: E402
 from atlasstore import synth  # noqa: E402
 from atlasstore.generate import Plan, generate  # noqa: E402
 from atlasstore.query import Query  # noqa: E402
@@ -69,41 +66,6 @@ N_IN, N_OUT = 4, 1
 
 def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        mem = float("nan")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {os.cpu_count()} logical cores ({usable} usable), {mem:.1f} GiB RAM; "
-            f"{platform.system()} {platform.release()}")
-
-
-def _versions() -> str:
-    out = [f"Python {platform.python_version()}"]
-    for p in ("numpy", "jax", "jaxlib", "tensorstore", "grain", "h5py", "zarr"):
-        try:
-            out.append(f"{p} {md.version(p)}")
-        except md.PackageNotFoundError:
-            pass
-    return ", ".join(out)
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def _median(xs: list[float]) -> float:
@@ -350,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     width = args.width or (4 if quick else 8)
     cmd = " ".join([".venv/bin/python benchmarks/bench_stream.py",
                     *(sys.argv[1:] if argv is None else argv)])
-    load0 = _load()
+    started = machine.start()
     t_all = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     lines: list[str] = []
@@ -364,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                  scheduler="serial")
         t_gen = time.perf_counter() - t0
         store = AtlasStore.open(loc)
-        q = Query(store)
+        q = Query(store, window=N_IN + N_OUT)
         size = _du(loc)
         t0 = time.perf_counter()
         first = stream(q, n_in=N_IN, n_out=N_OUT, batch_size=batch, prefetch=0)
@@ -481,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         lowered = step.lower(params, fixed_dev).compile()
         try:
             flops = float(lowered.cost_analysis()["flops"])
-        except Exception:  # cost analysis is best-effort
+        except Exception:  # noqa: BLE001 - cost analysis is best-effort
             flops = float("nan")
         jax.block_until_ready(step(params, fixed_dev))
         it.close()
@@ -511,7 +473,6 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---------------------------------------------------------------- report
         t_total = time.perf_counter() - t_all
-        when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         title = "# Streaming benchmark: atlasstore.stream vs a naive loop and a Well-style loader"
         if quick:
             title += " — SMOKE RUN (--quick)"
@@ -524,12 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         well_rate = _median(rates["(b) Well-style: h5py file per trajectory, opened per sample"])
         lines += [
             f"- command: `{cmd}` (from the repository root; {t_total:.0f} s in all)",
-            f"- date: {when}",
-            f"- machine: {_machine()}",
-            f"- load average at start: {load0}; at end: {_load()} (near or above the core count "
-            "means other work shared the machine)",
-            f"- {_versions()}; JAX backend {jax.default_backend()} "
-            f"({len(jax.devices())} device(s))",
+            *machine.describe(started, ("numpy", "jax", "jaxlib", "tensorstore", "grain", "h5py", "zarr")),
+            f"- JAX backend: {machine.jax_backend()}",
             f"- store: `generate` {n_dom} domains x {n_seq} sequences x {n_steps} steps at "
             f"256x256 (levels 256/128/64, energy + gradients) = {size / 2**20:.1f} MiB on disk "
             f"(generated in {t_gen:.1f} s); the stream reads the energy arrays: "

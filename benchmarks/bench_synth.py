@@ -21,30 +21,15 @@ for _v in THREAD_VARS:
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-
+import machine  # noqa: E402
 from atlasstore import physics, synth  # noqa: E402
 
-LOAD = "n/a"
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def pin_one_core() -> str:
@@ -96,8 +81,7 @@ def bench_domain(domain: str, reps: int, seqs: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global LOAD
-    LOAD = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    started = machine.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7, help="repetitions per domain (median reported)")
     ap.add_argument("--seqs", type=int, default=3, help="sequences per repetition")
@@ -111,12 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Synthesis throughput (sequence + pyramids + gradients), one core",
         "",
         f"- command: `{' '.join(['.venv/bin/python', *sys.argv])}` (from the repository root)",
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores visible; this run: one process, "
-        f"{pinned}",
-        f"- load average at start (1/5/15 min): {LOAD}  (other processes share this machine)",
+        *machine.describe(started, ("numpy", "scipy")),
+        f"- this run: one process, {pinned}",
         f"- threads: {', '.join(f'{v}=1' for v in THREAD_VARS)} (set before importing numpy)",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}",
         f"- work per sequence: `synth.synthesize(domain, seed)` (preset shape and n_steps) then "
         f"`physics.derive_levels(seq)` (levels 256/128/64, energy + grad_x + grad_y); "
         f"{args.reps} repetitions x {args.seqs} sequences (fresh seeds), median of the per-repetition "

@@ -28,20 +28,17 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import scipy  # noqa: E402
 
+import machine  # noqa: E402
 from atlasstore import physics, synth  # noqa: E402
 
-LOAD = "n/a"
 RESULTS = Path(__file__).resolve().parent / "results"
 VALID_SHAPES = [(s, s) for s in (64, 128, 256)] + [(s * 3 // 2, s) for s in (64, 128, 256)] + \
                [(s, s * 3 // 2) for s in (64, 128, 256)]
@@ -161,23 +158,12 @@ def run_domain(args: tuple[str, int, int]) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _fmt(x: float) -> str:
     return "0" if x == 0 else f"{x:.2e}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    global LOAD
-    LOAD = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    started = machine.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=1000, help="random cases per transformation")
     ap.add_argument("--sequences", type=int, default=50, help="sequences per default domain")
@@ -201,11 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Physical invariants in practice",
         "",
         f"- command: `{' '.join(['.venv/bin/python', *sys.argv])}` (from the repository root)",
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores; {args.workers} worker processes, "
-        f"1 thread each; wall time {elapsed:.0f} s",
-        f"- load average at start (1/5/15 min): {LOAD}  (other processes share this machine)",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}",
+        *machine.describe(started, ("numpy", "scipy")),
+        f"- this run: {args.workers} worker processes, 1 thread each; wall time {elapsed:.0f} s",
         "- maps: float32 synthetic patterns (turbulent/laminar/vortex/random, drawn uniformly), mean "
         "energy 1; sums taken exactly (math.fsum of the float32 values)",
         "",

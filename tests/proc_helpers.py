@@ -29,7 +29,7 @@ from atlasstore.store import AtlasStore
 #: ``atlas`` as a child process (same interpreter and environment as the test).
 ATLAS = [sys.executable, "-m", "atlasstore.cli"]
 
-#: the store's writer lock object (see ``atlasstore.store.WriterLock``)
+#: the store's writer lock object (see ``atlasstore.writer_lock.WriterLock``)
 LOCK_KEY = Path("_lock") / "zarr.json"
 
 
@@ -108,7 +108,7 @@ class ProcTracker:
             r.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_tree(r)
-            raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout} s\n{r.describe()}")
+            raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout} s\n{r.describe()}") from None
         return r
 
     def remember(self, procs: Iterable[psutil.Process]) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +15,9 @@ import numpy as np
 import pytest
 
 from atlasstore import cli
+from atlasstore.generate import sequence_seed
 from atlasstore.store import AtlasStore
-from store_fixtures import chunk_files, copy_store, flip_bytes
+from store_fixtures import all_checksums, chunk_files, copy_store, flip_bytes, listing
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +90,8 @@ def test_store_from_environment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 0 and (p / "zarr.json").exists()
 
 
-def test_generate_output_and_rerun(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_output_and_rerun(tmp_path: Path, cli_store: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     store = AtlasStore.open(cli_store)
     assert store.domains() == ["fluid_dynamics", "plasma_physics"]
     info = store.sequence_info("plasma_physics", "seq-00000")
@@ -124,7 +130,8 @@ def test_ls(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_ls_shows_incomplete(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = copy_store(cli_store, tmp_path / "c.zarr")
     s = AtlasStore.open(p, mode="r+")
-    s.zarr_group["plasma_physics"].create_group("seq-00009", attributes={"atlasstore_sequence": {"status": "writing"}})
+    s.zarr_group["plasma_physics"].create_group(
+        "seq-00009", attributes={"atlasstore_sequence": {"status": "writing"}})
     code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(p))
     assert code == 0
     assert "seq-00009\t(incomplete: not visible to queries)" in out
@@ -298,3 +305,219 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert exc.value.code == 0
     assert "atlasstore" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- help, typos
+
+
+def _actions_without_help(parser: argparse.ArgumentParser, path: str = "atlas") -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _actions_without_help(sub, f"{path} {name}")
+        elif not (action.help or "").strip():
+            out.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return out
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    parser = cli.build_parser()
+    commands = {a for act in parser._actions if isinstance(act, argparse._SubParsersAction)
+                for a in act.choices}
+    assert {"generate", "query", "show", "train", "evaluate"} <= commands
+    assert _actions_without_help(parser) == []
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["genrate"], "atlas: error: unknown command 'genrate'; did you mean 'generate'?"),
+    (["qeury", "--count"], "atlas: error: unknown command 'qeury'; did you mean 'query'?"),
+    (["catalog", "synk"], "atlas: error: unknown command 'catalog synk'; did you mean 'catalog sync'?"),
+    (["frobnicate"], "atlas: error: unknown command 'frobnicate'; commands: init, generate, import, ls,"),
+])
+def test_mistyped_command_suggests_the_closest(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                               message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- pipes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ["ls", "plasma_physics"], ["query", "--domains", "plasma_physics"], ["stats"],
+    ["catalog", "lineage", "plasma_physics/seq-00000/64/grad_x", "--catalog", "CATALOG"],
+])
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, cli_store: Path,
+                                                 argv: list[str]) -> None:
+    """`atlas ls plasma_physics | head -1` with head gone: no traceback, no 'internal error';
+    exit status 141 (128 + SIGPIPE) as ls and git give in a pipefail shell."""
+    catalog = tmp_path / "c.sqlite"
+    if "CATALOG" in argv:
+        assert cli.main(["catalog", "sync", "--store", str(cli_store), "--catalog", str(catalog)]) == 0
+        argv = [str(catalog) if a == "CATALOG" else a for a in argv]
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before atlas writes its first byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli", *argv, "--store",
+                               str(cli_store)], stdout=w, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    finally:
+        os.close(w)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(
+        cli_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe (a socket, say)")
+
+    monkeypatch.setattr(cli, "cmd_stats", broken)
+    code, _, err = run(capsys, "stats", "--store", str(cli_store))
+    assert code == 1 and err.startswith("atlas: internal error: BrokenPipeError"), err
+
+
+# --------------------------------------------------------------------------- refusals write nothing
+
+
+@pytest.mark.parametrize("case", ["folder", "workers", "scheduler", "root-list", "root-null",
+                                  "root-attributes-list"])
+def test_refused_generate_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         case: str) -> None:
+    """Not even the catalog file beside the target. The root-* cases (a root zarr.json that is
+    valid JSON but not an atlas store's) also need AtlasStore.open to raise NotAnAtlasStore for
+    them (the store helper's fix): without it the CLI reports an internal error - still
+    without writing anything."""
+    target = tmp_path / "target.zarr"
+    extra: list[str] = []
+    needle = "not an atlas store"
+    if case == "folder":
+        target.mkdir()
+        (target / "precious.txt").write_text("keep me")
+    elif case == "workers":
+        extra, needle = ["--workers", "-2"], "workers must be an integer in [1, 1024], got -2"
+    elif case == "scheduler":
+        extra, needle = ["--scheduler", "nonsense"], "scheduler must be"
+    else:
+        target.mkdir()
+        (target / "zarr.json").write_text({"root-list": "[]", "root-null": "null",
+                                           "root-attributes-list": json.dumps(
+                                               {"zarr_format": 3, "node_type": "group",
+                                                "attributes": []})}[case])
+    before = listing(tmp_path)
+    code, out, err = run(capsys, "generate", "--store", str(target), "--domains", "plasma_physics",
+                         "--sequences", "1", "--steps", "2", *extra)
+    assert listing(tmp_path) == before, "a refused generate wrote something"
+    assert not (tmp_path / "target.catalog.sqlite").exists()
+    assert_user_error(code, err, needle)
+
+
+@pytest.fixture(scope="module")
+def main_job_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The main job's plan (5 sequences, seed 0) at 2 steps, with its default SQLite catalog."""
+    p = tmp_path_factory.mktemp("mainjob") / "atlas.zarr"
+    assert cli.main(["generate", "--store", str(p), "--domains", "plasma_physics,fluid_dynamics",
+                     "--sequences", "5", "--steps", "2", "--seed", "0", "--scheduler", "serial",
+                     "--quiet"]) == 0
+    return p
+
+
+def test_a_plan_clashing_with_stored_sequences_is_refused_in_one_line(
+        tmp_path: Path, main_job_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README tour's first command after the main job used to run every task into
+    SequenceExists (retried, logged by Dask, exit 1). Now: refused before any work - one line
+    naming the clash and the start index that appends - exit 2, nothing written."""
+    store = copy_store(main_job_store, tmp_path / "atlas.zarr")
+    shutil.copy(main_job_store.with_name("atlas.catalog.sqlite"), tmp_path)
+    before = listing(tmp_path)
+    code, out, err = run(capsys, "generate", "--store", str(store), "--domains",
+                         "plasma_physics,fluid_dynamics", "--sequences", "20", "--steps", "3",
+                         "--seed", "7")  # the default engine: no cluster may start
+    assert_user_error(code, err, "plasma_physics/seq-00000..seq-00004, fluid_dynamics/"
+                      "seq-00000..seq-00004 already hold other data than planned",
+                      "steps 2 stored vs 3 planned", "--start-index 5", "nothing was written")
+    assert out == ""
+    assert listing(tmp_path) == before
+    # what the message suggests works, and re-running it resumes the same run
+    argv = ["generate", "--store", str(store), "--domains", "plasma_physics,fluid_dynamics",
+            "--sequences", "2", "--steps", "3", "--seed", "7", "--start-index", "5",
+            "--scheduler", "serial", "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "4 sequences written, 0 already complete, 0 failed" in out
+    first = all_checksums(AtlasStore.open(store))
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "0 sequences written, 4 already complete, 0 failed" in out
+    assert all_checksums(AtlasStore.open(store)) == first
+    assert AtlasStore.open(store).sequences("plasma_physics")[-2:] == ["seq-00005", "seq-00006"]
+
+
+# --------------------------------------------------------------------------- quiet failures
+
+#: Loaded at start-up by every Python process that has this folder on PYTHONPATH - the
+#: ``atlas`` driver and each Dask worker it spawns - to make tasks fail inside the workers:
+#: ATLAS_TEST_FRAGILE's preset holds energy to 1e-300 (a deterministic ThermodynamicViolation),
+#: ATLAS_TEST_BOOM's synthesis raises RuntimeError (an unexpected error, retried by Dask).
+_FAILING_SITE = '''
+import dataclasses, os
+if os.environ.get("ATLAS_TEST_FRAGILE") or os.environ.get("ATLAS_TEST_BOOM"):
+    from atlasstore import generate as _g
+
+    _preset = _g.Plan.preset
+    def preset(self, domain):
+        p = _preset(self, domain)
+        if domain != os.environ.get("ATLAS_TEST_FRAGILE"):
+            return p
+        return dataclasses.replace(p, perturbations=dataclasses.replace(p.perturbations,
+                                                                        tolerance=1e-300))
+    _g.Plan.preset = preset
+    _synthesize = _g.synth.synthesize
+    def synthesize(preset, *a, **k):
+        if preset.name == os.environ.get("ATLAS_TEST_BOOM"):
+            raise RuntimeError("boom")
+        return _synthesize(preset, *a, **k)
+    _g.synth.synthesize = synthesize
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_failing_tasks_are_reported_without_dask_logs(tmp_path: Path) -> None:
+    """A real `atlas generate` on the default engine (LocalCluster, 2 workers) with failing
+    tasks: stderr holds exactly one FAILED line per failed sequence - no "Compute Failed"
+    blocks, no tracebacks, no "Port 8787 is already in use" warning (the port is taken here
+    on purpose when it is free)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_FAILING_SITE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "ATLAS_TEST_FRAGILE": "fluid_dynamics", "ATLAS_TEST_BOOM": "astrophysics"}
+    env.pop("ATLAS_CATALOG", None)
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", 8787))
+        blocker.listen()
+    except OSError:
+        pass  # already taken: just as good
+    try:
+        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli", "generate", "--store",
+                               str(tmp_path / "atlas.zarr"), "--domains",
+                               "plasma_physics,fluid_dynamics,astrophysics", "--sequences", "2",
+                               "--steps", "2", "--workers", "2", "--no-catalog", "--quiet"],
+                              capture_output=True, text=True, timeout=240, env=env)
+    finally:
+        blocker.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "2 sequences written, 0 already complete, 4 failed" in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("FAILED ") for line in lines), proc.stderr[-3000:]
+    assert sorted(line.split(":", 1)[0] for line in lines) == [
+        f"FAILED {d}/seq-0000{i} seed={sequence_seed(0, d, i)}"
+        for d in ("astrophysics", "fluid_dynamics") for i in (0, 1)]
+    assert sum("ThermodynamicViolation: " in line for line in lines) == 2
+    assert sum("RuntimeError: boom" in line for line in lines) == 2

@@ -12,6 +12,7 @@ from atlasstore import physics
 from atlasstore.compat import EnergyAtlasLoader, parse_map_id
 from atlasstore.physics import EnergyMapError
 from atlasstore.store import AtlasStore, InvalidName, NotAnAtlasStore, NotFound, SequenceExists, StoreError
+from atlasstore.store_errors import InvalidMetadata
 from store_fixtures import copy_store, energy_sequence, listing
 
 
@@ -110,6 +111,62 @@ def test_save_map_load_map_round_trip(loader: EnergyAtlasLoader, shape: tuple[in
     for lvl in info["levels"]:
         low, _ = loader.load_map("gamma", "m1@0", scale=lvl)
         assert float(low.sum(dtype=np.float64)) == pytest.approx(float(m.sum(dtype=np.float64)), rel=1e-5)
+
+
+def test_save_map_keeps_all_json_metadata(loader: EnergyAtlasLoader) -> None:
+    """Every JSON-able key comes back from load_map and sits in the committed step record."""
+    meta_in = {"source": "lab run 7", "temperature_K": 293.5, "shots": 12, "calibrated": True,
+               "operator": None, "tags": ["a", "b"], "detector": {"gain": 2.0, "id": "D-3"},
+               "window": (1, 2), "peak": np.float32(1.5), "n_pixels": np.int64(4096)}
+    loader.save_map(_map(64, 64, 4), "gamma", "m2", metadata=meta_in)
+    want = {**meta_in, "window": [1, 2], "peak": 1.5, "n_pixels": 4096}
+    _, meta = loader.load_map("gamma", "m2", scale=64)
+    assert meta["metadata"] == want
+    assert meta["generation"]["source"] == "save_map: lab run 7"
+    # in the committed sequence record (what queries and the catalog index read), also after a
+    # fresh open of the store
+    again = AtlasStore.open(loader.store.location)
+    assert again.sequence_info("gamma", "m2")["steps"][0]["metadata"] == want
+    # without metadata the record has none, and load_map says so with an empty mapping
+    loader.save_map(_map(64, 64, 5), "gamma", "m3")
+    assert "metadata" not in loader.store.sequence_info("gamma", "m3")["steps"][0]
+    assert loader.load_map("gamma", "m3", scale=64)[1]["metadata"] == {}
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"when": object()}, "/when is a object"),
+    ({"raw": b"bytes"}, "/raw is a bytes"),
+    ({"ids": {1, 2}}, "/ids is a set"),
+    ({"image": np.zeros(3)}, "/image is a ndarray"),
+    ({"gain": float("nan")}, "/gain is nan"),
+    ({"gain": np.float64("inf")}, "/gain is inf"),
+    ({"nested": {"deep": [1, {"x": float("-inf")}]}}, "/nested/deep/1/x is -inf"),
+    ({"z": 1j}, "/z is a complex"),
+    ({1: "int key"}, "key 1 at top level is not a string"),
+    ({"detector": {("a", "b"): 1}}, r"key \('a', 'b'\) at /detector is not a string"),
+])
+def test_save_map_refuses_metadata_that_is_not_json(loader: EnergyAtlasLoader, bad: dict,
+                                                    match: str) -> None:
+    before = listing(loader.store.location)
+    with pytest.raises(InvalidMetadata, match=f"metadata of map gamma/m4.*{match}"):
+        loader.save_map(_map(64, 64), "gamma", "m4", metadata=bad)
+    assert listing(loader.store.location) == before
+
+
+@pytest.mark.parametrize("generation,match", [
+    ({"note": object()}, "/note is a object"),  # zarr's encoder failed after the delete: data lost
+    ({"note": float("nan")}, "/note is nan"),   # was written as NaN, which is not JSON
+])
+def test_overwrite_with_bad_metadata_keeps_the_old_sequence(loader: EnergyAtlasLoader,
+                                                            generation: dict, match: str) -> None:
+    """A refused write deletes nothing: the records are checked before the old complete
+    sequence would be replaced."""
+    before = listing(loader.store.location)
+    with pytest.raises(InvalidMetadata, match=f"alpha/s0 generation: {match}"):
+        loader.store.write_sequence("alpha", "s0", energy_sequence(2, 128, 128, seed=9),
+                                    generation=generation, overwrite=True)
+    assert listing(loader.store.location) == before
+    assert AtlasStore.open(loader.store.location).sequence_info("alpha", "s0")["n_steps"] == 5
 
 
 def test_save_map_overwrite(loader: EnergyAtlasLoader) -> None:
@@ -221,7 +278,7 @@ def test_precompute_pyramids() -> None:
     pyr = EnergyAtlasLoader.precompute_pyramids(m)
     assert sorted(pyr) == [64, 128, 256]
     assert pyr[128].shape == (128, 192) and pyr[64].shape == (64, 96)
-    for lvl, a in pyr.items():
+    for a in pyr.values():
         assert a.dtype == np.float32 and (a >= 0).all()
         assert float(a.sum(dtype=np.float64)) == pytest.approx(float(m.sum(dtype=np.float64)), rel=1e-5)
     only = EnergyAtlasLoader.precompute_pyramids(m, target_scales=[64])
@@ -271,8 +328,10 @@ def test_get_domain_stats(loader: EnergyAtlasLoader) -> None:
     assert st["domain"] == "alpha"
     assert st["n_sequences"] == 2 and st["n_maps"] == 8
     maps = np.concatenate([energy_sequence(5, 128, 128, seed=1), energy_sequence(3, 128, 128, seed=2)])
-    assert st["energy_mean"] == pytest.approx(float(np.mean([m.mean(dtype=np.float64) for m in maps])), rel=1e-6)
-    assert st["energy_variance"] == pytest.approx(float(np.mean([m.astype(np.float64).var() for m in maps])), rel=1e-6)
+    assert st["energy_mean"] == pytest.approx(float(np.mean([m.mean(dtype=np.float64) for m in maps])),
+                                              rel=1e-6)
+    assert st["energy_variance"] == pytest.approx(
+        float(np.mean([m.astype(np.float64).var() for m in maps])), rel=1e-6)
     ents = [float(physics.entropy(m)) for m in maps]
     assert st["entropy_mean"] == pytest.approx(float(np.mean(ents)), rel=1e-9)
     assert st["entropy_min"] == pytest.approx(min(ents)) and st["entropy_max"] == pytest.approx(max(ents))
@@ -291,3 +350,11 @@ def test_generator_api_reexported() -> None:
                  "apply_rotation", "apply_gaussian_noise", "apply_thermal_blur", "apply_translation",
                  "apply_energy_scaling", "PerturbationConfig"):
         assert callable(getattr(compat, name))
+
+
+def test_save_map_records_its_kind(tmp_path: Path) -> None:
+    """The provenance contract: a map saved through the predecessor's API says so."""
+    loader = EnergyAtlasLoader(tmp_path / "k.zarr")
+    loader.save_map(np.ones((64, 64), np.float32), "d", "m0", {"source": "lab"})
+    gen = loader.store.sequence_info("d", "m0")["generation"]
+    assert gen["kind"] == "save_map" and gen["source"] == "save_map: lab"

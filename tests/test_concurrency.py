@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from atlasstore.generate import Plan, generate
+from atlasstore.store import AtlasStore
+from atlasstore.writer_lock import StoreLocked, WriterLock
 from proc_helpers import (
     LOCK_KEY,
     ProcTracker,
@@ -33,9 +37,6 @@ from proc_helpers import (
     wait_until,
     write_lock,
 )
-
-from atlasstore.generate import Plan, generate
-from atlasstore.store import AtlasStore, StoreLocked, WriterLock
 
 HOST = socket.gethostname()
 LONG = dict(domains=("plasma_physics", "fluid_dynamics"), sequences=10, steps=10)  # ~6 s serial
@@ -185,7 +186,8 @@ def test_lock_released_when_holder_process_is_killed(tmp_path: Path, procs: Proc
     s = _store(tmp_path)
     holder = procs.launch([sys.executable, "-c", (
         "import sys, time\n"
-        "from atlasstore.store import AtlasStore, WriterLock\n"
+        "from atlasstore.store import AtlasStore\n"
+        "from atlasstore.writer_lock import WriterLock\n"
         f"WriterLock(AtlasStore.open({s.location!r}, mode='r+'), {{'run_id': 'run-held'}}).acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(600)\n")])

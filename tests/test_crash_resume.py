@@ -23,14 +23,19 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+
+from atlasstore.audit import audit
+from atlasstore.generate import Plan, generate
+from atlasstore.query import Query
+from atlasstore.store import AtlasStore, NotAnAtlasStore, NotFound, RunLog, checksum
 from proc_helpers import (
-    lock_record,
     ProcTracker,
     alive,
     checksums,
@@ -38,16 +43,12 @@ from proc_helpers import (
     generate_cmd,
     kill9,
     leftover_partials,
+    lock_record,
     sequence_ids,
     store_state,
     wait_until,
     worker_pids,
 )
-
-from atlasstore.audit import audit
-from atlasstore.generate import Plan, generate
-from atlasstore.query import Query
-from atlasstore.store import AtlasStore, NotAnAtlasStore, NotFound, RunLog, checksum
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -349,3 +350,58 @@ def test_resume_after_a_crash_during_cleanup(tmp_path: Path, procs: ProcTracker,
     rerun = procs.run(_cmd(store, "serial"))
     assert rerun.proc.returncode == 0, rerun.describe()
     _check_resumed(store, rerun.stdout(), N_TASKS - 1, reference)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+CTRL_C_SEQUENCES = 10  # per domain: a run long enough to be interrupted after its first commit
+_INTERRUPTED = re.compile(r"^atlas: interrupted: (\d+) of (\d+) sequences of (run-\w+) are "
+                          r"complete; run the same command again to resume$")
+
+
+@pytest.fixture(scope="module")
+def ctrl_c_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    path = tmp_path_factory.mktemp("ctrlc-ref") / "ref.zarr"
+    plan = Plan(domains=DOMAINS, sequences=CTRL_C_SEQUENCES, steps=STEPS, seed=RUN_SEED)
+    assert generate(path, plan, scheduler="serial").written == len(plan.tasks())
+    return checksums(path)
+
+
+@pytest.mark.parametrize("engine", ["processes", "serial"])
+def test_ctrl_c_says_what_is_complete_and_the_same_command_resumes(
+        engine: str, tmp_path: Path, procs: ProcTracker,
+        ctrl_c_reference: dict[str, str]) -> None:
+    """Ctrl-C in the terminal (SIGINT to the whole process group, workers included) once the
+    first sequence is committed: one line on stderr saying how many are complete and how to
+    resume, exit 130, no process left; the same command then completes to the checksums of an
+    uninterrupted run."""
+    store = tmp_path / "atlas.zarr"
+    cmd = generate_cmd(store, DOMAINS, CTRL_C_SEQUENCES, STEPS, seed=RUN_SEED,
+                       scheduler=None if engine == "processes" else engine,
+                       workers=2 if engine == "processes" else None)
+    run = procs.launch(cmd)
+    assert wait_until(lambda: store_state(store, DOMAINS).complete or run.proc.poll() is not None,
+                      180.0), run.describe()
+    assert run.proc.poll() is None, f"finished before the first commit was seen\n{run.describe()}"
+    victims = descendants(run.pid)
+    procs.remember(victims)
+    os.killpg(run.pid, signal.SIGINT)  # the launcher made the driver a process-group leader
+    assert run.wait(120) == 130, run.describe()
+    _assert_no_orphans(victims, f"{engine}: after Ctrl-C")
+    lines = run.stderr().strip().splitlines()
+    assert len(lines) == 1, run.stderr()[-4000:]
+    m = _INTERRUPTED.match(lines[0])
+    assert m, lines[0]
+    n_complete = int(m.group(1))
+    state = store_state(store, DOMAINS)
+    assert n_complete == len(state.complete) >= 1 and int(m.group(2)) == len(DOMAINS) * CTRL_C_SEQUENCES
+    assert not lock_record(store), "the writer lock must be released"
+    print(f"Ctrl-C ({engine}): {lines[0]!r}; on disk {state.summary()}")
+
+    rerun = procs.run(cmd)
+    assert rerun.proc.returncode == 0, rerun.describe()
+    written, skipped, failed = _summary(rerun.stdout())
+    assert (skipped, written + skipped, failed) == (n_complete, len(DOMAINS) * CTRL_C_SEQUENCES, 0)
+    assert m.group(3) in rerun.stdout(), "the re-run resumes the same run"
+    assert checksums(store) == ctrl_c_reference
+    assert audit(AtlasStore.open(store)).ok

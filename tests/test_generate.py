@@ -9,24 +9,26 @@ from typing import Any
 import numpy as np
 import pytest
 
+import store_fixtures
 from atlasstore import physics, synth
 from atlasstore.generate import (
     MAX_TASK_BYTES,
     Plan,
+    PlanClash,
     PlanError,
     RunLog,
     generate,
     sequence_id,
     sequence_seed,
+    write_one,
 )
 from atlasstore.schemas import validate
 from atlasstore.store import AtlasStore, InvalidName
-from store_fixtures import (  # noqa: F401  (fixtures)
-    all_checksums,
-    copy_store,
-    generated_plan,
-    generated_store_path,
-)
+from store_fixtures import all_checksums, copy_store, generated_plan
+
+#: the shared fixture under its own name (imported by name, every test taking it would
+#: "redefine" the import)
+generated_store_path = store_fixtures.generated_store_path
 
 SMALL = dict(steps=3, shape=(64, 64))
 
@@ -313,7 +315,8 @@ def test_bad_location_is_refused(tmp_path: Path) -> None:
 
 
 def test_live_writer_lock_refuses_a_second_run(tmp_path: Path) -> None:
-    from atlasstore.store import StoreError, WriterLock
+    from atlasstore.store import StoreError
+    from atlasstore.writer_lock import WriterLock
 
     p = tmp_path / "g.zarr"
     plan = Plan(domains=("plasma_physics",), sequences=1, **SMALL)
@@ -331,19 +334,58 @@ def test_live_writer_lock_refuses_a_second_run(tmp_path: Path) -> None:
 
 
 def test_rerun_with_different_data_is_refused_not_skipped(tmp_path: Path) -> None:
-    """A complete sequence from another seed or length is a clash, never silently 'skipped'."""
+    """A complete sequence from another seed or length is a clash, never silently 'skipped':
+    refused before any work, naming the clash and the start index that appends instead."""
     p = tmp_path / "g.zarr"
     plan = Plan(domains=("plasma_physics",), sequences=1, **SMALL)
     generate(p, plan, scheduler="serial", catalog=None)
     before = AtlasStore.open(p).sequence_info("plasma_physics", "seq-00000")["arrays"]
-    for other in (dataclasses.replace(plan, seed=plan.seed + 1), dataclasses.replace(plan, steps=4)):
-        report = generate(p, other, scheduler="serial", catalog=None)
-        assert report.skipped == 0 and report.written == 0
-        assert len(report.failures) == 1 and "already holds different data" in report.failures[0].error
+    listing = sorted(str(f.relative_to(p)) for f in p.rglob("*") if "_lock" not in f.parts)
+    for other, why in ((dataclasses.replace(plan, seed=plan.seed + 1), "another seed"),
+                       (dataclasses.replace(plan, steps=4), "steps 3 stored vs 4 planned")):
+        with pytest.raises(PlanClash) as exc:
+            generate(p, other, scheduler="serial", catalog=None)
+        msg = str(exc.value)
+        assert "plasma_physics/seq-00000 already holds other data" in msg and why in msg
+        assert "--start-index 1" in msg and "\n" not in msg
     assert AtlasStore.open(p).sequence_info("plasma_physics", "seq-00000")["arrays"] == before
+    # nothing written: no run record, no domain, no attempt
+    assert sorted(str(f.relative_to(p)) for f in p.rglob("*") if "_lock" not in f.parts) == listing
+    assert len(RunLog(AtlasStore.open(p)).list()[0]["attempts"]) == 1
     # more sequences with the same seed extend the domain: the existing one is skipped
     report = generate(p, dataclasses.replace(plan, sequences=2), scheduler="serial", catalog=None)
     assert (report.skipped, report.written) == (1, 1)
+
+
+def test_clash_names_every_clashing_range_and_the_next_free_index(tmp_path: Path) -> None:
+    p = tmp_path / "g.zarr"
+    base = Plan(domains=("plasma_physics", "fluid_dynamics"), sequences=3, **SMALL)
+    generate(p, base, scheduler="serial", catalog=None)
+    generate(p, dataclasses.replace(base, domains=("fluid_dynamics",), sequences=1,
+                                    start_index=6), scheduler="serial", catalog=None)
+    other = dataclasses.replace(base, seed=9, sequences=5)
+    with pytest.raises(PlanClash, match=r"^plasma_physics/seq-00000\.\.seq-00002, "
+                       r"fluid_dynamics/seq-00000\.\.seq-00002 already hold other data than "
+                       r"planned \(plasma_physics/seq-00000: another seed\).*--start-index 7,"):
+        generate(p, other, scheduler="serial", catalog=None)
+    # the suggested start index appends without a clash, and re-running it resumes
+    appended = dataclasses.replace(other, start_index=7)
+    assert generate(p, appended, scheduler="serial", catalog=None).written == 10
+    again = generate(p, appended, scheduler="serial", catalog=None)
+    assert (again.written, again.skipped) == (0, 10)
+
+
+def test_deterministic_task_errors_come_back_as_failed_results(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not raised (Dask would retry and log them): returned, with the error named."""
+    _fragile_preset(monkeypatch, "fluid_dynamics")
+    plan = Plan(domains=("fluid_dynamics",), sequences=1, seed=5, **SMALL)
+    loc = tmp_path / "g.zarr"
+    AtlasStore.create(loc).create_domain("fluid_dynamics")
+    result = write_one(str(loc), plan.tasks()[0], plan)
+    assert result["status"] == "failed"
+    assert result["error"].startswith("ThermodynamicViolation: ") and "info" not in result
+    assert AtlasStore.open(loc).sequences("fluid_dynamics", include_incomplete=True) == []
 
 
 # --------------------------------------------------------------------------- dask engines
@@ -364,3 +406,35 @@ def test_process_cluster_matches_serial(tmp_path: Path, generated_store_path: Pa
     assert report.ok and report.written == 4 and report.engine == "processes"
     assert all_checksums(AtlasStore.open(tmp_path / f"w{workers}.zarr")) == \
         all_checksums(AtlasStore.open(generated_store_path))
+
+
+def test_local_cluster_is_started_with_the_tuned_dask_settings(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate()'s own LocalCluster: Dask's malloc trim off, housekeeping slowed down, SIGINT
+    blocked while it starts, HTTP server on a free loopback port, logs silenced (the real
+    cluster runs; its construction is observed)."""
+    import logging
+    import signal
+
+    import dask
+    import distributed
+
+    import atlasstore.generate as gen
+
+    seen: dict[str, Any] = {}
+    real_init = distributed.LocalCluster.__init__
+
+    def spy(self: Any, *a: Any, **k: Any) -> None:
+        seen.update({key: dask.config.get(key) for key in gen.LOCAL_CLUSTER_CONFIG})
+        seen["sigint_blocked"] = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        seen["kwargs"] = k
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", spy)
+    plan = Plan(domains=("plasma_physics",), sequences=1, **SMALL)
+    assert generate(tmp_path / "g.zarr", plan, scheduler="threads", workers=1).written == 1
+    assert {k: seen[k] for k in gen.LOCAL_CLUSTER_CONFIG} == gen.LOCAL_CLUSTER_CONFIG
+    assert gen.LOCAL_CLUSTER_CONFIG["distributed.worker.profile.enabled"] is False
+    assert seen["sigint_blocked"] and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert seen["kwargs"]["scheduler_kwargs"] == {"dashboard_address": "127.0.0.1:0"}
+    assert seen["kwargs"]["silence_logs"] == logging.CRITICAL

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from atlasstore import cli
-from atlasstore.locations import (atomic_write, beside_store, default_catalog_location, is_remote,
-                                  local_path)
+from atlasstore.locations import atomic_write, beside_store, default_catalog_location, is_remote, local_path
 from atlasstore.provenance import code_version, utc_now
 
 

@@ -208,8 +208,10 @@ def fake_report() -> dict:
                     "persistence": _block(1.30, 0.9, 0.5), "diffusion": _block(0.90),
                     "linear_ar": _block(0.99)}}
     ro = {"lead": [1, 2], "per_domain": {
-        "calm": {"rollouts": 3, "model": [0.01, 0.02], "diffusion": [0.011, 0.021], "persistence": [0.1, 0.2]},
-        "spin": {"rollouts": 3, "model": [0.95, 0.9], "diffusion": [0.9, 0.95], "persistence": [1.3, 1.4]}}}
+        "calm": {"rollouts": 3, "model": [0.01, 0.02], "diffusion": [0.011, 0.021],
+                 "persistence": [0.1, 0.2]},
+        "spin": {"rollouts": 3, "model": [0.95, 0.9], "diffusion": [0.9, 0.95],
+                 "persistence": [1.3, 1.4]}}}
     return {"one_step": {"per_domain": per, "overall": per["spin"]}, "rollout": ro,
             "data": {"held_out": True, "held_out_note": "held-out evaluation: test"}}
 

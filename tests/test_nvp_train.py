@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from catalog_fixtures import open_neo4j_or_skip
 
 from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
@@ -34,6 +33,7 @@ from atlasstore.nvp.train import make_schedule, train
 from atlasstore.nvp.train_steps import validate_model
 from atlasstore.schemas import SchemaError
 from atlasstore.store import AtlasStore
+from catalog_fixtures import open_neo4j_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,10 @@ def test_run_split_keeps_every_sequence_on_one_side(world: dict[str, Any]) -> No
     cfg = TrainConfig.from_dict(TINY)
     assert (tr, va) == split_by_sequence(tr + va, 0.2, seed=0)
     assert len(va) == 2 and len(tr) == 4  # one validation sequence per domain
-    seq_of = lambda w: f"{w.domain}/{w.sequence_id}"
+
+    def seq_of(w: Any) -> str:
+        return f"{w.domain}/{w.sequence_id}"
+
     train_seqs = {seq_of(w) for w in build_query(st, cfg.data, 128, tr).windows()}
     val_seqs = {seq_of(w) for w in build_query(st, cfg.data, 128, va).windows()}
     assert train_seqs == set(tr) and val_seqs == set(va) and not train_seqs & val_seqs
@@ -358,6 +361,30 @@ def test_lineage_from_checkpoint_to_generation_runs(world: dict[str, Any], backe
         _check_lineage(cat, best["ckpt_id"])
     finally:
         cat.close()
+
+
+def test_lineage_pins_the_store_as_it_is_not_a_stale_catalog(tmp_path: Path) -> None:
+    """A sequence rewritten after the catalog last saw it: the dataset version pins the data in
+    the store (the catalog catches up from the change log first), not the catalog's old record."""
+    from atlasstore.index import dataset_checksums, sync_catalog
+    from store_fixtures import energy_sequence
+
+    st = AtlasStore.create(tmp_path / "s.zarr")
+    st.create_domain("d")
+    for i in range(2):
+        st.write_sequence("d", f"seq-{i}", energy_sequence(seed=i))
+    keys = ["d/seq-0", "d/seq-1"]
+    run = {"run_id": "r1", "dataset_version_id": "dv-test", "query": {"resolution": 64},
+           "split": {"train": keys[:1], "val": keys[1:]}, "config": {}, "started": None}
+    with SQLiteCatalog(tmp_path / "c.sqlite") as cat:
+        sync_catalog(st, cat)
+        old = cat.get_sequence("d/seq-0")
+        st.write_sequence("d", "seq-0", energy_sequence(seed=7), overwrite=True)
+        pins = dataset_checksums(st, keys)
+        register_lineage(cat, run, st)
+        dv = cat.get_dataset_version("dv-test")
+        assert dv.checksums == pins
+        assert cat.get_sequence("d/seq-0") != old  # the catalog caught up too
 
 
 # ------------------------------------------------------------------------------------ evaluate

@@ -396,7 +396,7 @@ def test_downsample_is_a_block_sum(shape, seed, data):
 def test_pyramid_of_a_stack_conserves_each_frame(e, t):
     stack = np.stack([e * np.float32(i + 1) for i in range(t)])
     pyr = physics.pyramid(stack)
-    for lvl, a in pyr.items():
+    for a in pyr.values():
         assert a.shape[0] == t
         for i in range(t):
             rel = abs(_fsum(a[i]) - _fsum(stack[i])) / _fsum(stack[i])

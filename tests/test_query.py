@@ -8,21 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import store_fixtures
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
-from atlasstore.store import AtlasStore, InvalidName, NotFound
-from store_fixtures import (  # noqa: F401  (fixtures)
+from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
+from store_fixtures import (
     A0_MEANS,
     A1_LIT,
     B0_STEPS,
     N128,
+    chunk_files,
     copy_store,
     energy_sequence,
     expected_windows,
+    flip_bytes,
     lit_map,
-    stats_store,
-    stats_store_path,
 )
+
+# the shared fixtures, bound as names (an import of them would read as a redefinition to ruff)
+stats_store = store_fixtures.stats_store
+stats_store_path = store_fixtures.stats_store_path
 
 N_STEPS = {("alpha", "a0"): len(A0_MEANS), ("alpha", "a1"): len(A1_LIT), ("beta", "b0"): B0_STEPS}
 ORDER = [("alpha", "a0"), ("alpha", "a1"), ("beta", "b0")]
@@ -155,8 +160,12 @@ def test_scale_selection(stats_store: AtlasStore, scale: int, shape: tuple[int, 
 def test_missing_scale_and_bad_scale(stats_store: AtlasStore) -> None:
     with pytest.raises(NotFound, match="no scale 256"):
         Query(stats_store).windows()  # default scale 256; the store's maps are 128
-    with pytest.raises(QueryError, match="scale 100"):
-        Query(stats_store, scale=100)
+    with pytest.raises(NotFound, match="no scale 100"):  # any stored level; 100 is not one
+        Query(stats_store, scale=100).windows()
+    for bad in (0, -64, True, "64", 1.5):
+        with pytest.raises(QueryError, match="scale .* must be a positive integer"):
+            Query(stats_store, scale=bad)
+    assert Query(stats_store, scale=None, domains=("beta",)).scale == 128  # the full resolution
 
 
 def test_fields_selection(stats_store: AtlasStore) -> None:
@@ -166,10 +175,11 @@ def test_fields_selection(stats_store: AtlasStore) -> None:
     for i, wid in enumerate(data["ids"]):
         t0 = int(wid.split("@")[1])
         for f in ("grad_y", "energy"):
-            np.testing.assert_array_equal(data[f][i], stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
+            np.testing.assert_array_equal(data[f][i],
+                                          stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
     assert "grad_x" not in data
-    with pytest.raises(QueryError, match="unknown field 'pressure'"):
-        Query(stats_store, fields=("pressure",))
+    with pytest.raises(QueryError, match="unknown field 'pressure'; beta/b0 holds: energy, grad_x"):
+        Query(stats_store, fields=("pressure",), sequences=("b0",), scale=64).to_numpy()
     with pytest.raises(QueryError, match="fields is empty"):
         Query(stats_store, fields=())
 
@@ -181,7 +191,8 @@ def test_region(stats_store: AtlasStore) -> None:
     assert data["energy"].shape == (3, 2, 32, 64)
     for i, t0 in enumerate(range(3)):
         np.testing.assert_array_equal(
-            data["grad_x"][i], stats_store.read("beta", "b0", 128, "grad_x", t=slice(t0, t0 + 2))[:, 8:40, 16:80])
+            data["grad_x"][i],
+            stats_store.read("beta", "b0", 128, "grad_x", t=slice(t0, t0 + 2))[:, 8:40, 16:80])
     full = Query(stats_store, scale=64, region=(0, 64, 0, 64), domains=("beta",)).to_numpy()
     assert full["energy"].shape == (4, 1, 64, 64)
 
@@ -233,7 +244,8 @@ def test_stat_filters_specific_results(stats_store: AtlasStore) -> None:
     assert ids(Query(stats_store, scale=128, mean=(2.5, 4.5), window=2)) == ["alpha/a0@2"]
     assert ids(Query(stats_store, scale=128, mean=(2.5, 4.5), window=3)) == []
     assert ids(Query(stats_store, scale=128, entropy=(8.0, 9.1))) == ["alpha/a1@1", "alpha/a1@2"]
-    assert ids(Query(stats_store, scale=128, variance=(0.5, 8.0), window=3, domains="alpha")) == ["alpha/a1@1"]
+    assert ids(Query(stats_store, scale=128, variance=(0.5, 8.0), window=3, domains="alpha")) == \
+        ["alpha/a1@1"]
 
 
 def test_combined_stat_filters_intersect(stats_store: AtlasStore) -> None:
@@ -334,7 +346,8 @@ def test_batches_with_stride_and_region_equal_direct_reads(stats_store: AtlasSto
             d, s = key.split("/")
             t0 = int(t0)
             np.testing.assert_array_equal(
-                b["energy"][i], stats_store.read(d, s, 128, t=slice(t0, t0 + 3), y=slice(5, 20), x=slice(100, 128)))
+                b["energy"][i],
+                stats_store.read(d, s, 128, t=slice(t0, t0 + 3), y=slice(5, 20), x=slice(100, 128)))
 
 
 @pytest.mark.parametrize("bs", [0, -1, True, 2.0])
@@ -373,6 +386,20 @@ def test_where_returns_modified_copy(stats_store: AtlasStore) -> None:
         q.where(window=0)
 
 
+@pytest.mark.parametrize("name,rng", [("entropy", (9.0, None)), ("mean", (None, 2.5)),
+                                      ("variance", (None, None))])
+def test_where_keeps_open_statistic_bounds(stats_store: AtlasStore, name: str,
+                                           rng: tuple[float | None, float | None]) -> None:
+    """An open bound (None) survives where(): it used to become inf, which the re-check of
+    where() then refused as a non-finite bound."""
+    q = Query(stats_store, scale=128, **{name: rng})
+    q2 = q.where(window=2)
+    assert getattr(q2, name) == rng
+    assert ids(q2) == ids(Query(stats_store, scale=128, window=2, **{name: rng}))
+    lo, hi = (-math.inf if rng[0] is None else rng[0]), (math.inf if rng[1] is None else rng[1])
+    assert ids(q2) == expected_ids(2, ok=_ok(name, (lo, hi)))
+
+
 # --------------------------------------------------------------------------- xarray
 
 
@@ -390,7 +417,7 @@ def test_to_xarray_is_lazy_and_equals_numpy(stats_store: AtlasStore) -> None:
         assert ds[f].attrs["units"]
     assert list(ds.sizes.values()) == [len(ref["ids"]), 2, 32, 40]
     got_ids = [f"{d}/{s}@{t}" for d, s, t in zip(ds["domain"].values, ds["sequence_id"].values,
-                                                 ds["t0"].values)]
+                                                 ds["t0"].values, strict=True)]
     assert got_ids == ref["ids"]
     # y/x are pixel centres in base-level (128) pixels: factor 2 at scale 64
     np.testing.assert_allclose(ds["y"].values, (np.arange(4, 36) + 0.5) * 2)
@@ -417,3 +444,69 @@ def test_non_integer_region_is_a_query_error(stats_store: AtlasStore) -> None:
 def test_non_integer_time_range_is_a_query_error(stats_store: AtlasStore) -> None:
     with pytest.raises(QueryError, match="time_range"):
         Query(stats_store, scale=128, time_range=(0.5, 3)).windows()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "flipped"])
+def test_to_xarray_raises_on_a_damaged_shard_never_zeros(tmp_path: Path, stats_store_path: Path,
+                                                         damage: str) -> None:
+    """The README's promise holds for the lazy view too: a missing, empty or corrupt shard is
+    CorruptArray on compute (dask's from_zarr read a missing shard as zeros)."""
+    p = copy_store(stats_store_path, tmp_path / "copy.zarr")
+    ds = Query(AtlasStore.open(p), scale=128, sequences=("b0",), window=2).to_xarray()
+    (shard,) = chunk_files(p, "beta/b0/128/energy")
+    if damage == "missing":
+        shard.unlink()
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    else:
+        flip_bytes(shard, 40)
+    with pytest.raises(CorruptArray, match="beta/b0/128/energy"):
+        ds["energy"].compute()
+    # the same dataset built after the damage fails the same way
+    with pytest.raises(CorruptArray, match="beta/b0/128/energy"):
+        Query(AtlasStore.open(p), scale=128, sequences=("b0",), window=2).to_xarray()["energy"].compute()
+
+
+def test_to_xarray_reads_through_zarr_for_remote_stores_and_still_refuses_missing_shards() -> None:
+    """memory:// stores take the zarr-python path, whose missing-shard check must apply too."""
+    import uuid
+
+    from atlasstore.store import AtlasStore as Store
+
+    loc = f"memory://xr-{uuid.uuid4().hex}/atlas.zarr"
+    st = Store.create(loc)
+    st.create_domain("alpha")
+    st.write_sequence("alpha", "s0", energy_sequence(3, 64, 64, seed=1))
+    ds = Query(st, scale=64, window=3).to_xarray()
+    np.testing.assert_array_equal(ds["energy"].values[0], st.read("alpha", "s0", 64, "energy"))
+    key = f"alpha/s0/64/energy/{st.array('alpha', 's0', 64, 'energy').metadata.encode_chunk_key((0, 0, 0))}"
+    from zarr.core.sync import sync
+
+    sync(st.zarr_group.store.delete(key))
+    with pytest.raises(CorruptArray, match="missing or empty"):
+        ds["energy"].compute()
+
+
+def test_a_step_without_entropy_passes_no_entropy_filter(stats_store: AtlasStore) -> None:
+    """Fields without entropy (intensive fields: their steps record none) never match an entropy
+    range, as in the catalog (NULL); other filters still apply to them."""
+    step = {"t": 0, "mean": 1.0, "variance": 0.5, "sum": None}
+    assert Query(stats_store, scale=64).step_passes(step)
+    assert Query(stats_store, scale=64, mean=(0.5, 1.5), variance=(0.0, 1.0)).step_passes(step)
+    assert Query(stats_store, scale=64, entropy=(None, None)).step_passes(step)  # no bound
+    assert not Query(stats_store, scale=64, entropy=(0.0, 100.0)).step_passes(step)
+    assert not Query(stats_store, scale=64, entropy=(None, 100.0)).step_passes(step)
+    assert not Query(stats_store, scale=64, mean=(2.0, 3.0)).step_passes(step)
+
+
+def test_store_selector_only_reads_the_named_sequences(stats_store: AtlasStore) -> None:
+    """``StoreSelector(only=...)``: what a catalog cannot answer for, read without a listing;
+    names that are not (complete) sequences select nothing."""
+    from atlasstore.query import StoreSelector
+
+    q = Query(stats_store, scale=64, window=2)
+    every = StoreSelector().select(q)
+    keys = [f"{s.domain}/{s.sequence_id}" for s in every]
+    some = StoreSelector(only=[keys[-1], keys[0], f"{every[0].domain}/missing"]).select(q)
+    assert some == [every[0], every[-1]]
+    assert StoreSelector(only=[]).select(q) == []

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -46,7 +47,13 @@ from atlasstore.query import Query
 from atlasstore.store import AtlasStore, CorruptArray, NotAnAtlasStore, RunLog, checksum
 from catalog_fixtures import REPO, neo4j_settings, open_neo4j_or_skip
 from proc_helpers import (
-    ProcTracker, checksums, kill9, leftover_partials, lock_record, sequence_ids, store_state,
+    ProcTracker,
+    checksums,
+    kill9,
+    leftover_partials,
+    lock_record,
+    sequence_ids,
+    store_state,
     wait_until,
 )
 from store_fixtures import copy_store, listing
@@ -217,7 +224,7 @@ def shard_layout(array_dir: Path) -> tuple[Path, int, list[tuple[int, int]], int
     assert shard["name"] == "sharding_indexed", shard
     inner = shard["configuration"]["chunk_shape"]
     outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    n_inner = int(np.prod([o // i for o, i in zip(outer, inner)]))
+    n_inner = int(np.prod([o // i for o, i in zip(outer, inner, strict=True)]))
     index_codecs = [c["name"] for c in shard["configuration"]["index_codecs"]]
     assert index_codecs == ["bytes", "crc32c"], index_codecs
     index_len = 16 * n_inner + 4
@@ -391,6 +398,53 @@ def test_disk_fills_up_during_a_run_then_rerun_with_space(after: int, tmp_path: 
           f"{rep.written} written, {rep.skipped} skipped, checksums == reference")
 
 
+def test_a_failed_write_leaves_nothing_behind_when_sibling_writes_are_slow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_reference: dict[str, str]) -> None:
+    """Regression (``test_disk_fills_up...[19]`` failed under load): zarr writes a node's
+    metadata and, in the same ``asyncio.gather``, its parents' (``set_if_not_exists``). When the
+    node's write failed, the parents' writes went on in the background; one that found its key
+    present before ``write_one``'s cleanup deleted the sequence wrote it again afterwards - an
+    empty ``seq-00001`` group that audit reports incomplete, appearing even after
+    ``generate()`` had returned. Slow parent writes (a loaded machine) make the race certain."""
+    import zarr
+
+    LocalStore = zarr.storage.LocalStore
+    orig_set, orig_sine = LocalStore.set, LocalStore.set_if_not_exists
+    target = "plasma_physics/seq-00001/64/energy/zarr.json"
+    failed: list[str] = []
+    in_flight = [0]
+
+    async def set_(store, key, value, *a, **k):
+        if key == target and not failed:  # one failing write: the space is there again after
+            failed.append(key)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
+        return await orig_set(store, key, value, *a, **k)
+
+    async def slow_set_if_not_exists(store, key, value, *a, **k):
+        in_flight[0] += 1
+        try:
+            await asyncio.sleep(0.2)
+            return await orig_sine(store, key, value, *a, **k)
+        finally:
+            in_flight[0] -= 1
+    monkeypatch.setattr(LocalStore, "set", set_)
+    monkeypatch.setattr(LocalStore, "set_if_not_exists", slow_set_if_not_exists)
+    loc = tmp_path / "atlas.zarr"
+    rep = generate(loc, FULL_PLAN, scheduler="serial")
+    busy_at_return = in_flight[0]
+    assert wait_until(lambda: in_flight[0] == 0, 60.0)
+    assert failed == [target]
+    assert [f"{f.domain}/{f.sequence_id}" for f in rep.failures] == ["plasma_physics/seq-00001"]
+    assert busy_at_return == 0, "writes for the failed sequence still ran after generate() returned"
+    state = store_state(loc, FULL_PLAN.domains)
+    assert (state.writing, state.other) == (frozenset(), frozenset()), state
+    assert audit(AtlasStore.open(loc)).problems == []
+    monkeypatch.undo()
+    rep = generate(loc, FULL_PLAN, scheduler="serial")
+    assert (rep.written, rep.skipped) == (1, N_FULL - 1)
+    assert checksums(loc) == full_reference
+
+
 def test_one_failed_write_is_reported_by_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str],
                                                  full_reference: dict[str, str]) -> None:
@@ -436,7 +490,7 @@ def test_failed_write_leaves_the_store_audit_clean(tmp_path: Path, monkeypatch: 
 
 
 def test_readers_survive_the_writer_lock_being_taken(tmp_path: Path) -> None:
-    from atlasstore.store import WriterLock
+    from atlasstore.writer_lock import WriterLock
 
     loc = tmp_path / "atlas.zarr"
     AtlasStore.create(loc).create_domain("alpha")
@@ -558,7 +612,8 @@ _PATTERNS = {
     "password assignment": re.compile(r"(?i)\bpass(?:word|wd)\b\s*[=:]\s*['\"](?![<$%{])[^'\"\s]{6,}['\"]"),
     "AWS key": re.compile("AKIA" + "[0-9A-Z]{16}"),
     # shell / env-file assignments (not Python, where NAME=expr is a keyword argument)
-    "NEO4J_PASSWORD shell literal": re.compile(r"(?m)^\s*(?:export\s+)?(?:ATLAS_)?NEO4J_PASSWORD=(?![$'\"<%{])\S{4,}"),
+    "NEO4J_PASSWORD shell literal": re.compile(
+        r"(?m)^\s*(?:export\s+)?(?:ATLAS_)?NEO4J_PASSWORD=(?![$'\"<%{])\S{4,}"),
     "token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,})"),
 }
 

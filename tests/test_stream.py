@@ -21,19 +21,11 @@ import pytest
 from jax.sharding import NamedSharding
 
 from atlasstore.generate import Plan, generate
+from atlasstore.normalization import load_or_compute_stats, stats_location
 from atlasstore.query import Query
-from atlasstore.store import AtlasStore, CorruptArray
-from atlasstore.stream import (
-    StreamError,
-    StreamIterator,
-    WindowSource,
-    epoch_batches,
-    epoch_permutation,
-    load_or_compute_stats,
-    process_share,
-    stats_location,
-    stream,
-)
+from atlasstore.store import AtlasStore, CorruptArray, NotFound
+from atlasstore.stream import StreamIterator, epoch_batches, epoch_permutation, process_share, stream
+from atlasstore.window_source import StreamError, WindowSource
 
 DOMAINS = ("plasma_physics", "fluid_dynamics")
 
@@ -59,8 +51,9 @@ def store256(tmp_path_factory: pytest.TempPathFactory) -> AtlasStore:
     return AtlasStore.open(path)
 
 
-def q128(store: AtlasStore, **kw) -> Query:
-    return Query(store, scale=128, **kw)
+def q128(store: AtlasStore, window: int = 3, **kw) -> Query:
+    """The query of a stream with n_in + n_out = ``window`` at scale 128."""
+    return Query(store, scale=128, window=window, **kw)
 
 
 def _host(batch: dict) -> dict:
@@ -84,7 +77,7 @@ def _our_threads() -> list[threading.Thread]:
 
 
 def test_multilevel_shapes_and_device_placement(store256: AtlasStore) -> None:
-    q = Query(store256, scale=256)
+    q = Query(store256, scale=256, window=3)
     with stream(q, n_in=2, n_out=1, batch_size=2, prefetch=1) as it:
         assert it.levels == (256, 128, 64)
         batch = next(it)
@@ -106,7 +99,8 @@ def test_multilevel_shapes_and_device_placement(store256: AtlasStore) -> None:
 
 def test_target_is_next_steps_at_full_resolution(store128: AtlasStore) -> None:
     n_in, n_out = 3, 2
-    it = stream(q128(store128), n_in=n_in, n_out=n_out, batch_size=2, normalise=False,
+    it = stream(q128(store128, window=n_in + n_out), n_in=n_in, n_out=n_out, batch_size=2,
+                normalise=False,
                 prefetch=0, num_epochs=1)
     seen = 0
     for batch in it:
@@ -121,6 +115,55 @@ def test_target_is_next_steps_at_full_resolution(store128: AtlasStore) -> None:
             seen += 1
     # 4 sequences x (6 - 5 + 1) windows = 8 windows; batches of 2
     assert seen == 8 == len(it.source)
+
+
+@pytest.mark.parametrize("scale,levels", [(256, (256, 128, 64)), (128, (128, 64)), (64, (64,))])
+def test_stream_honours_the_query_scale(store256: AtlasStore, scale: int,
+                                        levels: tuple[int, ...]) -> None:
+    """The target is at the query's scale, the inputs at every stored level up to it."""
+    it = stream(Query(store256, scale=scale, window=3), n_in=2, n_out=1, batch_size=2,
+                normalise=False, prefetch=0, shuffle=False)
+    assert it.levels == levels and it.source.base_level == scale
+    b = _host(next(it))
+    assert set(b["inputs"]) == set(levels)
+    assert b["target"].shape == (2, 1, scale, scale)
+    for i, wid in enumerate(b["ids"]):
+        dom, seq, t0 = _window(wid)
+        np.testing.assert_array_equal(b["target"][i],
+                                      store256.read(dom, seq, scale, "energy", t=slice(t0 + 2, t0 + 3)))
+        for lvl in levels:
+            np.testing.assert_array_equal(b["inputs"][lvl][i],
+                                          store256.read(dom, seq, lvl, "energy", t=slice(t0, t0 + 2)))
+    # normalisation statistics cover exactly the streamed levels; denormalise defaults to scale
+    nrm = stream(Query(store256, scale=scale, window=3), n_in=2, n_out=1, batch_size=2,
+                 prefetch=0, shuffle=False)
+    assert set(nrm.norm_stats.values["astrophysics"]["energy"]) == {str(lv) for lv in levels}
+    bn = _host(next(nrm))
+    np.testing.assert_allclose(nrm.denormalise(bn["target"], bn["ids"]), b["target"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_stream_refuses_a_query_window_other_than_n_in_plus_n_out(store128: AtlasStore) -> None:
+    for window in (1, 2, 4):  # 1 is the Query default: a stream's query must say its window
+        for make in (lambda q: stream(q, n_in=2, n_out=1, batch_size=1),
+                     lambda q: WindowSource(q, 2, 1)):
+            with pytest.raises(StreamError, match=f"query's window is {window} step.*"
+                                                  r"n_in \+ n_out = 2 \+ 1 = 3.*window=3"):
+                make(q128(store128, window=window))
+
+
+def test_stream_honours_stride_time_range_and_filters(store128: AtlasStore) -> None:
+    q = q128(store128, window=3, stride=2, time_range=(1, 6), domains=("plasma_physics",))
+    it = stream(q, n_in=2, n_out=1, batch_size=1, normalise=False, prefetch=0, shuffle=False)
+    want = [f"plasma_physics/seq-{i:05d}@{t0}" for i in range(2) for t0 in (1, 3)]
+    assert [w.id for w in it.source.windows] == [w.id for w in q.windows()] == want
+    assert [_host(b)["ids"][0] for b in it] == want
+    # a statistic filter that every step passes keeps every window; one no step passes, none
+    lo = min(s["entropy"] for d, sq in store128.iter_sequences()
+             for s in store128.sequence_info(d, sq)["steps"])
+    assert len(stream(q.where(entropy=(lo, None)), n_in=2, n_out=1, batch_size=1).source) == 4
+    with pytest.raises(StreamError, match="no windows"):
+        stream(q.where(entropy=(None, lo - 1)), n_in=2, n_out=1, batch_size=1)
 
 
 def test_normalised_values_and_inverse(store128: AtlasStore) -> None:
@@ -259,7 +302,7 @@ def test_resume_is_exact(store128: AtlasStore, prefetch: int, workers: int, k: i
     tail = [_host(b) for b in second]
     got = head + tail
     assert [b["ids"] for b in got] == [b["ids"] for b in ref]
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a["target"], b["target"])
         for lvl in (128, 64):
             np.testing.assert_array_equal(a["inputs"][lvl], b["inputs"][lvl])
@@ -279,7 +322,7 @@ def test_restore_mid_stream_and_refusals(store128: AtlasStore) -> None:
     for other in (dict(kw, batch_size=3), dict(kw, n_in=1), dict(kw, shuffle=False),
                   dict(kw, process_index=0, process_count=2), dict(kw, normalise=True)):
         with pytest.raises(StreamError, match="different stream configuration"):
-            stream(q128(store128), **other).restore(s1)
+            stream(q128(store128, window=other["n_in"] + other["n_out"]), **other).restore(s1)
     with pytest.raises(StreamError, match="seed"):
         stream(q128(store128), **dict(kw, seed=2)).restore(s1)
     with pytest.raises(StreamError, match="different stream configuration"):
@@ -301,7 +344,7 @@ def test_normalisation_stats_computed_once(tmp_path: Path) -> None:
             e = _energy(4, 64, 64, seed * 10 + i) * (1 + seed)
             st.write_sequence(d, f"seq-{i:05d}", e)
             data[(d, i)] = e
-    q = Query(st, scale=64)
+    q = Query(st, scale=64, window=3)
     path = stats_location(st)
     assert not Path(path).exists()
     a = stream(q, n_in=2, n_out=1, batch_size=2, prefetch=0)
@@ -315,7 +358,7 @@ def test_normalisation_stats_computed_once(tmp_path: Path) -> None:
         assert m == pytest.approx(allv.mean(), rel=1e-9)
         assert s == pytest.approx(allv.std(), rel=1e-9)
     # a subset of sequences is another fingerprint: computed once, then loaded
-    q1 = Query(st, scale=64, domains=("plasma_physics",))
+    q1 = Query(st, scale=64, window=3, domains=("plasma_physics",))
     assert stream(q1, n_in=2, n_out=1, batch_size=1, prefetch=0).stats_computed
     assert not stream(q1, n_in=2, n_out=1, batch_size=1, prefetch=0).stats_computed
     # adding a sequence changes the set: recomputed (and the old entries stay usable)
@@ -385,7 +428,7 @@ def test_corrupt_data_is_reported(store128: AtlasStore, tmp_path: Path) -> None:
     shard.write_bytes(bytes(raw))
     st = AtlasStore.open(dst)
     with pytest.raises(CorruptArray, match="plasma_physics/seq-00000/128/energy"):
-        with stream(Query(st, scale=128, domains=("plasma_physics",)), n_in=2, n_out=1,
+        with stream(Query(st, scale=128, window=3, domains=("plasma_physics",)), n_in=2, n_out=1,
                     batch_size=6, prefetch=2, normalise=False, shuffle=False) as it:
             list(it)
     assert not _our_threads()
@@ -419,7 +462,7 @@ def test_bad_inputs(store128: AtlasStore, tmp_path: Path) -> None:
     with pytest.raises(StreamError, match="no windows"):
         stream(q128(store128, time_range=(0, 2)), n_in=2, n_out=1, batch_size=1)
     with pytest.raises(StreamError, match=r"n_in \+ n_out = 5 \+ 2 = 7 steps.*longest .* 6"):
-        stream(q, n_in=5, n_out=2, batch_size=1)
+        stream(q128(store128, window=7), n_in=5, n_out=2, batch_size=1)
     with pytest.raises(StreamError, match="larger than this process's share"):
         stream(q, n_in=2, n_out=1, batch_size=17)                          # 16 windows
     with pytest.raises(StreamError, match="larger than this process's share"):
@@ -435,20 +478,23 @@ def test_bad_inputs(store128: AtlasStore, tmp_path: Path) -> None:
         stream(q128(store128, region=(0, 32, 0, 32)), n_in=2, n_out=1, batch_size=1)
     with pytest.raises(StreamError, match="unknown field"):
         stream(q, n_in=2, n_out=1, batch_size=1, fields=("nope",))
-    # mismatched scales: 64x64 and 128x128 sequences in one query
+    # 64x64 and 128x128 sequences in one query: at scale 64 both store the same levels (64) at
+    # the same shape, so they share batches; scale 128 is refused by the query (small lacks it)
     st = AtlasStore.create(tmp_path / "mixed.zarr")
     st.create_domain("plasma_physics")
     st.write_sequence("plasma_physics", "small", _energy(4, 64, 64, 1))
     st.write_sequence("plasma_physics", "large", _energy(4, 128, 128, 2))
-    with pytest.raises(StreamError, match="mismatched scales.*levels \\[128, 64\\].*levels \\[64\\]"
-                       "|mismatched scales.*levels \\[64\\].*levels \\[128, 64\\]"):
-        stream(Query(st, scale=64), n_in=2, n_out=1, batch_size=2)
+    mixed = stream(Query(st, scale=64, window=3), n_in=2, n_out=1, batch_size=4, prefetch=0)
+    assert mixed.levels == (64,) and len(mixed.source) == 4
+    assert next(mixed)["target"].shape == (4, 1, 64, 64)
+    with pytest.raises(NotFound, match="small has no scale 128"):
+        stream(Query(st, scale=128, window=3), n_in=2, n_out=1, batch_size=2)
     # same levels, different shapes (square vs 2:3)
     st.write_sequence("plasma_physics", "small", _energy(4, 64, 96, 3), overwrite=True,
                       levels=(64,))
     st.write_sequence("plasma_physics", "large", _energy(4, 64, 64, 4), overwrite=True)
     with pytest.raises(StreamError, match="mismatched scales.*shape"):
-        stream(Query(st, scale=64), n_in=2, n_out=1, batch_size=2)
+        stream(Query(st, scale=64, window=3), n_in=2, n_out=1, batch_size=2)
 
 
 def test_batch_divisible_by_local_devices(tmp_path: Path, store128: AtlasStore) -> None:
@@ -459,7 +505,7 @@ from atlasstore.store import AtlasStore
 from atlasstore.query import Query
 from atlasstore.stream import stream, StreamError
 assert len(jax.local_devices()) == 2
-q = Query(AtlasStore.open({str(store128.location)!r}), scale=128)
+q = Query(AtlasStore.open({str(store128.location)!r}), scale=128, window=3)
 try:
     stream(q, n_in=2, n_out=1, batch_size=3)
     raise SystemExit("no error")

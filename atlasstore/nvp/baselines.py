@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
 from .prior import SIGMA_GRID
+
+#: scipy.ndimage boundary modes :func:`diffusion` accepts
+BlurMode = Literal["wrap", "reflect", "nearest", "mirror", "constant"]
 
 __all__ = [
     "BASELINES",
@@ -49,7 +52,7 @@ def persistence(prev: Any) -> NDArray[np.float64]:
     return np.asarray(prev, np.float64)
 
 
-def diffusion(prev: Any, sigma: float, mode: str = "wrap") -> NDArray[np.float64]:
+def diffusion(prev: Any, sigma: float, mode: BlurMode = "wrap") -> NDArray[np.float64]:
     """Gaussian blur of E_t over the last two axes (periodic by default: the synthetic data's
     thermal blur is periodic); conserves sum E; sigma 0 is persistence."""
     e = np.asarray(prev, np.float64)
@@ -59,7 +62,7 @@ def diffusion(prev: Any, sigma: float, mode: str = "wrap") -> NDArray[np.float64
 
 
 def fit_diffusion_sigma(prev: Any, target: Any, sigmas: Sequence[float] = DEFAULT_SIGMAS,
-                        mode: str = "wrap") -> tuple[float, list[dict[str, float]]]:
+                        mode: BlurMode = "wrap") -> tuple[float, list[dict[str, float]]]:
     """The sigma (pixels) of :func:`diffusion` with the least MSE against ``target``, and the
     table of every sigma tried."""
     prev = np.asarray(prev, np.float64)
@@ -153,7 +156,7 @@ def fit_linear_ar(history: Any, target: Any, radius: int = 4, steps: int = 1,
     rhs[-1] = y.sum()
     gram += ridge * np.trace(gram) / n * np.eye(n)
     coef = np.linalg.solve(gram, rhs)
-    k = coef[:-1].reshape(steps, 2 * radius + 1, 2 * radius + 1)
+    k = np.asarray(coef[:-1], np.float64).reshape(steps, 2 * radius + 1, 2 * radius + 1)
     return LinearAR(k, float(coef[-1]))
 
 

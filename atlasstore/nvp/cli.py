@@ -154,9 +154,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.Argume
                    help="where the checkpoint's training store is now, if it moved (the "
                         "baselines are fitted on its training split)")
     s.add_argument("--quiet", action="store_true", help="only the tables")
-    s.add_argument("--mc-samples", type=int, default=None, help="MC-dropout samples")
-    s.add_argument("--rollout-steps", type=int, default=None)
+    s.add_argument("--mc-samples", type=int, default=None,
+                   help="MC-dropout samples (default: the run config's eval.mc_samples)")
+    s.add_argument("--rollout-steps", type=int, default=None,
+                   help="autoregressive rollout length in steps (default: eval.rollout_steps)")
     s.add_argument("--plots", type=int, default=None, help="sample figures (0: no figures)")
-    s.add_argument("--max-windows", type=int, default=None)
+    s.add_argument("--max-windows", type=int, default=None,
+                   help="evaluate at most this many windows (default: eval.max_windows)")
     s.add_argument("--json", action="store_true", help="print the whole report as JSON")
     s.set_defaults(func=lambda a: cmd_evaluate(a, common))

@@ -110,7 +110,7 @@ def _same_location(a: str, b: str) -> bool:
 
 def _setting(ck: LoadedCheckpoint, store: str | None, split: str | None,
              sequences: Sequence[str] | None, batch_size: int | None) -> _Setting:
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     cfg = TrainConfig.from_dict(ck.meta["config"])
     res = int(ck.meta["query"]["resolution"])
@@ -183,7 +183,7 @@ def _training_pairs(s: _Setting, train_store: str | None
                     ) -> tuple[dict[str, tuple[NDArray, NDArray]], AtlasStore, dict[str, Any]]:
     """History/target pairs of the checkpoint's training split, per domain (up to
     ``eval.fit_windows`` each), from the training store (or ``train_store`` where it moved)."""
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     meta, cfg, res = s.ck.meta, s.cfg, s.resolution
     loc = str(train_store or meta["store"])
@@ -243,7 +243,7 @@ def _blocks(a: Mapping[str, NDArray], std: NDArray, m: NDArray, base: FittedBase
             doms: NDArray, thr: float) -> dict[str, Any]:
     """Metric blocks of the model and every baseline on the windows selected by ``m``."""
     prev = a["hist"][m][:, -1]
-    out = {"model": metric_block(a["mean"][m], std[m], a["truth"][m], prev, thr)}
+    out: dict[str, Any] = {"model": metric_block(a["mean"][m], std[m], a["truth"][m], prev, thr)}
     for name in BASELINES:
         pred = np.empty_like(a["truth"][m])
         sd = np.empty_like(pred)
@@ -264,7 +264,7 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
     """VRMSE by lead of the model and the baselines fed their own predictions, from every step
     of every evaluated sequence that leaves ``horizon`` steps to compare with (at least step 0),
     per domain; {} when the sequences are too short."""
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     if horizon <= 0:
         return {}
@@ -273,7 +273,7 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
     h = min(horizon, n_steps - n_in)
     if h < 1:
         return {}
-    rq = build_query(s.store, s.cfg.data, res, s.keys).where(stride=1)
+    rq = build_query(s.store, s.cfg.data, res, s.keys).where(window=n_in + h, stride=1)
     rsrc = WindowSource(rq, n_in, h, reader=s.cfg.data.reader)
     names = ("model", *BASELINES)
     per: dict[str, dict[str, list[NDArray]]] = {}

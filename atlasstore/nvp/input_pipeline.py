@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..query import Query
+from ..query import Query, QueryError
 from ..store import AtlasStore
 from .config import DataConfig, TrainError
 
@@ -110,10 +110,13 @@ class DataPlan:
     val_keys: list[str]
     resolution: int          # the level the model predicts
     levels: tuple[int, ...]  # the model's input levels, finest (= resolution) first
-    factor: int              # stored base level // resolution (the target is block-summed)
+    factor: int              # 1: the stream's target is already at the resolution
     model_shape: tuple[int, int]
     train_query: Query
     val_query: Query
+    #: the sequences' primary field (``energy``, or an imported field's own name): what the
+    #: model reads and predicts
+    field: str = "energy"
 
     @property
     def keys(self) -> list[str]:
@@ -134,6 +137,15 @@ class DataPlan:
     def split_record(self, seed: int) -> dict[str, Any]:
         return {"method": "by_sequence", "val_fraction": self.data.val_fraction, "seed": seed,
                 "train": self.train_keys, "val": self.val_keys}
+
+
+def _pairs(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """``domain/sequence`` keys as (domain, sequence)."""
+    out = []
+    for k in keys:
+        d, s = k.split("/", 1)
+        out.append((d, s))
+    return out
 
 
 def _store_levels(store: AtlasStore, keys: Sequence[str]
@@ -160,26 +172,31 @@ def plan_data(store: AtlasStore, data: DataConfig, train_keys: Sequence[str],
     res = data.resolution or base
     if res not in stored_levels:
         raise TrainError(f"data.resolution {res} is not a stored level ({list(stored_levels)})")
-    factor = base // res
+    factor = 1  # the stream delivers the target at the query's scale, res
+    train_query = build_query(store, data, res, train_keys)
+    try:
+        field = train_query.primary_of(_pairs(train_keys + val_keys))
+    except QueryError as exc:
+        raise TrainError(str(exc)) from None
     return DataPlan(data=data, train_keys=train_keys, val_keys=val_keys, resolution=res,
                     levels=tuple(lv for lv in stored_levels if lv <= res), factor=factor,
-                    model_shape=(shape[0] // factor, shape[1] // factor),
-                    train_query=build_query(store, data, res, train_keys),
-                    val_query=build_query(store, data, res, val_keys))
+                    model_shape=(shape[0] * res // base, shape[1] * res // base),
+                    train_query=train_query, val_query=build_query(store, data, res, val_keys),
+                    field=field)
 
 
 def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
-                 reader: str) -> dict[int, tuple[float, float]]:
-    """Mean and std of the energy at every level over all values of the given sequences."""
-    from ..stream import compute_stats
+                 reader: str, field: str = "energy") -> dict[int, tuple[float, float]]:
+    """Mean and std of ``field`` (the sequences' primary field) at every level over all values
+    of the given sequences."""
+    from ..normalization import compute_stats
 
-    seqs = [tuple(k.split("/", 1)) for k in keys]
-    st = compute_stats(store, seqs, ["energy"], list(levels), reader=reader, fingerprint="-")
+    st = compute_stats(store, _pairs(keys), [field], list(levels), reader=reader, fingerprint="-")
     out: dict[int, tuple[float, float]] = {}
     for lv in levels:
         n = s1 = s2 = 0.0
         for dom in st.values.values():
-            v = dom["energy"][str(lv)]
+            v = dom[field][str(lv)]
             c, m, sd = float(v["count"]), float(v["mean"]), float(v["std"])
             n += c
             s1 += c * m
@@ -204,8 +221,7 @@ def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Up to ``per_domain`` (E_t, E_t+1) pairs of every domain of the training split, spread
     evenly over its windows, at the model's resolution (float32, (B, y, x) each)."""
-    from ..physics import block_sum
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     src = WindowSource(plan.train_query, plan.data.n_in, 1, reader=plan.data.reader,
                        cache_bytes=0)
@@ -219,14 +235,14 @@ def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
         for i in range(0, len(pick), 16):
             b = src.read_batch(pick[i:i + 16])
             prev.append(np.asarray(b["inputs"][plan.resolution][:, -1], np.float32))
-            tgt.append(block_sum(np.asarray(b["target"][:, 0], np.float64), plan.factor))
-        out[dom] = (np.concatenate(prev), np.concatenate(tgt).astype(np.float32))
+            tgt.append(np.asarray(b["target"][:, 0], np.float32))
+        out[dom] = (np.concatenate(prev), np.concatenate(tgt))
     return out
 
 
 def val_source(plan: DataPlan) -> Any:
     """The validation windows, read by index."""
-    from ..stream import WindowSource
+    from ..window_source import WindowSource
 
     return WindowSource(plan.val_query, plan.data.n_in, 1, reader=plan.data.reader)
 

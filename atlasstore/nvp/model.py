@@ -198,6 +198,8 @@ class ResBlock(nnx.Module):
         h = self.conv1(nnx.silu(self.norm1(x) * (1 + scale) + shift))
         h = nnx.silu(self.norm2(h))
         if not deterministic and self.drop.rate > 0:
+            if key is None:
+                raise ModelError("MC dropout (deterministic=False) needs a key")
             h = self.drop(h, deterministic=False, rngs=jax.random.fold_in(key, self.index))
         h = self.conv2(h)
         return (x if self.skip is None else self.skip(x)) + h
@@ -273,7 +275,9 @@ class NVP(nnx.Module):
         self.stem = nnx.Conv(self.n_in + 1, w[0], (3, 3), kernel_init=init(), rngs=rngs)
         self.enc0 = nnx.List([ResBlock(w[0], w[0], cfg, next(idx), init, rngs=rngs)
                               for _ in range(cfg.blocks)])
-        self.down, self.merge, self.enc = nnx.List(), nnx.List(), nnx.List()
+        self.down: nnx.List[nnx.Conv] = nnx.List()
+        self.merge: nnx.List[nnx.Conv | None] = nnx.List()
+        self.enc: nnx.List[nnx.List[ResBlock]] = nnx.List()
         entry = dict(self.entry)
         for d in range(1, cfg.depth + 1):
             self.down.append(nnx.Conv(w[d - 1], w[d], (3, 3), strides=2, kernel_init=init(),
@@ -283,7 +287,8 @@ class NVP(nnx.Module):
             self.enc.append(nnx.List([ResBlock(w[d], w[d], cfg, next(idx), init, rngs=rngs)
                                       for _ in range(cfg.blocks)]))
         self.mid = ResBlock(w[-1], w[-1], cfg, next(idx), init, rngs=rngs)
-        self.fuse, self.dec = nnx.List(), nnx.List()
+        self.fuse: nnx.List[nnx.Conv] = nnx.List()
+        self.dec: nnx.List[nnx.List[ResBlock]] = nnx.List()
         for d in range(cfg.depth - 1, -1, -1):
             self.fuse.append(nnx.Conv(w[d + 1] + w[d], w[d], (1, 1), kernel_init=init(),
                                       rngs=rngs))
@@ -331,12 +336,13 @@ class NVP(nnx.Module):
         for d in range(1, self.cfg.depth + 1):
             h = self.down[d - 1](nnx.silu(h))
             lv = entry.get(d)
-            if lv is not None:
+            merge = self.merge[d - 1]
+            if lv is not None and merge is not None:
                 xl = jnp.transpose(self._norm(inputs[lv], self.levels.index(lv)), (0, 2, 3, 1))
                 if xl.shape[1:3] != h.shape[1:3]:
                     raise ModelError(f"level {lv} maps are {xl.shape[1:3]}, expected "
                                      f"{h.shape[1:3]} at encoder depth {d}")
-                h = self.merge[d - 1](jnp.concatenate([h, xl], axis=-1))
+                h = merge(jnp.concatenate([h, xl], axis=-1))
             for blk in self.enc[d - 1]:
                 h = blk(h, cond, deterministic, key)
             skips.append(h)

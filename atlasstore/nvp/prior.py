@@ -195,6 +195,11 @@ def _nnls_simplex(gram: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArra
     return w / s if s > 0 else np.eye(j)[0]
 
 
+def _spectral_mse(spec: _Spectra, sigma: float) -> float:
+    """The least-squares MSE of ``spec`` at ``sigma`` (a sort key over sigmas)."""
+    return float(spec.mse(float(sigma))[0])
+
+
 class _Spectra:
     """Second moments of the spectra of a rotation bank and of the targets, so that the mean
     squared error of sum_j w_j G_sigma R_j x against y costs O(J^2 k) per (sigma, w) by
@@ -275,8 +280,8 @@ def fit_prior(prev: Any, target: Any, angles: Sequence[float] = (),
         return _rotate_bank_jit(u, active) if angles else u[None]
 
     for t in sorted(set(taus) | {0.0}):
-        spec = _Spectra(lambda sl, t=t: bank(t, sl), y)
-        coarse = min(sigmas, key=lambda s, sp=spec: sp.mse(float(s))[0])
+        spec = _Spectra(functools.partial(bank, t), y)
+        coarse = min(sigmas, key=functools.partial(_spectral_mse, spec))
         fine = np.unique(np.concatenate([np.asarray(sigmas, float),
                                          coarse * np.linspace(0.6, 1.4, 41)]))
         for s in fine:

@@ -14,13 +14,14 @@ What a run does
    waited on them.
 4. Optimises :func:`~.loss.nvp_loss` with Optax Adam (lr 1e-4 default; schedule constant /
    cosine / warmup_cosine; optional clipping and weight decay).
-5. Every ``eval_every`` steps (and at step 0 with ``eval_at_start``) evaluates the validation sequences (dropout off) and tracks the
-   monitored metric, by default **energy fidelity** = VRMSE + relative conservation error of the
-   one-step prediction (lower is better). Conservation alone is not a usable criterion: an
-   untrained model predicts persistence, which conserves energy exactly, so early stopping on it
-   would stop at step 0. The best checkpoint is kept apart (``checkpoints/best``) from the latest
-   ones (``checkpoints/latest``); training stops after ``patience`` evaluations without an
-   improvement larger than ``min_delta`` (:class:`~.metrics.EarlyStopping`).
+5. Every ``eval_every`` steps (and at step 0 with ``eval_at_start``) evaluates the validation
+   sequences (dropout off) and tracks the monitored metric, by default **energy fidelity** =
+   VRMSE + relative conservation error of the one-step prediction (lower is better).
+   Conservation alone is not a usable criterion: an untrained model predicts persistence, which
+   conserves energy exactly, so early stopping on it would stop at step 0. The best checkpoint
+   is kept apart (``checkpoints/best``) from the latest ones (``checkpoints/latest``); training
+   stops after ``patience`` evaluations without an improvement larger than ``min_delta``
+   (:class:`~.metrics.EarlyStopping`).
 6. Checkpoints (:mod:`.checkpoint`) hold everything a resumed run (``resume=True``) needs to
    continue with exactly the losses the uninterrupted run would have had.
 7. Metrics go to ``metrics.jsonl`` and TensorBoard (:mod:`.metrics`); lineage to the catalog
@@ -401,7 +402,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
         stats = {int(k): (float(v[0]), float(v[1])) for k, v in prior["model"]["stats"].items()}
         priors = {d: DomainPrior.from_dict(v) for d, v in prior["model"]["prior"].items()}
     else:
-        stats = pooled_stats(st, plan.train_keys, plan.levels, cfg.data.reader)
+        stats = pooled_stats(st, plan.train_keys, plan.levels, cfg.data.reader, plan.field)
         priors = fit_priors(st, cfg, plan)
     model, optimizer, model_desc = _new_model(cfg, plan, stats, priors)
     run = prior
