@@ -173,6 +173,12 @@ def _markdown(ctx: dict[str, Any]) -> str:
             f"train / {tr['val_sequences']} validation sequences; best checkpoint at step "
             f"{tr['best_step']} (validation MSE in units of the prior's error, "
             f"{tr['best_metric']}); evaluation {rep['seconds']:.0f} s."), ""]
+    if tr["best_step"] == 0:
+        out += [("**The best checkpoint is step 0: the fitted physics prior alone** (the network's "
+                 "heads start at zero, so its correction is nil and its variance is the prior's "
+                 "training error, calibrated per domain). Training did not lower the validation "
+                 "MSE below it, so every NVP figure above is the prior's, not a learned "
+                 "correction's."), ""]
     out += [f"![per-domain VRMSE]({ctx['figs']['domains']})",
             f"![rollout]({ctx['figs']['rollout']})",
             f"![training curves]({ctx['figs']['training_curves']})",

@@ -97,11 +97,22 @@ def test_sample_colour_ranges_are_percentiles_not_min_max(tmp_path: Path) -> Non
     assert clim["|error| / std"] == (0.0, 3.0)
     assert percentile_limits(truth, pred) == pytest.approx((lo, hi))
     assert symmetric_limit(np.zeros((4, 4))) == 1.0  # a perfect prediction still draws
-    assert percentile_limits(np.full((4, 4), 2.0)) == (2.0, 4.0)  # a flat map still draws
+    # a flat map draws in the middle of its range, not at its edge (where it reads as blank)
+    assert percentile_limits(np.full((4, 4), 2.0)) == pytest.approx((1.9, 2.1))
 
     out = tmp_path / "sample.png"
     plot_sample(out, "t", prev, truth, pred, std)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+
+
+def test_a_uniform_uncertainty_says_so_and_draws_mid_range() -> None:
+    """An untrained variance head predicts one std everywhere: the panel names the value and
+    draws it mid-colour (at the edge of its range it read as an empty panel)."""
+    rng = np.random.default_rng(1)
+    truth = rng.gamma(2.0, 1.0, size=(32, 32))
+    fig = sample_figure("t", truth, truth, truth + 0.1, np.full(truth.shape, 1.95))
+    clim = {ax.get_title(): ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert clim["uncertainty (total std): uniform 1.95"] == pytest.approx((1.8525, 2.0475))
 
 
 def per_domain() -> dict[str, Any]:

@@ -74,14 +74,16 @@ def axis_scale(values: Sequence[float], decades: float = 1.0) -> str:
 
 def percentile_limits(*images: Any, percentiles: tuple[float, float] = PERCENTILES
                       ) -> tuple[float, float]:
-    """(vmin, vmax): the given percentiles of the finite values of all ``images`` together."""
+    """(vmin, vmax): the given percentiles of the finite values of all ``images`` together; a
+    flat map gets a range centred on its value (it draws in the middle colour, not as blank)."""
     v = np.concatenate([np.asarray(i, np.float64).ravel() for i in images])
     v = v[np.isfinite(v)]
     if not v.size:
         return 0.0, 1.0
     lo, hi = (float(x) for x in np.percentile(v, percentiles))
     if not hi > lo:
-        hi = lo + (abs(lo) or 1.0)
+        d = 0.05 * abs(lo) or 1.0
+        return lo - d, hi + d
     return lo, hi
 
 
@@ -105,7 +107,9 @@ def sample_figure(title: str, prev: NDArray, truth: NDArray, pred: NDArray, std:
     panels = [(prev, "input E_t", "inferno", lo, hi), (truth, "truth E_t+1", "inferno", lo, hi),
               (pred, "prediction (mean)", "inferno", lo, hi),
               (err, "error (pred - truth)", "RdBu_r", -lim, lim),
-              (std, "uncertainty (total std)", "viridis", s_lo, s_hi),
+              (std, "uncertainty (total std)" + (f": uniform {float(np.mean(std)):.3g}"
+                                                 if np.ptp(std) == 0 else ""),
+               "viridis", s_lo, s_hi),
               (np.abs(err) / np.maximum(std, 1e-12), "|error| / std", "magma", 0.0, 3.0)]
     fig = _figure(3.3 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels))
