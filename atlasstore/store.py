@@ -420,7 +420,8 @@ class AtlasStore:
         ``energy`` is an array or an ``xarray.DataArray`` (its dims mapped by ``dims``; its
         coordinates and attributes are kept, its name names the field unless ``field`` does).
         ``field`` (a :class:`FieldSpec` or a name) and ``kind`` say what the values are
-        (default: energy; the kind by name, :func:`~.sequence_writer.default_kind`); ``levels``/``smallest`` choose the pyramid
+        (default: energy; the kind by name, :func:`~.sequence_writer.default_kind`);
+        ``levels``/``smallest`` choose the pyramid
         (:func:`physics.pyramid_levels`); ``coords`` records physical axes. Everything is
         validated first, so bad input writes nothing. A complete sequence of the same id is
         refused unless ``overwrite``; an incomplete one (a crashed writer) is replaced. Returns
