@@ -25,6 +25,21 @@ EXIT_FAILED = 1
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE, as a shell reports `ls | head -1`'s ls
 
 
+#: Optional packages and the extra that installs each (pyproject.toml's optional-dependencies):
+#: a command that needs a missing one says which extra to install instead of failing inside.
+EXTRA_OF = {"matplotlib": "plots", "neo4j": "neo4j", "jax": "stream", "jaxlib": "stream",
+            "flax": "nvp", "optax": "nvp", "orbax": "nvp", "tensorboardX": "nvp",
+            "h5py": "hdf5"}
+
+
+def missing_extra(exc: BaseException) -> tuple[str, str] | None:
+    """(module, extra) when ``exc`` is a missing optional package, else None."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    return (top, EXTRA_OF[top]) if top in EXTRA_OF else None
+
+
 class UserError(Exception):
     """Raised by commands for a clean one-line exit."""
 
@@ -350,11 +365,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .physics import gradient_magnitude
     from .sequence_writer import primary_field
 
@@ -363,6 +373,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     name = primary_field(info)  # energy, or an imported field's own name
     if not 0 <= args.t < info["n_steps"]:
         raise UserError(f"--t {args.t} outside 0..{info['n_steps'] - 1}")
+    # after the checks: a bad sequence or step is named even where the plots extra is missing
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     levels = info["levels"]
     fig, axes = plt.subplots(2, len(levels), figsize=(4 * len(levels), 7.5), squeeze=False)
     for j, lvl in enumerate(levels):
@@ -840,6 +855,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
+        if (missing := missing_extra(exc)) is not None and not args.debug:
+            module, extra = missing
+            print(f"atlas: error: `atlas {args.command}` needs {module}, which is not installed: "
+                  f"pip install 'atlasstore[{extra}]'", file=sys.stderr)
+            return EXIT_USER_ERROR
         if isinstance(exc, _user_error_types()) and not args.debug:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"atlas: error: {msg}", file=sys.stderr)

@@ -104,6 +104,13 @@ class FieldSpec:
 ENERGY = FieldSpec()
 
 
+def default_kind(name: str) -> str:
+    """Energies are extensive (per-pixel content), everything else intensive unless declared:
+    a block-sum pyramid of a temperature or a velocity would be wrong, a mean pyramid of an
+    energy only loses its conservation check."""
+    return "extensive" if name == "energy" or name.endswith("_energy") else "intensive"
+
+
 def primary_field(info: Mapping[str, Any]) -> str:
     """The name of a committed sequence's primary array ("energy" for older sequences)."""
     rec = info.get("field")

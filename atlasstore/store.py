@@ -50,6 +50,7 @@ from .sequence_writer import (
     Coordinates,
     FieldSpec,
     SequenceWriter,
+    default_kind,
     from_dataarray,
 )
 from .store_documents import (
@@ -146,7 +147,7 @@ def _field_spec(field: FieldSpec | str | None, kind: str | None, name: str | Non
     nm = field or name or "energy"
     units = attrs.get("units")
     long_name = attrs.get("long_name")
-    return FieldSpec(nm, kind or "extensive", units if isinstance(units, str) else None,
+    return FieldSpec(nm, kind or default_kind(nm), units if isinstance(units, str) else None,
                      long_name if isinstance(long_name, str) else None, dict(attrs))
 
 
@@ -419,7 +420,8 @@ class AtlasStore:
         ``energy`` is an array or an ``xarray.DataArray`` (its dims mapped by ``dims``; its
         coordinates and attributes are kept, its name names the field unless ``field`` does).
         ``field`` (a :class:`FieldSpec` or a name) and ``kind`` say what the values are
-        (default: energy, extensive); ``levels``/``smallest`` choose the pyramid
+        (default: energy; the kind by name, :func:`~.sequence_writer.default_kind`);
+        ``levels``/``smallest`` choose the pyramid
         (:func:`physics.pyramid_levels`); ``coords`` records physical axes. Everything is
         validated first, so bad input writes nothing. A complete sequence of the same id is
         refused unless ``overwrite``; an incomplete one (a crashed writer) is replaced. Returns

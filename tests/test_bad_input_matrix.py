@@ -653,11 +653,6 @@ def _catalog_params() -> list[Any]:
     for backend in ("sqlite", "neo4j"):
         for i, name in enumerate(CATALOG_NAMES):
             marks = [pytest.mark.neo4j] if backend == "neo4j" else []
-            if backend == "sqlite" and "\x00" in name:
-                marks.append(pytest.mark.xfail(strict=True, reason=(
-                    "bug: SQLiteCatalog matches keys through json_each(), which cuts strings at "
-                    "NUL: a run id with NUL cannot get sequences (CatalogNotFound), its lineage is "
-                    "not found, find_timesteps(perturbation=...) misses; Neo4j round-trips it")))
             out.append(pytest.param(backend, name, marks=marks, id=f"{backend}-{i}"))
     return out
 

@@ -521,3 +521,52 @@ def test_failing_tasks_are_reported_without_dask_logs(tmp_path: Path) -> None:
         for d in ("astrophysics", "fluid_dynamics") for i in (0, 1)]
     assert sum("ThermodynamicViolation: " in line for line in lines) == 2
     assert sum("RuntimeError: boom" in line for line in lines) == 2
+
+
+# --------------------------------------------------------------------------- optional extras
+
+WITHOUT = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # `import name` now raises ModuleNotFoundError, as when not installed
+from atlasstore import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def run_without(modules: str, *argv: str) -> tuple[int, str]:
+    """`atlas ARGV` in a fresh interpreter where the given packages cannot be imported."""
+    p = subprocess.run([sys.executable, "-c", WITHOUT, modules, *argv], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "ATLAS_CATALOG": ""})
+    return p.returncode, p.stderr
+
+
+@pytest.mark.parametrize(("modules", "argv", "extra"), [
+    ("matplotlib", ["show", "plasma_physics", "seq-00000", "--out", "{tmp}/q.png"], "plots"),
+    ("neo4j", ["query", "--catalog", "bolt://127.0.0.1:9", "--count"], "neo4j"),
+    ("flax", ["train", "--config", "configs/nvp-cpu-small.json", "--out", "{tmp}/run"], "nvp"),
+    ("h5py", ["import", "well", "{tmp}/none.hdf5", "--field", "density"], "hdf5"),
+])
+def test_a_missing_extra_is_named_with_its_install_command(
+        tmp_path: Path, cli_store: Path, modules: str, argv: list[str], extra: str) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "none.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    code, err = run_without(modules, *args, "--store", str(cli_store))
+    assert code == 2, err
+    assert_user_error(code, err, f"`atlas {argv[0]}` needs {modules}",
+                      f"pip install 'atlasstore[{extra}]'")
+    assert not list(tmp_path.glob("q.png")) and not (tmp_path / "run").exists()
+
+
+def test_show_names_a_bad_step_before_a_missing_plots_extra(cli_store: Path) -> None:
+    code, err = run_without("matplotlib", "show", "plasma_physics", "seq-00000", "--t", "9",
+                            "--store", str(cli_store))
+    assert_user_error(code, err, "--t 9 outside 0..2")
+
+
+def test_every_extra_named_exists_in_pyproject() -> None:
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = set(meta["project"]["optional-dependencies"])
+    assert set(cli.EXTRA_OF.values()) <= extras

@@ -418,3 +418,21 @@ def test_every_write_says_who_wrote_it(store: AtlasStore) -> None:
                                 )["generation"]["kind"] == "generate"
     EnergyAtlasLoader(store).save_map(e[0], "lab", "m")
     assert store.sequence_info("lab", "m")["generation"]["kind"] == "save_map"
+
+
+@pytest.mark.parametrize(("name", "kind", "expected"), [
+    ("t2m", None, "intensive"), ("velocity_x", None, "intensive"), ("energy", None, "extensive"),
+    ("kinetic_energy", None, "extensive"), ("t2m", "extensive", "extensive"),
+])
+def test_write_sequence_defaults_the_kind_by_name_like_import(store: AtlasStore, name: str,
+                                                              kind: str | None, expected: str) -> None:
+    """A DataArray of temperatures gets a mean pyramid (as `atlas import` would give it), not a
+    block sum; an energy, or an explicit kind, stays extensive."""
+    store.create_domain("lab")
+    da = xr.DataArray(energy_sequence(2, 128, 128) + 1.0, dims=("time", "y", "x"), name=name)
+    info = store.write_sequence("lab", name, da, kind=kind)
+    assert info["field"]["kind"] == expected
+    base = store.read("lab", name, 128, name, t=0).astype(np.float64)
+    coarse = store.read("lab", name, 64, name, t=0).astype(np.float64)
+    factor = 1.0 if expected == "intensive" else 4.0  # mean vs sum of each 2x2 block
+    np.testing.assert_allclose(coarse.mean(), factor * base.mean(), rtol=1e-5)

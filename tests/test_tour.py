@@ -1,4 +1,5 @@
-"""The README's tour runs top to bottom right after the main job.
+"""The README's tour runs top to bottom right after the main job; its "Bring your own data"
+commands run on the sample data they make.
 
 The commands are read from README.md ("A tour": the bash block, then the Python block) and
 from ``scripts/main`` (its ``atlas generate``), and run in that order through
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from atlasstore import cli
+from atlasstore.store import AtlasStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,12 +40,13 @@ def bash_commands(text: str) -> list[list[str]]:
     return out
 
 
-def tour() -> tuple[list[list[str]], str]:
+def readme_section(title: str) -> tuple[list[list[str]], str]:
+    """The bash commands and the Python of the README section ``title``."""
     readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## A tour\n", 1)[1].split("\n## ", 1)[0]
+    section = readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
     bash = re.search(r"```bash\n(.*?)```", section, re.S)
     python = re.search(r"```python\n(.*?)```", section, re.S)
-    assert bash and python, "README's tour lost its bash or Python block"
+    assert bash and python, f"README's {title} lost its bash or Python block"
     return bash_commands(bash.group(1)), python.group(1)
 
 
@@ -72,7 +76,7 @@ def test_readme_tour_runs_after_the_main_job(tmp_path: Path, monkeypatch: pytest
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")
-    commands, python = tour()
+    commands, python = readme_section("A tour")
     assert commands[0][:2] == ["atlas", "generate"], commands[0]
     assert [c[1] for c in commands] == ["generate", "ls", "query", "show", "audit", "catalog",
                                         "train"], "the tour changed: update this test's notes"
@@ -90,3 +94,30 @@ def test_readme_tour_runs_after_the_main_job(tmp_path: Path, monkeypatch: pytest
 
     assert (tmp_path / "windows.npz").is_file() and (tmp_path / "quicklook.png").is_file()
     exec(compile(python, "README.md (A tour, Python)", "exec"), {"__name__": "__tour__"})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_readme_bring_your_own_data_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Its sample data, every import, the queries on what was imported, then its Python."""
+    for var in ("ATLAS_STORE", "ATLAS_CATALOG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    commands, python = readme_section("Bring your own data")
+    assert commands[0][0] == "scripts/sample-data", commands[0]
+    subprocess.run([str(REPO / commands[0][0]), *commands[0][1:]], check=True, timeout=600)
+    counts = []
+    for argv in commands[1:]:
+        assert argv[0] == "atlas"
+        if argv[1] == "import":
+            argv = with_options(argv, {"--scheduler": "serial"})
+        code = cli.main(argv[1:])
+        out, err = capsys.readouterr()
+        assert code == 0, f"`{shlex.join(argv)}` exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
+        if "--count" in argv:
+            counts.append(int(out.strip()))
+    # 3 members x (6 - 4 + 1) windows; the predecessor's thermal_blur steps exist and are found
+    assert counts[0] == 9 and counts[1] > 0, counts
+    exec(compile(python, "README.md (Bring your own data, Python)", "exec"), {"__name__": "__byod__"})
+    assert AtlasStore.open("imported.zarr").sequence_info("lab", "run0")["field"]["kind"] == "intensive"

@@ -248,7 +248,7 @@ SELECT g.* FROM generation_runs AS g
 
 # Fixed filter fragments of find_sequences/find_timesteps (the SQL text never contains data).
 _SEQ_FILTERS = {
-    "domains": "s.domain IN (SELECT value FROM json_each(?))",
+    "domains": "s.domain IN (SELECT atlas_key(value) FROM json_each(?))",
     "run_id": "s.run_id = ?",
     "level": "EXISTS (SELECT 1 FROM sequence_levels AS l WHERE l.level = ? AND l.sequence_key = s.key)",
     # redundant lower bounds on <stat>_min that turn an overlap test into an index range seek
@@ -267,14 +267,31 @@ _SEQ_FILTERS = {
     "variance_lo": "s.variance_max >= ?", "variance_hi": "s.variance_min <= ?",
     "perturbation": ("EXISTS (SELECT 1 FROM sequence_perturbations AS p "
                      "WHERE p.kind = ? AND p.sequence_key = s.key)"),
-    "sequence_keys": "s.key IN (SELECT value FROM json_each(?))",
+    "sequence_keys": "s.key IN (SELECT atlas_key(value) FROM json_each(?))",
 }
 _TS_FILTERS = {
     "entropy_lo": "ts.entropy >= ?", "entropy_hi": "ts.entropy <= ?",
     "mean_lo": "ts.mean >= ?", "mean_hi": "ts.mean <= ?",
     "variance_lo": "ts.variance >= ?", "variance_hi": "ts.variance <= ?",
-    "perturbation": "EXISTS (SELECT 1 FROM json_each(ts.perturbation_kinds) WHERE value = ?)",
+    "perturbation": "atlas_has(ts.perturbation_kinds, ?)",
 }
+
+
+# Lists of keys travel as one JSON parameter (any length, one statement). SQLite's JSON
+# functions cut a string at NUL, and keys are data (a name may hold any character), so each key
+# travels hex-encoded and the connection's own atlas_key() turns it back into the exact string;
+# atlas_has() tests membership in a stored JSON list of strings the same way.
+
+def _key_list(keys: Iterable[str]) -> str:
+    return json.dumps([k.encode("utf-8", "surrogatepass").hex() for k in keys])
+
+
+def _atlas_key(hexed: str) -> str:
+    return bytes.fromhex(hexed).decode("utf-8", "surrogatepass")
+
+
+def _atlas_has(doc: str | None, value: str) -> bool:
+    return doc is not None and value in json.loads(doc)
 
 
 # ---------------------------------------------------------------------------------------- rows
@@ -366,21 +383,23 @@ def _ck_from(row: sqlite3.Row) -> Checkpoint:
 
 # (kind) -> (SQL fetching rows by key via json_each, row -> record); constant text
 _NODE_FETCH: dict[str, tuple[str, Any]] = {
-    "Sequence": ("SELECT * FROM sequences WHERE key IN (SELECT value FROM json_each(?))", _seq_from),
-    "TimeStep": ("SELECT * FROM timesteps WHERE key IN (SELECT value FROM json_each(?))", _ts_from),
-    "Array": ("SELECT * FROM arrays WHERE key IN (SELECT value FROM json_each(?))", _arr_from),
+    "Sequence": ("SELECT * FROM sequences WHERE key IN "
+                 "(SELECT atlas_key(value) FROM json_each(?))", _seq_from),
+    "TimeStep": ("SELECT * FROM timesteps WHERE key IN "
+                 "(SELECT atlas_key(value) FROM json_each(?))", _ts_from),
+    "Array": ("SELECT * FROM arrays WHERE key IN (SELECT atlas_key(value) FROM json_each(?))", _arr_from),
     "GenerationRun": ("SELECT * FROM generation_runs WHERE kind = 'generate' AND run_id IN "
-                      "(SELECT value FROM json_each(?))", _run_from),
+                      "(SELECT atlas_key(value) FROM json_each(?))", _run_from),
     "ImportRun": ("SELECT * FROM generation_runs WHERE kind = 'import' AND run_id IN "
-                  "(SELECT value FROM json_each(?))", _run_from),
-    "SourceFile": ("SELECT * FROM source_files WHERE key IN (SELECT value FROM json_each(?))",
+                  "(SELECT atlas_key(value) FROM json_each(?))", _run_from),
+    "SourceFile": ("SELECT * FROM source_files WHERE key IN (SELECT atlas_key(value) FROM json_each(?))",
                    _sf_from),
     "DatasetVersion": ("SELECT * FROM dataset_versions WHERE version_id IN "
-                       "(SELECT value FROM json_each(?))", _dv_from),
+                       "(SELECT atlas_key(value) FROM json_each(?))", _dv_from),
     "TrainingRun": ("SELECT * FROM training_runs WHERE run_id IN "
-                    "(SELECT value FROM json_each(?))", _tr_from),
+                    "(SELECT atlas_key(value) FROM json_each(?))", _tr_from),
     "Checkpoint": ("SELECT * FROM checkpoints WHERE ckpt_id IN "
-                   "(SELECT value FROM json_each(?))", _ck_from),
+                   "(SELECT atlas_key(value) FROM json_each(?))", _ck_from),
 }
 _KEY_ATTR = {"Sequence": "key", "TimeStep": "key", "Array": "key", "GenerationRun": "run_id",
              "ImportRun": "run_id", "SourceFile": "key",
@@ -420,6 +439,8 @@ class SQLiteCatalog(ClosesOnExit):
         except sqlite3.Error as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
         self._db.row_factory = sqlite3.Row
+        self._db.create_function("atlas_key", 1, _atlas_key, deterministic=True)
+        self._db.create_function("atlas_has", 2, _atlas_has, deterministic=True)
         try:
             if not read_only:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -535,16 +556,17 @@ class SQLiteCatalog(ClosesOnExit):
         if not keys:
             return set()
         sql = {("generation_runs", "run_id"): "SELECT run_id FROM generation_runs WHERE run_id IN "
-                                              "(SELECT value FROM json_each(?))",
+                                              "(SELECT atlas_key(value) FROM json_each(?))",
                ("sequences", "key"): "SELECT key FROM sequences WHERE key IN "
-                                     "(SELECT value FROM json_each(?))",
+                                     "(SELECT atlas_key(value) FROM json_each(?))",
                ("arrays", "key"): "SELECT key FROM arrays WHERE key IN "
-                                  "(SELECT value FROM json_each(?))",
+                                  "(SELECT atlas_key(value) FROM json_each(?))",
                ("dataset_versions", "version_id"): "SELECT version_id FROM dataset_versions "
-                                                   "WHERE version_id IN (SELECT value FROM json_each(?))",
+                                                   "WHERE version_id IN "
+                                                   "(SELECT atlas_key(value) FROM json_each(?))",
                ("training_runs", "run_id"): "SELECT run_id FROM training_runs WHERE run_id IN "
-                                            "(SELECT value FROM json_each(?))"}[(table, col)]
-        return {r[0] for r in db.execute(sql, (json.dumps(keys),))}
+                                            "(SELECT atlas_key(value) FROM json_each(?))"}[(table, col)]
+        return {r[0] for r in db.execute(sql, (_key_list(keys),))}
 
     @staticmethod
     def _delete_nodes(db: sqlite3.Connection, ids: list[str]) -> None:
@@ -647,7 +669,7 @@ class SQLiteCatalog(ClosesOnExit):
         runs = {s.run_id for s in b.seqs if s.run_id is not None}
         run_kind = {r[0]: r[1] for r in db.execute(
             "SELECT run_id, kind FROM generation_runs WHERE run_id IN "
-            "(SELECT value FROM json_each(?))", (json.dumps(sorted(runs)),))} if runs else {}
+            "(SELECT atlas_key(value) FROM json_each(?))", (_key_list(sorted(runs)),))} if runs else {}
         edges = [(node_id("Sequence", s.key), "wasGeneratedBy",
                   node_id("ImportRun" if run_kind[s.run_id] == "import" else "GenerationRun",
                           s.run_id), "{}")
@@ -700,7 +722,7 @@ class SQLiteCatalog(ClosesOnExit):
             return set()
         return {r[0].split(":", 1)[1] for r in db.execute(
             "SELECT dst FROM edges WHERE rel = 'wasDerivedFrom' AND dst LIKE 'SourceFile:%' AND "
-            "src IN (SELECT 'Sequence:' || value FROM json_each(?))", (json.dumps(seq_keys),))}
+            "src IN (SELECT 'Sequence:' || atlas_key(value) FROM json_each(?))", (_key_list(seq_keys),))}
 
     @staticmethod
     def _drop_orphan_sources(db: sqlite3.Connection, keys: set[str]) -> None:
@@ -764,8 +786,8 @@ class SQLiteCatalog(ClosesOnExit):
             if checksums is None:
                 per: dict[str, dict[str, str]] = {k: {} for k in keys}
                 for r in db.execute("SELECT sequence_key, level, field, checksum FROM arrays "
-                                    "WHERE sequence_key IN (SELECT value FROM json_each(?))",
-                                    (json.dumps(keys),)):
+                                    "WHERE sequence_key IN (SELECT atlas_key(value) FROM json_each(?))",
+                                    (_key_list(keys),)):
                     per[r[0]][f"{r[1]}/{r[2]}"] = r[3]
                 checksums = {k: sequence_checksum(v) for k, v in per.items()}
             dv = DatasetVersion.build(version_id, query, split, keys, created,
@@ -870,7 +892,7 @@ class SQLiteCatalog(ClosesOnExit):
         doms = check_domains(domains)
         if doms is not None:
             where.append(_SEQ_FILTERS["domains"])
-            params.append(json.dumps(doms))
+            params.append(_key_list(doms))
         if run_id is not None:
             where.append(_SEQ_FILTERS["run_id"])
             params.append(str(run_id))
@@ -879,7 +901,7 @@ class SQLiteCatalog(ClosesOnExit):
             params.append(int(level))
         if sequence_keys is not None:
             where.append(_SEQ_FILTERS["sequence_keys"])
-            params.append(json.dumps(list(sequence_keys)))
+            params.append(_key_list(sequence_keys))
 
     def find_sequences(self, domains: str | Iterable[str] | None = None, run_id: str | None = None,
                        level: int | None = None, entropy: Range | None = None,
@@ -983,7 +1005,7 @@ class SQLiteCatalog(ClosesOnExit):
             return bool(self._q("SELECT 1 FROM edges WHERE dst = ? AND rel = 'wasAssociatedWith' "
                                 "LIMIT 1", (node_id(kind, key),)))
         sql, _ = _NODE_FETCH[kind]
-        return bool(self._q(sql, (json.dumps([key]),)))
+        return bool(self._q(sql, (_key_list([key]),)))
 
     def lineage(self, node: str) -> Lineage:
         """Full upstream lineage of any node (a node id ``"Kind:key"`` or a bare key)."""
@@ -1003,7 +1025,7 @@ class SQLiteCatalog(ClosesOnExit):
                         nodes[nid] = LineageNode(nid, kind, k, agent_properties(kind, k))
                     continue
                 sql, conv = _NODE_FETCH[kind]
-                for row in self._q(sql, (json.dumps(keys),)):
+                for row in self._q(sql, (_key_list(keys),)):
                     rec = conv(row)
                     k = getattr(rec, _KEY_ATTR[kind])
                     nid = node_id(kind, k)

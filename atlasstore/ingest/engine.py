@@ -56,11 +56,6 @@ class SourceError(ValueError):
 # --------------------------------------------------------------------------- options
 
 
-def default_kind(name: str) -> str:
-    """Energies are extensive (per-pixel content), everything else intensive unless declared."""
-    return "extensive" if name == "energy" or name.endswith("_energy") else "intensive"
-
-
 @dataclass(frozen=True)
 class ImportOptions:
     """How every imported sequence is shaped (recorded in ``generation.options``).

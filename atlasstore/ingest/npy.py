@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..sequence_writer import NO_COORDINATES, FieldSpec
+from ..sequence_writer import NO_COORDINATES, FieldSpec, default_kind
 from ..store import validate_name
 from .engine import (
     ImportOptions,
@@ -39,7 +39,6 @@ from .engine import (
     Opened,
     SourceError,
     Unit,
-    default_kind,
     resolve_inside,
     source_record,
 )

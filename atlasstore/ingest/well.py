@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..sequence_writer import Axis, Coordinates, FieldSpec, json_attr
+from ..sequence_writer import Axis, Coordinates, FieldSpec, default_kind, json_attr
 from ..store import validate_name
 from .engine import (
     READ_BLOCK_BYTES,
@@ -48,7 +48,6 @@ from .engine import (
     Opened,
     SourceError,
     Unit,
-    default_kind,
     source_record,
 )
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..sequence_writer import FieldSpec, dataarray_metadata
+from ..sequence_writer import FieldSpec, dataarray_metadata, default_kind
 from ..store import validate_name
 from .engine import (
     READ_BLOCK_BYTES,
@@ -31,7 +31,6 @@ from .engine import (
     Opened,
     SourceError,
     Unit,
-    default_kind,
     source_record,
 )
 
