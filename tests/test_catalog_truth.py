@@ -199,7 +199,9 @@ def _write_paths(store: AtlasStore, tmp_path: Path) -> None:
     generate(store.location, Plan(domains=("fluid_dynamics",), sequences=2, steps=3,
                                   shape=(64, 64), seed=8), scheduler="serial")
     rid = "import-00112233445566aa"
-    RunLog(store).start({"run_id": rid, "kind": "import", "config": {"source_format": "well", "sources": {"count": 1}, "options": {}},
+    RunLog(store).start({"run_id": rid, "kind": "import",
+                         "config": {"source_format": "well", "sources": {"count": 1},
+                                    "options": {}},
                          "config_hash": "1" * 64, "seed": 0, "code_version": "x",
                          "host": "h", "started": "2026-01-01T00:00:00+00:00",
                          "finished": None, "counts": {}})
@@ -271,7 +273,9 @@ def test_import_lineage_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert run(capsys, "catalog", "sync", *S, *C)[0] == 0
     store = AtlasStore.open(tmp_path / "atlas.zarr", mode="r+")
     rid = "import-0123456789abcdef"
-    RunLog(store).start({"run_id": rid, "kind": "import", "config": {"source_format": "well", "sources": {"count": 2}, "options": {}},
+    RunLog(store).start({"run_id": rid, "kind": "import",
+                         "config": {"source_format": "well", "sources": {"count": 2},
+                                    "options": {}},
                          "config_hash": "2" * 64, "seed": 0, "code_version": "0.1.0+gabc",
                          "host": "node-9", "started": "2026-01-01T00:00:00+00:00",
                          "finished": None, "counts": {}})

@@ -40,6 +40,20 @@ def well_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "atlas.zarr"
 
 
+def test_imported_fields_with_their_own_names_are_catalogued(well_store: Path,
+                                                             tmp_path: Path) -> None:
+    """The catalog takes arrays of any field name the store holds (it refused all but energy and
+    its gradients, so a run on imported data could not register its dataset version)."""
+    from atlasstore.catalog import SQLiteCatalog
+    from atlasstore.index import refresh
+
+    with SQLiteCatalog(tmp_path / "c.sqlite") as cat:
+        res = refresh(AtlasStore.open(well_store), cat)
+        assert not res.refused and cat.count() == 3
+        fields = {a.field for a in cat.get_arrays("turbulent_radiative_layer_2D/trl-traj0000")}
+        assert fields == {"kinetic_energy", "grad_x", "grad_y"}
+
+
 def test_atlas_query_at_every_stored_level(well_store: Path, tmp_path: Path) -> None:
     for scale, shape in ((None, (384, 128)), (128, (384, 128)), (64, (192, 64))):
         args = ["query", "--store", str(well_store), "--window", "4", "--out",
@@ -105,11 +119,6 @@ def test_atlas_train_on_an_imported_384x128_energy_field(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "atlasstore/nvp/input_pipeline.py pooled_stats() reads the field 'energy' (compute_stats(..., "
-    "['energy'], ...) and dom['energy']); an imported field keeps its own name (here "
-    "kinetic_energy), so training stops with \"unknown field 'energy'\". Reading the selection's "
-    "primary field (atlasstore.sequence_writer.primary_field) there makes this pass."))
 def test_atlas_train_on_an_imported_field_with_its_own_name(well_store: Path,
                                                               tmp_path: Path) -> None:
     pytest.importorskip("flax")

@@ -1,4 +1,4 @@
-"""NVP evaluation metrics on hand-computable cases; the baselines."""
+"""NVP evaluation metrics on hand-computable cases; the baselines; the goals and headline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from atlasstore.nvp.baselines import diffusion, fit_diffusion_sigma, persistence
+from atlasstore.nvp.baselines import (
+    LinearAR,
+    diffusion,
+    fit_baselines,
+    fit_diffusion_sigma,
+    fit_linear_ar,
+    persistence,
+)
+from atlasstore.nvp.goals import evaluate_goals, headline, markdown_tables
 from atlasstore.nvp.scores import (
     conservation_error,
     entropy_violations,
@@ -134,3 +142,111 @@ def test_metric_block_of_a_perfect_and_a_persistent_prediction() -> None:
     pers = metric_block(prev, np.full_like(prev, 1.0), truth, prev)
     assert pers["vrmse"] > 0.3 and pers["conservation_error"] < 1e-12
     assert set(pers) >= {"nll", "crps", "coverage_50", "coverage_90", "spread_skill"}
+
+
+# ------------------------------------------------------------------------------------ linear AR
+
+
+def test_linear_ar_recovers_a_known_stencil_exactly() -> None:
+    rng = np.random.default_rng(4)
+    hist = rng.gamma(2.0, 1.0, size=(6, 2, 24, 20))
+    k0 = rng.normal(0, 1, (3, 3))
+    k1 = rng.normal(0, 1, (3, 3))
+    truth = LinearAR(np.stack([k0, k1]), 0.7)
+    y = truth.predict(hist)
+    # the stencil is a periodic convolution: check one pixel by hand
+    e0, e1 = hist[0, -1], hist[0, -2]
+    want = 0.7 + sum(k0[dy + 1, dx + 1] * e0[(5 - dy) % 24, (7 - dx) % 20]
+                     + k1[dy + 1, dx + 1] * e1[(5 - dy) % 24, (7 - dx) % 20]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    assert y[0, 5, 7] == pytest.approx(want, rel=1e-10)
+    fit = fit_linear_ar(hist, y, radius=1, steps=2, ridge=0.0)
+    np.testing.assert_allclose(fit.kernels, truth.kernels, atol=1e-8)
+    assert fit.bias == pytest.approx(0.7, abs=1e-8)
+    # a wider stencil finds zeros outside; one step cannot explain two
+    wide = fit_linear_ar(hist, y, radius=2, steps=2, ridge=0.0)
+    np.testing.assert_allclose(wide.kernels[:, 1:4, 1:4], truth.kernels, atol=1e-7)
+    assert np.abs(wide.kernels[:, 0]).max() < 1e-7
+    one = fit_linear_ar(hist, y, radius=1, steps=1)
+    assert np.mean(np.square(one.predict(hist) - y)) > 1e-3
+    with pytest.raises(ValueError, match="steps"):
+        fit_linear_ar(hist, y, radius=1, steps=3)
+    with pytest.raises(ValueError, match="radius"):
+        fit_linear_ar(hist, y, radius=12)
+
+
+def test_baselines_are_fitted_per_domain() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.gamma(2.0, 1.0, size=(4, 1, 32, 32))
+    b = rng.gamma(2.0, 1.0, size=(4, 1, 32, 32))
+    pairs = {"slow": (a, diffusion(a[:, 0], 1.0)), "fast": (b, diffusion(b[:, 0], 3.0))}
+    fb = fit_baselines(pairs, sigmas=(0.0, 1.0, 2.0, 3.0), ar_radius=2)
+    assert fb.of("slow").sigma == 1.0 and fb.of("fast").sigma == 3.0
+    assert fb.of("slow").std["diffusion"] < 1e-12 < fb.of("slow").std["persistence"]
+    assert fb.of("fast").std["linear_ar"] < fb.of("fast").std["persistence"]
+    ro = fb.of("slow").rollout("diffusion", a[:1], 2)
+    np.testing.assert_allclose(ro[0, 1], diffusion(diffusion(a[0, 0], 1.0), 1.0))
+    with pytest.raises(ValueError, match="no baselines fitted for domain 'other'"):
+        fb.of("other")
+    with pytest.raises(ValueError, match="unknown baseline"):
+        fb.of("slow").predict("oracle", a)
+
+
+# ------------------------------------------------------------------------------------ goals
+
+
+def _block(v: float, cov: float = 0.9, nll: float = 0.0) -> dict:
+    return {"vrmse": v, "coverage_50": 0.5, "coverage_90": cov, "nll": nll, "crps": v,
+            "conservation_error": 0.0, "entropy_violations": {"rate": 0.0}}
+
+
+def fake_report() -> dict:
+    per = {"calm": {"windows": 4, "model": _block(0.010, 0.91, -2.0),
+                    "persistence": _block(0.020, 0.9, 0.0), "diffusion": _block(0.011),
+                    "linear_ar": _block(0.012)},
+           "spin": {"windows": 4, "model": _block(0.95, 0.80, 1.0),
+                    "persistence": _block(1.30, 0.9, 0.5), "diffusion": _block(0.90),
+                    "linear_ar": _block(0.99)}}
+    ro = {"lead": [1, 2], "per_domain": {
+        "calm": {"rollouts": 3, "model": [0.01, 0.02], "diffusion": [0.011, 0.021],
+                 "persistence": [0.1, 0.2]},
+        "spin": {"rollouts": 3, "model": [0.95, 0.9], "diffusion": [0.9, 0.95],
+                 "persistence": [1.3, 1.4]}}}
+    return {"one_step": {"per_domain": per, "overall": per["spin"]}, "rollout": ro,
+            "data": {"held_out": True, "held_out_note": "held-out evaluation: test"}}
+
+
+def test_goals_per_domain_say_by_how_much() -> None:
+    rep = fake_report()
+    goals = {(g["goal"], g["domain"]): g for g in evaluate_goals(rep)}
+    assert goals[("vs_persistence", "calm")]["met"]
+    assert goals[("vs_persistence", "calm")]["margin"] == pytest.approx(0.5)
+    assert goals[("vs_diffusion", "calm")]["met"]
+    g = goals[("vs_diffusion", "spin")]
+    assert not g["met"] and g["margin"] == pytest.approx(1 - 0.95 / 0.90)
+    assert "5.6 % ABOVE diffusion" in g["text"]
+    g = goals[("rollout", "spin")]
+    assert not g["met"] and "lead 1" in g["text"] and "1 of 2 leads above" in g["text"]
+    assert goals[("rollout", "calm")]["met"]
+    g = goals[("coverage_90", "spin")]
+    assert not g["met"] and g["margin"] == pytest.approx(-0.05) and "missed by 5.0 points" in g["text"]
+    assert goals[("coverage_90", "calm")]["met"]
+    assert not goals[("nll", "spin")]["met"] and goals[("nll", "calm")]["met"]
+    g = goals[("mean_reduction", "all")]
+    # mean over domains: (0.01 + 0.95) / 2 vs (0.02 + 1.30) / 2
+    assert g["value"] == pytest.approx(1 - 0.48 / 0.66) and not g["met"]
+    assert "missed by" in g["text"]
+
+
+def test_headline_names_the_worst_domain() -> None:
+    rep = fake_report()
+    rep["goals"] = evaluate_goals(rep)
+    h = headline(rep)
+    assert h["worst_domain"] == "spin"  # 0.95 vs best baseline 0.90; calm beats its baselines
+    assert h["worst_vs_best_baseline"] == pytest.approx(0.95 / 0.90 - 1)
+    assert h["mean_vrmse"]["model"] == pytest.approx(0.48)
+    assert h["goals_met"] == sum(g["met"] for g in rep["goals"]) < h["goals"]
+    text = markdown_tables(rep)
+    assert "Worst domain (NVP furthest from the best baseline): spin" in text
+    assert "held-out evaluation: test" in text and "**missed**" in text
+    assert text.count("| calm |") >= 3  # one-step, uncertainty, rollout tables

@@ -110,7 +110,7 @@ def test_beta_only_rescales_gradients() -> None:
 # ------------------------------------------------------------------------------------ gradients
 
 
-def grad_of(fn, x):  # noqa: ANN001, ANN202
+def grad_of(fn, x):
     return np.asarray(jax.grad(lambda z: jnp.sum(fn(z)))(x))
 
 

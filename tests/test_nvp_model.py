@@ -1,11 +1,10 @@
-"""NVP model: multi-scale wiring, shapes, non-negativity in physical units, MC-dropout variance.
+"""NVP model: multi-scale wiring, shapes, MC-dropout variance, block sums. (The physics prior,
+conservation, non-negativity and domain conditioning: ``test_nvp_prior.py``.)
 
 Shapes are checked with ``jax.eval_shape`` (no compilation); one tiny 64x64 model is compiled.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -20,22 +19,23 @@ from atlasstore.nvp.model import (
     ModelConfig,
     ModelError,
     combine_mc,
-    heat_kernel_blur,
     mc_predict,
     predict,
     pyramid_inputs,
-    softplus_k,
 )
+from atlasstore.nvp.prior import DomainPrior
 
 TINY = ModelConfig(width=4, max_width=8, depth=1, blocks=1, dropout=0.2, groups=2)
+PRIORS = {"d": DomainPrior(sigma=1.0, tau=0.0, weights=(), rmse=0.3, persistence_rmse=1.0,
+                           diffusion_rmse=0.5, pairs=4)}
 
 
-def stats_for(levels, base_mean=1.0, base_std=1.0):  # noqa: ANN001, ANN201
+def stats_for(levels, base_mean=1.0, base_std=1.0):
     top = max(levels)
     return {lv: (base_mean * (top // lv) ** 2, base_std * (top // lv) ** 2) for lv in levels}
 
 
-def abstract_inputs(levels, shape, n_in=1, b=2):  # noqa: ANN001, ANN201
+def abstract_inputs(levels, shape, n_in=1, b=2):
     top = max(levels)
     return {lv: jax.ShapeDtypeStruct((b, n_in, shape[0] * lv // top, shape[1] * lv // top),
                                      jnp.float32) for lv in levels}
@@ -47,25 +47,27 @@ def abstract_inputs(levels, shape, n_in=1, b=2):  # noqa: ANN001, ANN201
     ((128, 64), (128, 192), 3, ((1, 64),)),   # 2:3 aspect
     ((64,), (64, 64), 2, ()),
 ])
-def test_levels_enter_at_matching_depth_and_shapes(levels, shape, depth, entry) -> None:  # noqa: ANN001
+def test_levels_enter_at_matching_depth_and_shapes(levels, shape, depth, entry) -> None:
     cfg = ModelConfig(width=4, max_width=8, depth=depth, groups=2)
-    m = NVP(cfg, levels, 2, stats_for(levels), shape=shape)
+    m = NVP(cfg, levels, 2, stats_for(levels), PRIORS, shape=shape)
     assert m.entry == entry
     assert m.base == levels[0]
-    out = jax.eval_shape(lambda x: m(x), abstract_inputs(levels, shape, n_in=2))
+    out = jax.eval_shape(lambda x: m(x, jnp.zeros(2, jnp.int32)),
+                         abstract_inputs(levels, shape, n_in=2))
     assert out.mean.shape == (2, *shape) and out.log_var.shape == (2, *shape)
 
 
 def test_refuses_unreachable_levels_and_bad_shapes() -> None:
     with pytest.raises(ModelError, match="depth"):
-        NVP(ModelConfig(depth=1), (256, 64), 1, stats_for((256, 64)))
+        NVP(ModelConfig(depth=1), (256, 64), 1, stats_for((256, 64)), PRIORS)
     with pytest.raises(ModelError, match="divisible"):
-        NVP(ModelConfig(depth=3), (64,), 1, stats_for((64,)), shape=(64, 100))
+        NVP(ModelConfig(depth=3), (64,), 1, stats_for((64,)), PRIORS, shape=(64, 100))
     with pytest.raises(ModelError, match="statistics"):
-        NVP(ModelConfig(depth=1), (128, 64), 1, {128: (1.0, 1.0)})
-    m = NVP(ModelConfig(width=4, depth=1, groups=2), (128, 64), 1, stats_for((128, 64)))
+        NVP(ModelConfig(depth=1), (128, 64), 1, {128: (1.0, 1.0)}, PRIORS)
+    m = NVP(ModelConfig(width=4, depth=1, groups=2), (128, 64), 1, stats_for((128, 64)), PRIORS)
     with pytest.raises(ModelError, match="lack"):
-        jax.eval_shape(lambda x: m(x), abstract_inputs((128,), (128, 128)))
+        jax.eval_shape(lambda x: m(x, jnp.zeros(2, jnp.int32)),
+                       abstract_inputs((128,), (128, 128)))
     with pytest.raises(ModelError):
         ModelConfig(dropout=1.0)
     with pytest.raises(ModelError, match="unknown"):
@@ -75,7 +77,7 @@ def test_refuses_unreachable_levels_and_bad_shapes() -> None:
 @pytest.fixture(scope="module")
 def tiny() -> NVP:
     # physical energies ~ 5 +- 0.5: normalised zero is far from physical zero
-    return NVP(TINY, (64,), 1, {64: (5.0, 0.5)}, shape=(64, 64), seed=1)
+    return NVP(TINY, (64,), 1, {64: (5.0, 0.5)}, PRIORS, shape=(64, 64), seed=1)
 
 
 def energy(seed: int, b: int = 2, zeros: bool = False) -> jnp.ndarray:
@@ -86,56 +88,22 @@ def energy(seed: int, b: int = 2, zeros: bool = False) -> jnp.ndarray:
     return jnp.asarray(e)
 
 
-def test_untrained_model_predicts_persistence(tiny: NVP) -> None:
-    x = energy(0)
-    p = predict(tiny, {64: x})
-    s = float(tiny.out_scale)
-    k = TINY.sharpness
-    # softplus_k(E/s)*s - E is in [0, s log2 / k], and tiny for E >> s/k
-    diff = np.asarray(p.mean) - np.asarray(x[:, 0])
-    assert diff.min() >= -1e-5 and diff.max() <= s * math.log(2) / k + 1e-5
-    np.testing.assert_allclose(np.exp(np.asarray(p.log_var)), s * s * math.exp(TINY.log_var_init),
-                               rtol=1e-4)
+DOM = jnp.zeros(2, jnp.int32)
 
 
 def test_predictions_are_non_negative_in_physical_units(tiny: NVP) -> None:
-    graphdef, state = nnx.split(tiny)
+    graphdef, params, rest = nnx.split(tiny, nnx.Param, ...)
     rng = np.random.default_rng(3)
     for trial in range(3):
         m = nnx.merge(graphdef, jax.tree.map(
-            lambda a: jnp.asarray(rng.normal(0, 3.0, a.shape), a.dtype)
-            if a.ndim >= 1 and a.size > 1 else a, state))
-        # push the residual head hard negative: E_t + s dE << 0 before the softplus
+            lambda a: jnp.asarray(rng.normal(0, 3.0, a.shape), a.dtype), params), rest)
+        # push the residual head hard negative: E_t + rho r << 0 before the clamp
         m.head_mean.bias[...] = m.head_mean.bias[...].at[0].set(-1e3 * (trial + 1))
         for zeros in (False, True):
-            p = predict(m, {64: energy(trial, zeros=zeros)})
+            p = predict(m, {64: energy(trial, zeros=zeros)}, DOM)
             mean = np.asarray(p.mean)
             assert np.isfinite(mean).all() and (mean >= 0).all()
             assert np.isfinite(np.asarray(p.log_var)).all()
-    # and strongly positive outputs stay finite
-    m.head_mean.bias[...] = m.head_mean.bias[...].at[0].set(50.0)
-    assert np.isfinite(np.asarray(predict(m, {64: energy(9)}).mean)).all()
-
-
-def test_heat_kernel_coefficients_give_diffusion(tiny: NVP) -> None:
-    """With the coefficient of one heat kernel set to 1 the model predicts that blur of E_t."""
-    graphdef, state = nnx.split(tiny)
-    m = nnx.merge(graphdef, state)
-    i = TINY.diffusion_sigmas.index(2.0)
-    m.head_mean.bias[...] = jnp.zeros_like(m.head_mean.bias[...]).at[1 + i].set(1.0)
-    x = energy(4)
-    got = np.asarray(predict(m, {64: x}).mean)
-    want = np.asarray(heat_kernel_blur(x[:, 0], (2.0,))[0])
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(got.sum(axis=(1, 2)), np.asarray(x).sum(axis=(1, 2, 3)), rtol=1e-5)
-
-
-def test_softplus_k_is_a_smooth_positive_relu() -> None:
-    x = jnp.asarray([-100.0, -1.0, 0.0, 1.0, 100.0])
-    y = np.asarray(softplus_k(x, 20.0))
-    assert (y >= 0).all()
-    np.testing.assert_allclose(y[[0, 4]], [0.0, 100.0], atol=1e-6)
-    assert y[2] == pytest.approx(math.log(2) / 20, rel=1e-6)
 
 
 def test_combine_mc_is_the_law_of_total_variance() -> None:
@@ -156,24 +124,24 @@ def test_combine_mc_is_the_law_of_total_variance() -> None:
 
 
 def test_mc_dropout_gives_epistemic_variance(tiny: NVP) -> None:
-    graphdef, state = nnx.split(tiny)
+    graphdef, params, rest = nnx.split(tiny, nnx.Param, ...)
     rng = np.random.default_rng(5)
     m = nnx.merge(graphdef, jax.tree.map(
-        lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype)
-        if a.ndim >= 1 and a.size > 1 else a, state))
+        lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype), params), rest)
     x = {64: energy(1)}
-    r = mc_predict(m, x, jax.random.key(0), n_samples=6)
+    r = mc_predict(m, x, DOM, jax.random.key(0), n_samples=6)
     assert isinstance(r, MCPrediction)
     epi, alea, tot = (np.asarray(a) for a in (r.epistemic, r.aleatoric, r.total))
     assert epi.mean() > 0 and (epi >= 0).all() and (alea > 0).all()
     np.testing.assert_allclose(tot, alea + epi, rtol=1e-6)
     assert (np.asarray(r.mean) >= 0).all()
     # same key, same answer; no samples: deterministic, no epistemic part
-    r2 = mc_predict(m, x, jax.random.key(0), n_samples=6)
+    r2 = mc_predict(m, x, DOM, jax.random.key(0), n_samples=6)
     np.testing.assert_array_equal(np.asarray(r.mean), np.asarray(r2.mean))
-    r0 = mc_predict(m, x, jax.random.key(0), n_samples=0)
+    r0 = mc_predict(m, x, DOM, jax.random.key(0), n_samples=0)
     assert float(np.abs(np.asarray(r0.epistemic)).max()) == 0.0
-    np.testing.assert_allclose(np.asarray(r0.mean), np.asarray(predict(m, x).mean), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(r0.mean), np.asarray(predict(m, x, DOM).mean),
+                               rtol=1e-6)
 
 
 def test_block_sum_on_jax_matches_the_store_pyramid() -> None:

@@ -11,10 +11,14 @@ import pytest
 from atlasstore.nvp.plots import (
     CURVE_PANELS,
     axis_scale,
+    bars_figure,
     curves_figure,
     percentile_limits,
+    plot_bars,
     plot_curves,
+    plot_rollout,
     plot_sample,
+    rollout_figure,
     sample_figure,
     symmetric_limit,
 )
@@ -93,8 +97,58 @@ def test_sample_colour_ranges_are_percentiles_not_min_max(tmp_path: Path) -> Non
     assert clim["|error| / std"] == (0.0, 3.0)
     assert percentile_limits(truth, pred) == pytest.approx((lo, hi))
     assert symmetric_limit(np.zeros((4, 4))) == 1.0  # a perfect prediction still draws
-    assert percentile_limits(np.full((4, 4), 2.0)) == (2.0, 4.0)  # a flat map still draws
+    # a flat map draws in the middle of its range, not at its edge (where it reads as blank)
+    assert percentile_limits(np.full((4, 4), 2.0)) == pytest.approx((1.9, 2.1))
 
     out = tmp_path / "sample.png"
     plot_sample(out, "t", prev, truth, pred, std)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+
+
+def test_a_uniform_uncertainty_says_so_and_draws_mid_range() -> None:
+    """An untrained variance head predicts one std everywhere: the panel names the value and
+    draws it mid-colour (at the edge of its range it read as an empty panel)."""
+    rng = np.random.default_rng(1)
+    truth = rng.gamma(2.0, 1.0, size=(32, 32))
+    fig = sample_figure("t", truth, truth, truth + 0.1, np.full(truth.shape, 1.95))
+    clim = {ax.get_title(): ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert clim["uncertainty (total std): uniform 1.95"] == pytest.approx((1.8525, 2.0475))
+
+
+def per_domain() -> dict[str, Any]:
+    def b(v: float) -> dict[str, float]:
+        return {"vrmse": v}
+    return {"calm": {"model": b(0.010), "persistence": b(0.030), "diffusion": b(0.011),
+                     "linear_ar": b(0.012)},
+            "spin": {"model": b(0.91), "persistence": b(1.3), "diffusion": b(0.98),
+                     "linear_ar": b(0.99)}}
+
+
+def test_domain_bars_one_panel_per_domain_with_every_predictor(tmp_path: Path) -> None:
+    fig = bars_figure(per_domain())
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2
+    calm = next(ax for ax in axes if ax.get_title().startswith("calm"))
+    heights = [p.get_height() for p in calm.patches]
+    assert heights == pytest.approx([0.010, 0.030, 0.011, 0.012])
+    assert [t.get_text() for t in calm.get_xticklabels()] == ["NVP", "persistence", "diffusion",
+                                                             "linear AR"]
+    assert "best baseline 0.0110" in calm.get_title()
+    assert calm.get_ylim()[1] < 0.05  # its own scale, not the rotating domain's
+    out = tmp_path / "bars.png"
+    plot_bars(out, per_domain())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rollout_curves_per_domain(tmp_path: Path) -> None:
+    ro = {"lead": [1, 2, 3], "per_domain": {
+        d: {"rollouts": 2, "model": [0.1, 0.2, 0.3], "persistence": [0.5, 0.6, 0.7],
+            "diffusion": [0.2, 0.3, 0.4], "linear_ar": [0.2, 0.3, 0.5]} for d in ("a", "b", "c", "e")}}
+    fig = rollout_figure(ro)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [f"{d} (2 rollouts)" for d in "abce"]
+    labels = {ln.get_label() for ln in axes[0].get_lines()}
+    assert labels == {"NVP", "persistence", "diffusion", "linear AR"}
+    out = tmp_path / "ro.png"
+    plot_rollout(out, ro)
+    assert out.stat().st_size > 1000

@@ -29,7 +29,8 @@ from atlasstore.nvp.config import OptimConfig, TrainConfig, TrainError
 from atlasstore.nvp.input_pipeline import build_query, split_by_sequence
 from atlasstore.nvp.lineage import generation_lineage, register_lineage
 from atlasstore.nvp.metrics import EarlyStopping, read_metrics
-from atlasstore.nvp.train import make_schedule, train, validate_model
+from atlasstore.nvp.train import make_schedule, train
+from atlasstore.nvp.train_steps import validate_model
 from atlasstore.schemas import SchemaError
 from atlasstore.store import AtlasStore
 from catalog_fixtures import open_neo4j_or_skip
@@ -78,13 +79,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_split_by_sequence_properties() -> None:
     keys = [f"d{i % 3}/seq-{i:05d}" for i in range(40)]
     tr, va = split_by_sequence(keys, 0.05, seed=7)
-    assert len(va) == 2 and len(tr) == 38
+    assert len(va) == 3 and len(tr) == 37  # one per domain (14, 13, 13 sequences)
+    assert sorted(k.split("/")[0] for k in va) == ["d0", "d1", "d2"]
     assert not set(tr) & set(va) and sorted(tr + va) == sorted(keys)
     assert split_by_sequence(list(reversed(keys)), 0.05, seed=7) == (tr, va)  # order-free
     assert split_by_sequence(keys, 0.05, seed=8) != (tr, va)  # the seed matters
-    assert len(split_by_sequence(keys[:3], 0.05, 0)[1]) == 1  # at least one validation sequence
+    _, va2 = split_by_sequence(keys, 0.25, seed=7)  # round(0.25 n_d) per domain
+    assert [sum(k.startswith(f"d{d}/") for k in va2) for d in range(3)] == [4, 3, 3]
+    # three domains of one sequence each: none can give one, so one is held out overall
+    assert len(split_by_sequence(keys[:3], 0.05, 0)[1]) == 1
     assert len(split_by_sequence(keys[:3], 0.0, 0)[1]) == 1
-    assert len(split_by_sequence(keys[:2], 0.9, 0)[0]) == 1  # and at least one for training
+    assert split_by_sequence(keys[:2], 0.9, 0)[0] in ([keys[0]], [keys[1]])  # one to train on
+    one_each = ["a/s1", "b/s1", "b/s2"]  # a domain with one sequence trains on it
+    assert split_by_sequence(one_each, 0.5, 0) in ((["a/s1", "b/s1"], ["b/s2"]),
+                                                    (["a/s1", "b/s2"], ["b/s1"]))
     with pytest.raises(TrainError, match="at least 2"):
         split_by_sequence(keys[:1])
 
@@ -95,8 +103,11 @@ def test_run_split_keeps_every_sequence_on_one_side(world: dict[str, Any]) -> No
     st = AtlasStore.open(world["store"])
     cfg = TrainConfig.from_dict(TINY)
     assert (tr, va) == split_by_sequence(tr + va, 0.2, seed=0)
-    assert len(va) == 1 and len(tr) == 5
-    seq_of = lambda w: f"{w.domain}/{w.sequence_id}"  # noqa: E731
+    assert len(va) == 2 and len(tr) == 4  # one validation sequence per domain
+
+    def seq_of(w: Any) -> str:
+        return f"{w.domain}/{w.sequence_id}"
+
     train_seqs = {seq_of(w) for w in build_query(st, cfg.data, 128, tr).windows()}
     val_seqs = {seq_of(w) for w in build_query(st, cfg.data, 128, va).windows()}
     assert train_seqs == set(tr) and val_seqs == set(va) and not train_seqs & val_seqs
@@ -216,8 +227,10 @@ def test_best_checkpoint_restores_the_validated_model(world: dict[str, Any]) -> 
     st = AtlasStore.open(world["store"])
     cfg = ck.config
     src = WindowSource(build_query(st, cfg.data, 128, ck.meta["split"]["val"]), 1, 1)
-    vm = validate_model(ck.model, src, cfg.loss, 1, cfg.data.batch_size)
+    vm, var_scale = validate_model(ck.model, src, cfg.loss, 1, cfg.data.batch_size)
     assert vm["energy_fidelity"] == pytest.approx(va[ck.step]["energy_fidelity"], rel=1e-5)
+    # the checkpoint holds the variance calibration of that validation
+    np.testing.assert_allclose(np.asarray(ck.model.var_scale[...]), var_scale, rtol=1e-5)
 
 
 def test_resume_continues_with_identical_losses(world: dict[str, Any]) -> None:
@@ -350,6 +363,30 @@ def test_lineage_from_checkpoint_to_generation_runs(world: dict[str, Any], backe
         cat.close()
 
 
+def test_lineage_pins_the_store_as_it_is_not_a_stale_catalog(tmp_path: Path) -> None:
+    """A sequence rewritten after the catalog last saw it: the dataset version pins the data in
+    the store (the catalog catches up from the change log first), not the catalog's old record."""
+    from atlasstore.index import dataset_checksums, sync_catalog
+    from store_fixtures import energy_sequence
+
+    st = AtlasStore.create(tmp_path / "s.zarr")
+    st.create_domain("d")
+    for i in range(2):
+        st.write_sequence("d", f"seq-{i}", energy_sequence(seed=i))
+    keys = ["d/seq-0", "d/seq-1"]
+    run = {"run_id": "r1", "dataset_version_id": "dv-test", "query": {"resolution": 64},
+           "split": {"train": keys[:1], "val": keys[1:]}, "config": {}, "started": None}
+    with SQLiteCatalog(tmp_path / "c.sqlite") as cat:
+        sync_catalog(st, cat)
+        old = cat.get_sequence("d/seq-0")
+        st.write_sequence("d", "seq-0", energy_sequence(seed=7), overwrite=True)
+        pins = dataset_checksums(st, keys)
+        register_lineage(cat, run, st)
+        dv = cat.get_dataset_version("dv-test")
+        assert dv.checksums == pins
+        assert cat.get_sequence("d/seq-0") != old  # the catalog caught up too
+
+
 # ------------------------------------------------------------------------------------ evaluate
 
 
@@ -359,18 +396,85 @@ def test_atlas_evaluate_writes_report_and_figures(world: dict[str, Any], tmp_pat
     rc = cli.main(["evaluate", str(world["run"]), "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "persistence" in text and "VRMSE" in text
+    # on its own store the default is the validation split, and the output says what that is
+    assert "NOT a held-out evaluation: validation split of the training store" in text
+    assert "One-step VRMSE per domain" in text and "Goals:" in text
     rep = json.loads((out / "report.json").read_text())
-    assert rep["data"]["split"] == "val" and rep["data"]["windows"] == 3
-    one = rep["one_step"]
-    for name in ("model", "persistence", "diffusion"):
-        for k in ("vrmse", "conservation_error", "nll", "crps", "coverage_50", "coverage_90",
-                  "spread_skill"):
-            assert math.isfinite(one[name][k]), (name, k)
-    assert one["model"]["min_prediction"] >= 0.0
-    assert one["persistence"]["conservation_error"] < 1e-6
-    assert rep["diffusion"]["fit_on"] == "train" and rep["diffusion"]["sigma"] >= 0
-    assert rep["rollout"]["steps"] == 2 and len(rep["rollout"]["model_vrmse"]) == 2
-    for fig in ("sample_0.png", "training_curves.png", "rollout.png", "spread_skill.png"):
+    assert rep["data"]["split"] == "val" and rep["data"]["windows"] == 6
+    assert rep["data"]["held_out"] is False
+    doms = ["fluid_dynamics", "plasma_physics"]
+    assert sorted(rep["one_step"]["per_domain"]) == doms
+    for block in [rep["one_step"]["overall"], *rep["one_step"]["per_domain"].values()]:
+        for name in ("model", "persistence", "diffusion", "linear_ar"):
+            for k in ("vrmse", "conservation_error", "nll", "crps", "coverage_50", "coverage_90",
+                      "spread_skill"):
+                assert math.isfinite(block[name][k]), (name, k)
+        assert block["model"]["min_prediction"] >= 0.0
+        assert block["persistence"]["conservation_error"] < 1e-6
+    fit = rep["baselines"]["fit_on"]
+    assert fit["store"] == str(world["store"])
+    assert fit["windows"] == {d: 4 for d in doms}  # eval.fit_windows per domain
+    ro = rep["rollout"]
+    assert ro["steps"] == 2 and sorted(ro["per_domain"]) == doms
+    assert all(len(ro["per_domain"][d]["model"]) == 2 for d in doms)
+    goals = {(g["goal"], g["domain"]) for g in rep["goals"]}
+    for d in doms:
+        for g in ("vs_persistence", "vs_diffusion", "rollout", "coverage_90", "nll"):
+            assert (g, d) in goals
+    assert ("mean_reduction", "all") in goals
+    assert rep["headline"]["worst_domain"] in doms
+    for fig in ("sample_0.png", "training_curves.png", "rollout.png", "domains.png",
+                "spread_skill.png"):
         assert fig in rep["figures"] and (out / fig).stat().st_size > 1000
-    assert np.isfinite(rep["vs_persistence"]["vrmse_reduction"])
+
+
+def _write_other_dynamics(path: Path) -> None:
+    """A store with the world's domains and map size but other physics: a strong blur (8 px at
+    128) and no noise, generated here rather than by the presets."""
+    from scipy import ndimage
+
+    st = AtlasStore.create(path)
+    rng = np.random.default_rng(9)
+    for dom in ("fluid_dynamics", "plasma_physics"):
+        st.create_domain(dom)
+        for i in range(2):
+            e = [rng.gamma(2.0, 1.0, size=(128, 128))]
+            for _ in range(3):
+                e.append(ndimage.gaussian_filter(e[-1], 8.0, mode="wrap"))
+            st.write_sequence(dom, f"seq-{i:05d}", np.stack(e).astype(np.float32))
+
+
+def test_baselines_are_fitted_on_the_training_split_only(world: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """Evaluated on data with other dynamics, the diffusion baseline keeps the sigma fitted on the
+    checkpoint's training sequences (the presets' 2-3 px), not the evaluation data's 8 px."""
+    from atlasstore.nvp.evaluate import EvalError, evaluate_checkpoint
+
+    other = tmp_path / "other.zarr"
+    _write_other_dynamics(other)
+    own = evaluate_checkpoint(world["run"], out_dir=tmp_path / "own", plots=False)
+    rep = evaluate_checkpoint(world["run"], store=str(other), out_dir=tmp_path / "ev",
+                              plots=False)
+    assert rep["data"]["split"] == "all" and rep["data"]["held_out"] is True
+    assert rep["data"]["held_out_note"].startswith("held-out evaluation")
+    for d, b in rep["baselines"]["per_domain"].items():
+        assert b["diffusion_sigma"] == own["baselines"]["per_domain"][d]["diffusion_sigma"]
+        assert b["diffusion_sigma"] <= 3.0  # the presets' 2 and 3 px, the data here has 8
+    assert rep["baselines"]["fit_on"]["store"] == str(world["store"])
+    # without the training store the evaluation refuses rather than fit on what it evaluates
+    with pytest.raises(EvalError, match="training split only"):
+        evaluate_checkpoint(world["run"], store=str(other), train_store=str(tmp_path / "gone"),
+                            out_dir=tmp_path / "ev2", plots=False)
+
+
+def test_a_regenerated_copy_of_the_training_data_is_not_held_out(world: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    from atlasstore.nvp.evaluate import evaluate_checkpoint
+
+    copy = tmp_path / "copy.zarr"
+    assert generate(copy, plan(), scheduler="serial").ok  # same run seed: same sequences
+    rep = evaluate_checkpoint(world["run"], store=str(copy), out_dir=tmp_path / "ev",
+                              plots=False, rollout_steps=0)
+    assert rep["data"]["held_out"] is False
+    assert rep["data"]["held_out_note"].startswith(
+        "NOT a held-out evaluation: 6 of the 6 evaluated sequences were trained on")

@@ -157,6 +157,7 @@ class CatalogNotFound(CatalogError, LookupError):
 
 Range = tuple[float | None, float | None]
 
+#: the fields of a generated sequence (an imported one names its primary field itself)
 ARRAY_FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 ENTITY_KINDS = ("Sequence", "TimeStep", "Array", "SourceFile", "DatasetVersion", "Checkpoint")
 ACTIVITY_KINDS = ("GenerationRun", "ImportRun", "TrainingRun")

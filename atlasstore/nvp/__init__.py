@@ -1,22 +1,29 @@
 """NVP: the neural next-step predictor of energy maps, trained from the store.
 
-* :mod:`.model` — :class:`NVP` (Flax NNX encoder-decoder, multi-scale input, non-negative
-  residual prediction, variance head, MC dropout), :func:`predict`, :func:`mc_predict`
+* :mod:`.prior` — the per-domain physics prior P_d (noise floor, rotation bank, heat kernel)
+  and its least-squares fit (:func:`fit_prior`)
+* :mod:`.model` — :class:`NVP` (P_d plus a FiLM-conditioned U-Net correction, variance head,
+  calibration, MC dropout), :func:`predict`, :func:`mc_predict`
 * :mod:`.loss` — :func:`nvp_loss` (MSE + conservation + entropy hinge + beta-NLL)
 * :mod:`.config` — :class:`TrainConfig` and its sections (JSON-Schema validated)
-* :mod:`.input_pipeline` — the query, :func:`split_by_sequence`, normalisation, iterators
-* :mod:`.train` — :func:`train`: the optimiser, the training/evaluation steps and the loop
+* :mod:`.input_pipeline` — the query, :func:`split_by_sequence` (per domain), normalisation,
+  training pairs, iterators
+* :mod:`.train_steps` — the compiled training/evaluation steps and validation
+* :mod:`.calibration` — per-domain variance calibration on the validation split
+* :mod:`.train` — :func:`train`: the prior fit, the optimiser and the loop
 * :mod:`.checkpoint` — Orbax checkpoints, ``run.json``, :func:`load_checkpoint`
 * :mod:`.metrics` — ``metrics.jsonl`` / TensorBoard, early stopping
 * :mod:`.lineage` — catalog registration of runs, dataset versions and checkpoints
 * :mod:`.scores` — evaluation metrics (VRMSE, conservation, NLL, CRPS, coverage, spread-skill)
-* :mod:`.baselines` — persistence and fitted diffusion
-* :mod:`.evaluate` — :func:`evaluate_checkpoint` (report.json and figures)
+* :mod:`.baselines` — persistence, diffusion and a linear AR stencil, fitted per domain
+* :mod:`.goals` — the goals per domain, the headline and the report tables
+* :mod:`.evaluate` — :func:`evaluate_checkpoint` (held-out check, report.json and figures)
 * :mod:`.plots` — every figure
 * :mod:`.cli` — ``atlas train`` / ``atlas evaluate``
 
-Imports flow one way: config <- input_pipeline, checkpoint, lineage, metrics <- train; scores,
-baselines, plots <- evaluate; evaluate and train do not import each other.
+Imports flow one way: prior <- model <- config <- input_pipeline, checkpoint, lineage, metrics
+<- train_steps <- train; scores, baselines, goals, plots <- evaluate; evaluate and train do not
+import each other.
 
 Attributes are imported lazily so that ``import atlasstore.nvp`` (and the CLI's parser) does not
 import JAX.
@@ -37,6 +44,8 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "register_lineage": "lineage", "generation_lineage": "lineage",
     "evaluate_checkpoint": "evaluate", "vrmse": "scores",
+    "DomainPrior": "prior", "fit_prior": "prior", "fit_baselines": "baselines",
+    "evaluate_goals": "goals",
 }
 
 __all__ = list(_EXPORTS)

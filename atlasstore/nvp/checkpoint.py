@@ -35,6 +35,7 @@ from .config import TrainConfig, TrainError
 from .input_pipeline import DataPlan
 from .lineage import dataset_version_id
 from .model import NVP, ModelConfig
+from .prior import DomainPrior
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -53,7 +54,7 @@ __all__ = [
     "write_run_record",
 ]
 
-CHECKPOINT_FORMAT = "atlasstore-nvp-checkpoint/1"
+CHECKPOINT_FORMAT = "atlasstore-nvp-checkpoint/2"
 
 
 # ------------------------------------------------------------------------------------ run.json
@@ -235,8 +236,12 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, int]:
 
 def _model_from_meta(meta: Mapping[str, Any], rngs_seed: int = 0) -> NVP:
     m = meta["model"]
+    if "prior" not in m:
+        raise TrainError("this checkpoint predates the physics prior (its model record has no "
+                         "'prior'); retrain it with this version")
     stats = {int(k): (float(v[0]), float(v[1])) for k, v in m["stats"].items()}
-    return NVP(ModelConfig.from_dict(m["config"]), m["levels"], m["n_in"], stats,
+    priors = {d: DomainPrior.from_dict(m["prior"][d]) for d in m["domains"]}
+    return NVP(ModelConfig.from_dict(m["config"]), m["levels"], m["n_in"], stats, priors,
                shape=tuple(m["shape"]), seed=rngs_seed)
 
 
@@ -255,9 +260,13 @@ def load_checkpoint(path: str | Path, *, optimizer: nnx.Optimizer | None = None,
     mngr = _manager(mdir, None, read_only=True)
     try:
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise TrainError(f"{mdir / str(step)} is not an NVP checkpoint "
-                             f"(format {meta.get('format')!r})")
+        fmt = str(meta.get("format"))
+        if fmt != CHECKPOINT_FORMAT:
+            older = fmt.startswith(CHECKPOINT_FORMAT.rsplit("/", 1)[0] + "/")
+            raise TrainError(f"{mdir / str(step)} is " + (
+                f"an NVP checkpoint of another format ({fmt}; this version reads "
+                f"{CHECKPOINT_FORMAT}): retrain it" if older
+                else f"not an NVP checkpoint (format {fmt!r})"))
         model = model if model is not None else _model_from_meta(meta)
         items: dict[str, Any] = {"model": ocp.args.StandardRestore(nnx.state(model))}
         if optimizer is not None:

@@ -94,33 +94,31 @@ def cmd_evaluate(args: argparse.Namespace, common: argparse.ArgumentParser) -> i
         ckpt = rec.path
     # --store when given; else the checkpoint's own store
     store = args.store if args.store != common.get_default("store") else None
-    report = evaluate_checkpoint(ckpt, store=store, out_dir=args.out, split=args.split,
+    quiet = args.quiet
+
+    def progress(e: dict[str, Any]) -> None:
+        if e["event"] == "held_out" and not quiet:
+            print(e["note"], flush=True)
+        elif e["event"] == "baselines" and not quiet:
+            f = e["fit_on"]
+            print(f"baselines fitted per domain on the training split ({f['sequences']} "
+                  f"sequences of {f['store']})", flush=True)
+
+    report = evaluate_checkpoint(ckpt, store=store, train_store=args.train_store,
+                                 out_dir=args.out, split=args.split,
                                  mc_samples=args.mc_samples, rollout_steps=args.rollout_steps,
                                  n_plots=args.plots, max_windows=args.max_windows,
-                                 plots=args.plots != 0)
+                                 plots=args.plots != 0, progress=progress)
     if args.json:
         print(json.dumps({k: v for k, v in report.items()}, indent=1, default=str))
         return 0
-    one = report["one_step"]
+    from .goals import markdown_tables
+
+    d = report["data"]
     print(f"checkpoint {report['checkpoint']['ckpt_id']} (step {report['checkpoint']['step']}) on "
-          f"{report['data']['windows']} windows of {len(report['data']['sequences'])} "
-          f"{report['data']['split']} sequences")
-    print(f"{'':12s} {'VRMSE':>8s} {'cons.err':>9s} {'ent.viol':>8s} {'NLL':>9s} {'CRPS':>9s} "
-          f"{'cov50':>6s} {'cov90':>6s} {'spread/skill':>12s}")
-    for name in ("model", "persistence", "diffusion"):
-        m = one[name]
-        print(f"{name:12s} {m['vrmse']:8.4f} {m['conservation_error']:9.2e} "
-              f"{m['entropy_violations']['rate']:8.3f} {m['nll']:9.4f} {m['crps']:9.5f} "
-              f"{m['coverage_50']:6.3f} {m['coverage_90']:6.3f} {m['spread_skill']:12.3f}")
-    red = report["vs_persistence"]["vrmse_reduction"]
-    if red is not None:
-        print(f"VRMSE {100 * abs(red):.1f}% {'below' if red >= 0 else 'ABOVE'} persistence (goal: "
-              f"at least 30% below); diffusion "
-              f"sigma {report['diffusion']['sigma']} px fitted on {report['diffusion']['fit_on']}")
-    ro = report.get("rollout") or {}
-    if ro:
-        print("rollout VRMSE by lead: model " + " ".join(f"{v:.3f}" for v in ro["model_vrmse"])
-              + " | persistence " + " ".join(f"{v:.3f}" for v in ro["persistence_vrmse"]))
+          f"{d['windows']} windows of {len(d['sequences'])} sequences ({d['split']}) of "
+          f"{d['store']}")
+    print(markdown_tables(report), end="")
     print(f"wrote {report['out_dir']}/report.json and {len(report['figures'])} figure(s)")
     return 0
 
@@ -147,9 +145,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.Argume
     s.add_argument("checkpoint", help="run directory (best checkpoint), checkpoints/best|latest, "
                    "a step directory, or a checkpoint id with --catalog")
     s.add_argument("--out", default=None, help="output directory (default: <run>/eval)")
-    s.add_argument("--split", choices=("val", "train", "all"), default="val",
-                   help="val: the run's held-out sequences (default); all: every matching "
-                        "sequence of --store (e.g. a separately generated test store)")
+    s.add_argument("--split", choices=("val", "train", "all"), default=None,
+                   help="all: every matching sequence of --store (the default for a store other "
+                        "than the training store: a held-out evaluation); val: the run's "
+                        "validation sequences (the default on the training store; reported as "
+                        "NOT held out)")
+    s.add_argument("--train-store", default=None,
+                   help="where the checkpoint's training store is now, if it moved (the "
+                        "baselines are fitted on its training split)")
+    s.add_argument("--quiet", action="store_true", help="only the tables")
     s.add_argument("--mc-samples", type=int, default=None,
                    help="MC-dropout samples (default: the run config's eval.mc_samples)")
     s.add_argument("--rollout-steps", type=int, default=None,

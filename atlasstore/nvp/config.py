@@ -90,6 +90,7 @@ class LoopConfig:
     max_minutes: float | None = None
     log_every: int = 10
     eval_every: int = 100
+    eval_at_start: bool = False  # validate (and possibly keep as best) the untrained model
     checkpoint_every: int | None = None  # default: eval_every
     keep_checkpoints: int = 2
     patience: int | None = 10
@@ -106,8 +107,10 @@ class EvalConfig:
     n_plots: int = 3
     batch_size: int = 8
     max_windows: int | None = None
-    fit_windows: int = 64
+    fit_windows: int = 64                     # training windows per domain for the baselines
     diffusion_sigmas: tuple[float, ...] | None = None
+    ar_radius: int = 4                        # linear AR stencil: (2r+1)^2 taps per step
+    ar_steps: int | None = None               # steps it uses (default: n_in)
 
 
 @dataclass(frozen=True)

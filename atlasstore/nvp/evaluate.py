@@ -1,9 +1,12 @@
-"""Evaluating NVP checkpoints: one-step and rollout skill against the baselines.
+"""Evaluating NVP checkpoints: per-domain one-step and rollout skill against fitted baselines.
 
-:func:`evaluate_checkpoint` runs the model on held-out sequences (the checkpoint's validation
-split by default, or every matching sequence of another store), fits the baselines
-(:mod:`.baselines`) on windows of the *training* split, scores all of them with the metrics of
-:mod:`.scores`, and writes ``report.json`` and the figures of :mod:`.plots`. Nothing here prints.
+:func:`evaluate_checkpoint` runs the model on the evaluation sequences (by default every matching
+sequence of a held-out store, or the checkpoint's validation split of its own store), fits the
+baselines (:mod:`.baselines`) per domain on windows of the checkpoint's **training** split
+only (never the evaluated data: without the training store it refuses), scores everything per
+domain and overall with :mod:`.scores`, checks the goals (:mod:`.goals`), says whether the
+evaluation is held out (:func:`held_out_check`) and writes ``report.json`` and the figures of
+:mod:`.plots`. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -23,24 +26,29 @@ from numpy.typing import NDArray
 
 from ..physics import block_sum
 from ..store import AtlasStore
-from .baselines import DEFAULT_SIGMAS, FittedBaselines, fit_baselines
+from .baselines import BASELINES, DEFAULT_SIGMAS, FittedBaselines, fit_baselines
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .config import TrainConfig
+from .goals import evaluate_goals, headline
 from .input_pipeline import build_query, spread_indices
 from .metrics import read_metrics
-from .plots import plot_curves, plot_rollout, plot_sample, plot_spread_skill
+from .plots import plot_bars, plot_curves, plot_rollout, plot_sample, plot_spread_skill
 from .scores import (
     VRMSE_EPS,
     conservation_error,
     entropy_violations,
-    interval_coverage,
     metric_block,
     vrmse,
 )
 
-__all__ = ["REPORT_FORMAT", "evaluate_checkpoint", "rollout"]
+__all__ = ["REPORT_FORMAT", "EvalError", "evaluate_checkpoint", "held_out_check", "rollout"]
 
-REPORT_FORMAT = "atlasstore-nvp-eval/1"
+REPORT_FORMAT = "atlasstore-nvp-eval/2"
+Emit = Callable[[dict[str, Any]], None]
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked (no training data for the baselines, ...)."""
 
 
 def _read(source: Any, idx: Sequence[int], levels: Sequence[int], factor: int,
@@ -56,15 +64,17 @@ def _read(source: Any, idx: Sequence[int], levels: Sequence[int], factor: int,
     return inputs, block_sum(np.asarray(b["target"], np.float64), factor), list(b["ids"])
 
 
-def rollout(model: Any, inputs: Mapping[int, Any], steps: int) -> NDArray[np.float64]:
+def rollout(model: Any, inputs: Mapping[int, Any], domain: Any, steps: int
+            ) -> NDArray[np.float64]:
     """Autoregressive mean predictions (B, steps, y, x): each prediction is fed back as the newest
     input step, its coarser levels made by block sums (as the store derives them)."""
     from .model import predict, pyramid_inputs
 
     cur = {lv: jnp.asarray(x) for lv, x in inputs.items()}
+    dom = jnp.asarray(domain, jnp.int32)
     outs = []
     for _ in range(steps):
-        p = predict(model, {lv: cur[lv] for lv in model.levels})
+        p = predict(model, {lv: cur[lv] for lv in model.levels}, dom)
         outs.append(np.asarray(p.mean, np.float64))
         pyr = pyramid_inputs(p.mean, model.levels)
         cur = {lv: jnp.concatenate([cur[lv][:, 1:], pyr[lv][:, None]], axis=1)
@@ -80,6 +90,7 @@ class _Setting:
     cfg: TrainConfig
     store: AtlasStore
     location: str
+    split: str
     keys: list[str]
     source: Any           # WindowSource of the evaluated sequences
     resolution: int
@@ -91,24 +102,13 @@ class _Setting:
         return list(self.ck.model.levels)
 
 
-def _eval_keys(st: AtlasStore, ck: LoadedCheckpoint, cfg: TrainConfig, split: str,
-               sequences: Sequence[str] | None) -> list[str]:
-    meta = ck.meta
-    if sequences is not None:
-        keys = list(sequences)
-    elif split in ("val", "train"):
-        keys = list(meta["split"][split])
-    elif split == "all":
-        q = build_query(st, cfg.data, int(meta["query"]["resolution"]))
-        keys = sorted(f"{s.domain}/{s.sequence_id}" for s in q.selection())
-    else:
-        raise ValueError(f"split must be 'val', 'train' or 'all', got {split!r}")
-    if not keys:
-        raise ValueError("no sequences to evaluate")
-    return keys
+def _same_location(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
-def _setting(ck: LoadedCheckpoint, store: str | None, split: str,
+def _setting(ck: LoadedCheckpoint, store: str | None, split: str | None,
              sequences: Sequence[str] | None, batch_size: int | None) -> _Setting:
     from ..window_source import WindowSource
 
@@ -116,60 +116,120 @@ def _setting(ck: LoadedCheckpoint, store: str | None, split: str,
     res = int(ck.meta["query"]["resolution"])
     loc = str(store or ck.meta["store"])
     st = AtlasStore.open(loc)
-    keys = _eval_keys(st, ck, cfg, split, sequences)
+    if split is None:
+        split = "val" if _same_location(loc, ck.meta["store"]) else "all"
+    if sequences is not None:
+        keys, split = list(sequences), "sequences"
+    elif split in ("val", "train"):
+        keys = list(ck.meta["split"][split])
+    elif split == "all":
+        q = build_query(st, cfg.data, res)
+        keys = sorted(f"{s.domain}/{s.sequence_id}" for s in q.selection())
+    else:
+        raise EvalError(f"split must be 'val', 'train' or 'all', got {split!r}")
+    if not keys:
+        raise EvalError("no sequences to evaluate")
+    unknown = sorted({k.split("/", 1)[0] for k in keys} - set(ck.model.domains))
+    if unknown:
+        raise EvalError(f"the evaluation data holds domain(s) {unknown} the model was not trained "
+                        f"on (it knows {list(ck.model.domains)})")
     src = WindowSource(build_query(st, cfg.data, res, keys), cfg.data.n_in, 1,
                        reader=cfg.data.reader)
     if src.base_level < res or res not in src.levels:
-        raise ValueError(f"the evaluation data (levels {list(src.levels)}) lacks the model's "
-                         f"resolution {res}")
+        raise EvalError(f"the evaluation data (levels {list(src.levels)}) lacks the model's "
+                        f"resolution {res}")
     missing = [lv for lv in ck.model.levels if lv not in src.levels]
     if missing:
-        raise ValueError(f"the evaluation data lacks input level(s) {missing}")
-    return _Setting(ck, cfg, st, loc, keys, src, res, src.base_level // res,
+        raise EvalError(f"the evaluation data lacks input level(s) {missing}")
+    return _Setting(ck, cfg, st, loc, split, keys, src, res, src.base_level // res,
                     batch_size or cfg.eval.batch_size)
 
 
-def _fit_baselines(s: _Setting) -> tuple[FittedBaselines, str, int]:
-    """Baselines fitted on training windows (on the evaluation data if the training store is
-    gone, and said so); (fitted, what they were fitted on, number of windows)."""
+def _seeds(st: AtlasStore, keys: Sequence[str]) -> dict[tuple[str, Any], str]:
+    out = {}
+    for k in keys:
+        gen = st.sequence_info(*k.split("/", 1)).get("generation") or {}
+        if gen.get("seed") is not None:
+            out[(k.split("/", 1)[0], gen["seed"])] = k
+    return out
+
+
+def held_out_check(s: _Setting, train_store: AtlasStore | None) -> tuple[bool, str]:
+    """(held out?, a sentence saying so): not held out when the evaluated sequences are the
+    training store's validation split, or any of them was trained on (same store and key, or the
+    same domain and generation seed in another store)."""
+    meta = s.ck.meta
+    same = _same_location(s.location, meta["store"])
+    trained = set(meta["split"]["train"])
+    seen = sorted(k for k in s.keys if same and k in trained)
+    if not same and train_store is not None:
+        ref = _seeds(train_store, list(meta["split"]["train"]) + list(meta["split"]["val"]))
+        seen = sorted(k for key, k in _seeds(s.store, s.keys).items() if key in ref)
+    if seen:
+        return False, (f"NOT a held-out evaluation: {len(seen)} of the {len(s.keys)} evaluated "
+                       f"sequences were trained on (e.g. {seen[0]})")
+    if same and set(s.keys) <= set(meta["split"]["val"]):
+        return False, ("NOT a held-out evaluation: validation split of the training store (it "
+                       "chose the best checkpoint and calibrated the variance); evaluate on a "
+                       "separately generated store with --store for a held-out figure")
+    if same:
+        return False, ("NOT a held-out evaluation: sequences of the training store outside its "
+                       "recorded split")
+    return True, (f"held-out evaluation: {len(s.keys)} sequences of {s.location}, none trained "
+                  "or validated on")
+
+
+def _training_pairs(s: _Setting, train_store: str | None
+                    ) -> tuple[dict[str, tuple[NDArray, NDArray]], AtlasStore, dict[str, Any]]:
+    """History/target pairs of the checkpoint's training split, per domain (up to
+    ``eval.fit_windows`` each), from the training store (or ``train_store`` where it moved)."""
     from ..window_source import WindowSource
 
-    cfg, res, train_loc = s.cfg, s.resolution, s.ck.meta["store"]
-    fit_on = "train"
+    meta, cfg, res = s.ck.meta, s.cfg, s.resolution
+    loc = str(train_store or meta["store"])
+    keys = list(meta["split"]["train"])
     try:
-        tst = s.store if train_loc == s.location else AtlasStore.open(train_loc)
-        fsrc = WindowSource(build_query(tst, cfg.data, res, s.ck.meta["split"]["train"]),
-                            cfg.data.n_in, 1, reader=cfg.data.reader)
-        ffactor = fsrc.base_level // res
-    except Exception:  # noqa: BLE001 - training store gone: fit on the evaluation data, say so
-        fsrc, ffactor, fit_on = s.source, s.factor, "evaluation data (training store unavailable)"
-    fidx = spread_indices(len(fsrc), cfg.eval.fit_windows)
-    prev, tgt = [], []
-    for i in range(0, len(fidx), s.batch_size):
-        inp, t, _ = _read(fsrc, fidx[i:i + s.batch_size], [res], ffactor)
-        prev.append(np.asarray(inp[res][:, -1], np.float64))
-        tgt.append(t[:, 0])
-    sigmas = tuple(cfg.eval.diffusion_sigmas or DEFAULT_SIGMAS)
-    return fit_baselines(np.concatenate(prev), np.concatenate(tgt), sigmas), fit_on, len(fidx)
+        tst = s.store if _same_location(loc, s.location) else AtlasStore.open(loc)
+        fsrc = WindowSource(build_query(tst, cfg.data, res, keys), cfg.data.n_in, 1,
+                            reader=cfg.data.reader)
+    except Exception as exc:
+        raise EvalError(f"the baselines are fitted on the checkpoint's training split only, and "
+                        f"its store {loc} cannot be read ({type(exc).__name__}: {exc}); pass "
+                        "the training store's new location (--train-store)") from exc
+    by_dom: dict[str, list[int]] = {}
+    for i, w in enumerate(fsrc.windows):
+        by_dom.setdefault(w.domain, []).append(i)
+    pairs = {}
+    for dom, idx in sorted(by_dom.items()):
+        pick = [idx[j] for j in spread_indices(len(idx), cfg.eval.fit_windows)]
+        hist, tgt = [], []
+        for i in range(0, len(pick), s.batch_size):
+            inp, t, _ = _read(fsrc, pick[i:i + s.batch_size], [res], fsrc.base_level // res)
+            hist.append(np.asarray(inp[res], np.float64))
+            tgt.append(t[:, 0])
+        pairs[dom] = (np.concatenate(hist), np.concatenate(tgt))
+    info = {"store": loc, "sequences": len(keys),
+            "windows": {d: int(p[1].shape[0]) for d, p in pairs.items()}}
+    return pairs, tst, info
 
 
-def _predict_windows(s: _Setting, idx: Sequence[int], mc: int, seed: int,
-                     emit: Callable[[dict[str, Any]], None]
+def _predict_windows(s: _Setting, idx: Sequence[int], mc: int, seed: int, emit: Emit
                      ) -> tuple[dict[str, NDArray], list[str]]:
-    """MC-dropout predictions of the windows ``idx``: prev, truth, mean, aleatoric and
-    epistemic variance (float64), and the window ids."""
+    """MC predictions of the windows ``idx``: history, truth, mean, aleatoric and epistemic
+    variance (float64), the domain of each, and the window ids."""
     from .model import mc_predict
 
     key = jax.random.key(seed)
-    bs, levels, res = s.batch_size, s.levels, s.resolution
-    parts: dict[str, list[NDArray]] = {k: [] for k in ("prev", "truth", "mean", "alea", "epi")}
+    bs, levels, res, model = s.batch_size, s.levels, s.resolution, s.ck.model
+    parts: dict[str, list[NDArray]] = {k: [] for k in ("hist", "truth", "mean", "alea", "epi")}
     ids: list[str] = []
     for bi, i in enumerate(range(0, len(idx), bs)):
         n = len(idx[i:i + bs])
         inp, tgt, wid = _read(s.source, idx[i:i + bs], levels, s.factor, pad_to=bs)
-        pr = jax.device_get(mc_predict(s.ck.model, {lv: jnp.asarray(inp[lv]) for lv in levels},
+        dom = jnp.asarray(model.domain_index(wid))
+        pr = jax.device_get(mc_predict(model, {lv: jnp.asarray(inp[lv]) for lv in levels}, dom,
                                        jax.random.fold_in(key, bi), n_samples=mc))
-        parts["prev"].append(np.asarray(inp[res][:n, -1], np.float64))
+        parts["hist"].append(np.asarray(inp[res][:n], np.float64))
         parts["truth"].append(tgt[:n, 0])
         parts["mean"].append(np.asarray(pr.mean[:n], np.float64))
         parts["alea"].append(np.asarray(pr.aleatoric[:n], np.float64))
@@ -179,99 +239,112 @@ def _predict_windows(s: _Setting, idx: Sequence[int], mc: int, seed: int,
     return {k: np.concatenate(v) for k, v in parts.items()}, ids
 
 
-def _one_step(a: Mapping[str, NDArray], std: NDArray, base: FittedBaselines,
-              thr: float) -> dict[str, Any]:
-    one = {"model": metric_block(a["mean"], std, a["truth"], a["prev"], thr)}
-    for name in base.names:
-        pred = base.predict(name, a["prev"])
-        one[name] = metric_block(pred, np.full_like(pred, base.std[name]), a["truth"], a["prev"],
-                                 thr)
-    one["truth_entropy_violations"] = entropy_violations(a["truth"], a["prev"], thr)
-    total = (a["alea"] + a["epi"]).sum()
-    one["model"]["aleatoric_fraction"] = float(a["alea"].sum() / max(total, 1e-300))
-    return one
-
-
-def _per_domain(a: Mapping[str, NDArray], std: NDArray, ids: Sequence[str],
-                v: Mapping[str, NDArray]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    doms = np.array([w.split("/", 1)[0] for w in ids])
-    for dname in sorted(set(doms)):
-        m = doms == dname
-        out[dname] = {"windows": int(m.sum()),
-                      **{f"{k}_vrmse": float(x[m].mean()) for k, x in v.items()},
-                      "model_coverage_90": interval_coverage(a["mean"][m], std[m], a["truth"][m],
-                                                             0.9)}
+def _blocks(a: Mapping[str, NDArray], std: NDArray, m: NDArray, base: FittedBaselines,
+            doms: NDArray, thr: float) -> dict[str, Any]:
+    """Metric blocks of the model and every baseline on the windows selected by ``m``."""
+    prev = a["hist"][m][:, -1]
+    out: dict[str, Any] = {"model": metric_block(a["mean"][m], std[m], a["truth"][m], prev, thr)}
+    for name in BASELINES:
+        pred = np.empty_like(a["truth"][m])
+        sd = np.empty_like(pred)
+        for d in sorted(set(doms[m])):
+            sel = doms[m] == d
+            fb = base.of(d)
+            pred[sel] = fb.predict(name, a["hist"][m][sel])
+            sd[sel] = fb.std[name]
+        out[name] = metric_block(pred, sd, a["truth"][m], prev, thr)
+    out["truth_entropy_violations"] = entropy_violations(a["truth"][m], prev, thr)
+    total = (a["alea"][m] + a["epi"][m]).sum()
+    out["model"]["aleatoric_fraction"] = float(a["alea"][m].sum() / max(total, 1e-300))
+    out["windows"] = int(m.sum())
     return out
 
 
-def _rollout_report(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any]:
-    """VRMSE by lead of the model and baselines fed their own predictions, from step 0 of every
-    evaluated sequence; {} when the sequences are too short."""
+def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any]:
+    """VRMSE by lead of the model and the baselines fed their own predictions, from every step
+    of every evaluated sequence that leaves ``horizon`` steps to compare with (at least step 0),
+    per domain; {} when the sequences are too short."""
     from ..window_source import WindowSource
 
     if horizon <= 0:
         return {}
-    n_in, res = s.cfg.data.n_in, s.resolution
+    n_in, res, model = s.cfg.data.n_in, s.resolution, s.ck.model
     n_steps = min(s.store.sequence_info(*k.split("/", 1))["n_steps"] for k in s.keys)
     h = min(horizon, n_steps - n_in)
     if h < 1:
         return {}
-    rq = build_query(s.store, s.cfg.data, res, s.keys).where(window=n_in + h, stride=1,
-                                                             time_range=(0, n_in + h))
+    rq = build_query(s.store, s.cfg.data, res, s.keys).where(window=n_in + h, stride=1)
     rsrc = WindowSource(rq, n_in, h, reader=s.cfg.data.reader)
-    rv: dict[str, list[NDArray]] = {k: [] for k in ("model", *base.names, "conservation")}
+    names = ("model", *BASELINES)
+    per: dict[str, dict[str, list[NDArray]]] = {}
     bs = s.batch_size
     for i in range(0, len(rsrc), bs):
         n = min(i + bs, len(rsrc)) - i
-        inp, tgt, _ = _read(rsrc, list(range(i, i + n)), s.levels, s.factor, pad_to=bs)
-        traj, tgt = rollout(s.ck.model, inp, h)[:n], tgt[:n]
-        e0 = np.asarray(inp[res][:n, -1], np.float64)
-        rv["model"].append(np.asarray(vrmse(traj, tgt)))
-        for name in base.names:
-            rv[name].append(np.asarray(vrmse(base.rollout(name, e0, h), tgt)))
-        rv["conservation"].append(np.asarray(conservation_error(traj, tgt)))
-    mean = {k: np.concatenate(v).mean(0).tolist() for k, v in rv.items()}
-    return {"steps": h, "sequences": len(rsrc), "lead": list(range(1, h + 1)),
-            **{f"{k}_vrmse": mean[k] for k in ("model", *base.names)},
-            "model_conservation_error": mean["conservation"]}
+        inp, tgt, wid = _read(rsrc, list(range(i, i + n)), s.levels, s.factor, pad_to=bs)
+        dom = model.domain_index(wid)
+        traj, tgt = rollout(model, inp, dom, h)[:n], tgt[:n]
+        hist = np.asarray(inp[res][:n], np.float64)
+        for j, w in enumerate(wid[:n]):
+            d = w.split("/", 1)[0]
+            acc = per.setdefault(d, {k: [] for k in (*names, "conservation")})
+            acc["model"].append(np.asarray(vrmse(traj[j], tgt[j])))
+            acc["conservation"].append(np.asarray(conservation_error(traj[j], tgt[j])))
+            for name in BASELINES:
+                acc[name].append(np.asarray(vrmse(base.of(d).rollout(name, hist[j:j + 1], h)[0],
+                                                  tgt[j])))
+    out: dict[str, Any] = {"steps": h, "lead": list(range(1, h + 1)), "per_domain": {}}
+    for d, acc in sorted(per.items()):
+        out["per_domain"][d] = {"rollouts": len(acc["model"]),
+                                **{k: np.mean(acc[k], axis=0).tolist() for k in names},
+                                "model_conservation_error": np.mean(acc["conservation"],
+                                                                    axis=0).tolist()}
+    out["overall"] = {k: np.mean([v[k] for v in out["per_domain"].values()], axis=0).tolist()
+                      for k in names}
+    return out
 
 
-def _write_figures(out: Path, run_dir: Path, a: Mapping[str, NDArray], std: NDArray,
-                   ids: Sequence[str], v: Mapping[str, NDArray], nplot: int,
-                   ro: Mapping[str, Any], bins: Sequence[Mapping[str, float]]) -> list[str]:
+def _figures(out: Path, run_dir: Path, a: Mapping[str, NDArray], std: NDArray,
+             ids: Sequence[str], nplot: int, report: Mapping[str, Any]) -> list[str]:
     figs = []
-    for j, i in enumerate(spread_indices(len(ids), nplot) if nplot else []):
+    v = np.asarray(vrmse(a["mean"], a["truth"]))
+    vp = np.asarray(vrmse(a["hist"][:, -1], a["truth"]))
+    doms = [w.split("/", 1)[0] for w in ids]
+    picks = ([doms.index(d) for d in sorted(set(doms))] if nplot >= len(set(doms))
+             else spread_indices(len(ids), nplot) if nplot else [])
+    for j, i in enumerate(picks[:nplot] if nplot else []):
         p = out / f"sample_{j}.png"
-        plot_sample(p, f"{ids[i]}  (VRMSE {v['model'][i]:.3f}, persistence "
-                       f"{v['persistence'][i]:.3f})",
-                    a["prev"][i], a["truth"][i], a["mean"][i], std[i])
+        plot_sample(p, f"{ids[i]}  (VRMSE {v[i]:.3f}, persistence {vp[i]:.3f})",
+                    a["hist"][i, -1], a["truth"][i], a["mean"][i], std[i])
         figs.append(p.name)
     if plot_curves(out / "training_curves.png", read_metrics(run_dir)):
         figs.append("training_curves.png")
-    if ro:
-        plot_rollout(out / "rollout.png", ro)
+    plot_bars(out / "domains.png", report["one_step"]["per_domain"])
+    figs.append("domains.png")
+    if report["rollout"]:
+        plot_rollout(out / "rollout.png", report["rollout"])
         figs.append("rollout.png")
-    plot_spread_skill(out / "spread_skill.png", bins)
+    plot_spread_skill(out / "spread_skill.png",
+                      report["one_step"]["overall"]["model"]["spread_skill_bins"])
     figs.append("spread_skill.png")
     return figs
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, store: str | None = None,
-                        out_dir: str | Path | None = None, split: str = "val",
-                        sequences: Sequence[str] | None = None, mc_samples: int | None = None,
-                        rollout_steps: int | None = None, n_plots: int | None = None,
-                        max_windows: int | None = None, batch_size: int | None = None,
-                        plots: bool = True, seed: int = 0,
-                        progress: Callable[[dict[str, Any]], None] | None = None
-                        ) -> dict[str, Any]:
-    """Evaluate a checkpoint against persistence and diffusion; write report.json and PNGs.
+                        train_store: str | None = None, out_dir: str | Path | None = None,
+                        split: str | None = None, sequences: Sequence[str] | None = None,
+                        mc_samples: int | None = None, rollout_steps: int | None = None,
+                        n_plots: int | None = None, max_windows: int | None = None,
+                        batch_size: int | None = None, plots: bool = True, seed: int = 0,
+                        progress: Emit | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint per domain against persistence, diffusion and a linear AR stencil;
+    check the goals; write report.json and PNGs. Returns the report.
 
-    ``split``: "val" (the checkpoint's held-out sequences, default), "train", or "all" (every
-    sequence of ``store`` that the training query selects, e.g. a separately generated test
-    store); ``sequences`` overrides it. Options default to the config's ``eval`` section.
-    Returns the report (also written to ``<out_dir>/report.json``; ``out_dir`` defaults to
-    ``<run dir>/eval``).
+    ``store``: the evaluation store (default: the checkpoint's own). ``split``: "all" (every
+    sequence of ``store`` the training query selects: the default for another store), "val"
+    (the checkpoint's validation split: the default on its own store, and reported as NOT
+    held out) or "train"; ``sequences`` overrides it. ``train_store``: where the training store
+    is now, when it moved (the baselines are fitted on its training split, nothing else).
+    Options default to the config's ``eval`` section; ``out_dir`` to ``<run dir>/eval``.
     """
     emit = progress or (lambda e: None)
     t0 = time.perf_counter()
@@ -283,46 +356,47 @@ def evaluate_checkpoint(checkpoint: str | Path, *, store: str | None = None,
     nplot = ev.n_plots if n_plots is None else int(n_plots)
     run_dir = ck.path.parents[2] if len(ck.path.parents) >= 3 else ck.path.parent
     out = Path(out_dir) if out_dir else run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     emit({"event": "start", "windows": len(s.source), "sequences": len(s.keys),
           "store": s.location})
 
-    base, fit_on, n_fit = _fit_baselines(s)
-    emit({"event": "baselines", "sigma": base.sigma, "fit_on": fit_on})
+    pairs, tst, fit_info = _training_pairs(s, train_store)
+    held_out, note = held_out_check(s, tst)
+    emit({"event": "held_out", "held_out": held_out, "note": note})
+    sigmas = tuple(ev.diffusion_sigmas or DEFAULT_SIGMAS)
+    base = fit_baselines(pairs, sigmas, ev.ar_radius, ev.ar_steps or s.cfg.data.n_in)
+    emit({"event": "baselines", "fit_on": fit_info})
     idx = spread_indices(len(s.source), ev.max_windows if max_windows is None else max_windows)
     a, ids = _predict_windows(s, idx, mc, seed, emit)
     std = np.sqrt(a["alea"] + a["epi"])
     thr = s.cfg.loss.entropy_threshold
-    one = _one_step(a, std, base, thr)
-    v = {"model": np.asarray(vrmse(a["mean"], a["truth"]))}
-    v.update({n: np.asarray(vrmse(base.predict(n, a["prev"]), a["truth"])) for n in base.names})
-    ro = _rollout_report(s, base, horizon)
-
-    pv, mv = one["persistence"]["vrmse"], one["model"]["vrmse"]
+    doms = np.array([w.split("/", 1)[0] for w in ids])
+    per = {d: _blocks(a, std, doms == d, base, doms, thr) for d in sorted(set(doms))}
+    overall = _blocks(a, std, np.ones(len(ids), bool), base, doms, thr)
     meta = ck.meta
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "checkpoint": {"path": str(ck.path), "step": ck.step, "ckpt_id": meta.get("ckpt_id"),
                        "run_id": meta.get("run_id"), "kind": meta.get("kind")},
-        "data": {"store": s.location, "split": split if sequences is None else "sequences",
-                 "sequences": s.keys, "windows": len(idx), "resolution": s.resolution,
-                 "levels": s.levels, "n_in": s.cfg.data.n_in},
+        "data": {"store": s.location, "split": s.split, "sequences": s.keys,
+                 "windows": len(idx), "resolution": s.resolution, "levels": s.levels,
+                 "n_in": s.cfg.data.n_in, "held_out": held_out, "held_out_note": note},
         "settings": {"mc_samples": mc, "rollout_steps": horizon, "vrmse_eps": VRMSE_EPS,
                      "entropy_threshold": thr, "seed": seed},
-        "one_step": one,
-        "vs_persistence": {"vrmse_reduction": (1 - mv / pv) if pv > 0 else None,
-                           "goal_vrmse_reduction": 0.30,
-                           "coverage_90_goal": [0.85, 0.95]},
-        "per_domain": _per_domain(a, std, ids, v),
-        "diffusion": {"sigma": base.sigma, "fit_on": fit_on, "fit_windows": n_fit,
-                      "table": base.table, "persistence_std": base.std["persistence"],
-                      "diffusion_std": base.std["diffusion"]},
-        "rollout": ro,
+        "one_step": {"overall": overall, "per_domain": per},
+        "rollout": _rollouts(s, base, horizon),
+        "baselines": {"fit_on": fit_info,
+                      "per_domain": {d: b.to_dict() for d, b in base.domains.items()}},
+        "model": {"prior": meta["model"]["prior"],
+                  "calibration": dict(zip(ck.model.domains,
+                                          np.sqrt(np.asarray(ck.model.var_scale[...])).tolist(),
+                                          strict=True))},
         "figures": [],
     }
+    report["goals"] = evaluate_goals(report)
+    report["headline"] = headline(report)
+    out.mkdir(parents=True, exist_ok=True)
     if plots:
-        report["figures"] = _write_figures(out, run_dir, a, std, ids, v, nplot, ro,
-                                           one["model"]["spread_skill_bins"])
+        report["figures"] = _figures(out, run_dir, a, std, ids, nplot, report)
     report["seconds"] = time.perf_counter() - t0
     report = _finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default,

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..query import Query
+from ..query import Query, QueryError
 from ..store import AtlasStore
 from .config import DataConfig, TrainError
 
@@ -31,6 +32,7 @@ __all__ = [
     "split_by_sequence",
     "spread_indices",
     "train_iterator",
+    "training_pairs",
     "val_batches",
     "val_source",
 ]
@@ -63,11 +65,15 @@ def select_sequences(store: AtlasStore, data: DataConfig) -> list[str]:
 
 def split_by_sequence(keys: Sequence[str], val_fraction: float = 0.05, seed: int = 0
                       ) -> tuple[list[str], list[str]]:
-    """(train, validation) sequence keys: a seeded random choice of whole sequences.
+    """(train, validation) sequence keys ``domain/sequence``: a seeded random choice of whole
+    sequences, **per domain**.
 
-    ``n_val = clamp(round(val_fraction * n), 1, n - 1)``: at least one validation sequence and
-    at least one training sequence, so at least two sequences are needed. The choice depends only
-    on the sorted set of keys and the seed. Both lists come back sorted.
+    Every domain with at least two sequences gives ``clamp(round(val_fraction * n_d), 1,
+    n_d - 1)`` of them to validation, so each domain is validated (and its variance calibrated,
+    :mod:`.calibration`) on sequences it was not trained on; a domain with one sequence trains on
+    it. If that leaves no validation sequence at all, one sequence of the whole selection is
+    held out. At least two sequences are needed. The choice depends only on the sorted set of
+    keys and the seed; both lists come back sorted.
     """
     uniq = sorted(set(keys))
     n = len(uniq)
@@ -77,12 +83,22 @@ def split_by_sequence(keys: Sequence[str], val_fraction: float = 0.05, seed: int
                          "query")
     if not 0.0 <= val_fraction < 1.0:
         raise TrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = min(n - 1, max(1, round(val_fraction * n)))
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x5EC5])))
-    perm = rng.permutation(n)
-    val = sorted(uniq[i] for i in perm[:n_val])
-    train_keys = sorted(uniq[i] for i in perm[n_val:])
-    return train_keys, val
+    by_domain: dict[str, list[str]] = {}
+    for k in uniq:
+        by_domain.setdefault(k.split("/", 1)[0], []).append(k)
+    val: list[str] = []
+    for dom, ks in sorted(by_domain.items()):
+        if len(ks) < 2:
+            continue
+        n_val = min(len(ks) - 1, max(1, round(val_fraction * len(ks))))
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+            [int(seed), 0x5EC5, zlib.crc32(dom.encode())])))
+        val += [ks[i] for i in rng.permutation(len(ks))[:n_val]]
+    if not val:
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x5EC5])))
+        val = [uniq[int(rng.integers(n))]]
+    chosen = set(val)
+    return [k for k in uniq if k not in chosen], sorted(val)
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,9 @@ class DataPlan:
     model_shape: tuple[int, int]
     train_query: Query
     val_query: Query
+    #: the sequences' primary field (``energy``, or an imported field's own name): what the
+    #: model reads and predicts
+    field: str = "energy"
 
     @property
     def keys(self) -> list[str]:
@@ -118,6 +137,15 @@ class DataPlan:
     def split_record(self, seed: int) -> dict[str, Any]:
         return {"method": "by_sequence", "val_fraction": self.data.val_fraction, "seed": seed,
                 "train": self.train_keys, "val": self.val_keys}
+
+
+def _pairs(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """``domain/sequence`` keys as (domain, sequence)."""
+    out = []
+    for k in keys:
+        d, s = k.split("/", 1)
+        out.append((d, s))
+    return out
 
 
 def _store_levels(store: AtlasStore, keys: Sequence[str]
@@ -145,25 +173,30 @@ def plan_data(store: AtlasStore, data: DataConfig, train_keys: Sequence[str],
     if res not in stored_levels:
         raise TrainError(f"data.resolution {res} is not a stored level ({list(stored_levels)})")
     factor = 1  # the stream delivers the target at the query's scale, res
+    train_query = build_query(store, data, res, train_keys)
+    try:
+        field = train_query.primary_of(_pairs(train_keys + val_keys))
+    except QueryError as exc:
+        raise TrainError(str(exc)) from None
     return DataPlan(data=data, train_keys=train_keys, val_keys=val_keys, resolution=res,
                     levels=tuple(lv for lv in stored_levels if lv <= res), factor=factor,
                     model_shape=(shape[0] * res // base, shape[1] * res // base),
-                    train_query=build_query(store, data, res, train_keys),
-                    val_query=build_query(store, data, res, val_keys))
+                    train_query=train_query, val_query=build_query(store, data, res, val_keys),
+                    field=field)
 
 
 def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
-                 reader: str) -> dict[int, tuple[float, float]]:
-    """Mean and std of the energy at every level over all values of the given sequences."""
+                 reader: str, field: str = "energy") -> dict[int, tuple[float, float]]:
+    """Mean and std of ``field`` (the sequences' primary field) at every level over all values
+    of the given sequences."""
     from ..normalization import compute_stats
 
-    seqs = [tuple(k.split("/", 1)) for k in keys]
-    st = compute_stats(store, seqs, ["energy"], list(levels), reader=reader, fingerprint="-")
+    st = compute_stats(store, _pairs(keys), [field], list(levels), reader=reader, fingerprint="-")
     out: dict[int, tuple[float, float]] = {}
     for lv in levels:
         n = s1 = s2 = 0.0
         for dom in st.values.values():
-            v = dom["energy"][str(lv)]
+            v = dom[field][str(lv)]
             c, m, sd = float(v["count"]), float(v["mean"]), float(v["std"])
             n += c
             s1 += c * m
@@ -182,6 +215,29 @@ def train_iterator(plan: DataPlan, seed: int) -> Any:
     return stream(plan.train_query, n_in=d.n_in, n_out=1, batch_size=d.batch_size, seed=seed,
                   shuffle=True, num_epochs=None, prefetch=d.prefetch, workers=d.workers,
                   normalise=False, reader=d.reader)
+
+
+def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Up to ``per_domain`` (E_t, E_t+1) pairs of every domain of the training split, spread
+    evenly over its windows, at the model's resolution (float32, (B, y, x) each)."""
+    from ..window_source import WindowSource
+
+    src = WindowSource(plan.train_query, plan.data.n_in, 1, reader=plan.data.reader,
+                       cache_bytes=0)
+    by_domain: dict[str, list[int]] = {}
+    for i, w in enumerate(src.windows):
+        by_domain.setdefault(w.domain, []).append(i)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for dom, idx in sorted(by_domain.items()):
+        pick = [idx[j] for j in spread_indices(len(idx), per_domain)]
+        prev, tgt = [], []
+        for i in range(0, len(pick), 16):
+            b = src.read_batch(pick[i:i + 16])
+            prev.append(np.asarray(b["inputs"][plan.resolution][:, -1], np.float32))
+            tgt.append(np.asarray(b["target"][:, 0], np.float32))
+        out[dom] = (np.concatenate(prev), np.concatenate(tgt))
+    return out
 
 
 def val_source(plan: DataPlan) -> Any:

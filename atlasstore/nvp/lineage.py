@@ -40,21 +40,26 @@ def register_lineage(catalog: Any, run: Mapping[str, Any], store: AtlasStore | N
     """Register a run's DatasetVersion, TrainingRun and checkpoints in ``catalog``.
 
     ``run`` is the run record (``run.json`` of a run directory: run_id, dataset version id, query,
-    split, config, ...). Sequences missing from the catalog are first registered from ``store``
-    (``index.sync_catalog`` without pruning). Idempotent. Returns the dataset version id.
+    split, config, ...). With ``store``, the catalog first catches up with the store
+    (``index.refresh``) and the version pins the checksums of the store's sequences as they are
+    now (``index.dataset_checksums``); without it, the sequences must already be catalogued and
+    the catalog pins its own records. Idempotent. Returns the dataset version id.
     """
     keys = list(run["split"]["train"]) + list(run["split"]["val"])
+    checksums = None
+    if store is not None:
+        from ..index import dataset_checksums, refresh
+
+        refresh(store, catalog)
     missing = [k for k in keys if catalog.get_sequence(k) is None]
     if missing:
-        if store is None:
-            from ..catalog.base import CatalogNotFound, missing_message
+        from ..catalog.base import CatalogNotFound, missing_message
 
-            raise CatalogNotFound(missing_message("sequences", missing, " (training data)"))
-        from ..index import sync_catalog
-
-        sync_catalog(store, catalog, prune=False)
+        raise CatalogNotFound(missing_message("sequences", missing, " (training data)"))
+    if store is not None:
+        checksums = dataset_checksums(store, keys)
     dv = catalog.register_dataset_version(run["dataset_version_id"], run["query"], run["split"],
-                                          keys, created=run["started"])
+                                          keys, created=run["started"], checksums=checksums)
     register_training_run(catalog, run)
     for ck in checkpoints:
         catalog.register_checkpoint(ck["ckpt_id"], run["run_id"], int(ck["step"]),

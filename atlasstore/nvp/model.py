@@ -1,43 +1,27 @@
-"""The NVP next-step model: a Flax NNX encoder-decoder with residual blocks and uncertainty.
+"""The NVP next-step model: a per-domain physics prior plus a learned, domain-conditioned residual.
 
-Inputs and outputs are **physical** energies, not the stream's normalised values: the model
-carries the normalisation (mean and std per pyramid level, measured on the training split) as
-non-trainable state, so a checkpoint is self-contained and non-negativity is a property of the
-output in physical units. (The stream normalises per domain with statistics of whatever set of
-sequences it streams; training and validation streams would get different statistics, and
-the stored prediction would depend on a sidecar file. The trainer therefore streams raw values,
-``normalise=False``, and this module normalises inside the network.)
+::
 
-Architecture (U-Net-like, NHWC inside; ``inputs[level]`` is ``(B, n_in, y, x)`` as the stream
-delivers it)::
+    E_pred = max(P_d(E_t) + rho_d * (r - mean(r)), 0)
+    var    = rho_d^2 * exp(v) * c_d^2
 
-    base level (finest)  -> normalise -> conv stem -> res blocks ------------------- skip 0
-    stride-2 conv  -> [concat normalised stored level of that size, 1x1 conv] -> res blocks  skip 1
-    stride-2 conv  -> [concat ...] -> res blocks                                      skip 2 ...
-    bottleneck res block
-    nearest 2x upsample, concat skip, 1x1 conv, res blocks  (back to the base level)
-    heads: residual dE (in units of the base level's std) and raw log-variance
+* ``P_d`` (:mod:`.prior`): the domain's least-squares operator (noise floor, rotation bank,
+  heat kernel), fitted on the training split before training and stored with the model.
+* ``rho_d``: the prior's RMS error on those training pairs. The network predicts the *correction*
+  ``r`` and the log-variance ``v`` in units of it, so every domain's targets have the same scale
+  (the loss is per-domain normalised, see :mod:`.train_steps`). ``r`` is made zero-mean per map,
+  so the model conserves sum E exactly wherever the clamp at 0 is inactive; the clamp keeps
+  predictions non-negative.
+* ``r`` and ``v`` come from a U-Net on the normalised inputs and the prior's prediction, each
+  residual block modulated (FiLM) by an embedding of the domain. Its heads start at zero: an
+  untrained model **is** the prior, with variance ``rho_d^2``.
+* ``c_d`` (:class:`Calibration`): per-domain variance calibration, set on the validation split
+  (:mod:`.calibration`) and used at prediction time, not in training.
 
-A stored pyramid level enters the encoder at the depth where the feature map has its size: for a
-256 base, 128 after the first downsample and 64 after the second; for a 128 base, 64 after the
-first; a 64 base has no coarser level. ``depth`` must reach every given level.
-
-Output: ``E_pred = s * softplus_k(E_t / s + dE)`` with ``s`` the base level's std and
-``softplus_k(x) = softplus(k x) / k``: a smooth, strictly positive version of ``E_t + s dE``
-(the residual on E_t), so predictions are >= 0 in physical units whatever the weights. The
-residual is ``dE = r + sum_i a_i * (G_i * e - e)`` with ``e = E_t / s``: a free map ``r`` plus
-fixed periodic heat kernels ``G_i`` (widths ``diffusion_sigmas``) applied to E_t, each weighted by
-a per-pixel coefficient ``a_i`` that the network predicts. The heat-kernel terms give the
-network diffusion (the dominant physics of the synthetic data) as a learned *coefficient*
-instead of a convolution it must discover, which matters when it can afford only a few hundred
-steps on a CPU; they conserve energy when ``a_i`` is constant. The head starts at zero, so an
-untrained model predicts persistence (up to ``log(2) s / k`` where E_t = 0). The log-variance
-head is soft-clamped to ``[log_var_min, log_var_max]`` (in units of ``s**2``) and returned in
-physical units.
-
-Uncertainty: aleatoric from the variance head; epistemic from MC dropout (Gal & Ghahramani):
-dropout stays on at prediction time and ``S`` samples give
-``total variance = mean_s(var_s) + var_s(mean_s)`` (:func:`combine_mc`, :func:`mc_predict`).
+Stored pyramid levels below the predicted one enter the encoder at the depth where their size
+matches (for a 128 base, 64 after the first downsample). Inputs and outputs are physical
+energies; the model carries its normalisation as non-trainable state. MC dropout (when
+``dropout > 0``) adds an epistemic spread: total variance = mean of variances + variance of means.
 """
 
 from __future__ import annotations
@@ -53,24 +37,27 @@ import numpy as np
 from flax import nnx
 
 from ..physics import block_sum
+from .prior import DomainPrior, apply_prior
 
 __all__ = [
     "NVP",
+    "Calibration",
     "LevelStat",
     "MCPrediction",
     "ModelConfig",
     "ModelError",
     "Prediction",
+    "PriorState",
     "combine_mc",
+    "domain_of",
     "mc_predict",
     "predict",
     "pyramid_inputs",
-    "softplus_k",
 ]
 
 
 class ModelError(ValueError):
-    """A model that cannot be built for the given levels/shapes."""
+    """A model that cannot be built for the given levels/shapes/domains."""
 
 
 @dataclass(frozen=True)
@@ -81,30 +68,31 @@ class ModelConfig:
     max_width: int = 64        # channels double per downsample up to this
     depth: int = 3             # number of stride-2 downsamples
     blocks: int = 1            # residual blocks per stage
-    dropout: float = 0.1       # MC dropout rate inside residual blocks
+    dropout: float = 0.0       # MC dropout rate inside residual blocks
     groups: int = 8            # GroupNorm groups (reduced to divide the channels)
-    sharpness: float = 20.0    # k of the output softplus, in units of 1/std
-    log_var_init: float = -4.0  # initial log variance (units of std^2)
-    log_var_min: float = -14.0
+    embed: int = 8             # size of the domain embedding that modulates every block
+    log_var_init: float = 0.0  # initial log variance, units of rho_d^2
+    log_var_min: float = -10.0
     log_var_max: float = 6.0
-    # widths (pixels of the predicted level) of the fixed periodic heat kernels whose
-    # per-pixel weighted sum is part of the residual; () disables them
-    diffusion_sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    # the physics prior: rotation bank (degrees, with 0) and training windows per domain it is
+    # fitted on
+    prior_angles: tuple[float, ...] = ()
+    prior_fit_windows: int = 64
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "diffusion_sigmas",
-                           tuple(float(x) for x in (self.diffusion_sigmas or ())))
-        if any(not (x > 0 and math.isfinite(x)) for x in self.diffusion_sigmas):
-            raise ModelError(f"model diffusion_sigmas must be positive, got "
-                             f"{list(self.diffusion_sigmas)}")
-        for name in ("width", "max_width", "depth", "blocks", "groups"):
+        object.__setattr__(self, "prior_angles", tuple(float(a) for a in self.prior_angles or ()))
+        if self.prior_angles and 0.0 not in self.prior_angles:
+            raise ModelError(f"model prior_angles must include 0, got {list(self.prior_angles)}")
+        if any(not (math.isfinite(a) and -180 <= a <= 180) for a in self.prior_angles):
+            raise ModelError(f"model prior_angles must be in [-180, 180] degrees, got "
+                             f"{list(self.prior_angles)}")
+        for name in ("width", "max_width", "depth", "blocks", "groups", "embed",
+                     "prior_fit_windows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ModelError(f"model {name} must be a positive integer, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"model dropout must be in [0, 1), got {self.dropout}")
-        if not self.sharpness > 0:
-            raise ModelError(f"model sharpness must be > 0, got {self.sharpness}")
         if not self.log_var_min < self.log_var_init < self.log_var_max:
             raise ModelError("model needs log_var_min < log_var_init < log_var_max, got "
                              f"{self.log_var_min}, {self.log_var_init}, {self.log_var_max}")
@@ -112,15 +100,14 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ModelConfig:
         d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ModelError(f"unknown model option(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["diffusion_sigmas"] = list(self.diffusion_sigmas)
+        d["prior_angles"] = list(self.prior_angles)
         return d
 
     def widths(self) -> list[int]:
@@ -130,6 +117,14 @@ class ModelConfig:
 
 class LevelStat(nnx.Variable):
     """Non-trainable normalisation statistics (saved with the model, never optimised)."""
+
+
+class PriorState(nnx.Variable):
+    """The fitted physics prior, one row per domain (saved with the model, never optimised)."""
+
+
+class Calibration(nnx.Variable):
+    """Per-domain variance factors c_d^2 set on the validation split (never optimised)."""
 
 
 class Prediction(NamedTuple):
@@ -152,27 +147,19 @@ class MCPrediction(NamedTuple):
         return jnp.sqrt(self.total)
 
 
-def softplus_k(x: jax.Array, k: float) -> jax.Array:
-    """softplus(k x) / k: smooth max(x, 0), within log(2)/k of it, always > 0."""
-    return jax.nn.softplus(k * x) / k
-
-
-def _soft_clamp(x: jax.Array, lo: float, hi: float) -> jax.Array:
-    x = lo + jax.nn.softplus(x - lo)
-    return hi - jax.nn.softplus(hi - x)
-
-
 def _groups(c: int, want: int) -> int:
     return math.gcd(c, want) or 1
 
 
-class _NumpyInit:
-    """LeCun-normal conv kernels drawn with NumPy from one seeded generator.
+def domain_of(window_id: str) -> str:
+    """The domain of a window id ``domain/sequence@t0``."""
+    return window_id.split("/", 1)[0]
 
-    JAX's random initialisers compile one small XLA program per distinct shape (several seconds
-    each on a loaded CPU); a model has ~20 conv shapes. Drawing with NumPy costs nothing to
-    compile and is just as deterministic (a function of the seed and the construction order).
-    """
+
+class _NumpyInit:
+    """LeCun-normal kernels drawn with NumPy from one seeded generator: JAX's initialisers compile
+    one small XLA program per distinct shape (seconds each on a loaded CPU); this costs nothing
+    to compile and is just as deterministic."""
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x4E5650]))
@@ -185,60 +172,66 @@ class _NumpyInit:
         return init
 
 
+_ZEROS = nnx.initializers.zeros_init()
+
+
 class ResBlock(nnx.Module):
-    """Pre-activation residual block: GN-SiLU-conv-dropout-GN-SiLU-conv, plus (projected) skip."""
+    """Pre-activation residual block, GN-FiLM-SiLU-conv-dropout-GN-SiLU-conv, plus skip. The FiLM
+    scale and shift come from the domain embedding and start at zero (identity)."""
 
     def __init__(self, c_in: int, c_out: int, cfg: ModelConfig, index: int, init: _NumpyInit, *,
                  rngs: nnx.Rngs):
         self.index = index
         self.norm1 = nnx.GroupNorm(c_in, num_groups=_groups(c_in, cfg.groups), rngs=rngs)
+        self.film = nnx.Linear(cfg.embed, 2 * c_in, kernel_init=_ZEROS, bias_init=_ZEROS,
+                               rngs=rngs)
         self.conv1 = nnx.Conv(c_in, c_out, (3, 3), kernel_init=init(), rngs=rngs)
         self.norm2 = nnx.GroupNorm(c_out, num_groups=_groups(c_out, cfg.groups), rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
-        # small init of the last conv: every block starts close to the identity
         self.conv2 = nnx.Conv(c_out, c_out, (3, 3), kernel_init=init(0.1), rngs=rngs)
         self.skip = (nnx.Conv(c_in, c_out, (1, 1), kernel_init=init(), rngs=rngs)
                      if c_in != c_out else None)
 
-    def __call__(self, x: jax.Array, deterministic: bool, key: jax.Array | None) -> jax.Array:
-        h = self.conv1(nnx.silu(self.norm1(x)))
+    def __call__(self, x: jax.Array, cond: jax.Array, deterministic: bool,
+                 key: jax.Array | None) -> jax.Array:
+        scale, shift = jnp.split(self.film(cond)[:, None, None, :], 2, axis=-1)
+        h = self.conv1(nnx.silu(self.norm1(x) * (1 + scale) + shift))
         h = nnx.silu(self.norm2(h))
         if not deterministic and self.drop.rate > 0:
+            if key is None:
+                raise ModelError("MC dropout (deterministic=False) needs a key")
             h = self.drop(h, deterministic=False, rngs=jax.random.fold_in(key, self.index))
         h = self.conv2(h)
         return (x if self.skip is None else self.skip(x)) + h
 
 
 class NVP(nnx.Module):
-    """Next-step energy predictor with aleatoric (variance head) and epistemic (MC dropout)
-    uncertainty.
+    """Next-step energy predictor: physics prior + conditioned residual + calibrated variance.
 
-    ``levels``: the pyramid levels given as input, finest first (the finest is the level the
-    model predicts); ``n_in``: input steps per level; ``stats``: ``{level: (mean, std)}`` of the
-    energy at each level (physical units) used to normalise inputs; ``shape``: the base level's
-    (y, x), checked against ``depth``; ``seed``: of the weight initialisation.
+    ``levels``: the input pyramid levels, finest (the predicted level) first; ``n_in``: input
+    steps per level; ``stats``: ``{level: (mean, std)}`` of the energy (physical units) to
+    normalise the network's inputs; ``priors``: the fitted :class:`~.prior.DomainPrior` of every
+    domain the model predicts, by name (their order is the domain index); ``shape``: the base
+    level's (y, x), checked against ``depth``; ``seed``: of the weight initialisation.
     """
 
     def __init__(self, cfg: ModelConfig, levels: Sequence[int], n_in: int,
-                 stats: Mapping[int, tuple[float, float]], *, shape: tuple[int, int] | None = None,
-                 seed: int = 0):
+                 stats: Mapping[int, tuple[float, float]], priors: Mapping[str, DomainPrior], *,
+                 shape: tuple[int, int] | None = None, seed: int = 0):
         levels = tuple(sorted({int(lv) for lv in levels}, reverse=True))
         if not levels:
             raise ModelError("no input levels")
-        base = levels[0]
-        self.cfg = cfg
-        self.levels = levels
-        self.base = base
-        self.n_in = int(n_in)
+        if not priors:
+            raise ModelError("no domains: the model needs the fitted prior of each domain")
+        self.cfg, self.levels, self.base, self.n_in = cfg, levels, levels[0], int(n_in)
         if self.n_in < 1:
             raise ModelError(f"n_in must be >= 1, got {n_in}")
-        # where each coarser level enters: encoder depth d with base / 2**d == level
         entry: dict[int, int] = {}
         for lv in levels[1:]:
-            f = base // lv
+            f = self.base // lv
             d = round(math.log2(f)) if f > 0 else -1
-            if base % lv or 2 ** d != f:
-                raise ModelError(f"level {lv} is not base {base} / 2**d; levels must halve")
+            if self.base % lv or 2 ** d != f:
+                raise ModelError(f"level {lv} is not base {self.base} / 2**d; levels must halve")
             if d > cfg.depth:
                 raise ModelError(f"level {lv} enters at depth {d} but the model has depth "
                                  f"{cfg.depth}; raise model.depth or drop the level")
@@ -253,21 +246,39 @@ class NVP(nnx.Module):
         missing = [lv for lv in levels if lv not in stats]
         if missing:
             raise ModelError(f"no normalisation statistics for level(s) {missing}")
-        self.level_mean = LevelStat(jnp.asarray([float(stats[lv][0]) for lv in levels],
-                                                jnp.float32))
-        self.level_std = LevelStat(jnp.asarray([max(float(stats[lv][1]), 1e-12) for lv in levels],
-                                               jnp.float32))
+        self.level_mean = LevelStat(jnp.asarray([float(stats[lv][0]) for lv in levels]))
+        self.level_std = LevelStat(jnp.asarray([max(float(stats[lv][1]), 1e-12)
+                                                for lv in levels]))
+        self.domains = tuple(priors)
+        j = len(cfg.prior_angles)
+        for name, p in priors.items():
+            if len(p.weights) != j:
+                raise ModelError(f"the prior of {name} has {len(p.weights)} rotation weights, the "
+                                 f"model's bank {j} angles")
+        ps = [priors[d] for d in self.domains]
+        self.prior_sigma = PriorState(jnp.asarray([p.sigma for p in ps], jnp.float32))
+        self.prior_tau = PriorState(jnp.asarray([p.tau for p in ps], jnp.float32))
+        self.prior_weights = PriorState(jnp.asarray([list(p.weights) or [1.0] for p in ps],
+                                                    jnp.float32))
+        self.rho = PriorState(jnp.asarray([max(p.rmse, 1e-12) for p in ps], jnp.float32))
+        self.var_scale = Calibration(jnp.ones(len(ps), jnp.float32))
+        self._build(seed)
 
-        w = cfg.widths()
+    def _build(self, seed: int) -> None:
+        cfg, w = self.cfg, self.cfg.widths()
         idx = iter(range(10_000))
         init = _NumpyInit(seed)
         rngs = nnx.Rngs(seed)  # unused by our initialisers; nnx layers require one
-        self.stem = nnx.Conv(self.n_in, w[0], (3, 3), kernel_init=init(), rngs=rngs)
+        self.embedding = nnx.Embed(len(self.domains), cfg.embed, rngs=rngs,
+                                   embedding_init=lambda k, s, d=jnp.float32: jnp.asarray(
+                                       init.rng.standard_normal(tuple(s)), d))
+        self.stem = nnx.Conv(self.n_in + 1, w[0], (3, 3), kernel_init=init(), rngs=rngs)
         self.enc0 = nnx.List([ResBlock(w[0], w[0], cfg, next(idx), init, rngs=rngs)
                               for _ in range(cfg.blocks)])
-        self.down = nnx.List()
-        self.merge = nnx.List()
-        self.enc = nnx.List()
+        self.down: nnx.List[nnx.Conv] = nnx.List()
+        self.merge: nnx.List[nnx.Conv | None] = nnx.List()
+        self.enc: nnx.List[nnx.List[ResBlock]] = nnx.List()
+        entry = dict(self.entry)
         for d in range(1, cfg.depth + 1):
             self.down.append(nnx.Conv(w[d - 1], w[d], (3, 3), strides=2, kernel_init=init(),
                                       rngs=rngs))
@@ -276,40 +287,83 @@ class NVP(nnx.Module):
             self.enc.append(nnx.List([ResBlock(w[d], w[d], cfg, next(idx), init, rngs=rngs)
                                       for _ in range(cfg.blocks)]))
         self.mid = ResBlock(w[-1], w[-1], cfg, next(idx), init, rngs=rngs)
-        self.fuse = nnx.List()
-        self.dec = nnx.List()
+        self.fuse: nnx.List[nnx.Conv] = nnx.List()
+        self.dec: nnx.List[nnx.List[ResBlock]] = nnx.List()
         for d in range(cfg.depth - 1, -1, -1):
             self.fuse.append(nnx.Conv(w[d + 1] + w[d], w[d], (1, 1), kernel_init=init(),
                                       rngs=rngs))
             self.dec.append(nnx.List([ResBlock(w[d], w[d], cfg, next(idx), init, rngs=rngs)
                                       for _ in range(cfg.blocks)]))
         self.head_norm = nnx.GroupNorm(w[0], num_groups=_groups(w[0], cfg.groups), rngs=rngs)
-        zeros = nnx.initializers.zeros_init()
-        # channel 0: free residual; channel 1 + i: weight of heat kernel i (all zero at init)
-        self.head_mean = nnx.Conv(w[0], 1 + len(cfg.diffusion_sigmas), (3, 3),
-                                  kernel_init=zeros, bias_init=zeros, rngs=rngs)
-        self.head_logvar = nnx.Conv(w[0], 1, (3, 3), kernel_init=zeros,
+        self.head_mean = nnx.Conv(w[0], 1, (3, 3), kernel_init=_ZEROS, bias_init=_ZEROS,
+                                  rngs=rngs)
+        self.head_logvar = nnx.Conv(w[0], 1, (3, 3), kernel_init=_ZEROS,
                                     bias_init=nnx.initializers.constant(cfg.log_var_init),
                                     rngs=rngs)
 
     # ------------------------------------------------------------------ helpers
 
-    @property
-    def out_scale(self) -> jax.Array:
-        """Std of the predicted (base) level: the unit of the residual and of the loss."""
-        return self.level_std[...][0]
+    def domain_index(self, ids: Sequence[str]) -> np.ndarray:
+        """Domain indices (int32) of window ids ``domain/sequence@t0``."""
+        known = {d: i for i, d in enumerate(self.domains)}
+        out = []
+        for w in ids:
+            d = domain_of(w)
+            if d not in known:
+                raise ModelError(f"the model was trained on domains {list(self.domains)}; it has "
+                                 f"no prior for {d!r} (window {w})")
+            out.append(known[d])
+        return np.asarray(out, np.int32)
 
-    def _norm_input(self, x: jax.Array, i: int) -> jax.Array:
-        x = (x - self.level_mean[...][i]) / self.level_std[...][i]
-        return jnp.transpose(x, (0, 2, 3, 1))  # (B, n_in, y, x) -> NHWC
+    def prior(self, e_t: jax.Array, domain: jax.Array) -> jax.Array:
+        """P_d(E_t) for maps (B, y, x) of domains ``domain`` (B,)."""
+        angles = self.cfg.prior_angles
+        return apply_prior(e_t, self.prior_sigma[...][domain], self.prior_tau[...][domain],
+                           self.prior_weights[...][domain] if angles else None, angles)
+
+    def _norm(self, x: jax.Array, i: int) -> jax.Array:
+        return (x - self.level_mean[...][i]) / self.level_std[...][i]
+
+    def _network(self, inputs: Mapping[int, jax.Array], prior: jax.Array, cond: jax.Array,
+                 deterministic: bool, key: jax.Array | None) -> jax.Array:
+        x = jnp.concatenate([self._norm(inputs[self.base], 0),
+                             self._norm(prior[:, None], 0)], axis=1)
+        h = self.stem(jnp.transpose(x, (0, 2, 3, 1)))
+        for blk in self.enc0:
+            h = blk(h, cond, deterministic, key)
+        skips = [h]
+        entry = dict(self.entry)
+        for d in range(1, self.cfg.depth + 1):
+            h = self.down[d - 1](nnx.silu(h))
+            lv = entry.get(d)
+            merge = self.merge[d - 1]
+            if lv is not None and merge is not None:
+                xl = jnp.transpose(self._norm(inputs[lv], self.levels.index(lv)), (0, 2, 3, 1))
+                if xl.shape[1:3] != h.shape[1:3]:
+                    raise ModelError(f"level {lv} maps are {xl.shape[1:3]}, expected "
+                                     f"{h.shape[1:3]} at encoder depth {d}")
+                h = merge(jnp.concatenate([h, xl], axis=-1))
+            for blk in self.enc[d - 1]:
+                h = blk(h, cond, deterministic, key)
+            skips.append(h)
+        h = self.mid(h, cond, deterministic, key)
+        for j, d in enumerate(range(self.cfg.depth - 1, -1, -1)):
+            h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+            h = self.fuse[j](jnp.concatenate([h, skips[d]], axis=-1))
+            for blk in self.dec[j]:
+                h = blk(h, cond, deterministic, key)
+        return nnx.silu(self.head_norm(h))
 
     # ------------------------------------------------------------------ forward
 
-    def __call__(self, inputs: Mapping[int, jax.Array], *, deterministic: bool = True,
-                 key: jax.Array | None = None) -> Prediction:
-        """Predict E_{t+1} from ``inputs[level]`` of shape (B, n_in, y, x) (physical units).
+    def __call__(self, inputs: Mapping[int, jax.Array], domain: jax.Array, *,
+                 deterministic: bool = True, key: jax.Array | None = None,
+                 calibrated: bool = True) -> Prediction:
+        """Predict E_{t+1} from ``inputs[level]`` (B, n_in, y, x) of domains ``domain`` (B,)
+        (indices into :attr:`domains`, see :meth:`domain_index`); physical units.
 
-        With ``deterministic=False`` dropout is active and ``key`` (a PRNG key) is required.
+        ``deterministic=False`` turns dropout on (``key`` required); ``calibrated=False`` leaves
+        out the per-domain variance calibration (training).
         """
         if not deterministic and self.cfg.dropout > 0 and key is None:
             raise ModelError("deterministic=False needs a PRNG key for dropout")
@@ -319,62 +373,23 @@ class NVP(nnx.Module):
         xb = inputs[self.base]
         if xb.ndim != 4 or xb.shape[1] != self.n_in:
             raise ModelError(f"inputs[{self.base}] must be (B, {self.n_in}, y, x), got {xb.shape}")
-        e_t = xb[:, -1]
-        h = self.stem(self._norm_input(xb, 0))
-        for blk in self.enc0:
-            h = blk(h, deterministic, key)
-        skips = [h]
-        for d in range(1, self.cfg.depth + 1):
-            h = self.down[d - 1](nnx.silu(h))
-            lv = dict(self.entry).get(d)
-            if lv is not None:
-                x = self._norm_input(inputs[lv], self.levels.index(lv))
-                if x.shape[1:3] != h.shape[1:3]:
-                    raise ModelError(f"level {lv} maps are {x.shape[1:3]}, expected "
-                                     f"{h.shape[1:3]} at encoder depth {d}")
-                h = self.merge[d - 1](jnp.concatenate([h, x], axis=-1))
-            for blk in self.enc[d - 1]:
-                h = blk(h, deterministic, key)
-            skips.append(h)
-        h = self.mid(h, deterministic, key)
-        for j, d in enumerate(range(self.cfg.depth - 1, -1, -1)):
-            h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-            h = self.fuse[j](jnp.concatenate([h, skips[d]], axis=-1))
-            for blk in self.dec[j]:
-                h = blk(h, deterministic, key)
-        h = nnx.silu(self.head_norm(h))
-        head = self.head_mean(h)
-        raw_lv = self.head_logvar(h)[..., 0]
-        s = self.out_scale
-        k = self.cfg.sharpness
-        e = e_t / s
-        d_e = head[..., 0]
-        if self.cfg.diffusion_sigmas:
-            blurred = heat_kernel_blur(e, self.cfg.diffusion_sigmas)  # (S, B, y, x)
-            d_e = d_e + jnp.sum(jnp.moveaxis(head[..., 1:], -1, 0) * (blurred - e), axis=0)
-        mean = s * softplus_k(e + d_e, k)
-        log_var = _soft_clamp(raw_lv, self.cfg.log_var_min, self.cfg.log_var_max) + 2 * jnp.log(s)
+        domain = jnp.asarray(domain, jnp.int32)
+        if domain.shape != (xb.shape[0],):
+            raise ModelError(f"domain must be ({xb.shape[0]},) indices, got {domain.shape}")
+        prior = self.prior(xb[:, -1], domain)
+        h = self._network(inputs, prior, self.embedding(domain), deterministic, key)
+        r = self.head_mean(h)[..., 0]
+        r = r - jnp.mean(r, axis=(-2, -1), keepdims=True)
+        rho = self.rho[...][domain][:, None, None]
+        mean = jnp.maximum(prior + rho * r, 0.0)
+        log_var = (jnp.clip(self.head_logvar(h)[..., 0], self.cfg.log_var_min,
+                            self.cfg.log_var_max) + 2 * jnp.log(rho))
+        if calibrated:
+            log_var = log_var + jnp.log(self.var_scale[...][domain])[:, None, None]
         return Prediction(mean, log_var)
 
 
 # ---------------------------------------------------------------------- prediction helpers
-
-
-def heat_kernel_blur(x: jax.Array, sigmas: Sequence[float]) -> jax.Array:
-    """Periodic Gaussian blurs of ``x`` (..., y, x), one per sigma (pixels): (S, ..., y, x).
-
-    Exact heat kernel on the torus via the FFT, ``exp(-2 pi^2 sigma^2 |k|^2)``: conserves sum x
-    and never lowers entropy (a doubly stochastic operator).
-    """
-    ny, nx = x.shape[-2:]
-    ky = jnp.fft.fftfreq(ny)[:, None]
-    kx = jnp.fft.rfftfreq(nx)[None, :]
-    k2 = ky * ky + kx * kx
-    xf = jnp.fft.rfft2(x)
-    gains = jnp.stack([jnp.exp(-2.0 * (math.pi ** 2) * (sg ** 2) * k2) for sg in sigmas])
-    gains = gains.reshape(len(sigmas), *([1] * (x.ndim - 2)), *k2.shape)
-    return jnp.fft.irfft2(xf[None] * gains, s=(ny, nx)).astype(x.dtype)
-
 
 
 def combine_mc(means: jax.Array, log_vars: jax.Array) -> MCPrediction:
@@ -391,13 +406,13 @@ def combine_mc(means: jax.Array, log_vars: jax.Array) -> MCPrediction:
 
 
 @nnx.jit
-def predict(model: NVP, inputs: Mapping[int, jax.Array]) -> Prediction:
-    """Deterministic prediction (dropout off)."""
-    return model(inputs, deterministic=True)
+def predict(model: NVP, inputs: Mapping[int, jax.Array], domain: jax.Array) -> Prediction:
+    """Deterministic, calibrated prediction (dropout off)."""
+    return model(inputs, domain, deterministic=True)
 
 
 @nnx.jit(static_argnames=("n_samples",))
-def mc_predict(model: NVP, inputs: Mapping[int, jax.Array], key: jax.Array,
+def mc_predict(model: NVP, inputs: Mapping[int, jax.Array], domain: jax.Array, key: jax.Array,
                n_samples: int = 16) -> MCPrediction:
     """MC-dropout predictive moments from ``n_samples`` stochastic forward passes.
 
@@ -405,11 +420,12 @@ def mc_predict(model: NVP, inputs: Mapping[int, jax.Array], key: jax.Array,
     and the epistemic variance is zero.
     """
     if n_samples <= 0 or model.cfg.dropout == 0:
-        p = model(inputs, deterministic=True)
+        p = model(inputs, domain, deterministic=True)
         v = jnp.exp(p.log_var)
         return MCPrediction(p.mean, v, jnp.zeros_like(v), v)
+
     def one(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-        p = model(inputs, deterministic=False, key=k)
+        p = model(inputs, domain, deterministic=False, key=k)
         return p.mean, p.log_var
 
     # lax.map, not vmap: one compiled body run S times (vmap of the whole network compiled ~5x

@@ -25,12 +25,15 @@ __all__ = [
     "CURVE_PANELS",
     "PERCENTILES",
     "axis_scale",
+    "bars_figure",
     "curves_figure",
     "percentile_limits",
+    "plot_bars",
     "plot_curves",
     "plot_rollout",
     "plot_sample",
     "plot_spread_skill",
+    "rollout_figure",
     "sample_figure",
     "symmetric_limit",
 ]
@@ -71,14 +74,16 @@ def axis_scale(values: Sequence[float], decades: float = 1.0) -> str:
 
 def percentile_limits(*images: Any, percentiles: tuple[float, float] = PERCENTILES
                       ) -> tuple[float, float]:
-    """(vmin, vmax): the given percentiles of the finite values of all ``images`` together."""
+    """(vmin, vmax): the given percentiles of the finite values of all ``images`` together; a
+    flat map gets a range centred on its value (it draws in the middle colour, not as blank)."""
     v = np.concatenate([np.asarray(i, np.float64).ravel() for i in images])
     v = v[np.isfinite(v)]
     if not v.size:
         return 0.0, 1.0
     lo, hi = (float(x) for x in np.percentile(v, percentiles))
     if not hi > lo:
-        hi = lo + (abs(lo) or 1.0)
+        d = 0.05 * abs(lo) or 1.0
+        return lo - d, hi + d
     return lo, hi
 
 
@@ -102,7 +107,9 @@ def sample_figure(title: str, prev: NDArray, truth: NDArray, pred: NDArray, std:
     panels = [(prev, "input E_t", "inferno", lo, hi), (truth, "truth E_t+1", "inferno", lo, hi),
               (pred, "prediction (mean)", "inferno", lo, hi),
               (err, "error (pred - truth)", "RdBu_r", -lim, lim),
-              (std, "uncertainty (total std)", "viridis", s_lo, s_hi),
+              (std, "uncertainty (total std)" + (f": uniform {float(np.mean(std)):.3g}"
+                                                 if np.ptp(std) == 0 else ""),
+               "viridis", s_lo, s_hi),
               (np.abs(err) / np.maximum(std, 1e-12), "|error| / std", "magma", 0.0, 3.0)]
     fig = _figure(3.3 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels))
@@ -185,17 +192,63 @@ def plot_curves(path: Path, records: Sequence[Mapping[str, Any]]) -> bool:
 # ------------------------------------------------------------------------------------ evaluation
 
 
+_STYLE = (("model", "NVP", "tab:red"), ("persistence", "persistence", "tab:gray"),
+          ("diffusion", "diffusion", "tab:blue"), ("linear_ar", "linear AR", "tab:green"))
+
+
+def _grid(n: int, w: float, h: float) -> tuple[Any, Any]:
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(w * ncols, h * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def rollout_figure(ro: Mapping[str, Any]) -> Any:
+    """One panel per domain: VRMSE by lead of the NVP and every baseline."""
+    per = ro["per_domain"]
+    fig, axes = _grid(len(per), 4.2, 3.3)
+    for ax, (d, r) in zip(axes, per.items(), strict=False):
+        for k, lab, col in _STYLE:
+            if k in r:
+                ax.plot(ro["lead"], r[k], marker="o", ms=3, label=lab, color=col)
+        ax.set_yscale(axis_scale([y for k, *_ in _STYLE for y in r.get(k, [])]))
+        ax.set_title(f"{d} ({r['rollouts']} rollouts)", fontsize=9)
+        ax.set_xlabel("lead (steps)", fontsize=8)
+        ax.set_ylabel("VRMSE", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle("rollout: predictions fed back", fontsize=10)
+    return fig
+
+
 def plot_rollout(path: Path, ro: Mapping[str, Any]) -> None:
-    fig = _figure(5, 3.5)
-    ax = fig.subplots()
-    for k, lab in (("model_vrmse", "NVP"), ("persistence_vrmse", "persistence"),
-                   ("diffusion_vrmse", "diffusion")):
-        ax.plot(ro["lead"], ro[k], marker="o", label=lab)
-    ax.set_xlabel("lead (steps)")
-    ax.set_ylabel("VRMSE")
-    ax.set_title("rollout")
-    ax.legend()
-    _save(fig, path)
+    _save(rollout_figure(ro), path)
+
+
+def bars_figure(per_domain: Mapping[str, Mapping[str, Any]]) -> Any:
+    """One panel per domain: one-step VRMSE of the NVP and every baseline (each domain has its
+    own scale: their errors differ fifty-fold)."""
+    fig, axes = _grid(len(per_domain), 3.4, 3.0)
+    for ax, (d, b) in zip(axes, per_domain.items(), strict=False):
+        names = [(k, lab, col) for k, lab, col in _STYLE if k in b]
+        vals = [b[k]["vrmse"] for k, *_ in names]
+        ax.bar(range(len(vals)), vals, color=[c for *_, c in names])
+        ax.set_xticks(range(len(vals)), [lab for _, lab, _ in names], rotation=30, fontsize=7)
+        lo = min(vals)
+        ax.set_ylim(0.0, max(vals) * 1.15)
+        ax.axhline(b["model"]["vrmse"], color="tab:red", lw=0.8, ls="--")
+        ax.set_title(f"{d}\nNVP {b['model']['vrmse']:.4f}, best baseline "
+                     f"{min(v for v, (k, *_) in zip(vals, names, strict=True) if k != 'model'):.4f}",
+                     fontsize=8)
+        ax.text(0, lo, f"{lo:.3g}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle("one-step VRMSE per domain (lower is better)", fontsize=10)
+    return fig
+
+
+def plot_bars(path: Path, per_domain: Mapping[str, Mapping[str, Any]]) -> None:
+    _save(bars_figure(per_domain), path)
 
 
 def plot_spread_skill(path: Path, bins: Sequence[Mapping[str, float]]) -> None:

@@ -14,13 +14,14 @@ What a run does
    waited on them.
 4. Optimises :func:`~.loss.nvp_loss` with Optax Adam (lr 1e-4 default; schedule constant /
    cosine / warmup_cosine; optional clipping and weight decay).
-5. Every ``eval_every`` steps evaluates the validation sequences (dropout off) and tracks the
-   monitored metric, by default **energy fidelity** = VRMSE + relative conservation error of the
-   one-step prediction (lower is better). Conservation alone is not a usable criterion: an
-   untrained model predicts persistence, which conserves energy exactly, so early stopping on it
-   would stop at step 0. The best checkpoint is kept apart (``checkpoints/best``) from the latest
-   ones (``checkpoints/latest``); training stops after ``patience`` evaluations without an
-   improvement larger than ``min_delta`` (:class:`~.metrics.EarlyStopping`).
+5. Every ``eval_every`` steps (and at step 0 with ``eval_at_start``) evaluates the validation
+   sequences (dropout off) and tracks the monitored metric, by default **energy fidelity** =
+   VRMSE + relative conservation error of the one-step prediction (lower is better).
+   Conservation alone is not a usable criterion: an untrained model predicts persistence, which
+   conserves energy exactly, so early stopping on it would stop at step 0. The best checkpoint
+   is kept apart (``checkpoints/best``) from the latest ones (``checkpoints/latest``); training
+   stops after ``patience`` evaluations without an improvement larger than ``min_delta``
+   (:class:`~.metrics.EarlyStopping`).
 6. Checkpoints (:mod:`.checkpoint`) hold everything a resumed run (``resume=True``) needs to
    continue with exactly the losses the uninterrupted run would have had.
 7. Metrics go to ``metrics.jsonl`` and TensorBoard (:mod:`.metrics`); lineage to the catalog
@@ -45,7 +46,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..physics import block_sum
 from ..provenance import utc_now
 from ..store import AtlasStore
 from .checkpoint import (
@@ -69,30 +69,21 @@ from .input_pipeline import (
     select_sequences,
     split_by_sequence,
     train_iterator,
-    val_batches,
+    training_pairs,
     val_source,
 )
 from .lineage import LineageRecorder
-from .loss import (
-    LossConfig,
-    beta_nll,
-    conservation_penalty,
-    entropy_hinge,
-    mse,
-    nvp_loss,
-)
 from .metrics import EarlyStopping, MetricsLog
 from .model import NVP
-from .scores import vrmse
+from .prior import DomainPrior, fit_prior
+from .train_steps import train_step, validate_model
 
 __all__ = [
     "TrainResult",
-    "eval_step",
+    "fit_priors",
     "make_optimizer",
     "make_schedule",
     "train",
-    "train_step",
-    "validate_model",
 ]
 
 Emit = Callable[[dict[str, Any]], None]
@@ -135,76 +126,6 @@ def make_optimizer(o: OptimConfig, max_steps: int) -> optax.GradientTransformati
     parts.append(optax.adamw(sched, weight_decay=o.weight_decay) if o.weight_decay
                  else optax.adam(sched))
     return optax.chain(*parts)
-
-
-# ------------------------------------------------------------------------------------ steps
-
-
-@nnx.jit(static_argnames=("loss_cfg", "factor"))
-def train_step(model: NVP, optimizer: nnx.Optimizer, inputs: Mapping[int, jax.Array],
-               target: jax.Array, key: jax.Array, loss_cfg: LossConfig, factor: int = 1
-               ) -> dict[str, jax.Array]:
-    """One optimisation step on a batch (dropout on); returns the loss terms and grad norm.
-
-    ``target`` is the stream's (B, 1, y, x) at the stored base level, block-summed by ``factor``
-    to the model's level. The loss is computed on E / s (s: the model's output scale).
-    """
-    tgt = block_sum(target[:, 0], factor)
-    prev = inputs[model.base][:, -1]
-
-    def loss_fn(m: NVP) -> tuple[jax.Array, dict[str, jax.Array]]:
-        p = m(inputs, deterministic=False, key=key)
-        s = m.out_scale
-        return nvp_loss(p.mean / s, p.log_var - 2 * jnp.log(s), tgt / s, prev / s, loss_cfg)
-
-    (_, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    return {**terms, "grad_norm": optax.tree.norm(grads)}
-
-
-@nnx.jit(static_argnames=("loss_cfg", "factor"))
-def eval_step(model: NVP, inputs: Mapping[int, jax.Array], target: jax.Array,
-              loss_cfg: LossConfig, factor: int = 1) -> dict[str, jax.Array]:
-    """Per-sample validation metrics of the deterministic prediction (dropout off), (B,) each."""
-    tgt = block_sum(target[:, 0], factor)
-    prev = inputs[model.base][:, -1]
-    p = model(inputs, deterministic=True)
-    s = model.out_scale
-    pm, lv, t, e0 = p.mean / s, p.log_var - 2 * jnp.log(s), tgt / s, prev / s
-    out = {
-        "mse": mse(pm, t),
-        "conservation": conservation_penalty(pm, t),
-        "entropy": entropy_hinge(pm, e0, loss_cfg.entropy_threshold),
-        "nll": beta_nll(pm, lv, t, 0.0),
-        "vrmse": vrmse(p.mean, tgt),
-        "persistence_vrmse": vrmse(prev, tgt),
-    }
-    out["loss"] = (loss_cfg.lambda_mse * out["mse"] + loss_cfg.lambda_conservation
-                   * out["conservation"] + loss_cfg.lambda_entropy * out["entropy"]
-                   + loss_cfg.lambda_nll * beta_nll(pm, lv, t, loss_cfg.beta))
-    out["energy_fidelity"] = out["vrmse"] + out["conservation"]
-    return out
-
-
-def validate_model(model: NVP, source: Any, loss_cfg: LossConfig, factor: int,
-                   batch_size: int, max_windows: int | None = None) -> dict[str, float]:
-    """Mean validation metrics over the windows of a :class:`~atlasstore.stream.WindowSource`.
-
-    The last chunk is padded to ``batch_size`` (and the padding dropped) so that one compiled
-    evaluation step serves every chunk.
-    """
-    acc: dict[str, list[np.ndarray]] = {}
-    chunks = val_batches(len(source), batch_size, max_windows)
-    for chunk in chunks:
-        n = len(chunk)
-        b = source.read_batch(list(chunk) + [chunk[-1]] * (batch_size - n))
-        inputs = {lv: jnp.asarray(b["inputs"][lv]) for lv in model.levels}
-        out = eval_step(model, inputs, jnp.asarray(b["target"]), loss_cfg, factor)
-        for k, v in jax.device_get(out).items():
-            acc.setdefault(k, []).append(np.asarray(v)[:n])
-    res = {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
-    res["windows"] = float(sum(len(c) for c in chunks))
-    return res
 
 
 # ------------------------------------------------------------------------------------ set-up
@@ -267,17 +188,26 @@ def _plan(st: AtlasStore, cfg: TrainConfig, prior: Mapping[str, Any] | None) -> 
     return plan_data(st, cfg.data, train_keys, val_keys)
 
 
-def _new_model(cfg: TrainConfig, plan: DataPlan, stats: Mapping[int, tuple[float, float]]
-               ) -> tuple[NVP, nnx.Optimizer, dict[str, Any]]:
+def fit_priors(st: AtlasStore, cfg: TrainConfig, plan: DataPlan) -> dict[str, DomainPrior]:
+    """The physics prior of every domain of the training split, fitted on up to
+    ``model.prior_fit_windows`` of its training windows (:func:`~.prior.fit_prior`)."""
+    pairs = training_pairs(st, plan, cfg.model.prior_fit_windows)
+    return {d: fit_prior(prev, tgt, cfg.model.prior_angles) for d, (prev, tgt) in pairs.items()}
+
+
+def _new_model(cfg: TrainConfig, plan: DataPlan, stats: Mapping[int, tuple[float, float]],
+               priors: Mapping[str, DomainPrior]) -> tuple[NVP, nnx.Optimizer, dict[str, Any]]:
     """The model, its optimiser and its description (the ``model`` item of run.json)."""
-    model = NVP(cfg.model, plan.levels, cfg.data.n_in, dict(stats), shape=plan.model_shape,
-                seed=cfg.seed)
+    model = NVP(cfg.model, plan.levels, cfg.data.n_in, dict(stats), dict(priors),
+                shape=plan.model_shape, seed=cfg.seed)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.max_steps),
                               wrt=nnx.Param)
     n_params = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     desc = {"config": cfg.model.to_dict(), "levels": list(plan.levels), "n_in": cfg.data.n_in,
             "shape": list(plan.model_shape),
-            "stats": {str(k): list(v) for k, v in stats.items()}, "params": n_params}
+            "stats": {str(k): list(v) for k, v in stats.items()},
+            "domains": list(model.domains),
+            "prior": {d: p.to_dict() for d, p in priors.items()}, "params": n_params}
     return model, optimizer, desc
 
 
@@ -294,6 +224,9 @@ class _Loop:
         self.model, self.optimizer, self.lineage, self.emit = model, optimizer, lineage, emit
         self.it = train_iterator(plan, cfg.seed)
         resources.callback(self.it.close)
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        self.batch_sharding = NamedSharding(self.it.mesh, PartitionSpec("data"))
         self.val_src = val_source(plan)
         self.stopper = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
         self.step = 0
@@ -354,7 +287,8 @@ class _Loop:
         batch = next(self.it)
         inputs = {lv: batch["inputs"][lv] for lv in self.plan.levels}
         key = jax.random.fold_in(self.key, self.step)
-        terms = train_step(self.model, self.optimizer, inputs, batch["target"], key,
+        domain = jax.device_put(self.model.domain_index(batch["ids"]), self.batch_sharding)
+        terms = train_step(self.model, self.optimizer, inputs, batch["target"], domain, key,
                            self.cfg.loss, self.plan.factor)
         self.step += 1
         self.pending.append((self.step, terms))
@@ -382,8 +316,12 @@ class _Loop:
     def validate(self) -> None:
         """Evaluate on the validation windows; keep a best checkpoint when the monitor improves."""
         loop = self.cfg.train
-        vm = validate_model(self.model, self.val_src, self.cfg.loss, self.plan.factor,
-                            loop.val_batch_size or self.cfg.data.batch_size, loop.val_max_windows)
+        vm, var_scale = validate_model(self.model, self.val_src, self.cfg.loss, self.plan.factor,
+                                       loop.val_batch_size or self.cfg.data.batch_size,
+                                       loop.val_max_windows)
+        # the variance calibration of this model (used at prediction time, not in training)
+        self.model.var_scale[...] = jax.device_put(jnp.asarray(var_scale, jnp.float32),
+                                                   self.model.var_scale[...].sharding)
         improved = self.stopper.update(vm[loop.monitor], self.step)
         rec = {**vm, "monitor": loop.monitor, "best": self.stopper.best,
                "bad_evals": self.stopper.bad_evals}
@@ -409,6 +347,8 @@ class _Loop:
         """Iterate to ``max_steps`` or an earlier stop; the reason it stopped."""
         loop = self.cfg.train
         ckpt_every = loop.checkpoint_every or loop.eval_every
+        if loop.eval_at_start and self.step == 0:
+            self.validate()  # the untrained model (the prior) is a candidate for the best
         while self.step < loop.max_steps:
             self.train_one_step()
             step = self.step
@@ -460,9 +400,11 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     plan = _plan(st, cfg, prior)
     if prior is not None:
         stats = {int(k): (float(v[0]), float(v[1])) for k, v in prior["model"]["stats"].items()}
+        priors = {d: DomainPrior.from_dict(v) for d, v in prior["model"]["prior"].items()}
     else:
-        stats = pooled_stats(st, plan.train_keys, plan.levels, cfg.data.reader)
-    model, optimizer, model_desc = _new_model(cfg, plan, stats)
+        stats = pooled_stats(st, plan.train_keys, plan.levels, cfg.data.reader, plan.field)
+        priors = fit_priors(st, cfg, plan)
+    model, optimizer, model_desc = _new_model(cfg, plan, stats, priors)
     run = prior
     if run is None:
         run = new_run_record(cfg, loc, out, plan, model_desc)
