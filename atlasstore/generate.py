@@ -482,12 +482,25 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     store = AtlasStore.create(loc, exist_ok=True, storage_options=storage_options,
                               layout=layout or Layout())
     lay = asdict(layout) if layout else None
-    with WriterLock(store, {"run_id": plan.run_id(), "started": utc_now()}):
+    with WriterLock(store, {"run_id": plan.run_id(), "started": utc_now()}) as lock:
         checked = check_plan(store, plan)
         for d in plan.domains:
             store.create_domain(d, plan.preset(d).to_dict())
         return _generate_locked(store, loc, plan, checked, workers, scheduler, catalog, lay,
-                                storage_options, progress, catalog_batch, dask_logs)
+                                storage_options, _holding(lock, progress), catalog_batch,
+                                dask_logs)
+
+
+def _holding(lock: WriterLock, progress: Callable[[dict[str, Any]], None] | None
+             ) -> Callable[[dict[str, Any]], None]:
+    """``progress`` behind a check that the run still holds the writer lock: a run whose lock
+    was taken over (on object storage: its renewal was refused) stops at the next result."""
+    def call(result: dict[str, Any]) -> None:
+        lock.ensure_held()
+        if progress is not None:
+            progress(result)
+
+    return call
 
 
 def check_engine(scheduler: str | None, workers: int | None) -> None:
