@@ -11,6 +11,7 @@ selection is an ``IndexError``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,11 @@ def s3_context(settings: object_storage.S3Settings) -> dict[str, Any]:
         creds: dict[str, Any] = {"type": "environment"}
     elif settings.profile:
         creds = {"type": "profile", "profile": settings.profile}
+        # the files botocore reads (TensorStore looks only in ~/.aws unless told)
+        for key, env in (("credentials_file", "AWS_SHARED_CREDENTIALS_FILE"),
+                         ("config_file", "AWS_CONFIG_FILE")):
+            if os.environ.get(env):
+                creds[key] = os.environ[env]
     else:
         creds = {"type": "default"}
     return {"aws_credentials": creds,

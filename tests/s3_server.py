@@ -5,7 +5,8 @@ and answers queued faults (500 InternalError, 503 SlowDown) instead of moto.
 Run as a script it prints its port on the first line of stdout and serves until SIGTERM
 (``scripts/test`` starts one for the session this way). Control, not counted as S3 requests:
 
-- ``GET /_atlas/counts`` -> ``{"GET": n, ...}``; ``POST /_atlas/counts/reset``
+- ``GET /_atlas/counts`` -> ``{"GET": n, ...}``; ``GET /_atlas/requests`` -> the requests
+  (``"METHOD /bucket/key?query"``); ``POST /_atlas/counts/reset`` forgets both
 - ``POST /_atlas/faults`` with a JSON list of ``[status, code]`` answered by the next requests
 - ``POST /_atlas/clone`` copies objects inside the server (benchmark seeding, see
   :func:`S3Server.clone`)
@@ -44,6 +45,7 @@ class _Middleware:
         self.app = app
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.requests: list[str] = []  # "METHOD /path?query" since the last reset (capped)
         self.faults: list[tuple[str, str]] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -53,6 +55,9 @@ class _Middleware:
         if not path.startswith("/moto-api"):
             with self.lock:
                 self.counts[environ["REQUEST_METHOD"]] += 1
+                if len(self.requests) < 100_000:
+                    q = environ.get("QUERY_STRING")
+                    self.requests.append(f"{environ['REQUEST_METHOD']} {path}{'?' + q if q else ''}")
                 fault = self.faults.pop(0) if self.faults else None
             if fault:
                 status, code = fault
@@ -71,7 +76,10 @@ class _Middleware:
                 out: Any = dict(self.counts)
             elif path == "/_atlas/counts/reset":
                 self.counts.clear()
+                self.requests.clear()
                 out = {}
+            elif path == "/_atlas/requests":
+                out = list(self.requests)
             elif path == "/_atlas/faults":
                 self.faults.extend((str(s), str(c)) for s, c in body)
                 out = {"queued": len(self.faults)}
@@ -238,6 +246,9 @@ class S3Server:
 
     def counts(self) -> Counter[str]:
         return Counter(self._call("/_atlas/counts", method="GET"))
+
+    def requests(self) -> list[str]:
+        return list(self._call("/_atlas/requests", method="GET"))
 
     def reset_counts(self) -> None:
         self._call("/_atlas/counts/reset", body={})
