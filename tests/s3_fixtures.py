@@ -10,6 +10,7 @@ they fail. ``conftest.py`` registers the fixtures for every test module.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from atlasstore.store import AtlasStore
+from atlasstore.store_errors import NotAnAtlasStore, RemoteStoreError
 from s3_server import S3Server
 
 #: AWS settings a developer's environment may hold that would steer clients elsewhere
@@ -112,3 +115,45 @@ def private_s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Bu
         yield use_server(monkeypatch, srv, tmp_path)
     finally:
         srv.stop()
+
+
+class StoreWatcher(threading.Thread):
+    """Polls the store as a reader would while the writer runs and the server comes and goes:
+    every sequence it is shown must be complete and read back to its recorded checksums."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.seen: set[str] = set()
+        self.bad: list[str] = []
+        self.unreachable = 0
+        self.passes = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                s = AtlasStore.open(self.url)
+                for d, q in s.iter_sequences():
+                    if f"{d}/{q}" in self.seen:
+                        continue
+                    info = s.sequence_info(d, q)
+                    if info.get("status") != "complete":
+                        self.bad.append(f"{d}/{q}: status {info.get('status')}")
+                    for key in info["arrays"]:
+                        lvl, f = key.split("/")
+                        s.verify_array(d, q, int(lvl), f)
+                    self.seen.add(f"{d}/{q}")
+                self.passes += 1
+            except NotAnAtlasStore:
+                if self.passes:  # it existed: it must not vanish
+                    self.bad.append("the store vanished")
+            except RemoteStoreError:
+                self.unreachable += 1
+            except Exception as exc:  # noqa: BLE001 - anything else is a violation
+                text = f"{type(exc).__name__}: {exc}"
+                if "cannot connect" in text or "Error performing" in text or "ABORTED" in text:
+                    self.unreachable += 1
+                else:
+                    self.bad.append(text[:300])
+            self.stop.wait(0.2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from atlasstore import cli
 from atlasstore.chunk_cache import CacheSettings, DiskCachedReader
 from atlasstore.object_storage import explain
 from atlasstore.store import AtlasStore
-from atlasstore.store_errors import NotAnAtlasStore, RemoteStoreError
+from atlasstore.store_errors import RemoteStoreError
 from proc_helpers import ATLAS, ProcTracker, wait_until
-from s3_fixtures import S3Bucket
+from s3_fixtures import S3Bucket, StoreWatcher
 
 PLAN = ["--domains", "plasma_physics,fluid_dynamics", "--sequences", "4", "--steps", "3",
         "--seed", "11"]
@@ -136,48 +135,6 @@ def test_throttling_and_server_errors_are_retried(private_s3: S3Bucket,
 # --------------------------------------------------------------------------- a server that goes away
 
 
-class _Watcher(threading.Thread):
-    """Polls the store as a reader would while the writer runs and the server comes and goes:
-    every sequence it is shown must be complete and read back to its recorded checksums."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.stop = threading.Event()
-        self.seen: set[str] = set()
-        self.bad: list[str] = []
-        self.unreachable = 0
-        self.passes = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                s = AtlasStore.open(self.url)
-                for d, q in s.iter_sequences():
-                    if f"{d}/{q}" in self.seen:
-                        continue
-                    info = s.sequence_info(d, q)
-                    if info.get("status") != "complete":
-                        self.bad.append(f"{d}/{q}: status {info.get('status')}")
-                    for key in info["arrays"]:
-                        lvl, f = key.split("/")
-                        s.verify_array(d, q, int(lvl), f)
-                    self.seen.add(f"{d}/{q}")
-                self.passes += 1
-            except NotAnAtlasStore:
-                if self.passes:  # it existed: it must not vanish
-                    self.bad.append("the store vanished")
-            except RemoteStoreError:
-                self.unreachable += 1
-            except Exception as exc:  # noqa: BLE001 - anything else is a violation
-                text = f"{type(exc).__name__}: {exc}"
-                if "cannot connect" in text or "Error performing" in text or "ABORTED" in text:
-                    self.unreachable += 1
-                else:
-                    self.bad.append(text[:300])
-            self.stop.wait(0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_server_gone_mid_run_then_back(private_s3: S3Bucket, procs: ProcTracker,
@@ -190,7 +147,7 @@ def test_server_gone_mid_run_then_back(private_s3: S3Bucket, procs: ProcTracker,
     want = checksums(str(ref))
     monkeypatch.setenv("ATLAS_S3_MAX_RETRIES", "2")  # fail fast once it is gone (child inherits)
     cmd = [*ATLAS, "generate", "--store", b.url, *PLAN, "--scheduler", "serial", "--quiet"]
-    watcher = _Watcher(b.url)
+    watcher = StoreWatcher(b.url)
     watcher.start()
     try:
         run = procs.launch(cmd)
