@@ -270,7 +270,7 @@ class AtlasStore:
             # never through consolidated metadata someone may have written at the root: it
             # would hide every sequence committed after it
             root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+",
-                                   use_consolidated=False)
+                                   use_consolidated=False, zarr_format=3)  # no probing for v2
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError, ValueError) as exc:
             raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
