@@ -12,6 +12,7 @@ Run as a script it prints its port on the first line of stdout and serves until 
   :func:`S3Server.clone`)
 - SIGUSR1: go away (stop listening, drop open connections unanswered); SIGUSR2: come back on
   the same port with the same data. The tests use these for a server that dies mid-run.
+- It exits by itself when the process that started it is gone.
 
 :class:`S3Server` is the tests' handle on such a process. Every process it starts is stopped by
 its pid.
@@ -149,6 +150,14 @@ def serve(port: int = 0) -> None:
 
     bound = start(port)
     print(bound, flush=True)
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the process that started it died (even by kill -9): go too
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True).start()
     wake = threading.Event()
     pending: list[int] = []
 
