@@ -20,9 +20,11 @@ its pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -131,8 +133,20 @@ def serve(port: int = 0) -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     app = _Middleware(DomainDispatcherApplication(create_backend_app))
     state = {"away": False}
+    conns: set[Any] = set()  # the open client connections (kept alive between requests)
+    conns_lock = threading.Lock()
 
     class Handler(MotoRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            with conns_lock:
+                conns.add(self.connection)
+
+        def finish(self) -> None:
+            with conns_lock:
+                conns.discard(self.connection)
+            super().finish()
+
         def handle_one_request(self) -> None:
             if state["away"]:  # a kept-alive connection of a server that went away
                 self.close_connection = True
@@ -143,6 +157,8 @@ def serve(port: int = 0) -> None:
 
     def start(p: int) -> int:
         httpd = make_server("127.0.0.1", p, app, threaded=True, request_handler=Handler)
+        httpd.daemon_threads = True
+        httpd.block_on_close = False  # type: ignore[attr-defined]
         t = threading.Thread(target=httpd.serve_forever, daemon=True)
         t.start()
         box.update(httpd=httpd, thread=t)
@@ -178,6 +194,10 @@ def serve(port: int = 0) -> None:
                 state["away"] = True
                 box["httpd"].shutdown()
                 box["httpd"].server_close()
+                with conns_lock:  # reset the kept-alive connections too, as a dead host would
+                    for c in list(conns):
+                        with contextlib.suppress(OSError):
+                            c.shutdown(socket.SHUT_RDWR)
                 print("away", flush=True)
             elif sig == signal.SIGUSR2 and state["away"]:
                 for _ in range(100):
