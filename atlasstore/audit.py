@@ -1,20 +1,25 @@
-"""Audit a store: checksums, physical invariants, per-domain report, catalog drift.
+"""Audit a store: checksums, physical invariants, per-domain report, catalog drift, and whether
+a dataset version's (a checkpoint's) training data still matches the store.
 
 Every array is decoded in full (crc32c of every chunk checked by the codec) and its SHA-256 of
-decoded values compared with the one committed; every stored value is checked non-negative (for
-energy) and finite; every pyramid level is checked to conserve sum E against the base level.
+decoded values compared with the one committed; every stored value is checked finite, and the
+primary field's physics where it makes sense: an extensive field (energy) non-negative with
+every pyramid level conserving its sum against the base level, an intensive field (a
+temperature, a velocity) with every level conserving its mean (its values may be negative).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import physics
-from .store import AtlasStore, CorruptArray, checksum
+from .catalog.base import sequence_checksum
+from .sequence_writer import field_kind, primary_field
+from .store import AtlasStore, CorruptArray, NotFound, checksum
 
 
 @dataclass(frozen=True)
@@ -74,17 +79,17 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
             if store.sequence_status(domain, seq) != "complete":
                 report.problems.append(Problem(f"{domain}/{seq}", "incomplete",
                                                "sequence is not committed (a crashed or running writer); "
-                                               "re-run generation to complete it"))
+                                               "re-run the command that wrote it to complete it"))
                 continue
             info = store.sequence_info(domain, seq)
-            if info.get("generation", {}).get("run_id"):  # catalogued (see atlasstore.index)
-                stored_keys.add(f"{domain}/{seq}")
+            stored_keys.add(f"{domain}/{seq}")  # every committed sequence is catalogued
             dr.sequences += 1
             dr.maps += info["n_steps"]
             dr.bytes_on_disk += store.nbytes_stored(f"{domain}/{seq}/")
             means += [s["mean"] for s in info["steps"]]
             variances += [s["variance"] for s in info["steps"]]
-            entropies += [s["entropy"] for s in info["steps"]]
+            entropies += [s["entropy"] for s in info["steps"] if "entropy" in s]
+            primary, kind = primary_field(info), field_kind(info)
             base_sums = None
             for key, rec in sorted(info["arrays"].items(), key=lambda kv: -int(kv[0].split("/")[0])):
                 lvl_s, fname = key.split("/")
@@ -107,31 +112,45 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
                     report.problems.append(Problem(path, "checksum",
                                                    "decoded values do not match the committed checksum"))
                     continue
-                report.problems += _invariants(path, fname, lvl, values, base_sums, tolerance)
-                if fname == "energy" and lvl == max(info["levels"]):
-                    base_sums = values.astype(np.float64).sum(axis=(1, 2))
+                report.problems += _invariants(path, fname == primary, kind, lvl, values,
+                                               base_sums, tolerance)
+                if fname == primary and lvl == max(info["levels"]):
+                    base_sums = _totals(values, kind)
         if means:
-            dr.mean, dr.variance, dr.entropy = (float(np.mean(v)) for v in (means, variances, entropies))
+            dr.mean, dr.variance = float(np.mean(means)), float(np.mean(variances))
+            dr.entropy = float(np.mean(entropies)) if entropies else float("nan")
     if catalog is not None:
         report.problems += drift(stored_keys, set(catalog.sequence_keys()), domains)
     return report
 
 
-def _invariants(path: str, fname: str, level: int, values: np.ndarray,
-                base_sums: np.ndarray | None, tolerance: float) -> list[Problem]:
+def _totals(values: np.ndarray, kind: str) -> np.ndarray:
+    """What every level of a pyramid conserves, per step: the sum (extensive), the mean
+    (intensive)."""
+    v = values.astype(np.float64)
+    return v.sum(axis=(1, 2)) if kind == "extensive" else v.mean(axis=(1, 2))
+
+
+def _invariants(path: str, primary: bool, kind: str, level: int, values: np.ndarray,
+                base: np.ndarray | None, tolerance: float) -> list[Problem]:
     out = []
     if not np.isfinite(values).all():
         out.append(Problem(path, "invariant", "non-finite values stored"))
         return out
-    if fname == "energy":
-        if (values < 0).any():
-            out.append(Problem(path, "invariant", f"{int((values < 0).sum())} negative energies"))
-        if base_sums is not None:
-            sums = values.astype(np.float64).sum(axis=(1, 2))
-            err = np.abs(sums - base_sums) / np.where(base_sums > 0, base_sums, 1.0)
-            if (err >= tolerance).any():
-                out.append(Problem(path, "invariant", f"level {level} does not conserve energy "
-                                   f"(max relative error {float(err.max()):.3e})"))
+    if not primary:
+        return out
+    if kind == "extensive" and (values < 0).any():
+        out.append(Problem(path, "invariant", f"{int((values < 0).sum())} negative values in an "
+                           "extensive field"))
+    if base is not None:
+        got = _totals(values, kind)
+        scale = np.abs(base) if kind == "extensive" else np.maximum(
+            np.abs(values).astype(np.float64).mean(axis=(1, 2)), np.abs(base))
+        err = np.abs(got - base) / np.where(scale > 0, scale, 1.0)
+        if (err >= tolerance).any():
+            what = "energy" if kind == "extensive" else "the mean"
+            out.append(Problem(path, "invariant", f"level {level} does not conserve {what} "
+                               f"(max relative error {float(err.max()):.3e})"))
     return out
 
 
@@ -143,6 +162,60 @@ def drift(stored: set[str], catalogued: set[str], domains: list[str] | None = No
            for k in sorted(stored - catalogued)]
     out += [Problem(k, "catalog_extra", "in the catalog but not in the store (run `atlas catalog sync`)")
             for k in sorted(catalogued - stored)]
+    return out
+
+
+@dataclass
+class DatasetAudit:
+    """Whether the data a dataset version pinned is still in the store, unchanged.
+
+    ``matches``/``changed``/``missing``: sequence keys whose data has the pinned checksum, has
+    another one (rewritten, or its stored bytes no longer decode to it: ``corrupt``), or is gone.
+    """
+
+    version_id: str
+    matches: list[str] = field(default_factory=list)
+    changed: dict[str, str] = field(default_factory=dict)  # key -> what differs
+    missing: list[str] = field(default_factory=list)
+    checked_arrays: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.changed and not self.missing
+
+
+def audit_dataset(store: AtlasStore, version_id: str, pins: Mapping[str, str],
+                  verify: bool = True) -> DatasetAudit:
+    """Compare a dataset version's pins (sequence key -> checksum of its data when the version
+    was registered, :func:`~atlasstore.catalog.base.sequence_checksum`) with the store: the
+    committed checksums, and with ``verify`` the decoded arrays too."""
+    out = DatasetAudit(version_id)
+    for key in sorted(pins):
+        domain, _, seq = key.partition("/")
+        try:
+            info = store.sequence_info(domain, seq)
+        except NotFound:
+            out.missing.append(key)
+            continue
+        recorded = {k: rec["checksum"] for k, rec in info["arrays"].items()}
+        if sequence_checksum(recorded) != pins[key]:
+            out.changed[key] = "rewritten: its committed checksums differ from the pinned ones"
+            continue
+        bad = []
+        if verify:
+            for akey, want in sorted(recorded.items()):
+                level, fname = akey.split("/")
+                out.checked_arrays += 1
+                try:
+                    got = checksum(store.read(domain, seq, int(level), fname))
+                except CorruptArray as exc:
+                    got = f"corrupt ({exc})"
+                if got != want:
+                    bad.append(akey)
+        if bad:
+            out.changed[key] = f"stored data does not match its checksum: {', '.join(bad)}"
+        else:
+            out.matches.append(key)
     return out
 
 

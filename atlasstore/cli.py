@@ -13,7 +13,7 @@ import json
 import os
 import select
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     Read-only commands never create a catalog file; without ``required`` an absent or empty
     default catalog means "no catalog" (the store is scanned instead).
     """
-    from .catalog import open_catalog
+    from .catalog import CatalogError, open_catalog
     from .locations import default_catalog_location, is_remote
 
     given = getattr(args, "catalog", None)
@@ -105,13 +105,24 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
         return None
     if is_file and create and not explicit and is_remote(args.store):
         Path(local).parent.mkdir(parents=True, exist_ok=True)  # a remote store's, in our cache
-    cat = open_catalog(spec)
-    if not explicit and not required and cat.count() == 0:
+    try:
+        cat = open_catalog(spec)
+    except CatalogError:
+        # a catalog file we may read but not write (another user's): queries still use it,
+        # answering what it has not applied from the store
+        if not (is_file and Path(local).is_file() and not os.access(local, os.W_OK)):
+            raise
+        cat = open_catalog(str(spec), read_only=True)
+    if not explicit and not required and cat.count() == 0 and cat.store_sync() is None:
         cat.close()
         return None
     return cat
 
 
+def _note(view: Any) -> None:
+    """How a catalog answered (when it did not simply answer), on stderr."""
+    if view is not None and view.note:
+        print(f"atlas: note: {view.note}", file=sys.stderr)
 
 
 def _one_line(error: str) -> str:
@@ -121,7 +132,7 @@ def _one_line(error: str) -> str:
     return explain_text(error) or error
 
 
-def _size(text: str) -> int:
+def _byte_size(text: str) -> int:
     from .chunk_cache import parse_bytes
 
     try:
@@ -187,19 +198,93 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.close()
         if catalog is not None:
             catalog.close()
+    return _run_summary(report, f"{_fmt_bytes(report.bytes_written)} decoded",
+                        lambda f: f" seed={f.seed}: ")
+
+
+def _run_summary(report: Any, volume: str, label: Callable[[Any], str]) -> int:
+    """The summary line of a run, a FAILED line per failure (``label(failure)`` between the
+    sequence and its error), store and catalog problems; the exit status."""
     print(f"run {report.run_id}: {report.written} sequences written, {report.skipped} already "
-          f"complete, {len(report.failures)} failed; {report.maps} maps, "
-          f"{_fmt_bytes(report.bytes_written)} decoded, {report.seconds:.1f} s, "
-          f"{report.maps_per_second:.1f} maps/s ({report.engine})")
+          f"complete, {len(report.failures)} failed; {report.maps} maps, {volume}, "
+          f"{report.seconds:.1f} s, {report.maps_per_second:.1f} maps/s ({report.engine})")
     for f in report.failures:
-        print(f"FAILED {f.domain}/{f.sequence_id} seed={f.seed}: {_one_line(f.error)}",
-              file=sys.stderr)
+        print(f"FAILED {f.domain}/{f.sequence_id}{label(f)}{_one_line(f.error)}", file=sys.stderr)
     for e in report.store_errors:
         print(f"store: {e}", file=sys.stderr)
     for e in report.catalog_errors:
         print(f"catalog not updated ({e}); the store is complete - run `atlas catalog sync` "
               f"when the catalog is back", file=sys.stderr)
     return EXIT_FAILED if report.failures or report.store_errors or report.catalog_errors else 0
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """'a=x,b=y' -> {'a': 'x', 'b': 'y'}."""
+    out = {}
+    for item in _csv(text):
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        out[k] = v
+    return out
+
+
+def _int_pairs(text: str) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in _pairs(text).items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DIM=INDEX[,DIM=INDEX...], got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        ny, nx = text.lower().split("x")
+        return int(ny), int(nx)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NYxNX (rows x columns), e.g. 128x384, got "
+                                         f"{text!r}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .ingest import ImportOptions, plan_npy, plan_well, plan_xarray, run_import
+
+    options = ImportOptions(kind=args.kind, levels=tuple(args.levels) if args.levels else None,
+                            smallest=args.min_level, crop=args.crop, pad=args.pad,
+                            pad_mode=args.pad_mode)
+    if args.source == "npy":
+        plan = plan_npy(args.dir, args.pattern, domain=args.domain, sequence=args.sequence,
+                        sidecars=not args.no_sidecars, sidecar_keys=args.sidecar_keys,
+                        inventory=args.inventory, field_name=args.field, options=options)
+    elif args.source == "well":
+        plan = plan_well(args.files, field=args.field, derive=args.derive, domain=args.domain,
+                         density=args.density, velocity=args.velocity, options=options)
+    else:
+        plan = plan_xarray(args.path, args.var, dims=args.dims, sequence_dim=args.sequence_dim,
+                           isel=args.isel, domain=args.domain, sequence=args.sequence,
+                           field=args.field, engine=args.engine, options=options)
+    # every refusal (engine, store) before any file is created
+    from .run_driver import preflight_store
+
+    preflight_store(args.store, workers=args.workers, scheduler=args.scheduler)
+    catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
+    bar = tqdm(total=len(plan.units) + len(plan.failures), unit="seq", desc="import",
+               disable=args.quiet or not sys.stderr.isatty() and not args.progress,
+               file=sys.stderr)
+
+    def progress(_result: dict[str, Any]) -> None:
+        bar.update(1)
+
+    try:
+        report = run_import(args.store, plan, workers=args.workers, scheduler=args.scheduler,
+                            catalog=catalog, progress=progress, dask_logs=args.debug)
+    finally:
+        bar.close()
+        if catalog is not None:
+            catalog.close()
+    # the error names the file it comes from
+    return _run_summary(report, f"{_fmt_bytes(report.source_bytes)} read", lambda f: ": ")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -230,7 +315,8 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
         selector = CatalogSelector(catalog)
     return Query(store, domains=tuple(args.domains) if args.domains else None,
                  sequences=tuple(args.sequences) if args.sequences else None,
-                 scale=args.scale, fields=tuple(args.fields), window=args.window,
+                 scale=args.scale, fields=None if args.fields is None else tuple(args.fields),
+                 window=args.window,
                  stride=args.stride, time_range=args.time_range, region=args.region,
                  entropy=args.entropy, mean=args.mean, variance=args.variance,
                  perturbation=args.perturbation, run_id=args.run, selector=selector)
@@ -239,11 +325,14 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
 def cmd_query(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .store import NotFound
+
     store = _open_store(args)
-    catalog = _open_catalog(args)
+    catalog = None if args.no_catalog else _open_catalog(args)
     try:
         q = _build_query(args, store, catalog)
         n = q.count()
+        _note(getattr(q.selector, "view", None))
         if args.count:
             print(n)
             return 0
@@ -252,7 +341,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         if n > args.limit:
             raise UserError(f"query selects {n} windows, more than --limit {args.limit}; "
                             f"narrow it or raise --limit")
-        data = q.to_numpy()
+        try:
+            data = q.to_numpy()
+        except NotFound as exc:
+            if catalog is None:
+                raise
+            raise UserError(f"{exc} (the store changed while reading, or the catalog does not "
+                            "match it: run `atlas catalog sync`, or query with --no-catalog)"
+                            ) from None
     finally:
         if catalog is not None:
             catalog.close()
@@ -276,19 +372,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from .physics import gradient_magnitude
+    from .sequence_writer import primary_field
 
     store = _open_store(args)
     info = store.sequence_info(args.domain, args.sequence)
+    name = primary_field(info)  # energy, or an imported field's own name
     if not 0 <= args.t < info["n_steps"]:
         raise UserError(f"--t {args.t} outside 0..{info['n_steps'] - 1}")
     levels = info["levels"]
     fig, axes = plt.subplots(2, len(levels), figsize=(4 * len(levels), 7.5), squeeze=False)
     for j, lvl in enumerate(levels):
-        e = store.read(args.domain, args.sequence, lvl, "energy", t=args.t)
+        e = store.read(args.domain, args.sequence, lvl, name, t=args.t)
         gx = store.read(args.domain, args.sequence, lvl, "grad_x", t=args.t)
         gy = store.read(args.domain, args.sequence, lvl, "grad_y", t=args.t)
-        panels = ((e, f"E at {lvl}", "inferno"),
-                  (gradient_magnitude(gx, gy), f"|grad E| at {lvl}", "viridis"))
+        sym = "E" if name == "energy" else name
+        panels = ((e, f"{sym} at {lvl}", "inferno"),
+                  (gradient_magnitude(gx, gy), f"|grad {sym}| at {lvl}", "viridis"))
         for i, (img, title, cmap) in enumerate(panels):
             ax = axes[i][j]
             im = ax.imshow(img, cmap=cmap, origin="lower")
@@ -297,8 +396,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046)
     step = info["steps"][args.t]
-    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  H={step['entropy']:.3f} nats  "
-                 f"sum E={step['sum']:.4g}")
+    stats = (f"H={step['entropy']:.3f} nats  sum={step['sum']:.4g}" if "entropy" in step
+             else f"mean={step['mean']:.4g}")  # an intensive field has no entropy
+    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  {stats}")
     fig.tight_layout()
     out = Path(args.out or f"{args.domain}_{args.sequence}_t{args.t}.png")
     fig.savefig(out, dpi=80)
@@ -310,9 +410,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit, summary_rows
 
+    if args.dataset_version or args.checkpoint:
+        return _audit_dataset(args)
     store = _open_store(args)
     catalog = _open_catalog(args)
     try:
+        if catalog is not None:
+            _catch_up_quietly(store, catalog)
         report = audit(store, domains=args.domains or None, verify=not args.quick, catalog=catalog)
     finally:
         if catalog is not None:
@@ -348,13 +452,87 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catch_up_quietly(store: Any, catalog: Any) -> None:
+    """Apply the store's recent changes to the catalog before reporting on it (what is left
+    is drift the change log does not explain); a note when it cannot."""
+    from .catalog import CatalogError, CatalogMismatch
+    from .index import CatalogNotSynced, catch_up
+
+    try:
+        res = catch_up(store, catalog)
+    except CatalogMismatch:
+        raise
+    except CatalogNotSynced as exc:
+        print(f"atlas: note: {exc}", file=sys.stderr)
+        return
+    except CatalogError as exc:
+        print(f"atlas: note: the catalog was not brought up to date: {exc}", file=sys.stderr)
+        return
+    if res.applied:
+        print(f"catalog: applied {res.applied} store change(s) since its last sync"
+              + (f"; {res.pending} still in flight" if res.pending else ""))
+
+
+def _audit_dataset(args: argparse.Namespace) -> int:
+    """`atlas audit --dataset-version ID | --checkpoint PATH`: does the training data still
+    match the store?"""
+    from .audit import audit_dataset
+
+    store = _open_store(args)
+    catalog = _open_catalog(args, required=True)
+    try:
+        vid = args.dataset_version or _checkpoint_dataset_version(args.checkpoint, catalog)
+        dv = catalog.get_dataset_version(vid)
+    finally:
+        catalog.close()
+    if dv is None:
+        raise UserError(f"dataset version {vid!r} is not in the catalog {catalog.uri}")
+    if not dv.checksums:
+        raise UserError(f"dataset version {vid!r} pins no checksums (registered before "
+                        "datasets were pinned): there is nothing to compare")
+    rep = audit_dataset(store, vid, dv.checksums, verify=not args.quick)
+    print(f"dataset version {vid}: {len(rep.matches)} sequences match, {len(rep.changed)} "
+          f"changed, {len(rep.missing)} missing ({rep.checked_arrays} arrays decoded)")
+    for key, why in rep.changed.items():
+        print(f"CHANGED {key}: {why}", file=sys.stderr)
+    for key in rep.missing:
+        print(f"MISSING {key}: no longer in the store", file=sys.stderr)
+    return 0 if rep.ok else EXIT_FAILED
+
+
+def _checkpoint_dataset_version(spec: str, catalog: Any) -> str:
+    """The dataset version a checkpoint was trained on: from its run directory's ``run.json``
+    (a run directory, or a checkpoint folder inside one), else the catalog's checkpoint id."""
+    p = Path(spec)
+    if p.exists():
+        for d in (p, *p.resolve().parents):
+            f = d / "run.json"
+            if f.is_file():
+                try:
+                    vid = json.loads(f.read_text()).get("dataset_version_id")
+                except (OSError, ValueError) as exc:
+                    raise UserError(f"cannot read {f}: {exc}") from None
+                if not vid:
+                    raise UserError(f"{f} records no dataset version")
+                return str(vid)
+        raise UserError(f"{spec} is not in a run directory (no run.json at or above it)")
+    ck = catalog.get_checkpoint(spec)
+    if ck is None:
+        raise UserError(f"no checkpoint {spec!r}: neither a path nor a checkpoint id in the catalog")
+    tr = catalog.get_training_run(ck.training_run_id)
+    if tr is None:
+        raise UserError(f"checkpoint {spec!r}: its training run {ck.training_run_id!r} is not in "
+                        "the catalog")
+    return str(tr.dataset_version_id)
+
+
 def cmd_catalog_sync(args: argparse.Namespace) -> int:
     from .index import sync_catalog
 
     store = _open_store(args)
     catalog = _open_catalog(args, required=True, create=True)
     try:
-        result = sync_catalog(store, catalog, prune=not args.no_prune)
+        result = sync_catalog(store, catalog, prune=not args.no_prune, rebind=args.rebind)
     finally:
         catalog.close()
     print(f"catalog sync: {result['registered']} sequences registered, {result['removed']} removed, "
@@ -365,8 +543,16 @@ def cmd_catalog_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_lineage(args: argparse.Namespace) -> int:
+    from .store import StoreError
+
     catalog = _open_catalog(args, required=True)
     try:
+        try:
+            store = _open_store(args)
+        except StoreError as exc:  # lineage needs only the catalog
+            print(f"atlas: note: {exc}; showing the catalog as it is", file=sys.stderr)
+        else:
+            _catch_up_quietly(store, catalog)
         lin = catalog.lineage(args.node_id)
     finally:
         catalog.close()
@@ -389,8 +575,11 @@ def format_lineage(lin: Any) -> str:
     def label(nid: str) -> str:
         node = lin.nodes.get(nid)
         props = node.properties if node else {}
-        extra = {k: props[k] for k in ("seed", "config_hash", "code_version", "host", "pattern",
-                                       "step", "path") if k in props}
+        extra = {k: props[k] for k in ("kind", "seed", "config_hash", "code_version", "host",
+                                       "pattern", "source", "step", "path", "format", "size")
+                 if props.get(k) is not None}
+        if node is None or node.kind != "Sequence" or extra.get("kind") == "generate":
+            extra.pop("kind", None)  # (who wrote a sequence, when not the generator)
         if "config_hash" in extra:
             extra["config_hash"] = str(extra["config_hash"])[:12]
         return nid + (" " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
@@ -400,7 +589,7 @@ def format_lineage(lin: Any) -> str:
 
     def walk(nid: str, depth: int) -> None:
         for e in sorted(by_src.get(nid, []), key=lambda e: (e.rel, e.dst)):
-            op = e.properties.get("operation")
+            op = e.properties.get("operation") or e.properties.get("member")
             lines.append("  " * depth + f"-{e.rel}-> {label(e.dst)}" + (f"  [{op}]" if op else ""))
             if e.dst not in seen:
                 seen.add(e.dst)
@@ -444,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="local cache folder: the default catalogs of remote stores and the disk "
                         "cache of their chunks (default $ATLAS_CACHE_DIR or ~/.cache/atlasstore)")
-    p.add_argument("--cache-bytes", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--cache-bytes", type=_byte_size, default=None, metavar="SIZE",
                    help="bound of the disk cache of remote stores' chunks, e.g. 20GiB; 0 turns "
                         "it off (default $ATLAS_CACHE_BYTES or 10GiB)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -473,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
     s.set_defaults(func=cmd_generate)
 
+    _add_import_command(sub, common, cat)
+
     s = sub.add_parser("ls", parents=[common], help="list domains, or the sequences of a domain")
     s.add_argument("domain", nargs="?", help="list this domain's sequences (default: list domains)")
     s.set_defaults(func=cmd_ls)
@@ -481,11 +672,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domains", type=_csv, default=None,
                    help="comma-separated domains (default: every domain of the store)")
     s.add_argument("--sequences", type=_csv, default=None, help="sequence ids or domain/id")
-    s.add_argument("--scale", type=int, default=256,
-                   help="pyramid level to read, by the short side of its maps: 256, 128 or 64 "
-                        "(default 256)")
-    s.add_argument("--fields", type=_csv, default=["energy"],
-                   help="comma-separated fields: energy, grad_x, grad_y (default energy)")
+    s.add_argument("--scale", type=int, default=None,
+                   help="pyramid level to read, by the short side of its maps (256, 128 or 64 for "
+                        "generated data; any stored level; default: the full resolution of the "
+                        "selected sequences)")
+    s.add_argument("--fields", type=_csv, default=None,
+                   help="comma-separated fields: the primary field (energy, or an imported "
+                        "field's name), grad_x, grad_y (default: the primary field)")
     s.add_argument("--window", type=int, default=1, help="time steps per window (default 1)")
     s.add_argument("--stride", type=int, default=1,
                    help="steps between the starts of successive windows (default 1)")
@@ -504,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only sequences with a step perturbed this way (e.g. thermal_blur)")
     s.add_argument("--run", default=None, help="only sequences of this generation run id")
     s.add_argument("--count", action="store_true", help="print the number of windows only")
+    s.add_argument("--no-catalog", action="store_true",
+                   help="select by scanning the store, without the catalog (the answer is the "
+                        "same; the catalog is faster on large stores)")
     s.add_argument("--limit", type=int, default=10000, help="refuse to load more windows (default 10000)")
     s.add_argument("--out", default=None, help="write the windows to this .npz file")
     s.set_defaults(func=cmd_query)
@@ -521,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domains", type=_csv, default=None,
                    help="comma-separated domains to audit (default: all)")
     s.add_argument("--quick", action="store_true", help="skip decoding arrays")
+    s.add_argument("--dataset-version", default=None, metavar="ID",
+                   help="instead: check that the data this dataset version pinned is still in "
+                        "the store, unchanged (exit 1 if not)")
+    s.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
+                   help="instead: the same for the dataset version a checkpoint was trained on "
+                        "(a run directory or checkpoint folder, or a catalog checkpoint id)")
     s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("stats", parents=[common], help="per-domain statistics")
@@ -531,7 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("catalog", help="catalog maintenance and lineage")
     csub = s.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")
     c = csub.add_parser("sync", parents=[common, cat], help="rebuild/reconcile the catalog from the store")
-    c.add_argument("--no-prune", action="store_true", help="keep catalog entries missing from the store")
+    c.add_argument("--no-prune", action="store_true",
+                   help="keep catalog entries the store never had (deletes the store logged "
+                        "are applied all the same)")
+    c.add_argument("--rebind", action="store_true",
+                   help="take over a catalog built for another store (its sequences are "
+                        "replaced by this store's; training lineage stays)")
     c.set_defaults(func=cmd_catalog_sync)
     c = csub.add_parser("lineage", parents=[common, cat], help="print the upstream lineage of a node")
     c.add_argument("node_id", help="e.g. plasma_physics/seq-00000/64/grad_x, a run id, a checkpoint id")
@@ -540,6 +747,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_nvp_commands(sub, common, cat)
     return p
+
+
+def _add_import_command(sub: Any, common: argparse.ArgumentParser,
+                        cat: argparse.ArgumentParser) -> None:
+    """`atlas import npy|well|xarray`: bring your own data (atlasstore.ingest)."""
+    shape = _Parser(add_help=False)
+    g = shape.add_argument_group("shaping (every source)")
+    g.add_argument("--kind", choices=("extensive", "intensive"), default=None,
+                   help="the field's kind: extensive (per-pixel content: block-sum pyramid, "
+                        "non-negative, entropy) or intensive (mean pyramid, any sign); default: "
+                        "extensive for energy and *_energy, else intensive")
+    g.add_argument("--levels", type=_scales, default=None,
+                   help="pyramid levels by short side, the full resolution first, e.g. 512,256 "
+                        "(default: the native size and its halvings down to --min-level)")
+    g.add_argument("--min-level", type=int, default=64,
+                   help="smallest short side the default pyramid halves down to (default 64)")
+    g.add_argument("--crop", type=_size, default=None, metavar="NYxNX",
+                   help="keep the first NY rows and NX columns of every map")
+    g.add_argument("--pad", type=_size, default=None, metavar="NYxNX",
+                   help="pad every map at its far end to NY rows and NX columns")
+    g.add_argument("--pad-mode", choices=("zero", "edge", "reflect"), default=None,
+                   help="what --pad fills with (default: zero for extensive fields, edge for "
+                        "intensive ones)")
+    e = shape.add_argument_group("engine")
+    e.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
+    e.add_argument("--scheduler", default=None,
+                   help="'processes' (default), 'threads', 'serial', or a Dask scheduler address")
+    e.add_argument("--no-catalog", action="store_true", help="do not register in a catalog")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
+
+    s = sub.add_parser("import", help="import your own data: the predecessor's .npy folders, "
+                                      "The Well's HDF5 files, any xarray dataset")
+    isub = s.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    parents = [common, cat, shape]
+    i = isub.add_parser("npy", parents=parents,
+                        help="a folder of .npy maps with JSON sidecars (the predecessor's layout)")
+    i.add_argument("dir", help="the folder")
+    i.add_argument("--pattern", default="{domain}/{sequence}_t{t}.npy",
+                   help="relative path of every map with fields {domain}, {sequence} and {t} "
+                        "(default '{domain}/{sequence}_t{t}.npy'); '*' matches within a name")
+    i.add_argument("--domain", default=None, help="the domain, if the pattern has no {domain}")
+    i.add_argument("--sequence", default=None,
+                   help="the sequence id, if the pattern has no {sequence}")
+    i.add_argument("--sidecar-keys", type=_pairs, default=None, metavar="FIELD=KEY,...",
+                   help="take domain, sequence or t from these sidecar keys, e.g. "
+                        "sequence=sequence_id,t=time_step")
+    i.add_argument("--no-sidecars", action="store_true", help="maps without JSON sidecars")
+    i.add_argument("--inventory", default=None,
+                   help="the predecessor's catalog.json (default: DIR/catalog.json if present); "
+                        "files must match its checksums")
+    i.add_argument("--field", default="energy", help="name of the stored field (default energy)")
+    i.set_defaults(func=cmd_import)
+    i = isub.add_parser("well", parents=parents,
+                        help="HDF5 files in The Well's format, one sequence per trajectory")
+    i.add_argument("files", nargs="+", help="the HDF5 files")
+    what = i.add_mutually_exclusive_group(required=True)
+    what.add_argument("--field", default=None,
+                      help="a t0 field (e.g. density) or a t1 component (e.g. velocity_x)")
+    what.add_argument("--derive", choices=("kinetic_energy",), default=None,
+                      help="a derived energy density: kinetic_energy = 1/2 rho |u|^2 (1/2 |u|^2 "
+                           "where the file has no density)")
+    i.add_argument("--domain", default=None, help="the domain (default: the file's dataset_name)")
+    i.add_argument("--density", default="density", help="density field for --derive (default density)")
+    i.add_argument("--velocity", default="velocity",
+                   help="velocity field for --derive (default velocity)")
+    i.set_defaults(func=cmd_import)
+    i = isub.add_parser("xarray", parents=parents,
+                        help="a variable of anything xarray opens (NetCDF, Zarr, HDF5)")
+    i.add_argument("path", help="the file or Zarr store")
+    i.add_argument("--var", required=True, help="the variable to import")
+    i.add_argument("--dims", type=_pairs, default=None, metavar="time=T,y=Y,x=X",
+                   help="which of the variable's dimensions are time, y and x (default: "
+                        "dimensions named time, y, x)")
+    i.add_argument("--sequence-dim", default=None,
+                   help="a dimension whose every index is its own sequence")
+    i.add_argument("--isel", type=_int_pairs, default=None, metavar="DIM=INDEX,...",
+                   help="fix other dimensions at an index")
+    i.add_argument("--domain", default=None, help="the domain (default: the file's name)")
+    i.add_argument("--sequence", default=None,
+                   help="the sequence id without --sequence-dim (default: the variable's name)")
+    i.add_argument("--field", default=None, help="name of the stored field (default: --var)")
+    i.add_argument("--engine", default=None, help="xarray's engine (default: by the file)")
+    i.set_defaults(func=cmd_import)
 
 
 def _add_nvp_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.ArgumentParser) -> None:
@@ -564,8 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
         return code
     except KeyboardInterrupt as exc:
-        gen = sys.modules.get("atlasstore.generate")  # only generate raises the detailed one
-        if gen is not None and isinstance(exc, gen.GenerationInterrupted):
+        drv = sys.modules.get("atlasstore.run_driver")  # only runs raise the detailed one
+        if drv is not None and isinstance(exc, drv.RunInterrupted):
             print(f"atlas: interrupted: {exc.complete} of {exc.total} sequences of {exc.run_id} "
                   f"are complete; run the same command again to resume", file=sys.stderr)
         else:

@@ -25,6 +25,7 @@ from .physics import (
     validate_entropy_increase,
 )
 from .query import Query
+from .sequence_writer import field_kind, primary_field
 from .store import AtlasStore, NotFound, StoreError, step_record, validate_name
 from .store_documents import json_document
 from .synth import (
@@ -99,12 +100,13 @@ class EnergyAtlasLoader:
         info = self.store.sequence_info(domain, seq)
         if not 0 <= t < info["n_steps"]:
             raise NotFound(f"map {domain}/{map_id}: step {t} outside 0..{info['n_steps'] - 1}")
-        energy = self.store.read(domain, seq, scale, "energy", t=t)
+        energy = self.store.read(domain, seq, scale, primary_field(info), t=t)
         step = info["steps"][t]
         meta = {"domain": domain, "map_id": f"{seq}@{t}", "sequence_id": seq, "t": t,
                 "scale": scale, "shape": list(energy.shape),
                 "energy_mean": float(energy.mean()), "energy_variance": float(energy.var()),
-                "entropy": float(physics.entropy(energy)),
+                "entropy": (float(physics.entropy(energy)) if field_kind(info) == "extensive"
+                            else None),  # an intensive field has none
                 "perturbations": step.get("perturbations", []),
                 "metadata": step.get("metadata", {}),
                 "timestamp": info.get("completed"), "generation": info.get("generation", {})}
@@ -117,7 +119,7 @@ class EnergyAtlasLoader:
         wins = q.windows()
         if not wins:
             return np.empty((0, window, scale, scale), np.float32), []
-        batch = q.read_windows(wins)["energy"]
+        batch = next(iter(q.read_windows(wins).values()))  # the primary field
         meta = [{"domain": w.domain, "sequence_id": w.sequence_id, "t0": w.t0, "window": w.length,
                  "scale": scale} for w in wins]
         return batch, meta
@@ -144,7 +146,7 @@ class EnergyAtlasLoader:
         meta = json_document(dict(metadata or {}), f"metadata of map {domain}/{map_id}")
         if domain not in self.store.domains():
             self.store.create_domain(domain, None)
-        generation = {"source": "save_map"}
+        generation = {"kind": "save_map", "source": "save_map"}
         if meta:
             generation["source"] = f"save_map: {str(meta.get('source', 'user'))[:200]}"
         steps = [step_record(0, e, metadata=meta)] if meta else None
@@ -158,14 +160,15 @@ class EnergyAtlasLoader:
         steps = [s for sid in seqs for s in self.store.sequence_info(domain, sid)["steps"]]
         if not steps:
             raise StoreError(f"domain {domain!r} has no complete sequences")
+        h = [s["entropy"] for s in steps if "entropy" in s] or [float("nan")]  # intensive: none
         return {
             "domain": domain,
             "n_sequences": len(seqs),
             "n_maps": len(steps),
             "energy_mean": float(np.mean([s["mean"] for s in steps])),
             "energy_variance": float(np.mean([s["variance"] for s in steps])),
-            "entropy_mean": float(np.mean([s["entropy"] for s in steps])),
-            "entropy_min": float(np.min([s["entropy"] for s in steps])),
-            "entropy_max": float(np.max([s["entropy"] for s in steps])),
+            "entropy_mean": float(np.mean(h)),
+            "entropy_min": float(np.min(h)),
+            "entropy_max": float(np.max(h)),
             "bytes_on_disk": self.store.nbytes_stored(f"{domain}/"),
         }

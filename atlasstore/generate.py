@@ -5,49 +5,55 @@ sequence ids): ids holding other data refuse the whole plan, ids already holding
 data are skipped. Each task synthesises one sequence from a seed derived from (run seed,
 domain, index), derives its pyramid and gradients, writes its own sequence group and commits
 it (see :mod:`atlasstore.store`), and returns its committed attributes, or the error when
-running it again could not help. The driver gathers results as they finish and registers
-them in the catalog in batches. Because every sequence is deterministic and commits
-atomically, a killed run re-run with the same plan skips what is complete, rewrites what was
-half-written, and ends with a store identical (checksums) to an uninterrupted run. The same
-graph runs on a LocalCluster, in-process, or on any existing Dask cluster
-(``scheduler=ADDRESS``; the store must then be reachable from every worker: a shared
-filesystem or an object-store URL).
+running it again could not help. The run itself - writer lock, run record, Dask cluster,
+results, catalog registration, failures, Ctrl-C - is :mod:`atlasstore.run_driver`, shared with
+``atlas import``. Because every sequence is deterministic and commits atomically, a killed run
+re-run with the same plan skips what is complete, rewrites what was half-written, and ends
+with a store identical (checksums) to an uninterrupted run. The same graph runs on a
+LocalCluster, in-process, or on any existing Dask cluster (``scheduler=ADDRESS``; the store
+must then be reachable from every worker: a shared filesystem or an object-store URL).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
-import logging
-import os
 import re
-import signal
-import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync as zarr_sync
 
-from . import physics, synth
-from .locations import local_path
+from . import physics, run_driver, synth
 from .provenance import code_version, host, utc_now
+from .run_driver import (
+    DETERMINISTIC_ERRORS,
+    LOCAL_CLUSTER_CONFIG,
+    CatalogSink,
+    Failure,
+    Job,
+    RunReport,
+    committed_attrs,
+)
+from .run_driver import RunInterrupted as GenerationInterrupted
+from .sequence_writer import settle_zarr_writes
 from .store import (
     AtlasStore,
     Layout,
-    NotAnAtlasStore,
     RunLog,
     SequenceExists,
-    StoreError,
     validate_name,
 )
-from .writer_lock import WriterLock
+
+__all__ = ["DETERMINISTIC_ERRORS", "LOCAL_CLUSTER_CONFIG", "CatalogSink", "Failure",
+           "GenerationInterrupted", "Plan", "PlanCheck", "PlanClash", "PlanError", "RunLog",
+           "RunReport", "Task", "check_plan", "generate", "preflight", "sequence_id",
+           "sequence_seed", "write_one"]
 
 #: Largest in-memory footprint one task may need (a sequence with its levels and gradients).
 MAX_TASK_BYTES = 4 * 2**30
@@ -167,11 +173,6 @@ class Plan:
 
 # --------------------------------------------------------------------------- the task
 
-#: Errors a task's own inputs determine (a conservation breach, a clash with stored data, bad
-#: input): running it again cannot help, so they come back as failed results - not retried,
-#: not logged by Dask. Anything else (I/O, a lost worker) raises and Dask retries it once.
-DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ValueError, StoreError)
-
 
 def _difference(task: Task, plan: Plan, info: Mapping[str, Any]) -> str | None:
     """How a committed sequence differs from what ``plan`` would write there (None: same)."""
@@ -190,23 +191,6 @@ def _difference(task: Task, plan: Plan, info: Mapping[str, Any]) -> str | None:
     return ", ".join(diff) or None
 
 
-def _settle_zarr_writes(timeout: float = 60.0) -> None:
-    """Wait for the writes zarr still runs after one of them failed.
-
-    zarr writes a node's metadata and (``set_if_not_exists``) its parents' in one
-    ``asyncio.gather``; when one write fails the others go on in the background. A parent
-    write that checked "exists" before our cleanup deleted the group would otherwise recreate
-    an empty group there afterwards, even after the run has returned.
-    """
-    async def _wait() -> None:
-        me = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not me]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
-
-    zarr_sync(_wait())
-
-
 def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] | None = None,
               storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Synthesise, derive and commit one sequence; skip it if already complete.
@@ -215,14 +199,8 @@ def write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] |
     written, skipped or failed (a deterministic error, see ``DETERMINISTIC_ERRORS``); raises
     anything else.
     """
-    t0 = time.perf_counter()
-    try:
-        status, info = _write_one(location, task, plan, layout, storage_options)
-    except DETERMINISTIC_ERRORS as exc:
-        return {"task": asdict(task), "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "seconds": time.perf_counter() - t0}
-    return {"task": asdict(task), "status": status, "info": info,
-            "seconds": time.perf_counter() - t0}
+    return run_driver.task_result(
+        task, lambda: _write_one(location, task, plan, layout, storage_options))
 
 
 def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] | None,
@@ -239,9 +217,9 @@ def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] 
                                  f": use another store or --start-index")
         return "skipped", info
     seq, steps = synth.synthesize(preset, task.seed, n_steps=plan.steps, shape=plan.shape)
-    generation = {"run_id": plan.run_id(), "seed": task.seed, "pattern": preset.pattern,
-                  "perturbations": preset.perturbations.to_dict(), "code_version": code_version(),
-                  "index": task.index}
+    generation = {"kind": "generate", "run_id": plan.run_id(), "seed": task.seed,
+                  "pattern": preset.pattern, "perturbations": preset.perturbations.to_dict(),
+                  "code_version": code_version(), "index": task.index}
     try:
         info = store.write_sequence(task.domain, task.sequence_id, seq, steps, generation,
                                     levels=plan.scales, overwrite=True)
@@ -250,7 +228,7 @@ def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] 
         # next run, which replaces it) so the store holds only complete sequences - once the
         # failed call's sibling writes have finished, or they would recreate parts of it
         with contextlib.suppress(Exception):
-            _settle_zarr_writes()
+            settle_zarr_writes()
             store.delete_sequence(task.domain, task.sequence_id)
         raise
     return "written", info
@@ -258,92 +236,9 @@ def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] 
 
 # --------------------------------------------------------------------------- the driver
 
-@dataclass
-class Failure:
-    domain: str
-    sequence_id: str
-    seed: int
-    error: str
-
-
-@dataclass
-class RunReport:
-    run_id: str
-    written: int = 0
-    skipped: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    maps: int = 0
-    bytes_written: int = 0
-    seconds: float = 0.0
-    catalog_errors: list[str] = field(default_factory=list)
-    store_errors: list[str] = field(default_factory=list)
-    engine: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.store_errors
-
-    @property
-    def maps_per_second(self) -> float:
-        return self.maps / self.seconds if self.seconds else 0.0
-
-
-class CatalogSink:
-    """Registers committed sequences in a catalog in batches; survives catalog outages.
-
-    On a catalog error the store stays the truth: the error is recorded, registration stops
-    for this run, and ``atlas catalog sync`` brings the catalog up to date later.
-    """
-
-    def __init__(self, catalog: Any, run: dict[str, Any], batch_size: int = 64) -> None:
-        self.catalog = catalog
-        self.run = run
-        self.batch_size = batch_size
-        self.pending: list[dict[str, Any]] = []
-        self.errors: list[str] = []
-        self._run_registered = False
-
-    def _safe(self, fn: Callable[[], object]) -> None:
-        if self.errors:
-            return
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - any catalog failure must not stop the run
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-
-    def add(self, info: dict[str, Any]) -> None:
-        if self.catalog is None:
-            return
-        self.pending.append(info)
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self, final_run: dict[str, Any] | None = None) -> None:
-        if self.catalog is None:
-            return
-        from .index import register_run, register_sequence_infos
-
-        if final_run is not None:
-            self.run = final_run
-        if not self._run_registered or final_run is not None:
-            self._safe(lambda: register_run(self.catalog, self.run))
-            self._run_registered = not self.errors
-        if self.pending:
-            batch, self.pending = self.pending, []
-            self._safe(lambda: register_sequence_infos(self.catalog, batch))
-
 
 class PlanClash(PlanError):
     """Planned sequence ids already hold other data in the store; refused before any work."""
-
-
-class GenerationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run: the workers are stopped, ``complete`` of the plan's ``total``
-    sequences are committed, and running the same plan again resumes from there."""
-
-    def __init__(self, run_id: str, complete: int, total: int) -> None:
-        super().__init__(f"{complete} of {total} sequences complete")
-        self.run_id, self.complete, self.total = run_id, complete, total
 
 
 @dataclass
@@ -356,31 +251,6 @@ class PlanCheck:
 
 
 _SEQ_ID = re.compile(r"^seq-(\d+)$")
-
-
-def _committed_attrs(store: AtlasStore, tasks: list[Task]) -> list[dict[str, Any] | None]:
-    """Each task's ``atlasstore_sequence`` attributes (None where absent or unreadable), read
-    concurrently from the sequences' own metadata documents and nothing else."""
-    zstore = store.zarr_group.store
-    proto = default_buffer_prototype()
-
-    async def one(sem: asyncio.Semaphore, t: Task) -> dict[str, Any] | None:
-        async with sem:
-            try:
-                buf = await zstore.get(f"{t.domain}/{t.sequence_id}/zarr.json", prototype=proto)
-            except OSError:
-                return None
-        try:
-            attrs = json.loads(buf.to_bytes())["attributes"]["atlasstore_sequence"] if buf else None
-        except (ValueError, KeyError, TypeError):
-            return None
-        return attrs if isinstance(attrs, dict) else None
-
-    async def all_() -> list[dict[str, Any] | None]:
-        sem = asyncio.Semaphore(64)
-        return list(await asyncio.gather(*(one(sem, t) for t in tasks)))
-
-    return zarr_sync(all_())
 
 
 def _next_free_index(store: AtlasStore, domains: tuple[str, ...]) -> int:
@@ -418,7 +288,8 @@ def check_plan(store: AtlasStore, plan: Plan) -> PlanCheck:
     complete: dict[Task, dict[str, Any]] = {}
     pending: list[Task] = []
     clashes: list[tuple[Task, str]] = []
-    for t, info in zip(tasks, _committed_attrs(store, tasks), strict=True):
+    attrs = committed_attrs(store, [(t.domain, t.sequence_id) for t in tasks])
+    for t, info in zip(tasks, attrs, strict=True):
         if not info or info.get("status") != "complete":
             pending.append(t)
         elif diff := _difference(t, plan, info):
@@ -447,20 +318,17 @@ def preflight(location: str | Path, plan: Plan, *, workers: int | None = None,
     location that is not an atlas store, a plan that clashes with the store. None: the store
     does not exist yet. (The CLI runs this before it creates a catalog.)"""
     check_engine(scheduler, workers)
-    loc = str(location)
-    path = local_path(loc)
-    if path is not None:
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"{loc} is a file, not a directory; choose another store path")
-        if not path.exists() or not any(path.iterdir()):
-            return None
+    store = run_driver.preflight_store(location, workers=workers, scheduler=scheduler,
+                                       storage_options=storage_options)
+    return None if store is None else check_plan(store, plan)
+
+
+def check_engine(scheduler: str | None, workers: int | None) -> None:
+    """Refuse a bad engine before anything is written (as a PlanError)."""
     try:
-        store = AtlasStore.open(loc, mode="r+", storage_options=storage_options)
-    except NotAnAtlasStore:
-        if path is not None:
-            raise
-        return None  # a remote location: generate() creates it or refuses what is there
-    return check_plan(store, plan)
+        run_driver.check_engine(scheduler, workers)
+    except run_driver.EngineError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
@@ -479,194 +347,24 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     """
     loc = str(location)
     check_engine(scheduler, workers)
-    store = AtlasStore.create(loc, exist_ok=True, storage_options=storage_options,
-                              layout=layout or Layout())
     lay = asdict(layout) if layout else None
-    with WriterLock(store, {"run_id": plan.run_id(), "started": utc_now()}) as lock:
+    with run_driver.locked_store(loc, plan.run_id(), layout=layout,
+                                 storage_options=storage_options) as store:
         checked = check_plan(store, plan)
         for d in plan.domains:
             store.create_domain(d, plan.preset(d).to_dict())
-        return _generate_locked(store, loc, plan, checked, workers, scheduler, catalog, lay,
-                                storage_options, _holding(lock, progress), catalog_batch,
-                                dask_logs)
+        run = {"run_id": plan.run_id(), "kind": "generate", "config": plan.to_dict(),
+               "config_hash": plan.config_hash(), "seed": plan.seed,
+               "code_version": code_version(), "host": host(), "started": utc_now(),
+               "finished": None, "counts": {}}
 
+        def job(task: Task) -> Job:
+            return Job(task, task.domain, task.sequence_id,
+                       f"write-{task.domain}-{task.sequence_id}-{plan.run_id()}", write_one,
+                       (loc, task, plan, lay, storage_options), seed=task.seed)
 
-def _holding(lock: WriterLock, progress: Callable[[dict[str, Any]], None] | None
-             ) -> Callable[[dict[str, Any]], None]:
-    """``progress`` behind a check that the run still holds the writer lock: a run whose lock
-    was taken over (on object storage: its renewal was refused) stops at the next result."""
-    def call(result: dict[str, Any]) -> None:
-        lock.ensure_held()
-        if progress is not None:
-            progress(result)
-
-    return call
-
-
-def check_engine(scheduler: str | None, workers: int | None) -> None:
-    """Refuse a bad engine before anything is written."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or not 1 <= workers <= 1024):
-        raise PlanError(f"workers must be an integer in [1, 1024], got {workers!r}")
-    if scheduler is None or scheduler in ("processes", "threads", "serial"):
-        return
-    if not isinstance(scheduler, str) or not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[\w.-]+:\d+$",
-                                                      scheduler):
-        raise PlanError(f"scheduler must be 'processes', 'threads', 'serial' or a Dask scheduler "
-                        f"address like tcp://host:8786, got {scheduler!r}")
-
-
-def _generate_locked(store: AtlasStore, loc: str, plan: Plan, checked: PlanCheck,
-                     workers: int | None, scheduler: str | None, catalog: Any,
-                     lay: dict[str, Any] | None, storage_options: Mapping[str, Any] | None,
-                     progress: Callable[[dict[str, Any]], None] | None,
-                     catalog_batch: int, dask_logs: bool) -> RunReport:
-    run_id = plan.run_id()
-    run = {"run_id": run_id, "config": plan.to_dict(), "config_hash": plan.config_hash(),
-           "seed": plan.seed, "code_version": code_version(), "host": host(),
-           "started": utc_now(), "finished": None, "counts": {}}
-    runs = RunLog(store)
-    runs.start(run)
-    sink = CatalogSink(catalog, run, catalog_batch)
-    report = RunReport(run_id)
-    tasks = plan.tasks()
-    t_start = time.perf_counter()
-
-    def handle(task: Task, result: dict[str, Any] | None, exc: BaseException | None) -> None:
-        if exc is not None:
-            result = {"task": asdict(task), "status": "failed",
-                      "error": f"{type(exc).__name__}: {exc}"}
-        assert result is not None
-        if result["status"] == "failed":
-            report.failures.append(Failure(task.domain, task.sequence_id, task.seed,
-                                           result["error"]))
-        else:
-            info = result["info"]
-            if result["status"] == "written":
-                report.written += 1
-                report.maps += info["n_steps"]
-                report.bytes_written += int(sum(np.prod(a["shape"]) for a in info["arrays"].values()) * 4)
-            else:
-                report.skipped += 1
-            sink.add(info)
-        if progress is not None:
-            progress(result)
-
-    # complete sequences holding the planned data were found by check_plan: no task needed
-    for task, info in checked.complete.items():
-        handle(task, {"task": asdict(task), "status": "skipped", "info": info, "seconds": 0.0},
-               None)
-    engine = scheduler or "processes"
-    report.engine = engine
-    try:
-        if engine == "serial":
-            for task in checked.pending:
-                try:
-                    handle(task, write_one(loc, task, plan, lay, storage_options), None)
-                except OSError as exc:
-                    handle(task, None, exc)
-        elif checked.pending:
-            _run_dask(engine, workers, checked.pending, loc, plan, lay, storage_options, handle,
-                      dask_logs)
-    except KeyboardInterrupt:
-        done = sum(1 for a in _committed_attrs(store, tasks) if a and a.get("status") == "complete")
-        raise GenerationInterrupted(run_id, done, len(tasks)) from None
-
-    report.seconds = time.perf_counter() - t_start
-    run = {**run, "finished": utc_now(),
-           "counts": {"tasks": len(tasks), "written": report.written, "skipped": report.skipped,
-                      "failed": len(report.failures), "maps": report.maps}}
-    try:
-        runs.finish(run, [asdict(f) for f in report.failures])
-    except OSError as exc:  # e.g. the disk is still full: the sequences themselves are safe
-        report.store_errors.append(f"run record not updated: {type(exc).__name__}: {exc}")
-    sink.flush(final_run=run)
-    report.catalog_errors = sink.errors
-    return report
-
-
-#: Dask settings for the LocalCluster generate() starts (benchmarks/bench_generate.py):
-#: - MALLOC_TRIM_THRESHOLD_ unset: Dask's nanny sets 65536 in workers, which turns off glibc's
-#:   dynamic mmap threshold: every temporary > 128 KiB is mmap'ed and faulted afresh (+50-90 %
-#:   CPU per map). Our tasks free all memory at the end, so the trimming buys nothing here.
-#: - less housekeeping: an idle 2-worker cluster with Dask's defaults burnt ~170 ms CPU per
-#:   second (8 % of a 2-core machine), ~20 ms/s with these, mostly event-loop wake-ups: the
-#:   statistical profiler samples every task's stack 100 times a second for the dashboard
-#:   (also -2.7 ms CPU per map in a busy worker), the loop tick runs every 20 ms, the
-#:   memory monitors every 100 ms and the system monitors every 500 ms. Memory limits are
-#:   still enforced, once a second.
-LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    "distributed.worker.profile.enabled": False,
-    "distributed.admin.tick.interval": "1s",
-    "distributed.worker.memory.monitor-interval": "1s",
-    "distributed.admin.system-monitor.interval": "10s",
-}
-
-
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread while a local cluster starts.
-
-    Threads started meanwhile (the cluster's event loop, which spawns and re-spawns the
-    workers) and, across exec, the worker processes inherit the mask. A Ctrl-C, which the
-    terminal sends to the whole process group, then reaches only the driver, which stops the
-    cluster; otherwise every worker would print a KeyboardInterrupt traceback. A Ctrl-C during
-    start-up stays pending and is delivered here when the mask is restored.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    # multiprocessing's resource tracker unblocks SIGINT in the thread that first starts it
-    # (the cluster's event loop, when it creates the workers' queues): start it here, first
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _run_dask(engine: str, workers: int | None, tasks: list[Task], loc: str, plan: Plan,
-              lay: dict[str, Any] | None, storage_options: Mapping[str, Any] | None,
-              handle: Callable[[Task, dict[str, Any] | None, BaseException | None], None],
-              dask_logs: bool) -> None:
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if engine in ("processes", "threads"):
-        n = workers or os.cpu_count() or 1
-        with dask.config.set(LOCAL_CLUSTER_CONFIG), _sigint_blocked():
-            # Every failure reaches the report, so the cluster's own log lines (a "Compute
-            # Failed" block per failed attempt, heartbeat errors at shutdown) are silenced;
-            # its HTTP server takes a free loopback port instead of warning that 8787 is taken.
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1,
-                                   processes=(engine == "processes"), dashboard_address=None,
-                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                                   silence_logs=logging.WARNING if dask_logs else logging.CRITICAL)
-            client = Client(cluster)
-    else:
-        client = Client(engine, timeout="20s")
-    try:
-        futures = {}
-        for task in tasks:
-            fut = client.submit(write_one, loc, task, plan, lay, storage_options,
-                                key=f"write-{task.domain}-{task.sequence_id}-{plan.run_id()}",
-                                retries=1, pure=False)
-            futures[fut] = task
-        for fut in as_completed(futures):
-            task = futures.pop(fut)
-            try:
-                result = fut.result()
-            except Exception as exc:  # noqa: BLE001 - reported per task, the run goes on
-                handle(task, None, exc)
-            else:
-                handle(task, result, None)
-            fut.release()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        return run_driver.execute(
+            store, run, [job(t) for t in checked.pending],
+            [(job(t), info) for t, info in checked.complete.items()], workers=workers,
+            scheduler=scheduler, catalog=catalog, progress=progress,
+            catalog_batch=catalog_batch, dask_logs=dask_logs)

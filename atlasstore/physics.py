@@ -3,6 +3,14 @@
 An energy map is a 2D field of non-negative, finite energy per pixel. Everything here works on a
 single map ``(y, x)`` or a stack ``(..., y, x)``; reductions run over the last two axes.
 Nothing here knows about storage.
+
+Fields that are not energy declare a *kind* (:data:`FIELD_KINDS`): **extensive** fields (energy
+per pixel, a mass per pixel) are non-negative, their pyramid sums blocks (conserving the total)
+and their entropy is defined; **intensive** fields (a temperature, a velocity component) may be
+negative, their pyramid averages blocks (conserving the mean) and they have no entropy. The
+predecessor's names (``validate_shape``, ``levels_for``, ``pyramid``: short sides 64/128/256,
+square or 2:3) stay for the generator's presets; the store accepts any grid through
+:func:`pyramid_levels`.
 """
 
 from __future__ import annotations
@@ -17,10 +25,19 @@ from numpy.typing import ArrayLike, NDArray
 SCALES: tuple[int, ...] = (256, 128, 64)
 #: Default relative tolerance for energy conservation.
 CONSERVATION_TOLERANCE = 0.05
+#: What a field declares itself: extensive (energy per pixel: block-sum pyramid, non-negative,
+#: entropy defined) or intensive (temperature, velocity: mean pyramid, negatives allowed).
+FIELD_KINDS: tuple[str, ...] = ("extensive", "intensive")
+#: Default smallest pyramid level (short side) of :func:`pyramid_levels`.
+SMALLEST_LEVEL = 64
 
 
 class EnergyMapError(ValueError):
     """A map that is not a valid energy map (bad values, shape, aspect or scale)."""
+
+
+class GridError(EnergyMapError):
+    """A map size the pyramid cannot halve cleanly (or levels it cannot reach)."""
 
 
 class ThermodynamicViolation(ValueError):
@@ -56,7 +73,15 @@ def validate_energy(energy: ArrayLike, name: str = "energy map") -> NDArray[np.f
     Refuses non-numeric or complex dtypes, fewer than two dimensions, empty arrays, NaN, +/-inf
     and negative values. Integer and bool input is refused too: energy maps are real fields.
     """
-    arr = np.asarray(energy)
+    return validate_field(energy, "extensive", name, what="energy")
+
+
+def validate_field(values: ArrayLike, kind: str = "extensive", name: str = "field",
+                   what: str = "an extensive field") -> NDArray[np.floating]:
+    """``values`` as a float array of at least 2 dimensions, finite, and non-negative when the
+    field is extensive; otherwise EnergyMapError naming the first problem found."""
+    check_kind(kind)
+    arr = np.asarray(values)
     if arr.dtype.kind not in "f":
         raise EnergyMapError(f"{name}: dtype {arr.dtype} is not a floating-point type")
     if arr.ndim < 2:
@@ -68,10 +93,16 @@ def validate_energy(energy: ArrayLike, name: str = "energy map") -> NDArray[np.f
         n_nan = int(np.isnan(arr).sum())
         n_inf = int((~finite).sum()) - n_nan
         raise EnergyMapError(f"{name}: contains non-finite values ({n_nan} NaN, {n_inf} inf)")
-    if (arr < 0).any():
+    if kind == "extensive" and (arr < 0).any():
         raise EnergyMapError(f"{name}: contains {int((arr < 0).sum())} negative values "
-                             f"(min {float(arr.min()):.6g}); energy must be non-negative")
+                             f"(min {float(arr.min()):.6g}); {what} must be non-negative")
     return arr
+
+
+def check_kind(kind: str) -> str:
+    if kind not in FIELD_KINDS:
+        raise EnergyMapError(f"field kind must be one of {', '.join(FIELD_KINDS)}, got {kind!r}")
+    return kind
 
 
 def validate_shape(shape: ArrayLike | tuple[int, ...], name: str = "energy map") -> tuple[int, int]:
@@ -302,3 +333,113 @@ def derive_levels(energy: ArrayLike, levels: tuple[int, ...] | None = None) -> d
         gx, gy = gradients(e)
         out[lvl] = LevelFields(e, gx, gy)
     return out
+
+
+# --------------------------------------------------------------------------- any grid
+
+def pyramid_levels(shape: tuple[int, ...], smallest: int = SMALLEST_LEVEL,
+                   levels: tuple[int, ...] | list[int] | None = None) -> tuple[int, ...]:
+    """The pyramid of a map of any size: its levels named by short side, finest first.
+
+    Default: the native base and its halvings while the short side stays >= ``smallest``
+    (512x512 -> 512, 256, 128, 64; 384x128 -> 128, 64; 100x100 -> 100; 32x32 -> 32). Every
+    halving must divide both sides exactly, or GridError names the ``--crop``/``--pad`` sizes
+    that would. ``levels`` chooses a subset of the base and its exact halvings (the base must
+    be among them).
+    """
+    dims = tuple(int(s) for s in shape)
+    if len(dims) < 2 or min(dims[-2:]) < 1:
+        raise GridError(f"expected a (y, x) map shape, got {dims}")
+    ny, nx = dims[-2:]
+    short = min(ny, nx)
+    if levels is not None:
+        return _chosen_levels(ny, nx, levels)
+    if isinstance(smallest, bool) or not isinstance(smallest, (int, np.integer)) or smallest < 1:
+        raise GridError(f"smallest level must be a positive integer, got {smallest!r}")
+    out, f = [short], 1
+    while short / (2 * f) >= smallest:
+        f *= 2
+        if ny % f or nx % f:
+            need = f
+            while short / (2 * need) >= smallest:
+                need *= 2
+            raise GridError(_halving_hint(ny, nx, need, smallest))
+        out.append(short // f)
+    return tuple(out)
+
+
+def _halving_hint(ny: int, nx: int, factor: int, smallest: int) -> str:
+    def down(n: int) -> int:
+        return n // factor * factor
+
+    def up(n: int) -> int:
+        return -(-n // factor) * factor
+
+    return (f"a {ny}x{nx} map does not halve cleanly down to short side >= {smallest} "
+            f"(both sides must divide by {factor}); crop it to {down(ny)}x{down(nx)} "
+            f"(--crop {down(ny)}x{down(nx)}) or pad it to {up(ny)}x{up(nx)} "
+            f"(--pad {up(ny)}x{up(nx)}), or choose the levels (--levels {min(ny, nx)})")
+
+
+def _chosen_levels(ny: int, nx: int, levels: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    short = min(ny, nx)
+    if isinstance(levels, (str, bytes)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in levels):
+        raise GridError(f"levels must be integers (short sides), got {levels!r}")
+    lv = tuple(sorted({int(v) for v in levels}, reverse=True))
+    if not lv or lv[0] != short:
+        raise GridError(f"levels {list(levels)} must include the full resolution {short} "
+                        f"(the short side of a {ny}x{nx} map)")
+    for v in lv[1:]:
+        f = short // v if v > 0 else 0
+        if v < 1 or f < 2 or short % v or f & (f - 1) or ny % f or nx % f:
+            raise GridError(f"level {v} is not an exact halving of a {ny}x{nx} map (levels are "
+                            f"{short} divided by 2, 4, 8, ... where both sides divide)")
+    return lv
+
+
+def grid_level_shape(shape: tuple[int, ...], level: int) -> tuple[int, int]:
+    """(ny, nx) at the level whose short side is ``level`` (an exact halving of ``shape``)."""
+    ny, nx = (int(s) for s in shape[-2:])
+    f = min(ny, nx) // int(level)
+    return ny // f, nx // f
+
+
+def downsample_field(values: NDArray, factor: int, kind: str = "extensive") -> NDArray:
+    """Coarsen the last two axes by ``factor``: block sums rescaled to the input's total per
+    map (extensive, as :func:`downsample`) or block means (intensive); the input's dtype."""
+    if factor == 1:
+        return values.copy()
+    v64 = values.astype(np.float64, copy=False)
+    coarse = block_sum(v64, factor)
+    if kind == "intensive":
+        coarse /= factor * factor
+        return coarse.astype(values.dtype, copy=False)
+    before = v64.sum(axis=(-2, -1), keepdims=True)
+    after = coarse.sum(axis=(-2, -1), keepdims=True)
+    coarse *= np.where(after > 0, before / np.where(after > 0, after, 1.0), 1.0)
+    return coarse.astype(values.dtype, copy=False)
+
+
+def derive(values: NDArray, levels: tuple[int, ...], kind: str = "extensive"
+           ) -> dict[int, tuple[NDArray, NDArray, NDArray]]:
+    """(field, d/dx, d/dy) at every level of a (validated) stack whose short side is
+    ``levels[0]``: what the store writes. For extensive float32 input the values equal
+    :func:`derive_levels` bit for bit."""
+    short = min(values.shape[-2:])
+    out = {}
+    for lvl in levels:
+        v = downsample_field(values, short // lvl, kind)
+        gx, gy = gradients(v)
+        out[lvl] = (v, gx, gy)
+    return out
+
+
+def field_stats(values: ArrayLike, kind: str = "extensive") -> dict[str, float]:
+    """Per-map statistics recorded for every stored step: :func:`map_stats` for extensive
+    fields; mean, variance, min and max for intensive ones (no sum, no entropy)."""
+    if kind == "extensive":
+        return map_stats(values)
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "variance": float(v.var()), "min": float(v.min()),
+            "max": float(v.max())}

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,20 +40,26 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import __version__, object_storage, physics
+from .change_log import ChangeLog
 from .locations import local_path
 from .provenance import utc_now
 from .schemas import validate
+from .sequence_writer import (
+    CHECKSUM_ALGORITHM,
+    DIMS,
+    ENERGY,
+    Coordinates,
+    FieldSpec,
+    SequenceWriter,
+    from_dataarray,
+)
 from .store_documents import (
     FORMAT_VERSION,
-    MULTISCALES_CONVENTION,
-    NO_MEMBERS,
-    group_document,
-    json_buffer,
+    RESERVED,
     json_document,
     json_or_none,
-    multiscales_attr,
-    node_document,
     root_document,
+    validate_name,
 )
 from .store_errors import (
     CorruptArray,
@@ -66,20 +72,15 @@ from .store_errors import (
 )
 from .tensorstore_reader import TensorStoreReader
 
+__all__ = ["CHECKSUM_ALGORITHM", "DIMS", "FIELDS", "AtlasStore", "Coordinates", "CorruptArray",
+           "FieldSpec", "InvalidName", "Layout", "NotAnAtlasStore", "NotFound", "RunLog",
+           "SequenceExists", "SequenceWriter", "StoreError", "checksum", "step_record",
+           "validate_name"]
+
+#: The arrays of an energy sequence (the generator's); a sequence of another field holds
+#: ``[<field name>, "grad_x", "grad_y"]`` (its record's ``fields``, see :class:`FieldSpec`).
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
-DIMS = ("time", "y", "x")
-CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
-RESERVED = {"_runs", "_lock"}
 
-FIELD_ATTRS: dict[str, dict[str, str]] = {
-    "energy": {"long_name": "energy density", "units": "energy / pixel"},
-    "grad_x": {"long_name": "dE/dx (central differences, one-sided at edges)",
-               "units": "energy / pixel^2"},
-    "grad_y": {"long_name": "dE/dy (central differences, one-sided at edges)",
-               "units": "energy / pixel^2"},
-}
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -110,28 +111,6 @@ class Layout:
 DEFAULT_LAYOUT = Layout()
 
 
-def validate_name(name: str, what: str = "name") -> str:
-    """Refuse names that could escape the store or break paths: '/', '..', whitespace, control."""
-    if not isinstance(name, str):
-        raise InvalidName(f"{what} must be a string, got {type(name).__name__}")
-    if name == "":
-        raise InvalidName(f"{what} is empty")
-    if "/" in name or "\\" in name:
-        raise InvalidName(f"{what} {name!r} contains a path separator")
-    if ".." in name:
-        raise InvalidName(f"{what} {name!r} contains '..'")
-    if any(c.isspace() for c in name):
-        raise InvalidName(f"{what} {name!r} contains whitespace")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName(f"{what} {name!r} contains control characters")
-    if not _NAME_RE.match(name):
-        raise InvalidName(f"{what} {name!r} must start with a letter or digit and use only "
-                          f"letters, digits, '_', '-', '.' (at most 128 characters)")
-    if name in RESERVED or name == "zarr.json":
-        raise InvalidName(f"{what} {name!r} is reserved")
-    return name
-
-
 def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
     """The committed record of step ``t`` (stats of its base-level map) plus ``extra`` keys."""
     stats = physics.map_stats(energy)
@@ -152,6 +131,24 @@ def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
     if with_entropy:
         s["entropy"] = float(np.mean(physics.entropy(a)))
     return s
+
+
+def _is_dataarray(value: Any) -> bool:
+    return type(value).__name__ == "DataArray" and hasattr(value, "dims") and hasattr(value, "coords")
+
+
+def _field_spec(field: FieldSpec | str | None, kind: str | None, name: str | None,
+                attrs: Mapping[str, Any]) -> FieldSpec:
+    """The FieldSpec of a write: given, or built from a name, a kind and source attributes."""
+    if isinstance(field, FieldSpec):
+        if kind is not None and kind != field.kind:
+            raise physics.EnergyMapError(f"kind {kind!r} contradicts the field's {field.kind!r}")
+        return field
+    nm = field or name or "energy"
+    units = attrs.get("units")
+    long_name = attrs.get("long_name")
+    return FieldSpec(nm, kind or "extensive", units if isinstance(units, str) else None,
+                     long_name if isinstance(long_name, str) else None, dict(attrs))
 
 
 def _open_zarr_store(location: str | Path, read_only: bool,
@@ -226,7 +223,7 @@ class AtlasStore:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
         attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
-                                "code_version": __version__,
+                                "code_version": __version__, "store_id": str(uuid.uuid4()),
                                 "schemas": ["root", "domain", "sequence", "preset"],
                                 "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
         validate(attrs, "root", what="root attributes")
@@ -423,6 +420,14 @@ class AtlasStore:
         self._require_writable()
         validate_name(sequence_id, "sequence id")
         self._domain(domain)
+        # intent, before the change; only a committed sequence is anything a catalog can know
+        # (an aborted or crashed write logs nothing: its "write" entry comes with the commit)
+        try:
+            committed = self.sequence_status(domain, sequence_id) == "complete"
+        except StoreError:  # an unreadable document: log it, a catalog may know the sequence
+            committed = True
+        if committed:
+            ChangeLog(self).record("delete", domain, sequence_id)
         # delete the sequence metadata first: from then on the sequence is invisible, whatever
         # a crash leaves of the rest
         sync(self._root.store.delete(f"{domain}/{sequence_id}/zarr.json"))
@@ -435,132 +440,63 @@ class AtlasStore:
         if isinstance(self._ts_reader, TensorStoreReader):
             self._ts_reader.forget(f"{domain}/{sequence_id}/")
 
-    def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike,
+    def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike | Any,
                        steps: Sequence[Mapping[str, Any]] | None = None,
                        generation: Mapping[str, Any] | None = None,
-                       levels: Sequence[int] | None = None, overwrite: bool = False) -> dict[str, Any]:
-        """Write a (time, y, x) energy sequence with its pyramid and gradients, then commit.
+                       levels: Sequence[int] | None = None, overwrite: bool = False, *,
+                       field: FieldSpec | str | None = None, kind: str | None = None,
+                       coords: Coordinates | None = None, dims: Mapping[str, str] | None = None,
+                       smallest: int = physics.SMALLEST_LEVEL) -> dict[str, Any]:
+        """Write a (time, y, x) sequence with its pyramid and gradients, then commit.
 
-        Everything is validated and derived in memory first, so bad input writes nothing. A
-        complete sequence of the same id is refused unless ``overwrite``; an incomplete one (a
-        crashed writer) is replaced. Returns the committed sequence attributes.
+        ``energy`` is an array or an ``xarray.DataArray`` (its dims mapped by ``dims``; its
+        coordinates and attributes are kept, its name names the field unless ``field`` does).
+        ``field`` (a :class:`FieldSpec` or a name) and ``kind`` say what the values are
+        (default: energy, extensive); ``levels``/``smallest`` choose the pyramid
+        (:func:`physics.pyramid_levels`); ``coords`` records physical axes. Everything is
+        validated first, so bad input writes nothing. A complete sequence of the same id is
+        refused unless ``overwrite``; an incomplete one (a crashed writer) is replaced. Returns
+        the committed sequence attributes. Long sequences: :meth:`sequence_writer`.
         """
         self._require_writable()
         validate_name(sequence_id, "sequence id")
         self._domain(domain)
-        e = physics.validate_energy(energy, f"sequence {domain}/{sequence_id}")
+        what = f"sequence {domain}/{sequence_id}"
+        da_name = None
+        attrs: dict[str, Any] = {}
+        if _is_dataarray(energy):
+            energy, da_coords, attrs, da_name = from_dataarray(energy, dims)
+            coords = coords or da_coords
+        spec = _field_spec(field, kind, da_name, attrs)
+        e = physics.validate_field(energy, spec.kind, what,
+                                   what="energy" if spec.name == "energy" else
+                                   f"extensive field {spec.name!r}")
         if e.ndim != 3:
-            raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: expected (time, y, x), "
-                                         f"got shape {e.shape}")
-        physics.validate_shape(e.shape, f"sequence {domain}/{sequence_id}")
+            raise physics.EnergyMapError(f"{what}: expected (time, y, x), got shape {e.shape}")
         e = e.astype(np.float32, copy=False)
         if not np.isfinite(e).all():
-            raise physics.EnergyMapError(f"sequence {domain}/{sequence_id}: values overflow float32")
-        allowed = physics.levels_for(e.shape)
-        lv = tuple(sorted(set(levels), reverse=True)) if levels is not None else allowed
-        if not lv or lv[0] != allowed[0] or any(v not in allowed for v in lv):
-            raise physics.EnergyMapError(
-                f"sequence {domain}/{sequence_id}: levels {list(levels or [])} must be among "
-                f"{list(allowed)} and include the full resolution {allowed[0]}")
-        derived = physics.derive_levels(e, lv)
-        attrs = self._sequence_attrs(domain, sequence_id, e, derived, steps, generation)
-        complete = {**attrs, "atlasstore_sequence": {**attrs["atlasstore_sequence"],
-                                                     **self._commit_block(derived, lv)}}
-        validate(complete, "sequence", what=f"sequence {domain}/{sequence_id} attributes")
+            raise physics.EnergyMapError(f"{what}: values overflow float32")
+        if steps is not None and len(steps) != e.shape[0]:
+            raise ValueError(f"{what}: {len(steps)} step records for {e.shape[0]} time steps")
+        if steps is not None:
+            json_document(list(steps), f"{what} step records")
+        writer = self.sequence_writer(domain, sequence_id, e.shape, field=spec, levels=levels,
+                                      smallest=smallest, generation=generation, coords=coords,
+                                      overwrite=overwrite)
+        writer.append(e, steps)
+        return writer.commit()
 
-        status = self.sequence_status(domain, sequence_id)
-        if status == "complete" and not overwrite:
-            raise SequenceExists(f"sequence {domain}/{sequence_id} already exists and is complete")
-        # Also when there is no sequence metadata: a writer killed while deleting can leave level
-        # groups behind without it, and they must not block (or leak into) the rewrite.
-        self.delete_sequence(domain, sequence_id)
-
-        prefix = f"{domain}/{sequence_id}"
-        # "writing", with consolidated metadata that lists no members: through the consolidated
-        # path (xarray's default) a sequence shows nothing of itself until it is committed
-        zstore = self._root.store
-        writing = json_buffer(group_document(attrs, {}))
-        sync(zstore.set_if_not_exists(f"{prefix}/zarr.json", writing))
-        got = sync(zstore.get(f"{prefix}/zarr.json", prototype=default_buffer_prototype()))
-        if got is None or got.to_bytes() != writing.to_bytes():
-            raise StoreError(f"sequence {domain}/{sequence_id} is being written by another writer")
-        sgroup = zarr.open_group(zstore, path=prefix, mode="r+", use_consolidated=False)
-        members: dict[str, Any] = {}
-        for lvl, fields in derived.items():
-            lgroup = sgroup.create_group(str(lvl), attributes={
-                "level": lvl, "downsample_factor": max(lv) // lvl})
-            members[str(lvl)] = {**node_document(lgroup), "consolidated_metadata": NO_MEMBERS}
-            for name, values in fields.as_dict().items():
-                members[f"{lvl}/{name}"] = node_document(self._write_array(lgroup, name, values, lvl))
-                rec = complete["atlasstore_sequence"]["arrays"][f"{lvl}/{name}"]
-                rec["nbytes_stored"] = self.nbytes_stored(f"{prefix}/{lvl}/{name}/")
-        # The commit: one atomic write of the sequence document flips it to complete and carries
-        # the consolidated metadata of its levels and arrays (immutable from now on, so it never
-        # goes stale; a document per sequence, so concurrent writers never share one).
-        sync(zstore.set(f"{prefix}/zarr.json", json_buffer(group_document(complete, members))))
-        return complete["atlasstore_sequence"]
-
-    def _write_array(self, group: zarr.Group, name: str, values: NDArray, level: int) -> zarr.Array:
-        t, ny, nx = values.shape
-        lay = self.layout
-        tc = max(1, min(lay.time_chunk, t))
-        ts = -(-max(tc, min(lay.time_shard, t)) // tc) * tc  # whole inner chunks, >= 1
-        # (a short sequence is one shard; its last inner chunk may extend past the end)
-        arr = group.create_array(
-            name, shape=values.shape, dtype="float32", chunks=(tc, ny, nx), shards=(ts, ny, nx),
-            compressors=lay.compressors(), fill_value=0.0, dimension_names=DIMS,
-            # every shard is written, even all-zero ones, so a missing shard means corruption
-            config={"write_empty_chunks": True},
-            # "c.0.0.0" files beside zarr.json instead of nested c/0/0/ directories
-            chunk_key_encoding={"name": "default", "separator": "."},
-            attributes={**FIELD_ATTRS[name], "level": level, "grid_spacing": 1.0})
-        arr[...] = values
-        return arr
-
-    def _sequence_attrs(self, domain: str, sequence_id: str, e: NDArray,
-                        derived: Mapping[int, physics.LevelFields],
-                        steps: Sequence[Mapping[str, Any]] | None,
-                        generation: Mapping[str, Any] | None) -> dict[str, Any]:
-        if steps is None:
-            steps = [step_record(t, e[t]) for t in range(e.shape[0])]
-        elif len(steps) != e.shape[0]:
-            raise ValueError(f"sequence {domain}/{sequence_id}: {len(steps)} step records for "
-                             f"{e.shape[0]} time steps")
-        # checked before anything is deleted or written: zarr would fail half-way otherwise
-        steps = json_document(list(steps), f"sequence {domain}/{sequence_id} step records")
-        levels = sorted(derived, reverse=True)
-        gen = {"code_version": __version__,
-               **json_document(dict(generation or {}), f"sequence {domain}/{sequence_id} generation")}
-        return {
-            "zarr_conventions": [MULTISCALES_CONVENTION],
-            "multiscales": multiscales_attr(levels, levels[0]),
-            "atlasstore_sequence": {
-                "status": "writing", "domain": domain, "sequence_id": sequence_id,
-                "n_steps": int(e.shape[0]), "shape": [int(e.shape[1]), int(e.shape[2])],
-                "levels": levels, "fields": list(FIELDS), "dtype": "float32",
-                "generation": gen, "created": utc_now(),
-                "steps": [dict(s) for s in steps],
-            },
-        }
-
-    @staticmethod
-    def _commit_block(derived: Mapping[int, physics.LevelFields], levels: Sequence[int]) -> dict[str, Any]:
-        base = max(levels)
-        arrays: dict[str, Any] = {}
-        for lvl, fields in derived.items():
-            for name, values in fields.as_dict().items():
-                if name == "energy":
-                    src = None if lvl == base else f"{base}/energy"
-                    op = None if lvl == base else f"area_downsample(factor={base // lvl})"
-                else:
-                    src = f"{lvl}/energy"
-                    op = f"gradient(axis={name[-1]}, central, edge_order=1, h=1)"
-                arrays[f"{lvl}/{name}"] = {
-                    "checksum": checksum(values), "shape": list(values.shape),
-                    "stats": array_stats(values, with_entropy=(name == "energy")),
-                    "derived_from": src, "operation": op}
-        return {"status": "complete", "completed": utc_now(), "checksum_algorithm": CHECKSUM_ALGORITHM,
-                "arrays": arrays}
+    def sequence_writer(self, domain: str, sequence_id: str, shape: tuple[int, int, int], *,
+                        field: FieldSpec | None = None, levels: Sequence[int] | None = None,
+                        smallest: int = physics.SMALLEST_LEVEL,
+                        generation: Mapping[str, Any] | None = None,
+                        coords: Coordinates | None = None, overwrite: bool = False
+                        ) -> SequenceWriter:
+        """A writer that takes the (time, y, x) sequence of ``shape`` in time blocks and holds at
+        most one shard of steps in memory (see :class:`SequenceWriter`)."""
+        return SequenceWriter(self, domain, sequence_id, tuple(shape),  # type: ignore[arg-type]
+                              field=field or ENERGY, levels=levels, smallest=smallest,
+                              generation=generation, coords=coords, overwrite=overwrite)
 
     # ------------------------------------------------------------------ reading
 
@@ -590,6 +526,24 @@ class AtlasStore:
         if field not in info["fields"]:
             raise NotFound(f"unknown field {field!r}; fields: {', '.join(info['fields'])}")
         return f"{domain}/{sequence_id}/{level}/{field}"
+
+    def coordinates(self, domain: str, sequence_id: str, level: int
+                    ) -> dict[str, tuple[NDArray[np.float64], dict[str, Any]]]:
+        """Physical coordinate arrays (``y``, ``x``, ``time``: values and attributes) of a
+        committed sequence's level; empty for a sequence without coordinates."""
+        info = self.sequence_info(domain, sequence_id)
+        rec = info.get("coordinates") or {}
+        if level not in info["levels"]:
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
+                           f"levels: {info['levels']}")
+        out = {}
+        for name in ("y", "x", "time"):
+            if name in rec:
+                node = self._root[f"{domain}/{sequence_id}/{level}/{name}"]
+                if not isinstance(node, zarr.Array):
+                    raise CorruptArray(f"{domain}/{sequence_id}/{level}/{name} is not an array")
+                out[name] = (np.asarray(node[...], np.float64), dict(node.attrs))
+        return out
 
     @property
     def fast_reader(self) -> TensorStoreReader | None:
@@ -707,6 +661,7 @@ class RunLog:
             rg.attrs.update({"atlasstore_run": rec})
         else:
             g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
+        ChangeLog(self.store).record("run", run_id=name)
 
     def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
         validate(run, "run", what="run record")
@@ -714,6 +669,7 @@ class RunLog:
         rec: Any = g.attrs["atlasstore_run"]
         g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
                                            "failures": failures}})
+        ChangeLog(self.store).record("run", run_id=run["run_id"])
 
     def list(self) -> list[dict[str, Any]]:
         root = self.store.zarr_group

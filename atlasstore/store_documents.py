@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,10 +20,35 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from .schemas import SchemaError, validate
-from .store_errors import InvalidMetadata, NotAnAtlasStore
+from .store_errors import InvalidMetadata, InvalidName, NotAnAtlasStore
 
 #: the atlas format this code reads and writes (root attribute ``atlasstore.format_version``)
 FORMAT_VERSION = 1
+#: root members that are not domains
+RESERVED = {"_runs", "_lock", "_log"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Refuse names that could escape the store or break paths: '/', '..', whitespace, control."""
+    if not isinstance(name, str):
+        raise InvalidName(f"{what} must be a string, got {type(name).__name__}")
+    if name == "":
+        raise InvalidName(f"{what} is empty")
+    if "/" in name or "\\" in name:
+        raise InvalidName(f"{what} {name!r} contains a path separator")
+    if ".." in name:
+        raise InvalidName(f"{what} {name!r} contains '..'")
+    if any(c.isspace() for c in name):
+        raise InvalidName(f"{what} {name!r} contains whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidName(f"{what} {name!r} contains control characters")
+    if not _NAME_RE.match(name):
+        raise InvalidName(f"{what} {name!r} must start with a letter or digit and use only "
+                          f"letters, digits, '_', '-', '.' (at most 128 characters)")
+    if name in RESERVED or name == "zarr.json":
+        raise InvalidName(f"{what} {name!r} is reserved")
+    return name
 
 
 def json_document(value: Any, what: str) -> Any:

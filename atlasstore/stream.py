@@ -334,8 +334,8 @@ class StreamIterator:
     samples per batch on this process (split evenly over the local devices); ``seed``/``shuffle``
     for the per-epoch order; ``num_epochs`` (``None``: forever); ``prefetch`` batches read ahead
     by a background thread (0: read in ``next()``), ``workers`` batches read concurrently by it;
-    ``fields`` extra input fields (default: the
-    query's fields other than energy); ``normalise`` with statistics from ``stats_path`` (default
+    ``fields`` extra input fields (default: the query's fields other than the primary field,
+    see :class:`WindowSource`); ``normalise`` with statistics from ``stats_path`` (default
     beside the store); ``process_index``/``process_count`` override JAX's (for tests and custom
     launchers); ``devices`` the local devices to shard over (default ``jax.local_devices()``);
     ``reader`` "auto", "tensorstore" or "zarr".
@@ -526,15 +526,17 @@ class StreamIterator:
 
     # ---------------------------------------------------------------- normalisation
 
-    def denormalise(self, x: Any, ids: Sequence[str], field: str = "energy",
+    def denormalise(self, x: Any, ids: Sequence[str], field: str | None = None,
                     level: int | None = None) -> Any:
         """Undo the normalisation of ``x`` (B, ...) whose rows are the windows ``ids``.
 
-        ``level`` defaults to the full-resolution level (the target's). Returns the same kind of
-        array (NumPy in, NumPy out; jax in, jax out). Identity when ``normalise=False``.
+        ``field`` defaults to the primary field (the target's), ``level`` to the full-resolution
+        level (the target's). Returns the same kind of array (NumPy in, NumPy out; jax in, jax
+        out). Identity when ``normalise=False``.
         """
         if self.norm_stats is None:
             return x
+        field = field or self.source.primary
         lvl = self.source.base_level if level is None else int(level)
         doms = [i.split("/", 1)[0] for i in ids]
         if len(doms) != x.shape[0]:
@@ -550,11 +552,12 @@ class StreamIterator:
 
     inverse = denormalise
 
-    def normalise(self, x: Any, ids: Sequence[str], field: str = "energy",
+    def normalise(self, x: Any, ids: Sequence[str], field: str | None = None,
                   level: int | None = None) -> Any:
         """Apply the stream's normalisation to raw values ``x`` (B, ...) of the windows ``ids``."""
         if self.norm_stats is None:
             return x
+        field = field or self.source.primary
         lvl = self.source.base_level if level is None else int(level)
         ms = np.array([self.norm_stats.mean_std(i.split("/", 1)[0], field, lvl) for i in ids],
                       np.float32)

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .chunk_cache import reader_for
-from .query import Query, Window
-from .store import FIELDS, AtlasStore
+from .query import Query, QueryError, Window
+from .store import AtlasStore
 from .tensorstore_reader import TensorStoreReader
 
 if TYPE_CHECKING:
@@ -88,8 +88,10 @@ class WindowSource:
     the statistic filters apply to every step of it); its ``stride``, ``time_range``, statistic
     filters, ``perturbation`` and ``run_id`` choose the windows; its ``scale`` is the level of
     the target, and the inputs are every stored level up to it (so ``scale=128`` on a 256 store
-    streams inputs at 128 and 64 and the target at 128); its ``fields`` are the extra input
-    fields unless ``fields=`` is given; a ``region`` is refused (whole maps only).
+    streams inputs at 128 and 64 and the target at 128); inputs and target are the selected
+    sequences' primary field (``energy``, or an imported field's own name; they must agree);
+    its ``fields`` (other than the primary) are the extra input fields unless ``fields=`` is
+    given; a ``region`` is refused (whole maps only).
 
     ``len(src)`` windows; ``src[i]`` is one sample as NumPy (``{"inputs": {level: (n_in, y, x)},
     "target": (n_out, y, x), "id": str}`` plus ``"fields"`` for extra fields);
@@ -111,11 +113,6 @@ class WindowSource:
         if query.region is not None:
             raise StreamError("the stream reads whole maps at every level; a query region "
                               f"({query.region}) is not supported (region=None)")
-        extra = tuple(f for f in (fields if fields is not None else query.fields) if f != "energy")
-        for f in extra:
-            if f not in FIELDS:
-                raise StreamError(f"unknown field {f!r}; fields: {', '.join(FIELDS)}")
-        self.extra_fields = tuple(dict.fromkeys(extra))
         self.window = self.n_in + self.n_out
         if query.window != self.window:
             raise StreamError(f"the query's window is {query.window} step(s), but a sample is "
@@ -150,6 +147,20 @@ class WindowSource:
                               f"in stored levels or map shape ({desc}), so they cannot share a "
                               "batch; select one shape per stream (domains=, sequences=)")
         (levels, shape), = sig
+        #: the selected sequences' primary field (energy, or an imported field's own name):
+        #: the target, and the first input field
+        try:
+            self.primary = query.primary_of(self.sequences_of(selected))
+        except QueryError as exc:
+            raise StreamError(str(exc)) from None
+        extra = tuple(f for f in (fields if fields is not None else query.fields or ())
+                      if f != self.primary)
+        for d, sq in self.sequences_of(selected):
+            held = self.store.sequence_info(d, sq)["fields"]
+            for f in extra:
+                if f not in held:
+                    raise StreamError(f"unknown field {f!r}; {d}/{sq} holds: {', '.join(held)}")
+        self.extra_fields = tuple(dict.fromkeys(extra))
         self.levels: tuple[int, ...] = levels
         #: the query's scale: the level of the target and the finest input level
         self.base_level = scale
@@ -191,9 +202,13 @@ class WindowSource:
     def reader(self) -> str:
         return self._reader.name
 
+    @staticmethod
+    def sequences_of(selected: Sequence[Any]) -> list[tuple[str, str]]:
+        return [(s.domain, s.sequence_id) for s in selected]
+
     @property
     def all_fields(self) -> tuple[str, ...]:
-        return ("energy", *self.extra_fields)
+        return (self.primary, *self.extra_fields)
 
     def sample_nbytes(self) -> int:
         """Bytes of one sample as delivered (float32)."""
@@ -223,16 +238,16 @@ class WindowSource:
                 for lvl in self.levels:
                     jobs.append((w.domain, w.sequence_id, lvl, f, w.t0, w.t0 + self.n_in,
                                  per_field[f][lvl][i]))
-            jobs.append((w.domain, w.sequence_id, self.base_level, "energy", w.t0 + self.n_in,
+            jobs.append((w.domain, w.sequence_id, self.base_level, self.primary, w.t0 + self.n_in,
                          w.t0 + self.window, target[i]))
         self._reader.copy_into(jobs)
-        raw: dict[str, Any] = {"inputs": per_field["energy"], "target": target}
+        raw: dict[str, Any] = {"inputs": per_field[self.primary], "target": target}
         if self.extra_fields:
             raw["fields"] = {f: per_field[f] for f in self.extra_fields}
         params = None
         if self.stats is not None:
-            params = {"inputs": {lvl: self._mi[("energy", lvl)][idx] for lvl in self.levels},
-                      "target": self._mi[("energy", self.base_level)][idx]}
+            params = {"inputs": {lvl: self._mi[(self.primary, lvl)][idx] for lvl in self.levels},
+                      "target": self._mi[(self.primary, self.base_level)][idx]}
             if self.extra_fields:
                 params["fields"] = {f: {lvl: self._mi[(f, lvl)][idx] for lvl in self.levels}
                                     for f in self.extra_fields}

@@ -294,20 +294,22 @@ def profile_child(spec: dict[str, Any]) -> dict[str, Any]:
         "synthesis (synth.synthesize)": c("synth.py", "synthesize"),
         "  of which: base pattern": c("synth.py", "make_pattern"),
         "  of which: evolution (perturbations)": c("synth.py", "generate_sequence"),
-        "input validation (physics.validate_energy, isfinite)": c("physics.py", "validate_energy"),
-        "pyramids + gradients (physics.derive_levels)": c("physics.py", "derive_levels"),
-        "step stats (_sequence_attrs: map_stats per step)": c("store.py", "_sequence_attrs"),
-        "commit block (_commit_block)": c("store.py", "_commit_block"),
-        "  of which: checksums (sha256)": c("store.py", "checksum"),
-        "  of which: array stats + entropy": c("store.py", "array_stats"),
-        "schema validation of the sequence attrs (schemas.validate)":
-            c_from("schemas.py", "validate", "write_sequence"),
-        "zarr encode + write arrays (_write_array)": c("store.py", "_write_array"),
+        "input validation (physics.validate_field, isfinite)": c("physics.py", "validate_field"),
+        "write blocks (SequenceWriter._flush)": c("sequence_writer.py", "_flush"),
+        "  of which: pyramids + gradients (physics.derive, gradients)":
+            c("physics.py", "derive") + c("sequence_writer.py", "_derive_base"),
+        "  of which: step stats (map_stats per step)": c("sequence_writer.py", "_step_records"),
+        "  of which: array stats + entropy (_Moments.add)": c("sequence_writer.py", "add"),
+        "  of which: zarr encode + write arrays (_write_block)":
+            c("sequence_writer.py", "_write_block"),
+        "commit (SequenceWriter._commit: sizes, documents, schema)":
+            c("sequence_writer.py", "_commit"),
+        "schema validation of the writing document (schemas.validate)":
+            c_from("schemas.py", "validate", "__init__"),
         "open store + status check (AtlasStore.open, sequence_status)":
             c("store.py", "open") + c("store.py", "sequence_status"),
     }
     accounted = sum(v for k, v in phases.items() if not k.startswith("  "))
-    # "validate" appears inside _sequence_attrs? no: write_sequence calls it directly.
     phases["other (metadata groups, attrs commit, delete)"] = max(0.0, total - accounted)
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
@@ -325,7 +327,8 @@ def _zarr_write_split(tmp_dir: str | None, reps: int = 3) -> dict[str, float]:
     import zarr
 
     from atlasstore import physics, synth
-    from atlasstore.store import DEFAULT_LAYOUT, AtlasStore
+    from atlasstore.sequence_writer import create_field_array
+    from atlasstore.store import DEFAULT_LAYOUT
 
     e, _ = synth.synthesize("plasma_physics", 1, n_steps=STEPS)
     derived = physics.derive_levels(e.astype(np.float32), physics.levels_for(e.shape))
@@ -333,12 +336,11 @@ def _zarr_write_split(tmp_dir: str | None, reps: int = 3) -> dict[str, float]:
 
     def write_all(zstore: Any) -> float:
         root = zarr.open_group(zstore, mode="w")
-        s = AtlasStore(root, "bench", DEFAULT_LAYOUT)
         t0 = time.perf_counter()
         g = root.create_group("seq")
         for lvl, name, v in arrays:
             lg = g.require_group(str(lvl))
-            s._write_array(lg, name, v, lvl)
+            create_field_array(lg, name, v.shape, DEFAULT_LAYOUT, {"level": lvl})[...] = v
         return time.perf_counter() - t0
 
     out: dict[str, float] = {}

@@ -22,8 +22,8 @@ import hashlib
 import os
 import shlex
 import subprocess
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,15 +34,24 @@ FIELDS = ("energy", "grad_x", "grad_y")
 CREATED = "2026-01-02T03:04:05+00:00"
 
 
+def make_source(name: str, fmt: str = "well", size: int = 1234) -> dict[str, Any]:
+    """One ``generation.sources`` entry of an imported sequence (the provenance contract)."""
+    return {"uri": f"file:///data/{name}", "size": size,
+            "sha256": hashlib.sha256(name.encode()).hexdigest(), "format": fmt,
+            "member": f"trajectory 0 of {name}"}
+
+
 def make_run(run_id: str = "run-1", *, seed: int = 1234, code_version: str = "atlasstore 0.1.0+g1234",
              host: str = "node-a", config: dict[str, Any] | None = None,
-             finished: str | None = "2026-01-02T04:00:00+00:00") -> dict[str, Any]:
+             finished: str | None = "2026-01-02T04:00:00+00:00", kind: str = "generate"
+             ) -> dict[str, Any]:
     cfg = config if config is not None else {"domains": ["plasma_physics"], "n_sequences": 2,
                                              "n_steps": 4, "seed": seed}
-    return {"run_id": run_id, "config": cfg, "config_hash": "sha256:" + hashlib.sha256(run_id.encode()).hexdigest(),
+    config_hash = "sha256:" + hashlib.sha256(run_id.encode()).hexdigest()
+    return {"run_id": run_id, "config": cfg, "config_hash": config_hash,
             "seed": seed, "code_version": code_version, "host": host,
             "started": "2026-01-02T03:00:00+00:00", "finished": finished,
-            "counts": {"sequences": 2, "arrays": 18}}
+            "counts": {"sequences": 2, "arrays": 18}, "kind": kind}
 
 
 def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed: int = 7,
@@ -50,15 +59,23 @@ def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed:
                   mean: tuple[float, float] = (1.0, 1.0), variance: tuple[float, float] = (0.1, 0.3),
                   perturbations: tuple[str, ...] = ("rotation", "gaussian_noise"),
                   levels: tuple[int, ...] = LEVELS, shape: tuple[int, int] = (256, 256),
-                  pattern: str = "turbulent") -> tuple[dict, list[dict], list[dict]]:
-    """(sequence, timesteps, arrays) dicts for one synthetic sequence."""
+                  pattern: str | None = "turbulent", kind: str | None = None,
+                  sources: list[dict[str, Any]] | None = None, source: str | None = None,
+                  with_entropy: bool = True) -> tuple[dict, list[dict], list[dict]]:
+    """(sequence, timesteps, arrays) dicts for one synthetic sequence.
+
+    ``kind`` defaults to "generate" with a run id, else "api"; ``with_entropy=False`` makes an
+    intensive field (no entropy, no sums)."""
+    kind = kind or ("generate" if run_id else "api")
     key = f"{domain}/{sequence_id}"
     seq = {"key": key, "domain": domain, "sequence_id": sequence_id, "run_id": run_id,
            "seed": seed, "pattern": pattern, "n_steps": n_steps, "shape": list(shape),
            "levels": list(levels), "perturbation_kinds": list(perturbations),
-           "entropy_min": entropy[0], "entropy_max": entropy[1], "mean_min": mean[0],
+           "entropy_min": entropy[0] if with_entropy else None,
+           "entropy_max": entropy[1] if with_entropy else None, "mean_min": mean[0],
            "mean_max": mean[1], "variance_min": variance[0], "variance_max": variance[1],
-           "created": CREATED, "status": "complete"}
+           "created": CREATED, "status": "complete", "kind": kind, "source": source,
+           "sources": list(sources or [])}
 
     def lerp(rng: tuple[float, float], t: int) -> float:
         if t == 0 or n_steps == 1:
@@ -70,8 +87,10 @@ def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed:
         kinds = [] if t == 0 else [perturbations[(t - 1) % len(perturbations)]] if perturbations else []
         m = lerp(mean, t)
         steps.append({"key": f"{key}/{t}", "sequence_key": key, "t": t, "mean": m,
-                      "variance": lerp(variance, t), "entropy": lerp(entropy, t),
-                      "sum": m * shape[0] * shape[1], "perturbation_kinds": kinds})
+                      "variance": lerp(variance, t),
+                      "entropy": lerp(entropy, t) if with_entropy else None,
+                      "sum": m * shape[0] * shape[1] if with_entropy else None,
+                      "perturbation_kinds": kinds})
     arrays = []
     base = levels[0]
     for lv in levels:
@@ -84,9 +103,9 @@ def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed:
             else:
                 derived = f"{key}/{lv}/energy"
                 op = f"gradient({f[-1]}, central, h=1)"
-            stats = {"mean": 1.0 if f == "energy" else 0.0, "variance": 0.2, "min": 0.0 if f == "energy" else -1.0,
-                     "max": 3.0}
-            if f == "energy":
+            stats = {"mean": 1.0 if f == "energy" else 0.0, "variance": 0.2,
+                     "min": 0.0 if f == "energy" else -1.0, "max": 3.0}
+            if f == "energy" and with_entropy:
                 stats["entropy"] = entropy[0]
             arrays.append({"key": akey, "sequence_key": key, "level": lv, "field": f,
                            "shape": [n_steps, ny, nx], "dtype": "float32",
@@ -196,10 +215,13 @@ def raw_counts(cat: Any) -> dict[str, int]:
         return {"Sequence": q("SELECT COUNT(*) FROM sequences")[0][0],
                 "TimeStep": q("SELECT COUNT(*) FROM timesteps")[0][0],
                 "Array": q("SELECT COUNT(*) FROM arrays")[0][0],
-                "GenerationRun": q("SELECT COUNT(*) FROM generation_runs")[0][0],
+                "GenerationRun": q("SELECT COUNT(*) FROM generation_runs WHERE kind = 'generate'")[0][0],
+                "ImportRun": q("SELECT COUNT(*) FROM generation_runs WHERE kind = 'import'")[0][0],
+                "SourceFile": q("SELECT COUNT(*) FROM source_files")[0][0],
                 "edges": q("SELECT COUNT(*) FROM edges")[0][0]}
     rows = cat._rows("MATCH (n) RETURN labels(n)[0] AS kind, count(*) AS n")
-    out = {k: 0 for k in ("Sequence", "TimeStep", "Array", "GenerationRun")}
+    out = {k: 0 for k in ("Sequence", "TimeStep", "Array", "GenerationRun", "ImportRun",
+                          "SourceFile")}
     out.update({r["kind"]: r["n"] for r in rows if r["kind"] in out})
     out["edges"] = cat._rows("MATCH ()-[r]->() RETURN count(r) AS n")[0]["n"]
     return out

@@ -11,6 +11,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Shared fixtures (stats_store, generated_store_path, catalog, ...) for every test module.
+pytest_plugins = ["store_fixtures", "catalog_fixtures"]
+
 settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],

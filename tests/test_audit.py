@@ -12,13 +12,7 @@ import zarr
 from atlasstore import physics
 from atlasstore.audit import audit, drift, summary_rows
 from atlasstore.store import AtlasStore, CorruptArray, checksum
-from store_fixtures import (  # noqa: F401  (fixtures)
-    chunk_files,
-    copy_store,
-    flip_bytes,
-    generated_store_path,
-    stats_store_path,
-)
+from store_fixtures import chunk_files, copy_store, flip_bytes
 
 DOMAINS = ["fluid_dynamics", "plasma_physics"]
 SEQS = ["seq-00000", "seq-00001"]
@@ -277,3 +271,75 @@ def test_incomplete_sequence_is_not_counted_as_stored_for_drift(gen_copy: Path) 
                    catalog=FakeCatalog(ALL_KEYS + ["plasma_physics/seq-00005"]))
     got = sorted((p.path, p.kind) for p in report.problems)
     assert got == [("plasma_physics/seq-00005", "catalog_extra"), ("plasma_physics/seq-00005", "incomplete")]
+
+
+# --------------------------------------------------------------------------- dataset versions
+
+
+def _pinned(gen_copy: Path) -> tuple[AtlasStore, dict[str, str]]:
+    from atlasstore.index import dataset_checksums
+
+    store = AtlasStore.open(gen_copy, mode="r+")
+    return store, dataset_checksums(store, [f"{d}/{s}" for d in DOMAINS for s in SEQS])
+
+
+def test_audit_dataset_matches_changed_missing(gen_copy: Path) -> None:
+    """A dataset version's pins against the store: unchanged data matches; a rewrite with other
+    values, bytes that no longer decode to the checksum, and a deleted sequence do not."""
+    from atlasstore.audit import audit_dataset
+
+    store, pins = _pinned(gen_copy)
+    rep = audit_dataset(store, "dv", pins)
+    assert rep.ok and rep.matches == sorted(pins) and rep.checked_arrays == 4 * 3
+    e = store.read("plasma_physics", "seq-00000", 64, "energy")
+    store.write_sequence("plasma_physics", "seq-00000", e * 2, overwrite=True)
+    store.delete_sequence("plasma_physics", "seq-00001")
+    flip_bytes(chunk_files(gen_copy, "fluid_dynamics/seq-00001/64/grad_y")[0], 40)
+    rep = audit_dataset(AtlasStore.open(gen_copy), "dv", pins)
+    assert not rep.ok
+    assert rep.matches == ["fluid_dynamics/seq-00000"]
+    assert rep.missing == ["plasma_physics/seq-00001"]
+    assert rep.changed == {
+        "fluid_dynamics/seq-00001": "stored data does not match its checksum: 64/grad_y",
+        "plasma_physics/seq-00000": "rewritten: its committed checksums differ from the pinned ones"}
+    quick = audit_dataset(AtlasStore.open(gen_copy), "dv", pins, verify=False)
+    assert "fluid_dynamics/seq-00001" in quick.matches and quick.checked_arrays == 0
+
+
+def test_atlas_audit_dataset_version_and_checkpoint(gen_copy: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from atlasstore import cli
+    from atlasstore.catalog import SQLiteCatalog
+
+    def atlas(*argv: str) -> tuple[int, str, str]:
+        code = cli.main([*argv, "--store", str(gen_copy)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert atlas("catalog", "sync")[0] == 0
+    keys = [f"{d}/{s}" for d in DOMAINS for s in SEQS]
+    with SQLiteCatalog(tmp_path / "gen.catalog.sqlite") as cat:
+        cat.register_dataset_version("dv-1", {}, {"train": keys[:3], "val": keys[3:]}, keys)
+        cat.register_training_run("tr-1", {}, "dv-1")
+        cat.register_checkpoint("tr-1/best/5", "tr-1", 5, {}, str(tmp_path / "run"))
+        cat.register_dataset_version("dv-old", {}, {}, keys[:1], checksums={})
+    code, out, err = atlas("audit", "--dataset-version", "dv-1")
+    assert code == 0 and out.startswith("dataset version dv-1: 4 sequences match, 0 changed, "
+                                        "0 missing (12 arrays decoded)"), (out, err)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "best" / "5").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"dataset_version_id": "dv-1"}))
+    AtlasStore.open(gen_copy, mode="r+").delete_sequence("fluid_dynamics", "seq-00000")
+    for ref in (str(run_dir), str(run_dir / "checkpoints" / "best" / "5"), "tr-1/best/5"):
+        code, out, err = atlas("audit", "--checkpoint", ref, "--quick")
+        assert code == 1, (ref, out, err)
+        assert "3 sequences match, 0 changed, 1 missing" in out
+        assert "MISSING fluid_dynamics/seq-00000" in err
+    code, _, err = atlas("audit", "--dataset-version", "dv-old")
+    assert code == 2 and "pins no checksums" in err
+    code, _, err = atlas("audit", "--dataset-version", "dv-none")
+    assert code == 2 and "'dv-none' is not in the catalog" in err
+    code, _, err = atlas("audit", "--checkpoint", "nope/1")
+    assert code == 2 and "neither a path nor a checkpoint id" in err

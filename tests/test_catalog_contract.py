@@ -16,11 +16,20 @@ import numpy as np
 import pytest
 
 from atlasstore.catalog import (
-    ArrayRecord, Catalog, CatalogError, CatalogNotFound, CatalogUnavailable, GenerationRun,
-    Lineage, Sequence, SQLiteCatalog, TimeStep, node_id, open_catalog,
+    ArrayRecord,
+    Catalog,
+    CatalogError,
+    CatalogNotFound,
+    CatalogUnavailable,
+    GenerationRun,
+    Lineage,
+    Sequence,
+    SQLiteCatalog,
+    TimeStep,
+    node_id,
+    open_catalog,
 )
 from atlasstore.schemas import SchemaError
-from catalog_fixtures import catalog  # noqa: F401 - the shared backend fixture
 from catalog_fixtures import HOSTILE, batch, make_run, make_sequence, raw_counts
 
 
@@ -99,6 +108,7 @@ def test_registration_is_idempotent(catalog):
         catalog.register_run(make_run("run-1"))
     assert raw_counts(catalog) == first
     assert first == {"Sequence": 2, "TimeStep": 8, "Array": 18, "GenerationRun": 1,
+                     "ImportRun": 0, "SourceFile": 0,
                      # 2 agent edges, per sequence: 1 run + 4 steps + 9 arrays + 8 derivations
                      "edges": 2 + 2 * (1 + 4 + 9 + 8)}
     assert catalog.count() == 2
@@ -153,11 +163,11 @@ def test_parts_of_an_existing_sequence_can_be_added(catalog):
 def test_batch_is_atomic_and_references_are_checked(catalog):
     catalog.register_run(make_run("run-1"))
     good = make_sequence("plasma", "ok")
-    orphan = make_sequence("plasma", "orphan", "run-missing")
-    with pytest.raises(CatalogNotFound, match="run-missing"):
-        catalog.register_sequences(*batch(good, orphan))
-    assert catalog.count() == 0 and raw_counts(catalog)["TimeStep"] == 0
     _, steps, arrays = make_sequence("plasma", "ghost")
+    g_seqs, g_steps, g_arrays = batch(good)
+    with pytest.raises(CatalogNotFound, match="plasma/ghost"):  # parts without their sequence
+        catalog.register_sequences(g_seqs, g_steps + steps, g_arrays + arrays)
+    assert catalog.count() == 0 and raw_counts(catalog)["TimeStep"] == 0
     with pytest.raises(CatalogNotFound, match="plasma/ghost"):
         catalog.register_sequences([], steps, arrays)
     seq, steps, arrays = make_sequence("plasma", "s1")
@@ -551,7 +561,7 @@ def test_data_persists_across_reopen(catalog, tmp_path):
         assert len(again.get_arrays("plasma/s1")) == 9
 
 
-# ------------------------------------------------------------------------------ open_catalog and SQLite specifics
+# ---------------------------------------------------------------- open_catalog and SQLite specifics
 
 
 def test_open_catalog_specs(tmp_path, monkeypatch):
@@ -586,7 +596,7 @@ def test_sqlite_pragmas_and_version(tmp_path):
     with SQLiteCatalog(tmp_path / "c.db") as c:
         assert c._q("PRAGMA journal_mode")[0][0] == "wal"
         assert c._q("PRAGMA foreign_keys")[0][0] == 1
-        assert c._q("SELECT version FROM schema_version")[0][0] == 1
+        assert [r[0] for r in c._q("SELECT version FROM schema_version")] == [2]
         idx = {r[0] for r in c._q("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"sequences_domain_entropy", "sequences_run", "timesteps_entropy", "edges_dst"} <= idx
     c = SQLiteCatalog(tmp_path / "c.db")

@@ -18,7 +18,12 @@ from atlasstore.catalog import CatalogError, CatalogUnavailable, SQLiteCatalog, 
 from atlasstore.catalog import neo4j as neo4j_backend
 from atlasstore.catalog.neo4j import Neo4jCatalog, safe_uri
 from catalog_fixtures import (
-    batch, make_run, make_sequence, neo4j_settings, open_neo4j_or_skip, raw_counts,
+    batch,
+    make_run,
+    make_sequence,
+    neo4j_settings,
+    open_neo4j_or_skip,
+    raw_counts,
 )
 
 SECRET = "s3cret-Pa55word-never-printed"

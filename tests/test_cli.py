@@ -333,7 +333,7 @@ def test_every_option_of_every_command_has_help() -> None:
     (["genrate"], "atlas: error: unknown command 'genrate'; did you mean 'generate'?"),
     (["qeury", "--count"], "atlas: error: unknown command 'qeury'; did you mean 'query'?"),
     (["catalog", "synk"], "atlas: error: unknown command 'catalog synk'; did you mean 'catalog sync'?"),
-    (["frobnicate"], "atlas: error: unknown command 'frobnicate'; commands: init, generate, ls,"),
+    (["frobnicate"], "atlas: error: unknown command 'frobnicate'; commands: init, generate, import, ls,"),
 ])
 def test_mistyped_command_suggests_the_closest(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                message: str) -> None:

@@ -350,3 +350,11 @@ def test_generator_api_reexported() -> None:
                  "apply_rotation", "apply_gaussian_noise", "apply_thermal_blur", "apply_translation",
                  "apply_energy_scaling", "PerturbationConfig"):
         assert callable(getattr(compat, name))
+
+
+def test_save_map_records_its_kind(tmp_path: Path) -> None:
+    """The provenance contract: a map saved through the predecessor's API says so."""
+    loader = EnergyAtlasLoader(tmp_path / "k.zarr")
+    loader.save_map(np.ones((64, 64), np.float32), "d", "m0", {"source": "lab"})
+    gen = loader.store.sequence_info("d", "m0")["generation"]
+    assert gen["kind"] == "save_map" and gen["source"] == "save_map: lab"

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from catalog_fixtures import open_neo4j_or_skip
 
 from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
@@ -33,6 +32,7 @@ from atlasstore.nvp.metrics import EarlyStopping, read_metrics
 from atlasstore.nvp.train import make_schedule, train, validate_model
 from atlasstore.schemas import SchemaError
 from atlasstore.store import AtlasStore
+from catalog_fixtures import open_neo4j_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 

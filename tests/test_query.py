@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import store_fixtures
 from atlasstore import physics
 from atlasstore.query import Query, QueryError
 from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
-from store_fixtures import (  # noqa: F401  (fixtures)
+from store_fixtures import (
     A0_MEANS,
     A1_LIT,
     B0_STEPS,
@@ -22,9 +23,11 @@ from store_fixtures import (  # noqa: F401  (fixtures)
     expected_windows,
     flip_bytes,
     lit_map,
-    stats_store,
-    stats_store_path,
 )
+
+# the shared fixtures, bound as names (an import of them would read as a redefinition to ruff)
+stats_store = store_fixtures.stats_store
+stats_store_path = store_fixtures.stats_store_path
 
 N_STEPS = {("alpha", "a0"): len(A0_MEANS), ("alpha", "a1"): len(A1_LIT), ("beta", "b0"): B0_STEPS}
 ORDER = [("alpha", "a0"), ("alpha", "a1"), ("beta", "b0")]
@@ -157,8 +160,12 @@ def test_scale_selection(stats_store: AtlasStore, scale: int, shape: tuple[int, 
 def test_missing_scale_and_bad_scale(stats_store: AtlasStore) -> None:
     with pytest.raises(NotFound, match="no scale 256"):
         Query(stats_store).windows()  # default scale 256; the store's maps are 128
-    with pytest.raises(QueryError, match="scale 100"):
-        Query(stats_store, scale=100)
+    with pytest.raises(NotFound, match="no scale 100"):  # any stored level; 100 is not one
+        Query(stats_store, scale=100).windows()
+    for bad in (0, -64, True, "64", 1.5):
+        with pytest.raises(QueryError, match="scale .* must be a positive integer"):
+            Query(stats_store, scale=bad)
+    assert Query(stats_store, scale=None, domains=("beta",)).scale == 128  # the full resolution
 
 
 def test_fields_selection(stats_store: AtlasStore) -> None:
@@ -171,8 +178,8 @@ def test_fields_selection(stats_store: AtlasStore) -> None:
             np.testing.assert_array_equal(data[f][i],
                                           stats_store.read("beta", "b0", 64, f, t=slice(t0, t0 + 2)))
     assert "grad_x" not in data
-    with pytest.raises(QueryError, match="unknown field 'pressure'"):
-        Query(stats_store, fields=("pressure",))
+    with pytest.raises(QueryError, match="unknown field 'pressure'; beta/b0 holds: energy, grad_x"):
+        Query(stats_store, fields=("pressure",), sequences=("b0",), scale=64).to_numpy()
     with pytest.raises(QueryError, match="fields is empty"):
         Query(stats_store, fields=())
 
@@ -478,3 +485,28 @@ def test_to_xarray_reads_through_zarr_for_remote_stores_and_still_refuses_missin
     sync(st.zarr_group.store.delete(key))
     with pytest.raises(CorruptArray, match="missing or empty"):
         ds["energy"].compute()
+
+
+def test_a_step_without_entropy_passes_no_entropy_filter(stats_store: AtlasStore) -> None:
+    """Fields without entropy (intensive fields: their steps record none) never match an entropy
+    range, as in the catalog (NULL); other filters still apply to them."""
+    step = {"t": 0, "mean": 1.0, "variance": 0.5, "sum": None}
+    assert Query(stats_store, scale=64).step_passes(step)
+    assert Query(stats_store, scale=64, mean=(0.5, 1.5), variance=(0.0, 1.0)).step_passes(step)
+    assert Query(stats_store, scale=64, entropy=(None, None)).step_passes(step)  # no bound
+    assert not Query(stats_store, scale=64, entropy=(0.0, 100.0)).step_passes(step)
+    assert not Query(stats_store, scale=64, entropy=(None, 100.0)).step_passes(step)
+    assert not Query(stats_store, scale=64, mean=(2.0, 3.0)).step_passes(step)
+
+
+def test_store_selector_only_reads_the_named_sequences(stats_store: AtlasStore) -> None:
+    """``StoreSelector(only=...)``: what a catalog cannot answer for, read without a listing;
+    names that are not (complete) sequences select nothing."""
+    from atlasstore.query import StoreSelector
+
+    q = Query(stats_store, scale=64, window=2)
+    every = StoreSelector().select(q)
+    keys = [f"{s.domain}/{s.sequence_id}" for s in every]
+    some = StoreSelector(only=[keys[-1], keys[0], f"{every[0].domain}/missing"]).select(q)
+    assert some == [every[0], every[-1]]
+    assert StoreSelector(only=[]).select(q) == []

@@ -14,17 +14,40 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
-    ARRAY_FIELDS, KINDS, ArrayRecord, Catalog, CatalogError, CatalogNotFound, CatalogUnavailable,
-    Checkpoint, DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence,
-    TimeStep, TrainingRun, node_id, split_node_id,
+    ARRAY_FIELDS,
+    KINDS,
+    SEQUENCE_KINDS,
+    ArrayRecord,
+    Catalog,
+    CatalogError,
+    CatalogMismatch,
+    CatalogNotFound,
+    CatalogUnavailable,
+    Checkpoint,
+    DatasetVersion,
+    GenerationRun,
+    ImportRun,
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    Range,
+    Sequence,
+    SourceFile,
+    StoreSync,
+    TimeStep,
+    TrainingRun,
+    node_id,
+    sequence_checksum,
+    split_node_id,
 )
 from .sqlite import SQLiteCatalog
 
 __all__ = [
-    "ARRAY_FIELDS", "KINDS", "ArrayRecord", "Catalog", "CatalogError", "CatalogNotFound",
-    "CatalogUnavailable", "Checkpoint", "DatasetVersion", "GenerationRun", "Lineage",
-    "LineageEdge", "LineageNode", "Neo4jCatalog", "Range", "SQLiteCatalog", "Sequence",
-    "TimeStep", "TrainingRun", "node_id", "open_catalog", "split_node_id",
+    "ARRAY_FIELDS", "KINDS", "SEQUENCE_KINDS", "ArrayRecord", "Catalog", "CatalogError",
+    "CatalogMismatch", "CatalogNotFound", "CatalogUnavailable", "Checkpoint", "DatasetVersion",
+    "GenerationRun", "ImportRun", "Lineage", "LineageEdge", "LineageNode", "Neo4jCatalog",
+    "Range", "SQLiteCatalog", "Sequence", "SourceFile", "StoreSync", "TimeStep", "TrainingRun",
+    "node_id", "open_catalog", "sequence_checksum", "split_node_id",
 ]
 
 # same as neo4j.BOLT_SCHEMES (kept here so that importing the catalog does not import the driver)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from ..schemas import load_schema
@@ -148,11 +148,11 @@ def compile_schema(schema: Any) -> Check:
     g = _Gen()
     entry = g.function(schema)
     namespace: dict[str, Any] = {"C": g.consts, "isnan": math.isnan}
-    exec("\n\n".join(g.funcs), namespace)  # noqa: S102 - source built from keyword templates only
+    exec("\n\n".join(g.funcs), namespace)
     return namespace[entry]
 
 
-@lru_cache(maxsize=None)
+@cache
 def checker(name: str) -> Check:
     """The compiled pre-check of schema ``name`` (always False for unsupported schemas)."""
     try:

@@ -30,9 +30,11 @@ kind                      PROV class  key
 ``Sequence``              entity      ``domain/sequence_id``
 ``TimeStep``              entity      ``domain/sequence_id/t``
 ``Array``                 entity      ``domain/sequence_id/level/field``
+``SourceFile``            entity      ``<uri>@sha256:<hex>`` (a file an import read)
 ``DatasetVersion``        entity      version id
 ``Checkpoint``            entity      checkpoint id
-``GenerationRun``         activity    run id
+``GenerationRun``         activity    run id (``run-<16 hex>``)
+``ImportRun``             activity    run id (``import-<16 hex>``)
 ``TrainingRun``           activity    run id
 ``CodeVersion``           agent       code version string
 ``Host``                  agent       host name
@@ -40,8 +42,9 @@ kind                      PROV class  key
 
 Edges (src -rel-> dst)::
 
-    Sequence       -wasGeneratedBy->    GenerationRun
-    GenerationRun  -wasAssociatedWith-> CodeVersion, Host
+    Sequence       -wasGeneratedBy->    GenerationRun | ImportRun  (when the run is catalogued)
+    GenerationRun  -wasAssociatedWith-> CodeVersion, Host  (ImportRun the same)
+    Sequence       -wasDerivedFrom->    SourceFile         {member: "trajectory 3, ..."} (imports)
     Sequence       -hasTimeStep->       TimeStep           (structural: part of)
     Sequence       -hasArray->          Array              (structural: part of)
     Array          -wasDerivedFrom->    Array              {operation: "area_downsample(factor=2)", ...}
@@ -55,18 +58,38 @@ Edges (src -rel-> dst)::
 part to the sequence it belongs to), transitively. :meth:`Catalog.lineage` returns that closure,
 nodes with their properties and the edges between them, in one backend query.
 
+Who wrote a sequence (``Sequence.kind``): ``"generate"`` and ``"import"`` sequences name their
+run (``run_id``); ``"api"`` (``AtlasStore.write_sequence``) and ``"save_map"`` sequences have no
+run and no ``wasGeneratedBy`` edge: their Sequence node itself records the kind (and save_map's
+``source``), which is all the store knows about them. An import's Sequence lists its ``sources``
+(uri, size, sha256, format, member), each a ``SourceFile`` node.
+
 Registration semantics
 ----------------------
-* ``register_run`` first; ``register_sequences(seqs, timesteps, arrays)`` is one transaction per
-  call (call it once per batch of sequences) and idempotent: the same keys overwrite, never
-  duplicate. A sequence given in ``seqs`` is replaced whole: its time steps and arrays become
-  exactly those of the call. Parts whose sequence is not in ``seqs`` are upserted into an
-  already catalogued sequence. Unknown runs, sequences or ``derived_from`` arrays raise
-  :class:`CatalogNotFound` and nothing of the batch is written.
+* ``register_sequences(seqs, timesteps, arrays)`` is one transaction per call (call it once per
+  batch of sequences) and idempotent: the same keys overwrite, never duplicate. A sequence given
+  in ``seqs`` is replaced whole: its time steps, arrays and source files become exactly those of
+  the call. Parts whose sequence is not in ``seqs`` are upserted into an already catalogued
+  sequence. Unknown sequences or ``derived_from`` arrays raise :class:`CatalogNotFound` and
+  nothing of the batch is written. A ``run_id`` may name a run that is not catalogued (the store
+  is the truth, and it may lack the record): the ``wasGeneratedBy`` edge appears when
+  ``register_run`` registers it.
 * Invalid records raise :class:`atlasstore.schemas.SchemaError` (a ValueError) before anything
   is written: JSON Schema, key consistency, finite stats, ``min <= max``, no derivation cycles.
 * ``remove_sequences`` removes sequences with their parts and edges (a DatasetVersion keeps its
-  recorded ``sequence_keys`` but loses the edge to a removed sequence).
+  recorded ``sequence_keys`` and checksums but loses the edge to a removed sequence); a
+  SourceFile no sequence derives from any more goes with it.
+* A DatasetVersion pins what it selected: ``checksums`` maps every sequence key to
+  :func:`sequence_checksum` of its arrays (given, or computed from the catalogued arrays).
+
+Keeping up with the store
+-------------------------
+A catalog serves one store. :meth:`Catalog.store_sync` returns what it last applied of that
+store's change log (:mod:`atlasstore.change_log`): the store id, the log position, the sequences
+whose change was still in flight (``pending``) and a version number. :meth:`Catalog.commit_sync`
+applies a batch of records and the new state in one transaction, *only if* the version is still
+the one the caller read (compare-and-swap), so two processes catching up at once never let an
+older reading overwrite a newer one. :mod:`atlasstore.index` drives both.
 
 Range filters
 -------------
@@ -79,9 +102,11 @@ lies in ``[lo, hi]`` (inclusive).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence as Seq
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as Seq
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
@@ -90,10 +115,12 @@ from ..schemas import SchemaError, validate
 from ._fastcheck import checker
 
 __all__ = [
-    "AGENT_KINDS", "ARRAY_FIELDS", "KINDS", "ArrayRecord", "Catalog", "CatalogError",
-    "CatalogNotFound", "CatalogUnavailable", "Checkpoint", "DatasetVersion", "GenerationRun",
-    "Lineage", "LineageEdge", "LineageNode", "Range", "Sequence", "TimeStep", "TrainingRun",
-    "UPSTREAM_RELS", "STRUCTURAL_RELS", "node_id", "split_node_id", "utc_now",
+    "AGENT_KINDS", "ARRAY_FIELDS", "KINDS", "SEQUENCE_KINDS", "ArrayRecord", "Catalog",
+    "CatalogError", "CatalogMismatch", "CatalogNotFound", "CatalogUnavailable", "Checkpoint",
+    "DatasetVersion", "GenerationRun", "ImportRun", "Lineage", "LineageEdge", "LineageNode",
+    "Range", "Sequence", "SourceFile", "StoreSync", "TimeStep", "TrainingRun", "UPSTREAM_RELS",
+    "STRUCTURAL_RELS", "node_id", "run_record", "sequence_checksum", "source_file_key",
+    "split_node_id", "utc_now",
 ]
 
 # ------------------------------------------------------------------------------------ errors
@@ -115,6 +142,10 @@ class CatalogUnavailable(CatalogError):
         super().__init__(f"catalog at {uri} is unavailable: {reason}")
 
 
+class CatalogMismatch(CatalogError):
+    """The catalog was built for another store (its recorded store id differs)."""
+
+
 class CatalogNotFound(CatalogError, LookupError):
     """A referenced run, sequence, dataset version, ... is not in the catalog."""
 
@@ -127,8 +158,8 @@ class CatalogNotFound(CatalogError, LookupError):
 Range = tuple[float | None, float | None]
 
 ARRAY_FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
-ENTITY_KINDS = ("Sequence", "TimeStep", "Array", "DatasetVersion", "Checkpoint")
-ACTIVITY_KINDS = ("GenerationRun", "TrainingRun")
+ENTITY_KINDS = ("Sequence", "TimeStep", "Array", "SourceFile", "DatasetVersion", "Checkpoint")
+ACTIVITY_KINDS = ("GenerationRun", "ImportRun", "TrainingRun")
 AGENT_KINDS = ("CodeVersion", "Host")
 KINDS: tuple[str, ...] = ENTITY_KINDS + ACTIVITY_KINDS + AGENT_KINDS
 PROV_CLASS = {**{k: "entity" for k in ENTITY_KINDS}, **{k: "activity" for k in ACTIVITY_KINDS},
@@ -138,8 +169,11 @@ UPSTREAM_RELS: tuple[str, ...] = ("wasDerivedFrom", "wasGeneratedBy", "used", "w
 #: structural relations (parent -> part), followed backwards when walking upstream
 STRUCTURAL_RELS: tuple[str, ...] = ("hasTimeStep", "hasArray")
 #: order in which a bare key (no "Kind:" prefix) is resolved by lineage()
-RESOLVE_ORDER: tuple[str, ...] = ("Array", "TimeStep", "Sequence", "Checkpoint", "DatasetVersion",
-                                  "TrainingRun", "GenerationRun", "CodeVersion", "Host")
+RESOLVE_ORDER: tuple[str, ...] = ("Array", "TimeStep", "Sequence", "SourceFile", "Checkpoint",
+                                  "DatasetVersion", "TrainingRun", "GenerationRun", "ImportRun",
+                                  "CodeVersion", "Host")
+#: who wrote a sequence (``atlasstore_sequence.generation.kind``)
+SEQUENCE_KINDS: tuple[str, ...] = ("generate", "import", "api", "save_map")
 
 
 def node_id(kind: str, key: str) -> str:
@@ -205,7 +239,7 @@ def check_range(name: str, rng: Range | None) -> tuple[float | None, float | Non
         lo, hi = rng
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (lo, hi) pair, got {rng!r}") from None
-    out = []
+    out: list[float | None] = []
     for b in (lo, hi):
         if b is None:
             out.append(None)
@@ -227,7 +261,10 @@ def batch_widths(seqs: Iterable[Any]) -> dict[str, float]:
     out = {st: 0.0 for st in STATS}
     for s in seqs:
         for st in STATS:
-            w = getattr(s, f"{st}_max") - getattr(s, f"{st}_min")
+            lo = getattr(s, f"{st}_min")
+            if lo is None:  # no entropy (intensive field)
+                continue
+            w = getattr(s, f"{st}_max") - lo
             if w > out[st]:
                 out[st] = w
     return out
@@ -316,9 +353,10 @@ class _Record:
 
 @dataclass
 class GenerationRun(_Record):
-    """A generation run (PROV activity)."""
+    """A generation run (PROV activity); :class:`ImportRun` is the same record for imports."""
 
     SCHEMA: ClassVar[str] = "catalog-generation-run"
+    NODE_KIND: ClassVar[str] = "GenerationRun"
     run_id: str
     config: dict[str, Any]
     config_hash: str
@@ -328,41 +366,108 @@ class GenerationRun(_Record):
     started: str
     finished: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    kind: str = "generate"
+
+    def _check_keys(self) -> None:
+        want = "import" if self.NODE_KIND == "ImportRun" else "generate"
+        if self.kind != want:
+            raise SchemaError(f"{type(self).__name__} {self.run_id!r} has kind {self.kind!r}, "
+                              f"expected {want!r}")
+
+
+@dataclass
+class ImportRun(GenerationRun):
+    """An ``atlas import`` run (PROV activity): its options, sources summary, code version, host."""
+
+    NODE_KIND: ClassVar[str] = "ImportRun"
+    kind: str = "import"
+
+
+def run_record(run: GenerationRun | Mapping[str, Any], *, check: bool = True) -> GenerationRun:
+    """The run record of the right class for its ``kind`` (``"generate"`` when absent)."""
+    if isinstance(run, GenerationRun):
+        cls: type[GenerationRun] = ImportRun if run.kind == "import" else GenerationRun
+        return cls.coerce(run.to_dict(), check=check) if type(run) is not cls or check else run
+    if isinstance(run, Mapping):
+        cls = ImportRun if run.get("kind") == "import" else GenerationRun
+        return cls.coerce(run, check=check)
+    raise CatalogError(f"expected a GenerationRun or a dict, got {type(run).__name__}")
+
+
+def source_file_key(uri: str, sha256: str) -> str:
+    """The key of a SourceFile node: the file's location and content (a changed file is another
+    entity)."""
+    return f"{uri}@sha256:{sha256}"
+
+
+@dataclass
+class SourceFile(_Record):
+    """A file an import read (PROV entity); ``member`` is on the Sequence's edge, not here."""
+
+    SCHEMA: ClassVar[str] = "catalog-source-file"
+    key: str
+    uri: str
+    size: int
+    sha256: str
+    format: str
+
+    def _check_keys(self) -> None:
+        want = source_file_key(self.uri, self.sha256)
+        if self.key != want:
+            raise SchemaError(f"SourceFile key {self.key!r} must be '<uri>@sha256:<hex>' = {want!r}")
 
 
 @dataclass
 class Sequence(_Record):
-    """A stored sequence (PROV entity). Stat ranges are min/max over its time steps."""
+    """A stored sequence (PROV entity). Stat ranges are min/max over its time steps.
+
+    ``kind`` says who wrote it (:data:`SEQUENCE_KINDS`; None reads as "generate" with a run id,
+    else "api"); ``run_id``/``seed``/``pattern`` are None where the writer had none; the entropy
+    range is None for fields without entropy (intensive fields); ``sources`` are the files an
+    import read (``uri, size, sha256, format, member``).
+    """
 
     SCHEMA: ClassVar[str] = "catalog-sequence"
     key: str
     domain: str
     sequence_id: str
-    run_id: str
-    seed: int
-    pattern: str
+    run_id: str | None
+    seed: int | None
+    pattern: str | None
     n_steps: int
     shape: list[int]
     levels: list[int]
     perturbation_kinds: list[str]
-    entropy_min: float
-    entropy_max: float
+    entropy_min: float | None
+    entropy_max: float | None
     mean_min: float
     mean_max: float
     variance_min: float
     variance_max: float
     created: str
     status: str = "complete"
+    kind: str | None = None
+    source: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def _check_keys(self) -> None:
         want = f"{self.domain}/{self.sequence_id}"
         if self.key != want:
             raise SchemaError(f"Sequence key {self.key!r} must be '<domain>/<sequence_id>' = {want!r}")
+        if self.kind is None:
+            self.kind = "generate" if self.run_id else "api"
         for s in ("entropy", "mean", "variance"):
             lo, hi = getattr(self, f"{s}_min"), getattr(self, f"{s}_max")
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            if s == "entropy" and lo is None and hi is None:
+                continue
+            if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
                 raise SchemaError(f"Sequence {self.key!r}: {s}_min={lo} / {s}_max={hi} "
                                   "must be finite with min <= max")
+
+    def source_files(self) -> list[tuple[SourceFile, str | None]]:
+        """The SourceFile records of ``sources`` with each edge's ``member``."""
+        return [(SourceFile(source_file_key(f["uri"], f["sha256"]), f["uri"], int(f["size"]),
+                            f["sha256"], f["format"]), f.get("member")) for f in self.sources]
 
 
 @dataclass
@@ -375,8 +480,8 @@ class TimeStep(_Record):
     t: int
     mean: float
     variance: float
-    entropy: float
-    sum: float
+    entropy: float | None  # None for fields without entropy (intensive fields)
+    sum: float | None
     perturbation_kinds: list[str] = field(default_factory=list)
 
     def _check_keys(self) -> None:
@@ -418,7 +523,9 @@ class ArrayRecord(_Record):
 
 @dataclass
 class DatasetVersion(_Record):
-    """An exact selection of sequences for training (PROV entity)."""
+    """An exact selection of sequences for training (PROV entity), pinned by ``checksums``:
+    sequence key -> :func:`sequence_checksum` of its arrays when it was registered ({} for a
+    version registered before checksums were pinned)."""
 
     SCHEMA: ClassVar[str] = "catalog-dataset-version"
     version_id: str
@@ -426,14 +533,47 @@ class DatasetVersion(_Record):
     split: dict[str, Any]
     sequence_keys: list[str]
     created: str
+    checksums: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, version_id: str, query: Mapping[str, Any], split: Mapping[str, Any],
-              sequence_keys: Iterable[str], created: str | None, check: bool) -> DatasetVersion:
+              sequence_keys: Iterable[str], created: str | None, check: bool,
+              checksums: Mapping[str, str] | None = None) -> DatasetVersion:
         """The record both backends register (keys de-duplicated in order, time defaulted)."""
         return cls.coerce({"version_id": version_id, "query": plain(query), "split": plain(split),
                            "sequence_keys": list(dict.fromkeys(sequence_keys)),
-                           "created": created or utc_now()}, check=check)
+                           "created": created or utc_now(),
+                           "checksums": dict(checksums or {})}, check=check)
+
+    def _check_keys(self) -> None:
+        if self.checksums and set(self.checksums) != set(self.sequence_keys):
+            extra = sorted(set(self.checksums) ^ set(self.sequence_keys))[:3]
+            raise SchemaError(f"DatasetVersion {self.version_id!r}: checksums must cover exactly "
+                              f"its sequence keys (differ at {extra})")
+
+
+def sequence_checksum(array_checksums: Mapping[str, str]) -> str:
+    """One checksum of a sequence's data: SHA-256 over its arrays' ``"<level>/<field> <checksum>"``
+    lines in sorted order (any change of any array's values changes it)."""
+    lines = "\n".join(f"{k} {array_checksums[k]}" for k in sorted(array_checksums))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+@dataclass
+class StoreSync:
+    """How far a catalog has followed its store's change log (see "Keeping up with the store").
+
+    ``position``: entries before it are applied; ``pending``: sequence key -> the change
+    (``"write"``/``"delete"``, or ``"refused"`` for a record the catalog cannot hold) not yet
+    confirmed by the store when it was applied: re-checked on every catch-up and answered from
+    the store meanwhile; ``version`` increases with every commit (the compare-and-swap token).
+    """
+
+    store_id: str
+    position: int
+    pending: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+    updated: str = ""
 
 
 @dataclass
@@ -555,7 +695,8 @@ class Catalog(Protocol):
 
     # registration ---------------------------------------------------------------------------
     def register_run(self, run: GenerationRun | Mapping[str, Any]) -> None:
-        """Insert or replace a generation run and its agent edges (idempotent)."""
+        """Insert or replace a generation or import run (by its ``kind``) and its agent edges,
+        and link the sequences that name it (idempotent)."""
 
     def register_sequences(self, seqs: Iterable[Sequence | Mapping[str, Any]],
                            timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
@@ -567,8 +708,10 @@ class Catalog(Protocol):
 
     def register_dataset_version(self, version_id: str, query: Mapping[str, Any],
                                  split: Mapping[str, Any], sequence_keys: Iterable[str], *,
-                                 created: str | None = None) -> DatasetVersion:
-        ...
+                                 created: str | None = None,
+                                 checksums: Mapping[str, str] | None = None) -> DatasetVersion:
+        """Register the selection; ``checksums`` (key -> :func:`sequence_checksum`) pins the data
+        it was trained on, else they are computed from the catalogued arrays."""
 
     def register_training_run(self, run_id: str, config: Mapping[str, Any],
                               dataset_version_id: str, *, code_version: str | None = None,
@@ -610,6 +753,20 @@ class Catalog(Protocol):
     def lineage(self, node: str) -> Lineage: ...
     def generation_runs_for(self, node: str) -> list[GenerationRun]: ...
 
+    def store_sync(self) -> StoreSync | None:
+        """What this catalog last applied of its store's change log; None if never synced."""
+
+    def commit_sync(self, expect_version: int | None, state: StoreSync, *,
+                    runs: Iterable[GenerationRun | Mapping[str, Any]] = (),
+                    seqs: Iterable[Sequence | Mapping[str, Any]] = (),
+                    timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
+                    arrays: Iterable[ArrayRecord | Mapping[str, Any]] = (),
+                    remove: Iterable[str] = ()) -> bool:
+        """In one transaction, if the sync version is still ``expect_version`` (None: never
+        synced): register ``runs``, remove the sequences ``remove``, register ``seqs`` with
+        their parts, and record ``state`` (its version becomes the old one + 1). False, with
+        nothing written, when another process committed in between."""
+
     def close(self) -> None: ...
     def __enter__(self) -> Catalog: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -646,7 +803,8 @@ class Batch:
     def child_keys_by_sequence(self) -> dict[str, list[str]]:
         """For each sequence of the batch: the keys of its parts given in this batch."""
         out: dict[str, list[str]] = {s.key: [] for s in self.seqs}
-        for c in (*self.timesteps, *self.arrays):
+        parts: list[TimeStep | ArrayRecord] = [*self.timesteps, *self.arrays]
+        for c in parts:
             if c.sequence_key in out:
                 out[c.sequence_key].append(c.key)
         return out
@@ -654,7 +812,8 @@ class Batch:
     def outside_sequence_keys(self) -> set[str]:
         """Sequences referred to by parts of this batch but not registered in it."""
         mine = self.seq_keys
-        return {c.sequence_key for c in (*self.timesteps, *self.arrays)} - mine
+        parts: list[TimeStep | ArrayRecord] = [*self.timesteps, *self.arrays]
+        return {c.sequence_key for c in parts} - mine
 
     def outside_derived_keys(self) -> set[str]:
         """Arrays named in ``derived_from`` that are not in this batch."""
@@ -671,6 +830,16 @@ def make_batch(seqs: Iterable[Any], timesteps: Iterable[Any], arrays: Iterable[A
               dedup([TimeStep.coerce(t, check=check) for t in timesteps]),
               derivation_order(dedup([ArrayRecord.coerce(a, check=check) for a in arrays])))
     return b
+
+
+def sync_batch(runs: Iterable[Any], seqs: Iterable[Any], timesteps: Iterable[Any],
+               arrays: Iterable[Any], remove: Iterable[str], check: bool
+               ) -> tuple[list[GenerationRun], Batch, list[str]]:
+    """The validated parts of a ``commit_sync`` call: runs, the registration batch, and the keys
+    to remove (those registered again in the batch are not removed)."""
+    b = make_batch(seqs, timesteps, arrays, check)
+    return ([run_record(r, check=check) for r in runs], b,
+            [k for k in dict.fromkeys(remove) if k not in b.seq_keys])
 
 
 def derivation_order(arrays: list[ArrayRecord]) -> list[ArrayRecord]:

@@ -11,13 +11,20 @@ default password in code; without one the driver connects without authentication
 
 Graph model
 -----------
-One label per kind (``Sequence``, ``TimeStep``, ``Array``, ``DatasetVersion``, ``Checkpoint``,
-``GenerationRun``, ``TrainingRun``, ``CodeVersion``, ``Host``), each node keyed by a ``key``
+One label per kind (``Sequence``, ``TimeStep``, ``Array``, ``SourceFile``, ``DatasetVersion``,
+``Checkpoint``, ``GenerationRun``, ``ImportRun``, ``TrainingRun``, ``CodeVersion``, ``Host``),
+each node keyed by a ``key``
 property under a uniqueness constraint (created with ``IF NOT EXISTS`` at open, so opening is
 idempotent and concurrent opens are safe), range indexes on the filter properties. Relationship
 types as in :mod:`atlasstore.catalog.base`. Properties that Neo4j cannot hold natively (config,
-counts, query, split, metrics dicts) are canonical JSON strings; ``ArrayRecord.stats`` is
-flattened to ``stats_mean`` ... ``stats_entropy``.
+counts, query, split, metrics, checksums dicts, a sequence's ``sources`` list) are canonical
+JSON strings; ``ArrayRecord.stats`` is flattened to ``stats_mean`` ... ``stats_entropy``; a
+missing value (no entropy, no run) is an absent property. The store-sync state is one
+``AtlasStoreSync`` node, updated under the documented lost-update guard (its lock is taken with
+a write before its version is read, in the transaction that applies the changes).
+
+Layout 2 (this code) reads graphs of layout 1 as they are (absent ``kind`` properties read as
+"generate"), and marks them 2 on open so older code refuses them.
 
 Safety and performance
 ----------------------
@@ -46,14 +53,45 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .base import (
-    RESOLVE_ORDER, ClosesOnExit, ArrayRecord, CatalogError, CatalogNotFound, CatalogUnavailable, Checkpoint,
-    DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence, TimeStep,
-    TrainingRun, agent_properties, batch_widths, check_domains, check_limit, check_range, chunks,
-    dumps, make_batch, missing_message, seek_margin, node_id, sort_edges,
-    split_node_id, utc_now,
+    RESOLVE_ORDER,
+    ArrayRecord,
+    CatalogError,
+    CatalogNotFound,
+    CatalogUnavailable,
+    Checkpoint,
+    ClosesOnExit,
+    DatasetVersion,
+    GenerationRun,
+    ImportRun,
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    Range,
+    Sequence,
+    SourceFile,
+    StoreSync,
+    TimeStep,
+    TrainingRun,
+    agent_properties,
+    batch_widths,
+    check_domains,
+    check_limit,
+    check_range,
+    chunks,
+    dumps,
+    make_batch,
+    missing_message,
+    node_id,
+    run_record,
+    seek_margin,
+    sequence_checksum,
+    sort_edges,
+    split_node_id,
+    sync_batch,
+    utc_now,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BATCH_SIZE = 5000
 #: Bolt URI schemes (routing ``neo4j`` or direct ``bolt``; ``+s`` TLS, ``+ssc`` self-signed TLS)
 BOLT_SCHEMES = ("neo4j://", "neo4j+s://", "neo4j+ssc://", "bolt://", "bolt+s://", "bolt+ssc://")
@@ -73,6 +111,10 @@ _SCHEMA_STATEMENTS = (
     "CREATE CONSTRAINT atlas_codeversion_key IF NOT EXISTS FOR (n:CodeVersion) REQUIRE n.key IS UNIQUE",
     "CREATE CONSTRAINT atlas_host_key IF NOT EXISTS FOR (n:Host) REQUIRE n.key IS UNIQUE",
     "CREATE CONSTRAINT atlas_meta_key IF NOT EXISTS FOR (n:AtlasCatalogMeta) REQUIRE n.key IS UNIQUE",
+    "CREATE CONSTRAINT atlas_importrun_key IF NOT EXISTS FOR (n:ImportRun) REQUIRE n.key IS UNIQUE",
+    "CREATE CONSTRAINT atlas_sourcefile_key IF NOT EXISTS FOR (n:SourceFile) REQUIRE n.key IS UNIQUE",
+    "CREATE CONSTRAINT atlas_storesync_key IF NOT EXISTS "
+    "FOR (n:AtlasStoreSync) REQUIRE n.key IS UNIQUE",
     # Overlap filters seek on <stat>_min (see base.seek_margin), so only the *_min are indexed;
     # parts are reached from their sequence through hasTimeStep/hasArray, not by an index.
     "CREATE INDEX atlas_sequence_domain_entropy IF NOT EXISTS "
@@ -106,31 +148,45 @@ SET n.width_entropy = CASE WHEN coalesce(n.width_entropy, -1.0) < $entropy
 _META = """
 MERGE (m:AtlasCatalogMeta {key: 'catalog'})
 ON CREATE SET m.schema_version = $version, m.created = $now
-RETURN m.schema_version AS version
+WITH m, m.schema_version AS found
+SET m.schema_version = CASE WHEN found < $version THEN $version ELSE found END
+RETURN found AS version
 """
 
 # --------------------------------------------------------------------------------- writes
 
-# Agents live only through their edges: one left without any after a change is deleted.
-_MERGE_RUN = """
-MERGE (g:GenerationRun {key: $props.key})
+# Agents live only through their edges: one left without any after a change is deleted. A run
+# registered under the other kind is replaced; the sequences naming the run get their edge.
+# (One constant text per label: labels cannot be parameters.)
+_MERGE_RUN_TEMPLATE = """
+OPTIONAL MATCH (o:OTHER_LABEL {key: $props.key})
+OPTIONAL MATCH (o)-[:wasAssociatedWith]->(op)
+DETACH DELETE o
+WITH collect(op) AS oprevs
+MERGE (g:RUN_LABEL {key: $props.key})
 SET g = $props
-WITH g
+WITH g, oprevs
 OPTIONAL MATCH (g)-[old:wasAssociatedWith]->(prev)
 DELETE old
-WITH g, collect(prev) AS prevs
+WITH g, oprevs, collect(prev) AS gprevs
+WITH g, oprevs + gprevs AS prevs
 MERGE (c:CodeVersion {key: $code_version})
 MERGE (h:Host {key: $host})
 MERGE (g)-[:wasAssociatedWith]->(c)
 MERGE (g)-[:wasAssociatedWith]->(h)
+WITH g, prevs
+CALL (g) {
+  MATCH (s:Sequence {run_id: g.key})
+  MERGE (s)-[:wasGeneratedBy]->(g)
+}
 WITH prevs
 UNWIND prevs AS p
-WITH p WHERE NOT EXISTS { (p)--() }
+WITH DISTINCT p WHERE NOT EXISTS { (p)--() }
 DELETE p
 """
+_MERGE_RUN = {label: _MERGE_RUN_TEMPLATE.replace("OTHER_LABEL", other).replace("RUN_LABEL", label)
+              for label, other in (("GenerationRun", "ImportRun"), ("ImportRun", "GenerationRun"))}
 _MISSING = {  # keys (from $keys) with no node of that label
-    "GenerationRun": "UNWIND $keys AS k OPTIONAL MATCH (n:GenerationRun {key: k}) "
-                     "WITH k, n WHERE n IS NULL RETURN collect(k) AS missing",
     "Sequence": "UNWIND $keys AS k OPTIONAL MATCH (n:Sequence {key: k}) "
                 "WITH k, n WHERE n IS NULL RETURN collect(k) AS missing",
     "Array": "UNWIND $keys AS k OPTIONAL MATCH (n:Array {key: k}) "
@@ -150,18 +206,43 @@ DETACH DELETE c
 # pure-Python PackStream encoder costs per packed value, and lists do not repeat the keys.
 _MERGE_SEQUENCES = """
 UNWIND $rows AS r
-MATCH (g:GenerationRun {key: r[3]})
 MERGE (s:Sequence {key: r[0]})
 SET s = {key: r[0], domain: r[1], sequence_id: r[2], run_id: r[3], seed: r[4], pattern: r[5],
          n_steps: r[6], shape: r[7], levels: r[8], perturbation_kinds: r[9],
          entropy_min: r[10], entropy_max: r[11], mean_min: r[12], mean_max: r[13],
-         variance_min: r[14], variance_max: r[15], created: r[16], status: r[17]}
-WITH s, g
-OPTIONAL MATCH (s)-[old:wasGeneratedBy]->(prev)
-WHERE prev <> g
+         variance_min: r[14], variance_max: r[15], created: r[16], status: r[17], kind: r[18],
+         source: r[19], sources: r[20]}
+WITH s, r
+OPTIONAL MATCH (s)-[old:wasGeneratedBy]->()
 DELETE old
-WITH DISTINCT s, g
+WITH DISTINCT s, r
+OPTIONAL MATCH (g1:GenerationRun {key: r[3]})
+OPTIONAL MATCH (g2:ImportRun {key: r[3]})
+WITH s, coalesce(g1, g2) AS g
+WHERE g IS NOT NULL
 MERGE (s)-[:wasGeneratedBy]->(g)
+"""
+# A sequence's source files: its old edges go (the files they led to are returned, to drop the
+# ones nothing derives from any more), the new ones come.
+_DETACH_SOURCES = """
+UNWIND $keys AS k
+MATCH (:Sequence {key: k})-[d:wasDerivedFrom]->(f:SourceFile)
+DELETE d
+RETURN collect(DISTINCT f.key) AS files
+"""
+_MERGE_SOURCES = """
+UNWIND $rows AS r
+MATCH (s:Sequence {key: r[0]})
+MERGE (f:SourceFile {key: r[1]})
+SET f = {key: r[1], uri: r[2], size: r[3], sha256: r[4], format: r[5]}
+MERGE (s)-[d:wasDerivedFrom]->(f)
+SET d = CASE WHEN r[6] IS NULL THEN {} ELSE {member: r[6]} END
+"""
+_DROP_ORPHAN_SOURCES = """
+UNWIND $keys AS k
+MATCH (f:SourceFile {key: k})
+WHERE NOT EXISTS { (f)--() }
+DELETE f
 """
 _MERGE_TIMESTEPS = """
 UNWIND $rows AS r
@@ -203,6 +284,11 @@ CALL (s) {
 DETACH DELETE s
 RETURN count(*) AS n
 """
+_ARRAY_CHECKSUMS = """
+UNWIND $keys AS k
+MATCH (:Sequence {key: k})-[:hasArray]->(a:Array)
+RETURN k AS key, collect([a.level, a.field, a.checksum]) AS arrays
+"""
 _MERGE_DATASET = """
 MERGE (d:DatasetVersion {key: $props.key})
 SET d = $props
@@ -238,6 +324,25 @@ CALL (prevs) {
   DELETE p
 }
 RETURN t.key AS key
+"""
+# The store-sync state: the lock is taken by a write before the version is read (Neo4j's
+# lost-update guard), and released when the transaction commits or rolls back.
+_SYNC_LOCK = """
+MERGE (m:AtlasStoreSync {key: 'store'})
+SET m._LOCK_ = true
+RETURN m.version AS version
+"""
+_SYNC_SET = """
+MATCH (m:AtlasStoreSync {key: 'store'})
+SET m.store_id = $store_id, m.position = $position, m.pending = $pending, m.version = $version,
+    m.updated = $updated
+REMOVE m._LOCK_
+"""
+_SYNC_GET = """
+MATCH (m:AtlasStoreSync {key: 'store'})
+WHERE m.version IS NOT NULL
+RETURN m.store_id AS store_id, m.position AS position, m.pending AS pending,
+       m.version AS version, m.updated AS updated
 """
 _MERGE_CHECKPOINT = """
 MATCH (t:TrainingRun {key: $props.training_run_id})
@@ -285,7 +390,8 @@ _FIND_SEQ_TAIL = "WITH s ORDER BY s.key"
 # and Bolt messages than one map per record.
 _FIND_SEQ_RETURN = """RETURN collect([s.key, s.domain, s.sequence_id, s.run_id, s.seed, s.pattern,
   s.n_steps, s.shape, s.levels, s.perturbation_kinds, s.entropy_min, s.entropy_max, s.mean_min,
-  s.mean_max, s.variance_min, s.variance_max, s.created, s.status]) AS rows"""
+  s.mean_max, s.variance_min, s.variance_max, s.created, s.status, s.kind, s.source,
+  s.sources]) AS rows"""
 _FIND_TS_HEAD = "MATCH (s:Sequence)-[:hasTimeStep]->(ts:TimeStep)"
 _FIND_TS_TAIL = "WITH ts ORDER BY ts.sequence_key, ts.t"
 _FIND_TS_RETURN = """RETURN collect([ts.key, ts.sequence_key, ts.t, ts.mean, ts.variance, ts.entropy,
@@ -297,6 +403,7 @@ _LIMIT = "LIMIT $limit"
 _GET = {
     "Sequence": "MATCH (n:Sequence {key: $key}) RETURN properties(n) AS p",
     "GenerationRun": "MATCH (n:GenerationRun {key: $key}) RETURN properties(n) AS p",
+    "ImportRun": "MATCH (n:ImportRun {key: $key}) RETURN properties(n) AS p",
     "DatasetVersion": "MATCH (n:DatasetVersion {key: $key}) RETURN properties(n) AS p",
     "TrainingRun": "MATCH (n:TrainingRun {key: $key}) RETURN properties(n) AS p",
     "Checkpoint": "MATCH (n:Checkpoint {key: $key}) RETURN properties(n) AS p",
@@ -313,6 +420,8 @@ _EXISTS = """
 RETURN EXISTS { MATCH (:Array {key: $key}) } AS Array,
        EXISTS { MATCH (:TimeStep {key: $key}) } AS TimeStep,
        EXISTS { MATCH (:Sequence {key: $key}) } AS Sequence,
+       EXISTS { MATCH (:SourceFile {key: $key}) } AS SourceFile,
+       EXISTS { MATCH (:ImportRun {key: $key}) } AS ImportRun,
        EXISTS { MATCH (:Checkpoint {key: $key}) } AS Checkpoint,
        EXISTS { MATCH (:DatasetVersion {key: $key}) } AS DatasetVersion,
        EXISTS { MATCH (:TrainingRun {key: $key}) } AS TrainingRun,
@@ -327,6 +436,8 @@ _START = {  # the lineage root, one constant per label
     "DatasetVersion": "MATCH (start:DatasetVersion {key: $key})",
     "Checkpoint": "MATCH (start:Checkpoint {key: $key})",
     "GenerationRun": "MATCH (start:GenerationRun {key: $key})",
+    "ImportRun": "MATCH (start:ImportRun {key: $key})",
+    "SourceFile": "MATCH (start:SourceFile {key: $key})",
     "TrainingRun": "MATCH (start:TrainingRun {key: $key})",
     "CodeVersion": "MATCH (start:CodeVersion {key: $key})",
     "Host": "MATCH (start:Host {key: $key})",
@@ -369,7 +480,7 @@ RETURN [n IN ns | {kind: labels(n)[0], props: properties(n)}] AS nodes, e1 + e2 
 """
 _GENERATION_RUNS_TAIL = """
 UNWIND ns AS n
-WITH n WHERE n:GenerationRun
+WITH n WHERE n:GenerationRun OR n:ImportRun
 RETURN properties(n) AS p ORDER BY p.key
 """
 
@@ -382,42 +493,57 @@ def _run_props(r: GenerationRun) -> dict[str, Any]:
     return {"key": r.run_id, "run_id": r.run_id, "config": dumps(r.config, "config"),
             "config_hash": r.config_hash, "seed": r.seed, "code_version": r.code_version,
             "host": r.host, "started": r.started, "finished": r.finished,
-            "counts": dumps(r.counts, "counts")}
+            "counts": dumps(r.counts, "counts"), "kind": r.kind}
 
 
 def _run_from(p: Mapping[str, Any]) -> GenerationRun:
-    return GenerationRun(run_id=p["run_id"], config=json.loads(p["config"]),
-                         config_hash=p["config_hash"], seed=p["seed"],
-                         code_version=p["code_version"], host=p["host"], started=p["started"],
-                         finished=p.get("finished"), counts=json.loads(p["counts"]))
+    kind = p.get("kind") or "generate"
+    cls = ImportRun if kind == "import" else GenerationRun
+    return cls(run_id=p["run_id"], config=json.loads(p["config"]), config_hash=p["config_hash"],
+               seed=p["seed"], code_version=p["code_version"], host=p["host"],
+               started=p["started"], finished=p.get("finished"), counts=json.loads(p["counts"]),
+               kind=kind)
+
+
+def _float(x: float | None) -> float | None:
+    return None if x is None else float(x)
 
 
 def _seq_row(s: Sequence) -> list[Any]:
     return [s.key, s.domain, s.sequence_id, s.run_id, s.seed, s.pattern, s.n_steps,
-            list(s.shape), list(s.levels), list(s.perturbation_kinds), float(s.entropy_min),
-            float(s.entropy_max), float(s.mean_min), float(s.mean_max), float(s.variance_min),
-            float(s.variance_max), s.created, s.status]
+            list(s.shape), list(s.levels), list(s.perturbation_kinds), _float(s.entropy_min),
+            _float(s.entropy_max), float(s.mean_min), float(s.mean_max), float(s.variance_min),
+            float(s.variance_max), s.created, s.status, s.kind, s.source,
+            dumps(s.sources, f"sequence {s.key!r} sources")]
+
+
+def _kind(kind: str | None, run_id: str | None) -> str:
+    """A sequence's kind; graphs of layout 1 have none (every sequence had a run)."""
+    return kind or ("generate" if run_id else "api")
 
 
 def _seq_from(p: Mapping[str, Any]) -> Sequence:
     return Sequence(key=p["key"], domain=p["domain"], sequence_id=p["sequence_id"],
-                    run_id=p["run_id"], seed=p["seed"], pattern=p["pattern"],
+                    run_id=p.get("run_id"), seed=p.get("seed"), pattern=p.get("pattern"),
                     n_steps=p["n_steps"], shape=list(p["shape"]), levels=list(p["levels"]),
                     perturbation_kinds=list(p.get("perturbation_kinds") or []),
-                    entropy_min=p["entropy_min"], entropy_max=p["entropy_max"],
+                    entropy_min=p.get("entropy_min"), entropy_max=p.get("entropy_max"),
                     mean_min=p["mean_min"], mean_max=p["mean_max"],
                     variance_min=p["variance_min"], variance_max=p["variance_max"],
-                    created=p["created"], status=p["status"])
+                    created=p["created"], status=p["status"],
+                    kind=_kind(p.get("kind"), p.get("run_id")), source=p.get("source"),
+                    sources=json.loads(p.get("sources") or "[]"))
 
 
 def _ts_row(t: TimeStep) -> list[Any]:
-    return [t.key, t.sequence_key, t.t, float(t.mean), float(t.variance), float(t.entropy),
-            float(t.sum), list(t.perturbation_kinds)]
+    return [t.key, t.sequence_key, t.t, float(t.mean), float(t.variance), _float(t.entropy),
+            _float(t.sum), list(t.perturbation_kinds)]
 
 
 def _seq_from_row(r: list[Any]) -> Sequence:
     return Sequence(r[0], r[1], r[2], r[3], r[4], r[5], r[6], list(r[7]), list(r[8]),
-                    list(r[9] or []), r[10], r[11], r[12], r[13], r[14], r[15], r[16], r[17])
+                    list(r[9] or []), r[10], r[11], r[12], r[13], r[14], r[15], r[16], r[17],
+                    _kind(r[18], r[3]), r[19], json.loads(r[20] or "[]"))
 
 
 def _ts_from_row(r: list[Any]) -> TimeStep:
@@ -426,7 +552,7 @@ def _ts_from_row(r: list[Any]) -> TimeStep:
 
 def _ts_from(p: Mapping[str, Any]) -> TimeStep:
     return TimeStep(key=p["key"], sequence_key=p["sequence_key"], t=p["t"], mean=p["mean"],
-                    variance=p["variance"], entropy=p["entropy"], sum=p["sum"],
+                    variance=p["variance"], entropy=p.get("entropy"), sum=p.get("sum"),
                     perturbation_kinds=list(p.get("perturbation_kinds") or []))
 
 
@@ -452,7 +578,13 @@ def _arr_from(p: Mapping[str, Any]) -> ArrayRecord:
 def _dv_from(p: Mapping[str, Any]) -> DatasetVersion:
     return DatasetVersion(version_id=p["version_id"], query=json.loads(p["query"]),
                           split=json.loads(p["split"]),
-                          sequence_keys=list(p.get("sequence_keys") or []), created=p["created"])
+                          sequence_keys=list(p.get("sequence_keys") or []), created=p["created"],
+                          checksums=json.loads(p.get("checksums") or "{}"))
+
+
+def _sf_from(p: Mapping[str, Any]) -> SourceFile:
+    return SourceFile(key=p["key"], uri=p["uri"], size=p["size"], sha256=p["sha256"],
+                      format=p["format"])
 
 
 def _tr_from(p: Mapping[str, Any]) -> TrainingRun:
@@ -469,8 +601,8 @@ def _ck_from(p: Mapping[str, Any]) -> Checkpoint:
 
 _FROM_PROPS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "Sequence": _seq_from, "TimeStep": _ts_from, "Array": _arr_from,
-    "GenerationRun": _run_from, "DatasetVersion": _dv_from, "TrainingRun": _tr_from,
-    "Checkpoint": _ck_from,
+    "GenerationRun": _run_from, "ImportRun": _run_from, "SourceFile": _sf_from,
+    "DatasetVersion": _dv_from, "TrainingRun": _tr_from, "Checkpoint": _ck_from,
 }
 
 
@@ -530,6 +662,7 @@ class Neo4jCatalog(ClosesOnExit):
         self._lock = threading.Lock()
         self._secret = password or None  # only to scrub it from any driver message
         auth = (self.user, password) if password else None
+        self._driver: neo4j.Driver | None
         try:
             self._driver = neo4j.GraphDatabase.driver(
                 uri, auth=auth, connection_timeout=connection_timeout,
@@ -588,7 +721,7 @@ class Neo4jCatalog(ClosesOnExit):
         try:
             with self._session() as s:
                 return s.execute_write(fn, *args)
-        except Exception as exc:  # noqa: BLE001 - translated
+        except Exception as exc:
             err = self._translate(exc)
             if err is exc:
                 raise
@@ -598,7 +731,7 @@ class Neo4jCatalog(ClosesOnExit):
         try:
             with self._session() as s:
                 return s.execute_read(fn, *args)
-        except Exception as exc:  # noqa: BLE001 - translated
+        except Exception as exc:
             err = self._translate(exc)
             if err is exc:
                 raise
@@ -640,12 +773,8 @@ class Neo4jCatalog(ClosesOnExit):
     # ------------------------------------------------------------------------------ registration
 
     def register_run(self, run: GenerationRun | Mapping[str, Any]) -> None:
-        r = GenerationRun.coerce(run, check=self._validate)
-        props = _run_props(r)
-
-        def work(tx: Any) -> None:
-            tx.run(_MERGE_RUN, props=props, code_version=r.code_version, host=r.host).consume()
-        self._write(work)
+        r = run_record(run, check=self._validate)
+        self._write(lambda tx: self._register_run_tx(tx, r))
 
     def register_sequences(self, seqs: Iterable[Sequence | Mapping[str, Any]],
                            timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
@@ -653,27 +782,44 @@ class Neo4jCatalog(ClosesOnExit):
         """Insert or replace sequences with their parts, in one transaction.
 
         Same semantics as :meth:`SQLiteCatalog.register_sequences`: a sequence given here is
-        replaced whole (its parts become exactly those of this call); parts of other sequences
-        must refer to catalogued ones; runs first; ``derived_from`` must resolve.
+        replaced whole (its parts and source files become exactly those of this call); parts of
+        other sequences must refer to catalogued ones; ``derived_from`` must resolve; a run id
+        may name a run that is not catalogued yet.
         """
         b = make_batch(seqs, timesteps, arrays, self._validate)
         if not (b.seqs or b.timesteps or b.arrays):
             return
+        work = self._register_work(b)
+        self._write(work)
+
+    def remove_sequences(self, keys: Iterable[str]) -> int:
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return 0
+        return int(self._write(lambda tx: self._remove_tx(tx, keys)))
+
+    # (the bodies of the public writes, run inside a transaction; commit_sync combines them)
+
+    @staticmethod
+    def _register_run_tx(tx: Any, r: GenerationRun) -> None:
+        tx.run(_MERGE_RUN[r.NODE_KIND], props=_run_props(r), code_version=r.code_version,
+               host=r.host).consume()
+
+    def _register_work(self, b: Any) -> Callable[[Any], None]:
+        """The transaction function registering batch ``b`` (rows prepared outside it)."""
         seq_rows = [_seq_row(s) for s in b.seqs]
         ts_rows = [_ts_row(t) for t in b.timesteps]
         arr_rows = [_arr_row(a) for a in b.arrays]
+        src_rows = [[s.key, f.key, f.uri, f.size, f.sha256, f.format, member]
+                    for s in b.seqs for f, member in s.source_files()]
         stale_rows = [{"key": k, "keep": v} for k, v in b.child_keys_by_sequence().items()]
         widths = batch_widths(b.seqs) if b.seqs else None
-        runs = sorted({s.run_id for s in b.seqs})
+        seq_keys = [s.key for s in b.seqs]
         outside = sorted(b.outside_sequence_keys())
         derived_outside = sorted(b.outside_derived_keys())
         n = self.batch_size
 
         def work(tx: Any) -> None:
-            missing = self._missing(tx, "GenerationRun", runs)
-            if missing:
-                raise CatalogNotFound(missing_message("generation runs", missing,
-                                                      " (register_run first)"))
             missing = self._missing(tx, "Sequence", outside)
             if missing:
                 raise CatalogNotFound(missing_message("sequences", missing,
@@ -683,49 +829,110 @@ class Neo4jCatalog(ClosesOnExit):
                 raise CatalogNotFound(missing_message("arrays named in derived_from", missing))
             for ch in chunks(stale_rows, n):
                 tx.run(_DELETE_STALE_PARTS, rows=ch).consume()
+            old_files: set[str] = set()
+            for ch in chunks(seq_keys, n):
+                old_files |= set(tx.run(_DETACH_SOURCES, keys=ch).single()["files"])
             if widths is not None:
                 tx.run(_GROW_WIDTHS, **widths).consume()
             for ch in chunks(seq_rows, n):
                 tx.run(_MERGE_SEQUENCES, rows=ch).consume()
+            for ch in chunks(src_rows, n):
+                tx.run(_MERGE_SOURCES, rows=ch).consume()
+            for ch in chunks(sorted(old_files), n):
+                tx.run(_DROP_ORPHAN_SOURCES, keys=ch).consume()
             for ch in chunks(ts_rows, n):
                 tx.run(_MERGE_TIMESTEPS, rows=ch).consume()
             for ch in chunks(arr_rows, n):
                 tx.run(_MERGE_ARRAYS, rows=ch).consume()
-        self._write(work)
+        return work
 
-    def remove_sequences(self, keys: Iterable[str]) -> int:
-        keys = list(dict.fromkeys(keys))
-        if not keys:
-            return 0
-        n = self.batch_size
+    def _remove_tx(self, tx: Any, keys: list[str]) -> int:
+        total = 0
+        files: set[str] = set()
+        for ch in chunks(keys, self.batch_size):
+            files |= set(tx.run(_DETACH_SOURCES, keys=ch).single()["files"])
+            total += tx.run(_REMOVE_SEQUENCES, keys=ch).single()["n"]
+        for ch in chunks(sorted(files), self.batch_size):
+            tx.run(_DROP_ORPHAN_SOURCES, keys=ch).consume()
+        return total
 
-        def work(tx: Any) -> int:
-            total = 0
-            for ch in chunks(keys, n):
-                total += tx.run(_REMOVE_SEQUENCES, keys=ch).single()["n"]
-            return total
-        return int(self._write(work))
+    # ------------------------------------------------------------------------------ store sync
+
+    def store_sync(self) -> StoreSync | None:
+        rows = self._rows(_SYNC_GET)
+        if not rows:
+            return None
+        r = rows[0]
+        return StoreSync(r["store_id"], int(r["position"]), json.loads(r["pending"]),
+                         int(r["version"]), r["updated"])
+
+    def commit_sync(self, expect_version: int | None, state: StoreSync, *,
+                    runs: Iterable[GenerationRun | Mapping[str, Any]] = (),
+                    seqs: Iterable[Sequence | Mapping[str, Any]] = (),
+                    timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
+                    arrays: Iterable[ArrayRecord | Mapping[str, Any]] = (),
+                    remove: Iterable[str] = ()) -> bool:
+        """See :meth:`atlasstore.catalog.base.Catalog.commit_sync`: one write transaction that
+        first locks the sync node, then compares its version (a retry of the transaction by the
+        driver repeats the comparison, so it stays a compare-and-swap)."""
+        rs, b, gone = sync_batch(runs, seqs, timesteps, arrays, remove, self._validate)
+        register = self._register_work(b) if (b.seqs or b.timesteps or b.arrays) else None
+        pending = dumps(state.pending, "pending")
+
+        def work(tx: Any) -> bool:
+            have = tx.run(_SYNC_LOCK).single()["version"]
+            if have != expect_version:
+                raise _VersionMoved  # rolls the transaction back (the lock write too)
+            for r in rs:
+                self._register_run_tx(tx, r)
+            if gone:
+                self._remove_tx(tx, gone)
+            if register is not None:
+                register(tx)
+            tx.run(_SYNC_SET, store_id=state.store_id, position=int(state.position),
+                   pending=pending, version=(have or 0) + 1, updated=utc_now()).consume()
+            return True
+        try:
+            return bool(self._write(work))
+        except _VersionMoved:
+            return False
+
+    # ------------------------------------------------------------------------------ lineage records
 
     def register_dataset_version(self, version_id: str, query: Mapping[str, Any],
                                  split: Mapping[str, Any], sequence_keys: Iterable[str], *,
-                                 created: str | None = None) -> DatasetVersion:
-        dv = DatasetVersion.build(version_id, query, split, sequence_keys, created,
-                                  check=self._validate)
-        props = {"key": dv.version_id, "version_id": dv.version_id,
-                 "query": dumps(dv.query, "query"), "split": dumps(dv.split, "split"),
-                 "sequence_keys": dv.sequence_keys, "created": dv.created}
+                                 created: str | None = None,
+                                 checksums: Mapping[str, str] | None = None) -> DatasetVersion:
+        keys = list(dict.fromkeys(sequence_keys))
+        if checksums is not None:  # checked before the transaction
+            DatasetVersion.build(version_id, query, split, keys, created, check=self._validate,
+                                 checksums=checksums)
         n = self.batch_size
 
-        def work(tx: Any) -> None:
-            missing = self._missing(tx, "Sequence", dv.sequence_keys)
+        def work(tx: Any) -> DatasetVersion:
+            missing = self._missing(tx, "Sequence", keys)
             if missing:
                 raise CatalogNotFound(missing_message("sequences", missing,
                                                       f" (dataset version {version_id!r})"))
+            pins = checksums
+            if pins is None:
+                pins = {}
+                for ch in chunks(keys, n):
+                    for rec in tx.run(_ARRAY_CHECKSUMS, keys=ch):
+                        pins[rec["key"]] = sequence_checksum(
+                            {f"{lv}/{f}": c for lv, f, c in rec["arrays"]})
+                pins = {k: pins.get(k, sequence_checksum({})) for k in keys}
+            dv = DatasetVersion.build(version_id, query, split, keys, created,
+                                      check=self._validate, checksums=pins)
+            props = {"key": dv.version_id, "version_id": dv.version_id,
+                     "query": dumps(dv.query, "query"), "split": dumps(dv.split, "split"),
+                     "sequence_keys": dv.sequence_keys, "created": dv.created,
+                     "checksums": dumps(dv.checksums, "checksums")}
             tx.run(_MERGE_DATASET, props=props).consume()
             for ch in chunks(dv.sequence_keys, n):
                 tx.run(_LINK_DATASET, key=dv.version_id, keys=ch).consume()
-        self._write(work)
-        return dv
+            return dv
+        return self._write(work)
 
     def register_training_run(self, run_id: str, config: Mapping[str, Any],
                               dataset_version_id: str, *, code_version: str | None = None,
@@ -855,7 +1062,7 @@ class Neo4jCatalog(ClosesOnExit):
         return self._get("Sequence", key)
 
     def get_run(self, run_id: str) -> GenerationRun | None:
-        return self._get("GenerationRun", run_id)
+        return self._get("GenerationRun", run_id) or self._get("ImportRun", run_id)
 
     def get_dataset_version(self, version_id: str) -> DatasetVersion | None:
         return self._get("DatasetVersion", version_id)
@@ -923,6 +1130,10 @@ class Neo4jCatalog(ClosesOnExit):
         kind, key = self._resolve(node)
         query = _START[kind] + _CLOSURE + _GENERATION_RUNS_TAIL
         return [_run_from(r["p"]) for r in self._rows(query, key=key)]
+
+
+class _VersionMoved(Exception):
+    """Another process committed a sync first (commit_sync's compare-and-swap failed)."""
 
 
 def _one_line(exc: BaseException) -> str:

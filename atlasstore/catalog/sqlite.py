@@ -13,7 +13,9 @@ Design
 * Every public write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any
   error) using ``executemany`` per table; SQL text is constant, values are always parameters.
 * A ``schema_version`` table records the layout version; opening a file written by a newer
-  layout is refused.
+  layout is refused, and a file of layout 1 is migrated in place to 2 (nullable run id, seed,
+  pattern and entropy; sequence kind and source files; import runs; pinned dataset checksums;
+  the store-sync state), in one transaction.
 
 Thread safety: one connection per catalog object, opened with ``check_same_thread=False`` and
 guarded by a re-entrant lock, so a catalog object may be shared by threads (calls are
@@ -31,36 +33,78 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
-    RESOLVE_ORDER, STRUCTURAL_RELS, UPSTREAM_RELS, ArrayRecord, CatalogError, CatalogNotFound,
+    RESOLVE_ORDER,
+    STRUCTURAL_RELS,
+    UPSTREAM_RELS,
+    ArrayRecord,
+    CatalogError,
+    CatalogNotFound,
+    Checkpoint,
     ClosesOnExit,
-    Checkpoint, DatasetVersion, GenerationRun, Lineage, LineageEdge, LineageNode, Range, Sequence,
-    TimeStep, TrainingRun, agent_properties, batch_widths, check_domains, check_limit,
-    check_range, dumps, make_batch, seek_margin, missing_message, node_id, sort_edges,
-    split_node_id, utc_now,
+    DatasetVersion,
+    GenerationRun,
+    ImportRun,
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    Range,
+    Sequence,
+    SourceFile,
+    StoreSync,
+    TimeStep,
+    TrainingRun,
+    agent_properties,
+    batch_widths,
+    check_domains,
+    check_limit,
+    check_range,
+    dumps,
+    make_batch,
+    missing_message,
+    node_id,
+    run_record,
+    seek_margin,
+    sequence_checksum,
+    sort_edges,
+    split_node_id,
+    sync_batch,
+    utc_now,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_DDL = """
+_SEQUENCES_TABLE = """
+CREATE TABLE IF NOT EXISTS sequences (
+    key TEXT PRIMARY KEY, domain TEXT NOT NULL, sequence_id TEXT NOT NULL,
+    run_id TEXT, seed INTEGER, pattern TEXT, n_steps INTEGER NOT NULL,
+    shape TEXT NOT NULL, levels TEXT NOT NULL, perturbation_kinds TEXT NOT NULL,
+    entropy_min REAL, entropy_max REAL,
+    mean_min REAL NOT NULL, mean_max REAL NOT NULL,
+    variance_min REAL NOT NULL, variance_max REAL NOT NULL,
+    created TEXT NOT NULL, status TEXT NOT NULL,
+    kind TEXT NOT NULL, source TEXT, sources TEXT NOT NULL
+);"""
+_TIMESTEPS_TABLE = """
+CREATE TABLE IF NOT EXISTS timesteps (
+    key TEXT PRIMARY KEY,
+    sequence_key TEXT NOT NULL REFERENCES sequences(key) ON DELETE CASCADE,
+    t INTEGER NOT NULL, mean REAL NOT NULL, variance REAL NOT NULL, entropy REAL,
+    sum REAL, perturbation_kinds TEXT NOT NULL
+);"""
+_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
     version  INTEGER NOT NULL,
     applied  TEXT NOT NULL
-);
+);"""
+_DDL = _VERSION_TABLE + """
+-- generation and import runs (kind); a sequence's run_id may name a run not (yet) catalogued
 CREATE TABLE IF NOT EXISTS generation_runs (
     run_id TEXT PRIMARY KEY, config TEXT NOT NULL, config_hash TEXT NOT NULL,
     seed INTEGER NOT NULL, code_version TEXT NOT NULL, host TEXT NOT NULL,
-    started TEXT NOT NULL, finished TEXT, counts TEXT NOT NULL
+    started TEXT NOT NULL, finished TEXT, counts TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'generate'
 );
-CREATE TABLE IF NOT EXISTS sequences (
-    key TEXT PRIMARY KEY, domain TEXT NOT NULL, sequence_id TEXT NOT NULL,
-    run_id TEXT NOT NULL REFERENCES generation_runs(run_id),
-    seed INTEGER NOT NULL, pattern TEXT NOT NULL, n_steps INTEGER NOT NULL,
-    shape TEXT NOT NULL, levels TEXT NOT NULL, perturbation_kinds TEXT NOT NULL,
-    entropy_min REAL NOT NULL, entropy_max REAL NOT NULL,
-    mean_min REAL NOT NULL, mean_max REAL NOT NULL,
-    variance_min REAL NOT NULL, variance_max REAL NOT NULL,
-    created TEXT NOT NULL, status TEXT NOT NULL
-);
+__SEQUENCES_DDL__
 CREATE INDEX IF NOT EXISTS sequences_domain_entropy ON sequences(domain, entropy_min);
 CREATE INDEX IF NOT EXISTS sequences_domain_mean ON sequences(domain, mean_min);
 CREATE INDEX IF NOT EXISTS sequences_run ON sequences(run_id);
@@ -83,12 +127,7 @@ CREATE TABLE IF NOT EXISTS sequence_perturbations (
     PRIMARY KEY (kind, sequence_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sequence_perturbations_seq ON sequence_perturbations(sequence_key);
-CREATE TABLE IF NOT EXISTS timesteps (
-    key TEXT PRIMARY KEY,
-    sequence_key TEXT NOT NULL REFERENCES sequences(key) ON DELETE CASCADE,
-    t INTEGER NOT NULL, mean REAL NOT NULL, variance REAL NOT NULL, entropy REAL NOT NULL,
-    sum REAL NOT NULL, perturbation_kinds TEXT NOT NULL
-);
+__TIMESTEPS_DDL__
 CREATE INDEX IF NOT EXISTS timesteps_seq ON timesteps(sequence_key, t);
 CREATE INDEX IF NOT EXISTS timesteps_entropy ON timesteps(entropy);
 CREATE INDEX IF NOT EXISTS timesteps_mean ON timesteps(mean);
@@ -105,7 +144,16 @@ CREATE TABLE IF NOT EXISTS arrays (
 CREATE INDEX IF NOT EXISTS arrays_seq ON arrays(sequence_key, level, field);
 CREATE TABLE IF NOT EXISTS dataset_versions (
     version_id TEXT PRIMARY KEY, query TEXT NOT NULL, split TEXT NOT NULL,
-    sequence_keys TEXT NOT NULL, created TEXT NOT NULL
+    sequence_keys TEXT NOT NULL, created TEXT NOT NULL, checksums TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS source_files (
+    key TEXT PRIMARY KEY, uri TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    format TEXT NOT NULL
+);
+-- how far this catalog has followed its store's change log (one row; see base.StoreSync)
+CREATE TABLE IF NOT EXISTS store_sync (
+    id INTEGER PRIMARY KEY CHECK (id = 1), store_id TEXT NOT NULL, position INTEGER NOT NULL,
+    pending TEXT NOT NULL, version INTEGER NOT NULL, updated TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS training_runs (
     run_id TEXT PRIMARY KEY, config TEXT NOT NULL,
@@ -122,21 +170,39 @@ CREATE TABLE IF NOT EXISTS edges (
     PRIMARY KEY (src, rel, dst)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst, rel);
-"""
+""".replace("__SEQUENCES_DDL__", _SEQUENCES_TABLE).replace("__TIMESTEPS_DDL__", _TIMESTEPS_TABLE)
+# Layout 1 -> 2 (foreign keys off, one transaction): rebuild the two tables whose columns became
+# nullable or grew, add the new columns elsewhere; the new tables come from _DDL afterwards.
+_UPGRADE_FROM_1 = (
+    _SEQUENCES_TABLE.replace("TABLE IF NOT EXISTS sequences", "TABLE sequences_v2"),
+    "INSERT INTO sequences_v2 SELECT key, domain, sequence_id, run_id, seed, pattern, n_steps, "
+    "shape, levels, perturbation_kinds, entropy_min, entropy_max, mean_min, mean_max, "
+    "variance_min, variance_max, created, status, 'generate', NULL, '[]' FROM sequences",
+    "DROP TABLE sequences",
+    "ALTER TABLE sequences_v2 RENAME TO sequences",
+    _TIMESTEPS_TABLE.replace("TABLE IF NOT EXISTS timesteps", "TABLE timesteps_v2"),
+    "INSERT INTO timesteps_v2 SELECT key, sequence_key, t, mean, variance, entropy, sum, "
+    "perturbation_kinds FROM timesteps",
+    "DROP TABLE timesteps",
+    "ALTER TABLE timesteps_v2 RENAME TO timesteps",
+    "ALTER TABLE generation_runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'generate'",
+    "ALTER TABLE dataset_versions ADD COLUMN checksums TEXT NOT NULL DEFAULT '{}'",
+)
 
 # ---------------------------------------------------------------------------------------- SQL
 
 _UPSERT_RUN = """
 INSERT INTO generation_runs (run_id, config, config_hash, seed, code_version, host, started,
-                             finished, counts)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                             finished, counts, kind)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(run_id) DO UPDATE SET config=excluded.config, config_hash=excluded.config_hash,
     seed=excluded.seed, code_version=excluded.code_version, host=excluded.host,
-    started=excluded.started, finished=excluded.finished, counts=excluded.counts
+    started=excluded.started, finished=excluded.finished, counts=excluded.counts,
+    kind=excluded.kind
 """
 _SEQ_COLS = ("key", "domain", "sequence_id", "run_id", "seed", "pattern", "n_steps", "shape",
              "levels", "perturbation_kinds", "entropy_min", "entropy_max", "mean_min", "mean_max",
-             "variance_min", "variance_max", "created", "status")
+             "variance_min", "variance_max", "created", "status", "kind", "source", "sources")
 _UPSERT_SEQ = (
     f"INSERT INTO sequences ({', '.join(_SEQ_COLS)}) VALUES ({', '.join('?' * len(_SEQ_COLS))}) "
     "ON CONFLICT(key) DO UPDATE SET "
@@ -175,7 +241,8 @@ SELECT e.src, e.rel, e.dst, e.props FROM edges AS e
 _LINEAGE_NODES = _UPSTREAM_CTE + "SELECT id FROM up"
 _GENERATION_RUNS = _UPSTREAM_CTE + """
 SELECT g.* FROM generation_runs AS g
- WHERE 'GenerationRun:' || g.run_id IN (SELECT id FROM up)
+ WHERE (CASE g.kind WHEN 'import' THEN 'ImportRun:' ELSE 'GenerationRun:' END) || g.run_id
+       IN (SELECT id FROM up)
  ORDER BY g.run_id
 """
 
@@ -214,28 +281,30 @@ _TS_FILTERS = {
 
 def _run_row(r: GenerationRun) -> tuple:
     return (r.run_id, dumps(r.config, f"run {r.run_id!r} config"), r.config_hash, r.seed,
-            r.code_version, r.host, r.started, r.finished, dumps(r.counts, "counts"))
+            r.code_version, r.host, r.started, r.finished, dumps(r.counts, "counts"), r.kind)
 
 
 def _run_from(row: sqlite3.Row) -> GenerationRun:
-    return GenerationRun(run_id=row["run_id"], config=json.loads(row["config"]),
-                         config_hash=row["config_hash"], seed=row["seed"],
-                         code_version=row["code_version"], host=row["host"],
-                         started=row["started"], finished=row["finished"],
-                         counts=json.loads(row["counts"]))
+    cls = ImportRun if row["kind"] == "import" else GenerationRun
+    return cls(run_id=row["run_id"], config=json.loads(row["config"]),
+               config_hash=row["config_hash"], seed=row["seed"], code_version=row["code_version"],
+               host=row["host"], started=row["started"], finished=row["finished"],
+               counts=json.loads(row["counts"]), kind=row["kind"])
 
 
 def _seq_row(s: Sequence) -> tuple:
     return (s.key, s.domain, s.sequence_id, s.run_id, s.seed, s.pattern, s.n_steps,
             json.dumps(s.shape), json.dumps(s.levels),
             json.dumps(s.perturbation_kinds, ensure_ascii=False), s.entropy_min, s.entropy_max,
-            s.mean_min, s.mean_max, s.variance_min, s.variance_max, s.created, s.status)
+            s.mean_min, s.mean_max, s.variance_min, s.variance_max, s.created, s.status, s.kind,
+            s.source, dumps(s.sources, f"sequence {s.key!r} sources"))
 
 
 def _seq_from(row: sqlite3.Row) -> Sequence:
     r = tuple(row)  # column order of _SEQ_COLS (SELECT * on the sequences table)
     return Sequence(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]), _loads(r[8]),
-                    _loads(r[9]), r[10], r[11], r[12], r[13], r[14], r[15], r[16], r[17])
+                    _loads(r[9]), r[10], r[11], r[12], r[13], r[14], r[15], r[16], r[17], r[18],
+                    r[19], _loads(r[20]))
 
 
 _loads = json.JSONDecoder().decode
@@ -273,7 +342,13 @@ def _arr_from(row: sqlite3.Row) -> ArrayRecord:
 def _dv_from(row: sqlite3.Row) -> DatasetVersion:
     return DatasetVersion(version_id=row["version_id"], query=json.loads(row["query"]),
                           split=json.loads(row["split"]),
-                          sequence_keys=json.loads(row["sequence_keys"]), created=row["created"])
+                          sequence_keys=json.loads(row["sequence_keys"]), created=row["created"],
+                          checksums=json.loads(row["checksums"]))
+
+
+def _sf_from(row: sqlite3.Row) -> SourceFile:
+    return SourceFile(key=row["key"], uri=row["uri"], size=row["size"], sha256=row["sha256"],
+                      format=row["format"])
 
 
 def _tr_from(row: sqlite3.Row) -> TrainingRun:
@@ -294,8 +369,12 @@ _NODE_FETCH: dict[str, tuple[str, Any]] = {
     "Sequence": ("SELECT * FROM sequences WHERE key IN (SELECT value FROM json_each(?))", _seq_from),
     "TimeStep": ("SELECT * FROM timesteps WHERE key IN (SELECT value FROM json_each(?))", _ts_from),
     "Array": ("SELECT * FROM arrays WHERE key IN (SELECT value FROM json_each(?))", _arr_from),
-    "GenerationRun": ("SELECT * FROM generation_runs WHERE run_id IN "
+    "GenerationRun": ("SELECT * FROM generation_runs WHERE kind = 'generate' AND run_id IN "
                       "(SELECT value FROM json_each(?))", _run_from),
+    "ImportRun": ("SELECT * FROM generation_runs WHERE kind = 'import' AND run_id IN "
+                  "(SELECT value FROM json_each(?))", _run_from),
+    "SourceFile": ("SELECT * FROM source_files WHERE key IN (SELECT value FROM json_each(?))",
+                   _sf_from),
     "DatasetVersion": ("SELECT * FROM dataset_versions WHERE version_id IN "
                        "(SELECT value FROM json_each(?))", _dv_from),
     "TrainingRun": ("SELECT * FROM training_runs WHERE run_id IN "
@@ -304,57 +383,100 @@ _NODE_FETCH: dict[str, tuple[str, Any]] = {
                    "(SELECT value FROM json_each(?))", _ck_from),
 }
 _KEY_ATTR = {"Sequence": "key", "TimeStep": "key", "Array": "key", "GenerationRun": "run_id",
+             "ImportRun": "run_id", "SourceFile": "key",
              "DatasetVersion": "version_id", "TrainingRun": "run_id", "Checkpoint": "ckpt_id"}
 
 
 class SQLiteCatalog(ClosesOnExit):
     """The catalog in one SQLite file (``":memory:"`` for a private in-memory catalog).
 
-    ``validate`` (default True) checks every record against its JSON Schema before writing.
+    ``validate`` (default True) checks every record against its JSON Schema before writing;
+    ``read_only`` opens an existing file for reading only (every write is a CatalogError).
     """
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path, *, validate: bool = True, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, validate: bool = True, timeout: float = 30.0,
+                 read_only: bool = False) -> None:
         self.path = str(path)
         self.uri = f"sqlite:///{self.path}"
         self._validate = validate
+        self.read_only = read_only
         self._lock = threading.RLock()
         if self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise CatalogError(f"cannot open catalog {self.path}: folder {parent} does not exist")
+        if read_only and not Path(self.path).is_file():
+            raise CatalogError(f"cannot open catalog {self.path} read-only: no such file")
         try:
-            self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
-                                       isolation_level=None)
+            if read_only:  # (a URI, so SQLite refuses every write itself)
+                self._db = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro",
+                                           uri=True, timeout=timeout, check_same_thread=False,
+                                           isolation_level=None)
+            else:
+                self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
+                                           isolation_level=None)
         except sqlite3.Error as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
         self._db.row_factory = sqlite3.Row
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
             self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            self._migrate()
+            if read_only:
+                if self._version() != SCHEMA_VERSION:
+                    raise CatalogError(f"catalog {self.path} has layout version "
+                                       f"{self._version()}; open it writable once to upgrade it "
+                                       f"to {SCHEMA_VERSION}")
+            else:
+                self._migrate()
+        except CatalogError:
+            self._db.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise CatalogError(f"{self.path} is not a usable catalog database: {exc}") from None
 
     # ------------------------------------------------------------------------------ plumbing
 
+    def _version(self) -> int | None:
+        return self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+
     def _migrate(self) -> None:
         # executescript commits any open transaction first, so the DDL gets its own.
+        self._db.executescript("BEGIN IMMEDIATE;" + _VERSION_TABLE + "COMMIT;")
+        have = self._version()
+        if have is not None and have > SCHEMA_VERSION:
+            raise CatalogError(f"catalog {self.path} has layout version {have}; this atlasstore "
+                               f"understands up to {SCHEMA_VERSION} (upgrade atlasstore)")
+        if have == 1:
+            self._upgrade_from_1()
         self._db.executescript("BEGIN IMMEDIATE;" + _DDL + "COMMIT;")
         with self._tx():
-            row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            have = row[0]
-            if have is None:
+            if self._version() is None:
                 self._db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)",
                                  (SCHEMA_VERSION, utc_now()))
-            elif have > SCHEMA_VERSION:
-                raise CatalogError(f"catalog {self.path} has layout version {have}; this atlasstore "
-                                   f"understands up to {SCHEMA_VERSION} (upgrade atlasstore)")
+
+    def _upgrade_from_1(self) -> None:
+        """Layout 1 -> 2 in one transaction (another process may have done it meanwhile)."""
+        self._db.execute("PRAGMA foreign_keys=OFF")  # (not settable inside a transaction)
+        try:
+            with self._tx() as db:
+                if self._version() != 1:
+                    return
+                for stmt in _UPGRADE_FROM_1:
+                    db.execute(stmt)
+                if db.execute("PRAGMA foreign_key_check").fetchall():
+                    raise CatalogError(f"catalog {self.path}: layout upgrade 1 -> 2 found broken "
+                                       "references; nothing was changed")
+                db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)",
+                           (SCHEMA_VERSION, utc_now()))
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     class _Tx:
         def __init__(self, cat: SQLiteCatalog) -> None:
@@ -381,6 +503,8 @@ class SQLiteCatalog(ClosesOnExit):
     def _tx(self) -> SQLiteCatalog._Tx:
         if self._db is None:
             raise CatalogError(f"catalog {self.path} is closed")
+        if self.read_only:
+            raise CatalogError(f"catalog {self.path} is open read-only")
         return SQLiteCatalog._Tx(self)
 
     def _check_open(self) -> None:
@@ -431,131 +555,230 @@ class SQLiteCatalog(ClosesOnExit):
     # ------------------------------------------------------------------------------ registration
 
     def register_run(self, run: GenerationRun | Mapping[str, Any]) -> None:
-        r = GenerationRun.coerce(run, check=self._validate)
-        rid = node_id("GenerationRun", r.run_id)
-        row = _run_row(r)
+        r = run_record(run, check=self._validate)
         with self._tx() as db:
-            db.execute(_UPSERT_RUN, row)
-            db.execute("DELETE FROM edges WHERE src = ? AND rel = 'wasAssociatedWith'", (rid,))
-            db.executemany(_UPSERT_EDGE, [
-                (rid, "wasAssociatedWith", node_id("CodeVersion", r.code_version), "{}"),
-                (rid, "wasAssociatedWith", node_id("Host", r.host), "{}")])
+            self._register_run_tx(db, r)
 
     def register_sequences(self, seqs: Iterable[Sequence | Mapping[str, Any]],
                            timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
                            arrays: Iterable[ArrayRecord | Mapping[str, Any]] = ()) -> None:
         """Insert or replace sequences with their parts, in one transaction.
 
-        A sequence given here is replaced whole: its time steps and arrays become exactly the
-        ones given in this call (earlier parts not given again are removed). Parts whose
-        sequence is not in ``seqs`` must belong to a sequence already catalogued and are
-        inserted or replaced individually. Runs must be registered first; ``derived_from``
-        must name an array of this batch or one already catalogued.
+        A sequence given here is replaced whole: its time steps, arrays and source files become
+        exactly the ones given in this call (earlier parts not given again are removed). Parts
+        whose sequence is not in ``seqs`` must belong to a sequence already catalogued and are
+        inserted or replaced individually. ``derived_from`` must name an array of this batch or
+        one already catalogued. A run id names a run whether or not it is catalogued yet.
         """
         b = make_batch(seqs, timesteps, arrays, self._validate)
         if not (b.seqs or b.timesteps or b.arrays):
             return
-        seq_rows = [_seq_row(s) for s in b.seqs]
-        ts_rows = [_ts_row(t) for t in b.timesteps]
-        arr_rows = [_arr_row(a) for a in b.arrays]
         with self._tx() as db:
-            runs = {s.run_id for s in b.seqs}
-            missing = runs - self._existing(db, "generation_runs", "run_id", runs)
-            if missing:
-                raise CatalogNotFound(missing_message("generation runs", missing,
-                                                      " (register_run first)"))
-            outside = b.outside_sequence_keys()
-            missing = outside - self._existing(db, "sequences", "key", outside)
-            if missing:
-                raise CatalogNotFound(missing_message("sequences", missing,
-                                                      " (parts given without their sequence)"))
-            derived = b.outside_derived_keys()
-            missing = derived - self._existing(db, "arrays", "key", derived)
-            if missing:
-                raise CatalogNotFound(missing_message("arrays named in derived_from", missing))
-            # stale parts of re-registered sequences
-            keep = b.child_keys_by_sequence()
-            stale: list[str] = []
-            for skey, kids in keep.items():
-                kids_set = set(kids)
-                for r in db.execute("SELECT key FROM timesteps WHERE sequence_key = ?", (skey,)):
-                    if r[0] not in kids_set:
-                        stale.append(node_id("TimeStep", r[0]))
-                for r in db.execute("SELECT key FROM arrays WHERE sequence_key = ?", (skey,)):
-                    if r[0] not in kids_set:
-                        stale.append(node_id("Array", r[0]))
-            if stale:
-                self._delete_nodes(db, stale)
-                db.executemany("DELETE FROM timesteps WHERE key = ?",
-                               [(i.split(":", 1)[1],) for i in stale if i.startswith("TimeStep:")])
-                db.executemany("DELETE FROM arrays WHERE key = ?",
-                               [(i.split(":", 1)[1],) for i in stale if i.startswith("Array:")])
-            # sequences
-            db.executemany(_UPSERT_SEQ, seq_rows)
-            db.executemany("DELETE FROM sequence_levels WHERE sequence_key = ?",
-                           [(s.key,) for s in b.seqs])
-            db.executemany("INSERT OR IGNORE INTO sequence_levels (level, sequence_key) VALUES (?, ?)",
-                           [(lv, s.key) for s in b.seqs for lv in s.levels])
-            db.executemany("DELETE FROM sequence_perturbations WHERE sequence_key = ?",
-                           [(s.key,) for s in b.seqs])
-            db.executemany("INSERT OR IGNORE INTO sequence_perturbations (kind, sequence_key) "
-                           "VALUES (?, ?)", [(k, s.key) for s in b.seqs for k in s.perturbation_kinds])
-            if b.seqs:
-                db.executemany("INSERT INTO stat_widths (stat, width) VALUES (?, ?) "
-                               "ON CONFLICT(stat) DO UPDATE SET width = max(width, excluded.width)",
-                               list(batch_widths(b.seqs).items()))
-            db.executemany("DELETE FROM edges WHERE src = ? AND rel = 'wasGeneratedBy'",
-                           [(node_id("Sequence", s.key),) for s in b.seqs])
-            edges = [(node_id("Sequence", s.key), "wasGeneratedBy",
-                      node_id("GenerationRun", s.run_id), "{}") for s in b.seqs]
-            # parts
-            db.executemany(_UPSERT_TS, ts_rows)
-            edges += [(node_id("Sequence", t.sequence_key), "hasTimeStep",
-                       node_id("TimeStep", t.key), "{}") for t in b.timesteps]
-            db.executemany(_UPSERT_ARR, arr_rows)
-            edges += [(node_id("Sequence", a.sequence_key), "hasArray", node_id("Array", a.key), "{}")
-                      for a in b.arrays]
-            db.executemany("DELETE FROM edges WHERE src = ? AND rel = 'wasDerivedFrom'",
-                           [(node_id("Array", a.key),) for a in b.arrays])
-            edges += [(node_id("Array", a.key), "wasDerivedFrom", node_id("Array", a.derived_from),
-                       dumps({"operation": a.operation} if a.operation is not None else {}, "edge"))
-                      for a in b.arrays if a.derived_from is not None]
-            db.executemany(_UPSERT_EDGE, edges)
+            self._register_tx(db, b)
 
     def remove_sequences(self, keys: Iterable[str]) -> int:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return 0
         with self._tx() as db:
-            present = sorted(self._existing(db, "sequences", "key", keys))
-            ids: list[str] = []
-            for k in present:
-                ids.append(node_id("Sequence", k))
-                ids += [node_id("TimeStep", r[0]) for r in
-                        db.execute("SELECT key FROM timesteps WHERE sequence_key = ?", (k,))]
-                ids += [node_id("Array", r[0]) for r in
-                        db.execute("SELECT key FROM arrays WHERE sequence_key = ?", (k,))]
-            self._delete_nodes(db, ids)
-            db.executemany("DELETE FROM sequences WHERE key = ?", [(k,) for k in present])
+            return self._remove_tx(db, keys)
+
+    # (the bodies of the public writes, run inside a transaction; commit_sync combines them)
+
+    def _register_run_tx(self, db: sqlite3.Connection, r: GenerationRun) -> None:
+        rid = node_id(r.NODE_KIND, r.run_id)
+        other = node_id("ImportRun" if r.NODE_KIND == "GenerationRun" else "GenerationRun",
+                        r.run_id)
+        db.execute(_UPSERT_RUN, _run_row(r))
+        db.execute("DELETE FROM edges WHERE src IN (?, ?) AND rel = 'wasAssociatedWith'",
+                   (rid, other))
+        db.executemany(_UPSERT_EDGE, [
+            (rid, "wasAssociatedWith", node_id("CodeVersion", r.code_version), "{}"),
+            (rid, "wasAssociatedWith", node_id("Host", r.host), "{}")])
+        # the sequences that name it (registered before it, or under the other kind)
+        db.execute("DELETE FROM edges WHERE dst = ? AND rel = 'wasGeneratedBy'", (other,))
+        db.execute("INSERT OR IGNORE INTO edges (src, rel, dst, props) SELECT 'Sequence:' || key, "
+                   "'wasGeneratedBy', ?, '{}' FROM sequences WHERE run_id = ?", (rid, r.run_id))
+
+    def _register_tx(self, db: sqlite3.Connection, b: Any) -> None:
+        outside = b.outside_sequence_keys()
+        missing = outside - self._existing(db, "sequences", "key", outside)
+        if missing:
+            raise CatalogNotFound(missing_message("sequences", missing,
+                                                  " (parts given without their sequence)"))
+        derived = b.outside_derived_keys()
+        missing = derived - self._existing(db, "arrays", "key", derived)
+        if missing:
+            raise CatalogNotFound(missing_message("arrays named in derived_from", missing))
+        # stale parts of re-registered sequences
+        keep = b.child_keys_by_sequence()
+        stale: list[str] = []
+        for skey, kids in keep.items():
+            kids_set = set(kids)
+            for r in db.execute("SELECT key FROM timesteps WHERE sequence_key = ?", (skey,)):
+                if r[0] not in kids_set:
+                    stale.append(node_id("TimeStep", r[0]))
+            for r in db.execute("SELECT key FROM arrays WHERE sequence_key = ?", (skey,)):
+                if r[0] not in kids_set:
+                    stale.append(node_id("Array", r[0]))
+        if stale:
+            self._delete_nodes(db, stale)
+            db.executemany("DELETE FROM timesteps WHERE key = ?",
+                           [(i.split(":", 1)[1],) for i in stale if i.startswith("TimeStep:")])
+            db.executemany("DELETE FROM arrays WHERE key = ?",
+                           [(i.split(":", 1)[1],) for i in stale if i.startswith("Array:")])
+        # sequences
+        old_sources = self._source_keys_of(db, [s.key for s in b.seqs])
+        db.executemany(_UPSERT_SEQ, [_seq_row(s) for s in b.seqs])
+        db.executemany("DELETE FROM sequence_levels WHERE sequence_key = ?",
+                       [(s.key,) for s in b.seqs])
+        db.executemany("INSERT OR IGNORE INTO sequence_levels (level, sequence_key) VALUES (?, ?)",
+                       [(lv, s.key) for s in b.seqs for lv in s.levels])
+        db.executemany("DELETE FROM sequence_perturbations WHERE sequence_key = ?",
+                       [(s.key,) for s in b.seqs])
+        db.executemany("INSERT OR IGNORE INTO sequence_perturbations (kind, sequence_key) "
+                       "VALUES (?, ?)", [(k, s.key) for s in b.seqs for k in s.perturbation_kinds])
+        if b.seqs:
+            db.executemany("INSERT INTO stat_widths (stat, width) VALUES (?, ?) "
+                           "ON CONFLICT(stat) DO UPDATE SET width = max(width, excluded.width)",
+                           list(batch_widths(b.seqs).items()))
+        db.executemany("DELETE FROM edges WHERE src = ? AND rel IN ('wasGeneratedBy', "
+                       "'wasDerivedFrom')", [(node_id("Sequence", s.key),) for s in b.seqs])
+        runs = {s.run_id for s in b.seqs if s.run_id is not None}
+        run_kind = {r[0]: r[1] for r in db.execute(
+            "SELECT run_id, kind FROM generation_runs WHERE run_id IN "
+            "(SELECT value FROM json_each(?))", (json.dumps(sorted(runs)),))} if runs else {}
+        edges = [(node_id("Sequence", s.key), "wasGeneratedBy",
+                  node_id("ImportRun" if run_kind[s.run_id] == "import" else "GenerationRun",
+                          s.run_id), "{}")
+                 for s in b.seqs if s.run_id in run_kind]
+        # source files of imports
+        files: dict[str, SourceFile] = {}
+        for s in b.seqs:
+            for f, member in s.source_files():
+                files[f.key] = f
+                edges.append((node_id("Sequence", s.key), "wasDerivedFrom",
+                              node_id("SourceFile", f.key),
+                              dumps({"member": member} if member is not None else {}, "edge")))
+        db.executemany("INSERT INTO source_files (key, uri, size, sha256, format) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET uri=excluded.uri, "
+                       "size=excluded.size, sha256=excluded.sha256, format=excluded.format",
+                       [(f.key, f.uri, f.size, f.sha256, f.format) for f in files.values()])
+        # parts
+        db.executemany(_UPSERT_TS, [_ts_row(t) for t in b.timesteps])
+        edges += [(node_id("Sequence", t.sequence_key), "hasTimeStep",
+                   node_id("TimeStep", t.key), "{}") for t in b.timesteps]
+        db.executemany(_UPSERT_ARR, [_arr_row(a) for a in b.arrays])
+        edges += [(node_id("Sequence", a.sequence_key), "hasArray", node_id("Array", a.key), "{}")
+                  for a in b.arrays]
+        db.executemany("DELETE FROM edges WHERE src = ? AND rel = 'wasDerivedFrom'",
+                       [(node_id("Array", a.key),) for a in b.arrays])
+        edges += [(node_id("Array", a.key), "wasDerivedFrom", node_id("Array", a.derived_from),
+                   dumps({"operation": a.operation} if a.operation is not None else {}, "edge"))
+                  for a in b.arrays if a.derived_from is not None]
+        db.executemany(_UPSERT_EDGE, edges)
+        self._drop_orphan_sources(db, old_sources - set(files))
+
+    def _remove_tx(self, db: sqlite3.Connection, keys: list[str]) -> int:
+        present = sorted(self._existing(db, "sequences", "key", keys))
+        sources = self._source_keys_of(db, present)
+        ids: list[str] = []
+        for k in present:
+            ids.append(node_id("Sequence", k))
+            ids += [node_id("TimeStep", r[0]) for r in
+                    db.execute("SELECT key FROM timesteps WHERE sequence_key = ?", (k,))]
+            ids += [node_id("Array", r[0]) for r in
+                    db.execute("SELECT key FROM arrays WHERE sequence_key = ?", (k,))]
+        self._delete_nodes(db, ids)
+        db.executemany("DELETE FROM sequences WHERE key = ?", [(k,) for k in present])
+        self._drop_orphan_sources(db, sources)
         return len(present)
+
+    @staticmethod
+    def _source_keys_of(db: sqlite3.Connection, seq_keys: list[str]) -> set[str]:
+        if not seq_keys:
+            return set()
+        return {r[0].split(":", 1)[1] for r in db.execute(
+            "SELECT dst FROM edges WHERE rel = 'wasDerivedFrom' AND dst LIKE 'SourceFile:%' AND "
+            "src IN (SELECT 'Sequence:' || value FROM json_each(?))", (json.dumps(seq_keys),))}
+
+    @staticmethod
+    def _drop_orphan_sources(db: sqlite3.Connection, keys: set[str]) -> None:
+        """SourceFile nodes live through the sequences derived from them."""
+        for k in keys:
+            if db.execute("SELECT 1 FROM edges WHERE dst = ? LIMIT 1",
+                          (node_id("SourceFile", k),)).fetchone() is None:
+                db.execute("DELETE FROM source_files WHERE key = ?", (k,))
+
+    # ------------------------------------------------------------------------------ store sync
+
+    def store_sync(self) -> StoreSync | None:
+        rows = self._q("SELECT store_id, position, pending, version, updated FROM store_sync "
+                       "WHERE id = 1")
+        if not rows:
+            return None
+        r = rows[0]
+        return StoreSync(r[0], r[1], json.loads(r[2]), r[3], r[4])
+
+    def commit_sync(self, expect_version: int | None, state: StoreSync, *,
+                    runs: Iterable[GenerationRun | Mapping[str, Any]] = (),
+                    seqs: Iterable[Sequence | Mapping[str, Any]] = (),
+                    timesteps: Iterable[TimeStep | Mapping[str, Any]] = (),
+                    arrays: Iterable[ArrayRecord | Mapping[str, Any]] = (),
+                    remove: Iterable[str] = ()) -> bool:
+        """See :meth:`atlasstore.catalog.base.Catalog.commit_sync` (BEGIN IMMEDIATE: the check
+        and the writes are one transaction, so a concurrent commit cannot slip in between)."""
+        rs, b, gone = sync_batch(runs, seqs, timesteps, arrays, remove, self._validate)
+        with self._tx() as db:
+            row = db.execute("SELECT version FROM store_sync WHERE id = 1").fetchone()
+            have = None if row is None else int(row[0])
+            if have != expect_version:
+                return False
+            for r in rs:
+                self._register_run_tx(db, r)
+            if gone:
+                self._remove_tx(db, gone)
+            if b.seqs or b.timesteps or b.arrays:
+                self._register_tx(db, b)
+            db.execute("INSERT INTO store_sync (id, store_id, position, pending, version, updated) "
+                       "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                       "store_id=excluded.store_id, position=excluded.position, "
+                       "pending=excluded.pending, version=excluded.version, "
+                       "updated=excluded.updated",
+                       (state.store_id, int(state.position), json.dumps(state.pending, sort_keys=True),
+                        (have or 0) + 1, utc_now()))
+        return True
+
+    # ------------------------------------------------------------------------------ lineage records
 
     def register_dataset_version(self, version_id: str, query: Mapping[str, Any],
                                  split: Mapping[str, Any], sequence_keys: Iterable[str], *,
-                                 created: str | None = None) -> DatasetVersion:
-        dv = DatasetVersion.build(version_id, query, split, sequence_keys, created,
-                                  check=self._validate)
-        vid = node_id("DatasetVersion", dv.version_id)
+                                 created: str | None = None,
+                                 checksums: Mapping[str, str] | None = None) -> DatasetVersion:
+        keys = list(dict.fromkeys(sequence_keys))
         with self._tx() as db:
-            missing = set(dv.sequence_keys) - self._existing(db, "sequences", "key", dv.sequence_keys)
+            missing = set(keys) - self._existing(db, "sequences", "key", keys)
             if missing:
                 raise CatalogNotFound(missing_message("sequences", missing,
                                                       f" (dataset version {version_id!r})"))
+            if checksums is None:
+                per: dict[str, dict[str, str]] = {k: {} for k in keys}
+                for r in db.execute("SELECT sequence_key, level, field, checksum FROM arrays "
+                                    "WHERE sequence_key IN (SELECT value FROM json_each(?))",
+                                    (json.dumps(keys),)):
+                    per[r[0]][f"{r[1]}/{r[2]}"] = r[3]
+                checksums = {k: sequence_checksum(v) for k, v in per.items()}
+            dv = DatasetVersion.build(version_id, query, split, keys, created,
+                                      check=self._validate, checksums=checksums)
+            vid = node_id("DatasetVersion", dv.version_id)
             db.execute("INSERT INTO dataset_versions (version_id, query, split, sequence_keys, "
-                       "created) VALUES (?, ?, ?, ?, ?) ON CONFLICT(version_id) DO UPDATE SET "
-                       "query=excluded.query, split=excluded.split, "
-                       "sequence_keys=excluded.sequence_keys, created=excluded.created",
+                       "created, checksums) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(version_id) DO "
+                       "UPDATE SET query=excluded.query, split=excluded.split, "
+                       "sequence_keys=excluded.sequence_keys, created=excluded.created, "
+                       "checksums=excluded.checksums",
                        (dv.version_id, dumps(dv.query, "query"), dumps(dv.split, "split"),
-                        json.dumps(dv.sequence_keys, ensure_ascii=False), dv.created))
+                        json.dumps(dv.sequence_keys, ensure_ascii=False), dv.created,
+                        dumps(dv.checksums, "checksums")))
             db.execute("DELETE FROM edges WHERE src = ? AND rel = 'wasDerivedFrom'", (vid,))
             db.executemany(_UPSERT_EDGE, [(vid, "wasDerivedFrom", node_id("Sequence", k), "{}")
                                           for k in dv.sequence_keys])
