@@ -186,3 +186,30 @@ def test_kill_the_driver_mid_run(cluster_env: Any, reference: dict[str, str]) ->
     assert all(s.sequence_status(d, q) == "complete" for d in s.domains()
                for q in s.sequences(d, include_incomplete=True))
     assert wait_until(cluster.idle, 120)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cluster_imports_into_s3_and_the_graph_holds_no_secret(cluster_env: Any) -> None:
+    """``atlas import npy --scheduler tcp://...``: the workers read the source folder and write
+    the bucket with their own credentials; the result equals a serial import into a local store."""
+    from predecessor_fixture import write_predecessor_folder
+
+    cluster, b, procs, folder = cluster_env
+    src = folder / "npy-source"
+    write_predecessor_folder(src, domains=("plasma_physics",), sequences=3, steps=3, shape=(64, 64))
+    local = folder / "import-ref.zarr"
+    r = procs.run([*ATLAS, "import", "npy", str(src), "--store", str(local), "--scheduler",
+                   "serial", "--no-catalog", "--quiet"], timeout=300)
+    assert r.proc.returncode == 0, r.describe()
+    url = b.prefix("imported.zarr")
+    before = len(cluster.recorded())
+    r = procs.run([*ATLAS, "import", "npy", str(src), "--store", url, "--scheduler",
+                   cluster.address, "--quiet"], timeout=600)
+    assert r.proc.returncode == 0, r.describe()
+    assert "3 sequences written" in r.stdout() and f"({cluster.address})" in r.stdout()
+    assert checksums(url) == checksums(str(local))
+    graph = cluster.recorded()[before:]
+    assert graph and any(url.encode() in blob for blob in graph)
+    assert not [blob for blob in graph if b.server.secret.encode() in blob]
+    assert b.server.secret not in r.stdout() + r.stderr()
