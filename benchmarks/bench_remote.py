@@ -251,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "remote.md"))
     ap.add_argument("--plot", default=None, help="PNG of requests vs store size "
                     "(default: remote_requests.png beside --out)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="streams per reader, median reported (default 3; --quick 1)")
     args = ap.parse_args(argv)
     quick = args.quick
     n_dom, n_seq, n_steps = (2, 2, 24) if quick else (3, 4, 24)
-    repeats = 1 if quick else 3
+    repeats = args.repeats or (1 if quick else 3)
     sizes = [1000, 2000] if quick else [1000, 10_000, 100_000]
     scan_up_to = 1000 if quick else 10_000
     gen_seq, gen_steps = (2, 4) if quick else (4, 10)
