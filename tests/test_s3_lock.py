@@ -147,3 +147,30 @@ def test_generate_refuses_while_another_run_holds_the_lock(s3: S3Bucket, capsys:
     assert rc == 2, err
     assert "is being written by another generation run (run-holder, pid" in err
     assert AtlasStore.open(s3.url).domains() == []  # nothing written
+
+
+def test_a_run_whose_lock_was_taken_over_stops_at_the_next_result(s3: S3Bucket) -> None:
+    """The run driver (generate and import) checks its lock after every result: once a renewal
+    is refused, the next result stops the run and later tasks never start."""
+    from atlasstore import run_driver
+    from s3_tiny_stores import run_record
+
+    ran: list[str] = []
+    run = run_record("taken-over")
+    with run_driver.locked_store(s3.url, run["run_id"]) as store:
+        lock = run_driver._LOCKS[store]
+
+        def task(name: str) -> dict[str, Any]:
+            ran.append(name)
+            if name == "first":  # another writer takes the lock object over (a new ETag) ...
+                body = {"zarr_format": 3, "node_type": "group",
+                        "attributes": {"atlasstore_writer_lock": {"run_id": "run-new", "token": "t"}}}
+                s3.server.client().put_object(Bucket=s3.bucket, Key="atlas.zarr/_lock/zarr.json",
+                                              Body=json.dumps(body).encode())
+                assert lock._renew() is False  # ... and this holder's next renewal is refused
+            return {"task": {"name": name}, "status": "failed", "error": "not written"}
+
+        jobs = [run_driver.Job({"name": n}, "d", n, f"k-{n}", task, (n,)) for n in ("first", "second")]
+        with pytest.raises(StoreLocked, match="lost the writer lock .*taken over by run run-new"):
+            run_driver.execute(store, run, jobs, scheduler="serial")
+    assert ran == ["first"]
