@@ -8,8 +8,9 @@ the server then copies them inside itself (:meth:`S3Server.clone`, no HTTP reque
 to ``seq-00000 .. seq-<n-1>``, every 100th from the "pick" template, with the sequence id
 replaced in each copy's ``zarr.json``. The catalog gets the records ``atlas catalog sync`` would
 derive from those sequences, built from the templates' committed attributes (a sync would read
-every sequence document: n GETs). Every copy is a valid committed sequence: audits and store
-scans read them like any other.
+every sequence document: n GETs), and is bound to the store at its change log's head as a sync
+leaves it (otherwise a query scans the store instead of using it). Every copy is a valid
+committed sequence: audits and store scans read them like any other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from atlasstore.catalog import SQLiteCatalog
+from atlasstore.catalog.base import StoreSync
+from atlasstore.change_log import ChangeLog, store_id
 from atlasstore.index import CatalogSelector, register_run, register_sequence_infos
 from atlasstore.object_storage import S3Location
 from atlasstore.provenance import utc_now
@@ -82,6 +85,9 @@ def build(server: S3Server, url: str, n: int, catalog: Path) -> None:
                 register_sequence_infos(cat, batch)
                 batch = []
         register_sequence_infos(cat, batch)
+        # bound to the store at its change log's head, as `atlas catalog sync` leaves it (the
+        # copies made inside the server wrote no log entries; their records are registered above)
+        assert cat.commit_sync(None, StoreSync(store_id(s), ChangeLog(s).head()))
 
 
 def open_select_read(server: S3Server, url: str, catalog: Path | None, windows: int = 10
