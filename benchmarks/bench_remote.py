@@ -362,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             "|---|---:|---:|---:|---:|",
         ]
         for label, g in gen.items():
-            per_seq = f"{g['requests_per_seq']:.0f}" if label == "S3" else "-"
+            reqs = f"{g['requests_per_seq']:.0f}" if label == "S3" else "-"
             lines.append(f"| {label} | {g['maps']} | {g['seconds']:.1f} | "
-                         f"{g['maps'] / g['seconds']:.1f} | {per_seq} |")
+                         f"{g['maps'] / g['seconds']:.1f} | {reqs} |")
         lines += [
             "",
             "## (3) Requests for open + select 1 % + read 10 windows, by store size",
