@@ -29,7 +29,7 @@ EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE, as a shell reports `ls | head -1`'s ls
 #: a command that needs a missing one says which extra to install instead of failing inside.
 EXTRA_OF = {"matplotlib": "plots", "neo4j": "neo4j", "jax": "stream", "jaxlib": "stream",
             "flax": "nvp", "optax": "nvp", "orbax": "nvp", "tensorboardX": "nvp",
-            "h5py": "hdf5"}
+            "h5py": "hdf5", "obstore": "s3", "boto3": "s3", "botocore": "s3"}
 
 
 def missing_extra(exc: BaseException) -> tuple[str, str] | None:
@@ -107,7 +107,7 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
     default catalog means "no catalog" (the store is scanned instead).
     """
     from .catalog import CatalogError, open_catalog
-    from .locations import default_catalog_location
+    from .locations import default_catalog_location, is_remote
 
     given = getattr(args, "catalog", None)
     explicit = bool(given)
@@ -118,6 +118,8 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
         if required or explicit:
             raise UserError(f"no catalog at {local}; create it with `atlas catalog sync`")
         return None
+    if is_file and create and not explicit and is_remote(args.store):
+        Path(local).parent.mkdir(parents=True, exist_ok=True)  # a remote store's, in our cache
     try:
         cat = open_catalog(spec)
     except CatalogError:
@@ -138,6 +140,20 @@ def _note(view: Any) -> None:
         print(f"atlas: note: {view.note}", file=sys.stderr)
 
 
+def _one_line(error: str) -> str:
+    """A recorded error as one line (an object-store error names its request and URL)."""
+    from .object_storage import explain_text
+
+    return explain_text(error) or error
+
+
+def _byte_size(text: str) -> int:
+    from .chunk_cache import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fmt_bytes(n: float) -> str:
@@ -208,7 +224,7 @@ def _run_summary(report: Any, volume: str, label: Callable[[Any], str]) -> int:
           f"complete, {len(report.failures)} failed; {report.maps} maps, {volume}, "
           f"{report.seconds:.1f} s, {report.maps_per_second:.1f} maps/s ({report.engine})")
     for f in report.failures:
-        print(f"FAILED {f.domain}/{f.sequence_id}{label(f)}{f.error}", file=sys.stderr)
+        print(f"FAILED {f.domain}/{f.sequence_id}{label(f)}{_one_line(f.error)}", file=sys.stderr)
     for e in report.store_errors:
         print(f"store: {e}", file=sys.stderr)
     for e in report.catalog_errors:
@@ -617,7 +633,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--store", default=os.environ.get("ATLAS_STORE", DEFAULT_STORE),
-                        help="atlas store path or fsspec URL (default: $ATLAS_STORE or ./atlas.zarr)")
+                        help="atlas store: a path, s3://bucket/prefix (endpoint and credentials from the "
+                             "standard AWS settings) or another fsspec URL (default: $ATLAS_STORE "
+                             "or ./atlas.zarr)")
     cat = _Parser(add_help=False)
     cat.add_argument("--catalog", default=os.environ.get("ATLAS_CATALOG"),
                      help="catalog: a SQLite path, sqlite:///path, or neo4j (URI and credentials "
@@ -627,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="atlas", description="Generate, store, query and stream energy maps.")
     p.add_argument("--version", action="version", version=f"atlasstore {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="local cache folder: the default catalogs of remote stores and the disk "
+                        "cache of their chunks (default $ATLAS_CACHE_DIR or ~/.cache/atlasstore)")
+    p.add_argument("--cache-bytes", type=_byte_size, default=None, metavar="SIZE",
+                   help="bound of the disk cache of remote stores' chunks, e.g. 20GiB; 0 turns "
+                        "it off (default $ATLAS_CACHE_BYTES or 10GiB)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", parents=[common], help="create an empty atlas store")
@@ -836,6 +860,11 @@ def _add_nvp_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.A
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the cache settings reach every reader (and the NVP commands) through the environment
+    if args.cache_dir is not None:
+        os.environ["ATLAS_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
+    if args.cache_bytes is not None:
+        os.environ["ATLAS_CACHE_BYTES"] = str(args.cache_bytes)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
@@ -859,6 +888,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             module, extra = missing
             print(f"atlas: error: `atlas {args.command}` needs {module}, which is not installed: "
                   f"pip install 'atlasstore[{extra}]'", file=sys.stderr)
+            return EXIT_USER_ERROR
+        from .object_storage import explain, is_storage_error
+
+        if is_storage_error(exc) and not args.debug:  # the service failed or refused a request
+            print(f"atlas: error: {explain(exc)}", file=sys.stderr)
             return EXIT_USER_ERROR
         if isinstance(exc, _user_error_types()) and not args.debug:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

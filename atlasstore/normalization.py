@@ -8,8 +8,9 @@ a fingerprint of the selected sequences' ids and their recorded array checksums:
 sequences, or a rewritten one, is recomputed; unchanged ones load. A file beside the store, not
 root attributes: training opens stores read-only, and writing the root ``zarr.json`` would race
 with other writers of root metadata; the SQLite catalog lives beside the store the same way. For
-non-local stores the file is written through fsspec; if it cannot be written the statistics are
-kept in memory only. The stream applies ``(x - mean) / std``.
+``s3://`` stores the file is an object beside the store's prefix (written through obstore), for
+other URLs it is written through fsspec; if it cannot be written (a read-only bucket) the
+statistics are kept in memory only. The stream applies ``(x - mean) / std``.
 
 File format (``format: atlasstore-stream-stats/1``): ``{"format", "entries": {fingerprint:
 {"created", "sequences", "fields", "levels", "values": {domain: {field: {level: {"mean",
@@ -28,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from . import object_storage
 from .locations import atomic_write, is_remote
 from .provenance import utc_now
-from .store import AtlasStore
+from .store import AtlasStore, StoreError
 from .window_source import StreamError, StreamReader
 
 STATS_FORMAT = "atlasstore-stream-stats/1"
@@ -106,15 +108,24 @@ def stats_location(store: AtlasStore) -> str:
 
 def _read_stats_file(path: str) -> dict[str, Any]:
     try:
-        if is_remote(path):
+        if object_storage.is_s3(path):
+            raw = object_storage.read_bytes(path)
+            if raw is None:
+                raise FileNotFoundError(path)
+            doc = json.loads(raw)
+        elif is_remote(path):
             import fsspec
 
             with fsspec.open(path, "r") as fh:
                 doc = json.load(fh)
         else:
             doc = json.loads(Path(path.removeprefix("file://")).read_text())
-    except (FileNotFoundError, OSError, ValueError):
+    except (FileNotFoundError, OSError, ValueError, ImportError, StoreError):
         return {"format": STATS_FORMAT, "entries": {}}
+    except Exception as exc:  # the object store's own errors: computed again, kept in memory
+        if object_storage.is_storage_error(exc):
+            return {"format": STATS_FORMAT, "entries": {}}
+        raise
     if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
         return {"format": STATS_FORMAT, "entries": {}}
     doc.setdefault("entries", {})
@@ -124,6 +135,9 @@ def _read_stats_file(path: str) -> dict[str, Any]:
 def _write_stats_file(path: str, doc: Mapping[str, Any]) -> bool:
     text = json.dumps(doc, indent=1, sort_keys=True)
     try:
+        if object_storage.is_s3(path):
+            object_storage.write_bytes(path, text.encode())
+            return True
         if is_remote(path):
             import fsspec
 
@@ -132,8 +146,12 @@ def _write_stats_file(path: str, doc: Mapping[str, Any]) -> bool:
             return True
         atomic_write(path.removeprefix("file://"), text)  # readers see the old or the new file
         return True
-    except (OSError, ImportError):
+    except (OSError, ImportError, StoreError):
         return False
+    except Exception as exc:  # e.g. a read-only bucket: the statistics stay in memory
+        if object_storage.is_storage_error(exc):
+            return False
+        raise
 
 
 _stats_lock = threading.Lock()

@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import time
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,11 +162,20 @@ def check_engine(scheduler: str | None, workers: int | None) -> None:
 @contextlib.contextmanager
 def locked_store(location: str, run_id: str, *, layout: Layout | None = None,
                  storage_options: Mapping[str, Any] | None = None) -> Iterator[AtlasStore]:
-    """The store at ``location`` (created if missing), its writer lock held by ``run_id``."""
+    """The store at ``location`` (created if missing), its writer lock held by ``run_id``;
+    :func:`execute` on it checks after every result that the lock is still held."""
     store = AtlasStore.create(location, exist_ok=True, storage_options=storage_options,
                               layout=layout or Layout())
-    with WriterLock(store, {"run_id": run_id, "started": utc_now()}):
-        yield store
+    with WriterLock(store, {"run_id": run_id, "started": utc_now()}) as lock:
+        _LOCKS[store] = lock
+        try:
+            yield store
+        finally:
+            _LOCKS.pop(store, None)
+
+
+#: The writer lock :func:`locked_store` holds for each store it yielded.
+_LOCKS: weakref.WeakKeyDictionary[AtlasStore, WriterLock] = weakref.WeakKeyDictionary()
 
 
 def preflight_store(location: str | Path, *, workers: int | None = None,
@@ -259,8 +269,11 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
     """Run ``jobs`` under the run record ``run`` (started now, finished at the end) into the
     store, whose writer lock the caller holds; ``complete`` are jobs found complete before any
     work (reported as skipped, not run), ``failed`` jobs refused before any work with the
-    reason (reported as failures, not run). See the module docstring."""
+    reason (reported as failures, not run). A run whose writer lock (from
+    :func:`locked_store`) was taken over - on object storage: its renewal was refused - stops at
+    the next result with :class:`~atlasstore.writer_lock.StoreLocked`. See the module docstring."""
     check_engine(scheduler, workers)
+    lock = _LOCKS.get(store)
     run_id = run["run_id"]
     runs = RunLog(store)
     runs.start(run)
@@ -285,6 +298,8 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
             else:
                 report.skipped += 1
             sink.add(info)
+        if lock is not None:
+            lock.ensure_held()
         if progress is not None:
             progress(result)
 

@@ -26,6 +26,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ from zarr.core.buffer import cpu as cpu_buffer
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from . import __version__, physics
+from . import __version__, object_storage, physics
 from .change_log import ChangeLog
 from .locations import local_path
 from .provenance import utc_now
@@ -153,12 +154,31 @@ def _field_spec(field: FieldSpec | str | None, kind: str | None, name: str | Non
 
 def _open_zarr_store(location: str | Path, read_only: bool,
                      storage_options: Mapping[str, Any] | None) -> Any:
+    """The zarr Store of a location: a local folder, ``s3://`` through obstore (atomic
+    conditional writes, see :mod:`atlasstore.object_storage`), any other URL through fsspec."""
     loc = str(location)
     path = local_path(loc)
+    if object_storage.is_s3(loc):
+        return object_storage.zarr_store(loc, read_only, storage_options)
     if path is None:
         return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
                                                  read_only=read_only)
     return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+def _remote_open_errors(loc: str) -> Any:
+    """Object-store errors of opening or creating ``loc`` as one line naming the URL (a missing
+    bucket says so); nothing for other locations."""
+    return object_storage.errors_named(loc) if object_storage.is_s3(loc) else nullcontext()
+
+
+def _not_a_store(loc: str, exc: NotAnAtlasStore) -> NotAnAtlasStore:
+    """Why an ``s3://`` location holds no store when the bucket itself is the problem."""
+    if object_storage.is_s3(loc):
+        problem = object_storage.bucket_problem(object_storage.S3Location.parse(loc))
+        if problem:
+            return NotAnAtlasStore(f"{loc}: {problem}")
+    return exc
 
 
 class AtlasStore:
@@ -184,7 +204,12 @@ class AtlasStore:
                storage_options: Mapping[str, Any] | None = None,
                layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
         """Create a new store; with ``exist_ok`` an existing atlas store is opened instead."""
-        loc = str(location)
+        with _remote_open_errors(str(location)):
+            return cls._create(str(location), exist_ok, storage_options, layout)
+
+    @classmethod
+    def _create(cls, loc: str, exist_ok: bool, storage_options: Mapping[str, Any] | None,
+                layout: Layout) -> AtlasStore:
         path = local_path(loc)
         if path is not None and path.exists() and not path.is_dir():
             raise StoreError(f"{loc} is a file, not a directory; choose another store path")
@@ -221,9 +246,17 @@ class AtlasStore:
              storage_options: Mapping[str, Any] | None = None,
              layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
         """Open an existing store (``mode`` "r" or "r+"); refuses anything that is not one."""
-        loc = str(location)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        with _remote_open_errors(str(location)):
+            try:
+                return cls._open(str(location), mode, storage_options, layout)
+            except NotAnAtlasStore as exc:
+                raise _not_a_store(str(location), exc) from None
+
+    @classmethod
+    def _open(cls, loc: str, mode: str, storage_options: Mapping[str, Any] | None,
+              layout: Layout) -> AtlasStore:
         path = local_path(loc)
         if path is not None and not path.exists():
             raise NotAnAtlasStore(f"{loc} does not exist")
@@ -235,7 +268,7 @@ class AtlasStore:
             # never through consolidated metadata someone may have written at the root: it
             # would hide every sequence committed after it
             root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+",
-                                   use_consolidated=False)
+                                   use_consolidated=False, zarr_format=3)  # no probing for v2
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError, ValueError) as exc:
             raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
@@ -597,13 +630,9 @@ class AtlasStore:
                                f"(recorded {rec['checksum'][:23]}..., stored data {got[:23]}...)")
 
     def nbytes_stored(self, prefix: str = "") -> int:
-        """Bytes of all objects under ``prefix`` (metadata included)."""
-        async def _sum() -> int:
-            total = 0
-            async for key in self._root.store.list_prefix(prefix):
-                total += await self._root.store.getsize(key)
-            return total
-        return sync(_sum())
+        """Bytes of all objects under ``prefix`` (metadata included); on object storage one
+        listing, which carries the sizes."""
+        return int(sync(self._root.store.getsize_prefix(prefix)))
 
     def count_objects(self, prefix: str = "") -> int:
         async def _count() -> int:

@@ -31,6 +31,10 @@ class SequenceExists(StoreError):
     """A complete sequence is already stored under that name."""
 
 
+class RemoteStoreError(StoreError):
+    """The object store refused or failed a request (named by method and URL, never a secret)."""
+
+
 class CorruptArray(StoreError):
     """Stored bytes fail their crc32c or the decoded values fail their checksum."""
 

@@ -54,7 +54,9 @@ numbers in ``benchmarks/results/stream.md``):
   ``DATA_LOSS ... Digest mismatch``, re-raised as :class:`~atlasstore.store.CorruptArray`).
   One batch: zarr-python per-sample ``AtlasStore.read`` 375 ms (43 samples/s),
   ``Query.read_windows`` per level 360 ms, TensorStore 65-70 ms (230-245 samples/s): ~6x.
-  Stores at non-local URLs fall back to zarr-python (``reader="zarr"``).
+  ``s3://`` stores are read the same way from a bounded local disk cache of their shards
+  (:mod:`atlasstore.chunk_cache`: fetched whole on first use, so the next epoch reads local
+  disk); other URLs fall back to zarr-python (``reader="zarr"``).
 * **A decoded-chunk cache** (TensorStore ``cache_pool``; ``cache_bytes="auto"`` = the decoded
   size of the arrays streamed, capped at 2 GiB). With stride 1 each step belongs to up to
   n_in + n_out windows, and every epoch reads everything again; without a cache each is decoded

@@ -2,9 +2,10 @@
 
 :class:`WindowSource` turns a :class:`~atlasstore.query.Query` into samples of ``n_in`` input
 steps at every stored level up to the query's scale and ``n_out`` target steps at that scale,
-read through :class:`StreamReader` (TensorStore with a decoded-chunk cache for local stores,
-zarr-python elsewhere) straight into 64-byte-aligned batch buffers. The iterator that orders,
-prefetches and places batches on devices is :mod:`atlasstore.stream`.
+read through :class:`StreamReader` (TensorStore with a decoded-chunk cache for local and
+``s3://`` stores, the latter through a local disk cache; zarr-python elsewhere) straight into
+64-byte-aligned batch buffers. The iterator that orders, prefetches and places batches on
+devices is :mod:`atlasstore.stream`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .chunk_cache import reader_for
 from .query import Query, QueryError, Window
 from .store import AtlasStore
 from .tensorstore_reader import TensorStoreReader
@@ -43,8 +45,10 @@ def check_int(name: str, v: Any, lo: int) -> int:
 class StreamReader:
     """The store's read path, with its own decoded-chunk cache.
 
-    "tensorstore" (local stores; the default where available) reads every copy of a batch at
-    once in TensorStore's thread pool; "zarr" goes through zarr-python (any fsspec location).
+    "tensorstore" (local and ``s3://`` stores; the default where available) reads every copy of
+    a batch at once in TensorStore's thread pool, on ``s3://`` through the local disk cache of
+    :mod:`atlasstore.chunk_cache` (so later epochs read local disk); "zarr" goes through
+    zarr-python (any fsspec location).
     """
 
     def __init__(self, store: AtlasStore, kind: str = "auto", cache_bytes: int = 0) -> None:
@@ -54,12 +58,13 @@ class StreamReader:
         self.ts: TensorStoreReader | None = None
         if kind != "zarr":
             try:
-                self.ts = TensorStoreReader.for_store(store, cache_bytes)
+                self.ts = reader_for(store, cache_bytes)
             except ImportError:
                 if kind == "tensorstore":
                     raise
             if self.ts is None and kind == "tensorstore":
-                raise StreamError(f"reader='tensorstore' needs a local store; {store.location} is not")
+                raise StreamError(f"reader='tensorstore' needs a local or s3:// store; "
+                                  f"{store.location} is neither")
         self.name = "tensorstore" if self.ts is not None else "zarr"
 
     def copy_into(self, jobs: Sequence[Job]) -> None:

@@ -21,3 +21,6 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+# The S3 server fixtures (tests/s3_fixtures.py), shared by the tests/test_s3_*.py modules.
+from s3_fixtures import private_s3, s3, s3_server  # noqa: E402, F401

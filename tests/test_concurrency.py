@@ -4,8 +4,8 @@ across worker counts.
 - A second run refuses while the first is alive (``StoreLocked``; the CLI exits 2 with one
   line naming the holder's run id, pid and host), and the first finishes unharmed.
 - Local stores: the lock is a kernel flock, so a killed holder never blocks the next run and
-  a lock file left behind means nothing; remote (fsspec) stores: heartbeat locks, stale when
-  the holder's pid is gone or its heartbeat is old.
+  a lock file left behind means nothing; remote stores: a compare-and-swap lock object whose
+  holder renews it, taken over when its pid is gone or it stops renewing.
 - Eight processes creating the same new store at once all succeed without wiping each other.
 - 1 worker, 2 workers (processes), threads and serial produce identical checksums.
 """
@@ -200,18 +200,19 @@ def test_lock_released_when_holder_process_is_killed(tmp_path: Path, procs: Proc
         assert lock_record(s.location)["run_id"] == "run-next"
 
 
-# ----------------------------------------------------------- remote (fsspec) stores: heartbeat
+# ------------------------------------- remote stores: compare-and-swap, renewals tell a dead holder
+# (memory:// here, atomic within the process; against a real S3 server: tests/test_s3_lock.py)
 
 def _remote(tmp_path: Path) -> AtlasStore:
     return AtlasStore.create(f"memory://locks-{tmp_path.name}-{time.time_ns()}")
 
 
-def _plant_remote(s: AtlasStore, pid: int, host: str, heartbeat: float) -> None:
+def _plant_remote(s: AtlasStore, pid: int, host: str) -> None:
     from zarr.core.buffer import cpu
     from zarr.core.sync import sync
 
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {"atlasstore_writer_lock": {
-        "token": "planted", "pid": pid, "host": host, "heartbeat": heartbeat, "run_id": "run-planted"}}}
+        "token": "planted", "pid": pid, "host": host, "beat": 0, "run_id": "run-planted"}}}
     sync(s.zarr_group.store.set(WriterLock.KEY, cpu.Buffer.from_bytes(json.dumps(doc).encode())))
 
 
@@ -219,29 +220,68 @@ def _remote_record(s: AtlasStore) -> dict:
     return WriterLock(s)._read() or {}
 
 
-def test_remote_fresh_heartbeat_of_other_host_is_respected(tmp_path: Path) -> None:
+def test_remote_live_holder_is_respected_whatever_its_host(tmp_path: Path) -> None:
+    """A holder that renews is alive: the contender sees the ETag change and refuses."""
     s = _remote(tmp_path)
-    _plant_remote(s, 1, "some-other-host", time.time() - 5)
-    with pytest.raises(StoreLocked, match="some-other-host"):
-        WriterLock(s, stale_after=120).acquire()
+    with WriterLock(s, {"run_id": "run-live"}, stale_after=30, renew_every=0.1):
+        with pytest.raises(StoreLocked, match="run-live"):
+            WriterLock(s, {"run_id": "run-other"}, stale_after=30).acquire()
+        assert _remote_record(s)["run_id"] == "run-live"
 
 
-@pytest.mark.parametrize("pid, host, age", [(1, "some-other-host", 1000.0), (None, HOST, 0.0)])
-def test_remote_stale_lock_is_broken(tmp_path: Path, pid: int | None, host: str, age: float) -> None:
+def test_remote_silent_holder_of_another_host_is_taken_over(tmp_path: Path) -> None:
+    """No renewal for stale_after seconds of the contender's own clock: the holder is dead,
+    whatever the timestamps in its record say (there are none to trust)."""
     s = _remote(tmp_path)
-    _plant_remote(s, pid or dead_pid(), host, time.time() - age)
-    with WriterLock(s, {"run_id": "run-new"}, stale_after=120):
+    _plant_remote(s, 1, "some-other-host")
+    t0 = time.monotonic()
+    with WriterLock(s, {"run_id": "run-new"}, stale_after=0.6):
+        assert time.monotonic() - t0 >= 0.6  # it watched before taking over
         assert _remote_record(s)["run_id"] == "run-new"
-    assert _remote_record(s) == {}
+    assert _remote_record(s) == {}  # released: the empty group document
 
 
-def test_remote_heartbeat_keeps_lock_fresh(tmp_path: Path) -> None:
+def test_remote_dead_pid_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
     s = _remote(tmp_path)
-    with WriterLock(s, stale_after=2.0):  # beats every 0.5 s
-        first = _remote_record(s)["heartbeat"]
-        assert wait_until(lambda: _remote_record(s)["heartbeat"] > first, 10.0)
-        with pytest.raises(StoreLocked):  # live pid on this host, fresh heartbeat
-            WriterLock(s, stale_after=2.0).acquire()
+    _plant_remote(s, dead_pid(), HOST)
+    with WriterLock(s, {"run_id": "run-new"}, stale_after=3600):  # no watching: it would hang
+        assert _remote_record(s)["run_id"] == "run-new"
+
+
+def test_remote_renewals_change_the_record(tmp_path: Path) -> None:
+    s = _remote(tmp_path)
+    with WriterLock(s, stale_after=2.0, renew_every=0.1):
+        first = _remote_record(s)["beat"]
+        assert wait_until(lambda: _remote_record(s)["beat"] > first, 10.0)
+
+
+def test_remote_holder_that_was_taken_over_knows_it_lost(tmp_path: Path) -> None:
+    """A holder that stopped renewing (a paused process) and was taken over: its next renewal is
+    refused (If-Match on a stale ETag) and ensure_held() raises, so it stops writing; its
+    release leaves the new holder's record alone."""
+    s = _remote(tmp_path)
+    old = WriterLock(s, {"run_id": "run-old"}, stale_after=0.5, renew_every=0.1).acquire()
+    old._stop.set()  # paused: no more renewals
+    old._thread.join()
+    old._stop.clear()
+    with WriterLock(s, {"run_id": "run-new"}, stale_after=0.5, renew_every=0.1):
+        assert _remote_record(s)["run_id"] == "run-new"
+        assert old._renew() is False
+        with pytest.raises(StoreLocked, match="lost the writer lock .*taken over by run run-new"):
+            old.ensure_held()
+        old.release()
+        assert _remote_record(s)["run_id"] == "run-new"
+
+
+def test_remote_holder_that_cannot_renew_stops_by_itself(tmp_path: Path) -> None:
+    s = _remote(tmp_path)
+    lock = WriterLock(s, stale_after=0.3, renew_every=0.1).acquire()
+    lock._stop.set()
+    lock._thread.join()
+    lock.ensure_held()  # within stale_after of the last renewal: still held
+    time.sleep(0.35)
+    with pytest.raises(StoreLocked, match="not renewed"):
+        lock.ensure_held()
 
 
 @pytest.mark.slow

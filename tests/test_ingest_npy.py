@@ -292,9 +292,13 @@ def test_resume_skips_same_data_refuses_other_data_rewrites_half_written(tmp_pat
                             options=ImportOptions(levels=(64,), kind="extensive"))
     assert other_opts.written == 0 and len(other_opts.failures) == 4
     assert all("imported with other options (kind, levels)" in f.error for f in other_opts.failures)
-    # (the refused runs' records and their change-log entries are the only new objects)
-    assert {k for k in listing(store_path) if not k.startswith(("_runs", "_log"))} == \
-        {k for k in before if not k.startswith(("_runs", "_log"))}
+    after = listing(store_path)
+    assert {k for k in after if not k.startswith(("_runs", "_log/entries"))} == \
+        {k for k in before if not k.startswith(("_runs", "_log/entries"))}
+    # the change log grew only by the refused runs' own records (start and finish of each)
+    new_entries = sorted(k for k in after if k.startswith("_log/entries") and k not in before)
+    assert len(new_entries) == 4
+    assert {json.loads((store_path / k).read_text())["op"] for k in new_entries} == {"run"}
 
 
 def test_reimport_from_a_moved_folder_is_the_same_data(tmp_path: Path) -> None:

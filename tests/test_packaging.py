@@ -24,7 +24,7 @@ LOCK = ROOT / "requirements" / "constraints.txt"
 #: Modules that may import an extra's packages at module level (dotted prefix -> extra).
 MODULE_EXTRAS = {"atlasstore.nvp": "nvp", "atlasstore.stream": "stream", "atlasstore.catalog.neo4j": "neo4j"}
 #: Extras for what the package runs (the others are for developing it).
-RUNTIME_EXTRAS = ("neo4j", "stream", "plots", "nvp", "hdf5")
+RUNTIME_EXTRAS = ("neo4j", "stream", "plots", "nvp", "hdf5", "s3")
 
 
 def norm(name: str) -> str:

@@ -1,0 +1,203 @@
+"""Bad input and faults on object storage, against servers of the tests' own: wrong
+credentials, throttling and 500 answers, a server that goes away mid-run and comes back.
+
+Every failure is one clear line naming the URL and what the service answered (never the
+secret); transient answers are retried with backoff; nothing partial is ever visible; running
+the same command again after the fault completes to the checksums of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from atlasstore import cli
+from atlasstore.chunk_cache import CacheSettings, DiskCachedReader
+from atlasstore.object_storage import explain
+from atlasstore.store import AtlasStore
+from atlasstore.store_errors import RemoteStoreError
+from proc_helpers import ATLAS, ProcTracker, wait_until
+from s3_fixtures import S3Bucket, StoreWatcher
+
+PLAN = ["--domains", "plasma_physics,fluid_dynamics", "--sequences", "4", "--steps", "3",
+        "--seed", "11"]
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Any:
+    t = ProcTracker(tmp_path)
+    yield t
+    t.cleanup()
+
+
+def atlas(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _small_store(b: S3Bucket) -> AtlasStore:
+    rc, _, err = atlas("generate", "--store", b.url, "--domains", "plasma_physics", "--sequences",
+                       "1", "--steps", "2", "--scheduler", "serial", "--no-catalog", "--quiet")
+    assert rc == 0, err
+    return AtlasStore.open(b.url)
+
+
+def checksums(url: str) -> dict[str, str]:
+    s = AtlasStore.open(url)
+    return {f"{d}/{q}/{k}": r["checksum"] for d, q in s.iter_sequences()
+            for k, r in s.sequence_info(d, q)["arrays"].items()}
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_wrong_credentials_are_named_without_the_secret(private_s3: S3Bucket,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    b = private_s3
+    key, secret = b.server.enable_auth()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    s = _small_store(b)  # the right pair works
+    assert s.read("plasma_physics", "seq-00000", 64, "energy").shape == (2, 64, 64)
+
+    wrong = f"wrong-secret-{time.time_ns()}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    for argv in (("ls", "--store", b.url), ("audit", "--store", b.url),
+                 ("generate", "--store", b.url, "--domains", "plasma_physics", "--sequences", "1",
+                  "--steps", "2", "--scheduler", "serial", "--no-catalog", "--quiet")):
+        rc, out, err = atlas(*argv)
+        assert rc == 2, (argv, out, err)
+        line = err.strip()
+        assert len(line.splitlines()) == 1, err
+        assert b.server.endpoint in line and "403 Forbidden (SignatureDoesNotMatch)" in line, line
+        assert wrong not in out + err and secret not in out + err
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDONTKNOWYOU")
+    rc, out, err = atlas("ls", "--store", b.url)
+    assert rc == 2 and "(InvalidAccessKeyId)" in err and wrong not in out + err
+    # the read path (TensorStore) of a store opened before the credentials went bad
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    fresh = AtlasStore.open(b.url)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    with pytest.raises(RemoteStoreError) as exc:
+        fresh.read("plasma_physics", "seq-00000", 64, "grad_x")
+    assert b.bucket in str(exc.value) and wrong not in str(exc.value)
+
+
+# --------------------------------------------------------------------------- throttling, 500s
+
+
+def test_throttling_and_server_errors_are_retried(private_s3: S3Bucket,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    b = private_s3
+    s = _small_store(b)
+    want = s.read("plasma_physics", "seq-00000", 64, "energy")
+    # writes, metadata reads and the TensorStore read path all ride out transient answers
+    b.server.fail_next(("503 Slow Down", "SlowDown"), ("500 Internal Server Error", "InternalError"),
+                       ("503 Slow Down", "SlowDown"))
+    b.server.reset_counts()
+    rc, out, err = atlas("ls", "--store", b.url, "plasma_physics")
+    assert rc == 0 and out.startswith("seq-00000"), err
+    fresh = AtlasStore.open(b.url)
+    b.server.fail_next(("503 Slow Down", "SlowDown"), ("500 Internal Server Error", "InternalError"))
+    np.testing.assert_array_equal(fresh.read("plasma_physics", "seq-00000", 64, "energy"), want)
+    cached = DiskCachedReader(fresh, CacheSettings(b.cache / "c", 2**30))
+    b.server.fail_next(("503 Slow Down", "SlowDown"), ("500 Internal Server Error", "InternalError"))
+    np.testing.assert_array_equal(
+        cached.read("plasma_physics/seq-00000/64/energy", (slice(None),) * 3), want)
+    b.server.fail_next(("503 Slow Down", "SlowDown"))
+    rc, _, err = atlas("generate", "--store", b.url, "--domains", "plasma_physics", "--sequences",
+                       "2", "--steps", "2", "--scheduler", "serial", "--no-catalog", "--quiet")
+    assert rc == 0, err
+    # more failures in a row than retries: one line naming the request and the answer
+    monkeypatch.setenv("ATLAS_S3_MAX_RETRIES", "2")
+    b.server.fail_next(*[("500 Internal Server Error", "InternalError")] * 3)
+    rc, out, err = atlas("ls", "--store", b.url)
+    assert rc == 2, out
+    assert err.startswith(f"atlas: error: {b.url}: GET {b.server.endpoint}/{b.bucket}/atlas.zarr/")
+    assert "after 2 retries: 500 Internal Server Error (InternalError)" in err
+    b.server.fail_next(*[("503 Slow Down", "SlowDown")] * 3)
+    with pytest.raises(RemoteStoreError, match="503"):
+        AtlasStore.open(b.url).read("plasma_physics", "seq-00001", 64, "grad_y")
+    rc, out, err = atlas("audit", "--store", b.url)
+    assert rc == 0 and "OK" in out, err
+
+
+# --------------------------------------------------------------------------- a server that goes away
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_server_gone_mid_run_then_back(private_s3: S3Bucket, procs: ProcTracker,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = private_s3
+    ref = tmp_path / "ref.zarr"
+    r = procs.run([*ATLAS, "generate", "--store", str(ref), *PLAN, "--scheduler", "serial",
+                   "--no-catalog", "--quiet"], timeout=300)
+    assert r.proc.returncode == 0, r.describe()
+    want = checksums(str(ref))
+    monkeypatch.setenv("ATLAS_S3_MAX_RETRIES", "2")  # fail fast once it is gone (child inherits)
+    cmd = [*ATLAS, "generate", "--store", b.url, *PLAN, "--scheduler", "serial", "--quiet"]
+    watcher = StoreWatcher(b.url)
+    watcher.start()
+    try:
+        run = procs.launch(cmd)
+        assert wait_until(lambda: len(watcher.seen) >= 2 or run.proc.poll() is not None, 300), \
+            run.describe()
+        assert run.proc.poll() is None, f"the run finished before the server went away\n{run.describe()}"
+        b.server.go_away()
+        rc = run.wait(300)
+        time.sleep(1.0)  # the watcher meets the missing server too
+        b.server.come_back()
+        assert rc != 0, run.describe()
+        first_err = run.stderr()
+        assert b.server.endpoint in first_err and "cannot connect to the server" in first_err, first_err
+        assert len([ln for ln in first_err.splitlines() if ln.strip()]) <= 3, first_err
+        assert b.server.secret not in run.stdout() + first_err
+        again = procs.run(cmd, timeout=600)
+        assert again.proc.returncode == 0, again.describe()
+        assert wait_until(lambda: len(watcher.seen) == 8, 60)
+    finally:
+        watcher.stop.set()
+        watcher.join(60)
+    assert watcher.bad == [], watcher.bad
+    assert watcher.unreachable > 0  # it did meet the missing server
+    assert checksums(b.url) == want
+    rc, out, err = atlas("audit", "--store", b.url)
+    assert rc == 0 and "checked 72 arrays: OK" in out, out + err
+    print(f"S3 SERVER GONE: reader passes {watcher.passes}, unreachable {watcher.unreachable}, "
+          f"first run stderr: {first_err.strip()[:300]!r}", file=sys.stderr)
+
+
+def test_reads_from_a_gone_server_fail_fast_naming_it(private_s3: S3Bucket,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    b = private_s3
+    s = _small_store(b)
+    monkeypatch.setenv("ATLAS_S3_MAX_RETRIES", "1")
+    fresh = AtlasStore.open(b.url)
+    fresh.array("plasma_physics", "seq-00000", 64, "energy")  # metadata read before it goes
+    cached = DiskCachedReader(fresh, CacheSettings(b.cache / "c", 2**30))
+    b.server.go_away()
+    try:
+        with pytest.raises(RemoteStoreError, match=rf"{b.bucket}.*ABORTED.*retry"):  # TensorStore
+            fresh.read("plasma_physics", "seq-00000", 64, "energy")
+        with pytest.raises(Exception) as exc:  # obstore's own error, from zarr's metadata read
+            fresh.read("plasma_physics", "seq-00000", 64, "grad_x")
+        assert explain(exc.value).startswith(f"GET {b.server.endpoint}/{b.bucket}/atlas.zarr/")
+        assert explain(exc.value).endswith("after 1 retries: cannot connect to the server")
+        with pytest.raises(RemoteStoreError, match="cannot connect to the server"):
+            cached.read("plasma_physics/seq-00000/64/energy", (slice(None),) * 3)
+        rc, _, err = atlas("ls", "--store", b.url)
+        assert rc == 2 and "cannot connect to the server" in err and b.server.endpoint in err
+    finally:
+        b.server.come_back()
+    assert s.read("plasma_physics", "seq-00000", 64, "energy").shape == (2, 64, 64)
