@@ -198,6 +198,8 @@ def is_storage_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("obstore") or "Error performing " in str(exc)
 
 
+#: the instance metadata service, where the credential chain ends when nothing is configured
+IMDS_URL = "http://169.254.169.254/"
 _PERFORMING = re.compile(r"Error performing (?:list request: Error performing )?(\w+) (\S+?)"
                          r"(?: in [\d.]+\w+)?(?:, after (\d+) retries[^-]*)?\s+-\s+(.*)")
 
@@ -224,6 +226,9 @@ def explain_text(text: str) -> str:
     if code:
         reason += f" ({code.group(1)})"
     tries = f" after {retries} retries" if retries else ""
+    if url.startswith(IMDS_URL):  # the credential chain's last resort: nothing was configured
+        return ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                f"AWS_PROFILE (the instance metadata service, tried last, answered {reason})")[:400]
     return f"{method} {url}{tries}: {reason}"[:400]
 
 

@@ -201,3 +201,20 @@ def test_reads_from_a_gone_server_fail_fast_naming_it(private_s3: S3Bucket,
     finally:
         b.server.come_back()
     assert s.read("plasma_physics", "seq-00000", 64, "energy").shape == (2, 64, 64)
+
+
+#: what obstore raises when no credentials are configured anywhere (recorded on this machine):
+#: the credential chain ends at the instance metadata service, which is not there
+NO_CREDENTIALS = ("Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token "
+                  "in 2.356498ms - Server returned non-2xx status code: 403 Forbidden: "
+                  "resolve_deny: denied destination\n\nDebug source:\nGeneric {\n    store: \"S3\"")
+
+
+def test_no_credentials_at_all_is_named_as_such() -> None:
+    """Not "PUT http://169.254.169.254/latest/api/token: 403", which says nothing to a user."""
+    from atlasstore.object_storage import explain_text
+
+    msg = explain_text(NO_CREDENTIALS)
+    assert msg.startswith("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                          "or AWS_PROFILE"), msg
+    assert "403 Forbidden" in msg and "\n" not in msg
