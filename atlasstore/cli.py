@@ -640,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("--catalog", default=os.environ.get("ATLAS_CATALOG"),
                      help="catalog: a SQLite path, sqlite:///path, or neo4j (URI and credentials "
                           "from NEO4J_URI/NEO4J_USER/NEO4J_PASSWORD); default $ATLAS_CATALOG or "
-                          "<store>.catalog.sqlite where a catalog is needed")
+                          "<store>.catalog.sqlite beside a local store (a remote store's in the "
+                          "cache folder's catalogs/) where a catalog is needed")
 
     p = _Parser(prog="atlas", description="Generate, store, query and stream energy maps.")
     p.add_argument("--version", action="version", version=f"atlasstore {__version__}")

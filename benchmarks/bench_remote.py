@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for n, r in scale.items():
             scan = ", ".join(f"{k} {v}" for k, v in sorted(r["scan"].items())) if r["scan"] \
-                else "not run (one GET per sequence)"
+                else "not run (two GETs per sequence)"
             lines.append(f"| {n:,} | {8 * n:,} | {r['selected']} | "
                          f"{', '.join(f'{k} {v}' for k, v in sorted(r['catalog'].items()))} | {scan} "
                          f"| {r['catalog_bytes'] / 2**20:.1f} MiB | {r['build']:.0f} | "

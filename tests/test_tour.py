@@ -78,8 +78,8 @@ def test_readme_tour_runs_after_the_main_job(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "configs").symlink_to(REPO / "configs")
     commands, python = readme_section("A tour")
     assert commands[0][:2] == ["atlas", "generate"], commands[0]
-    assert [c[1] for c in commands] == ["generate", "ls", "query", "show", "audit", "catalog",
-                                        "train"], "the tour changed: update this test's notes"
+    assert [c[1] for c in commands] == ["generate", "ls", "query", "show", "audit", "stats",
+                                        "catalog", "train"], "the tour changed: update this test's notes"
 
     steps = [with_options(main_job_generate(), {"--scheduler": "serial"})]
     steps.append(with_options(commands[0], {**SMALL_TOUR_GENERATE, "--scheduler": "serial"}))
