@@ -16,10 +16,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import physics
-from .catalog.base import sequence_checksum
-from .sequence_writer import field_kind, primary_field
-from .store import AtlasStore, CorruptArray, NotFound, checksum
+from atlasstore.catalog.base import sequence_checksum
+from atlasstore.errors import CorruptArray, NotFound
+from atlasstore.physics import fields as physics
+from atlasstore.records import field_kind, primary_field
+from atlasstore.store.atlas_store import AtlasStore, checksum
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Map ids: the predecessor addressed single maps; here a map is step ``t`` of a sequence, written
 ``"<sequence_id>@<t>"`` (``"<sequence_id>"`` alone means step 0). ``save_map`` stores a map as a
 one-step sequence, so maps saved this way get pyramids, gradients and checksums like any other.
-The generator half of the old API lives on in :mod:`atlasstore.synth` and
-:mod:`atlasstore.physics` under the same names.
+The generator half of the old API lives on in :mod:`atlasstore.physics.synth` and
+:mod:`atlasstore.physics.fields` under the same names.
 """
 
 from __future__ import annotations
@@ -16,19 +16,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import physics
-
 # The physics and synth names are re-exported (see __all__): the predecessor's imports keep working.
-from .physics import (
-    ThermodynamicViolation,
-    validate_energy_conservation,
-    validate_entropy_increase,
-)
-from .query import Query
-from .sequence_writer import field_kind, primary_field
-from .store import AtlasStore, NotFound, StoreError, step_record, validate_name
-from .store_documents import json_document
-from .synth import (
+from atlasstore.errors import NotFound, StoreError, ThermodynamicViolation
+from atlasstore.physics import fields as physics
+from atlasstore.physics.fields import validate_energy_conservation, validate_entropy_increase
+from atlasstore.physics.synth import (
     PerturbationConfig,
     apply_energy_scaling,
     apply_gaussian_noise,
@@ -37,6 +29,10 @@ from .synth import (
     apply_translation,
     generate_sequence,
 )
+from atlasstore.query import Query
+from atlasstore.records import field_kind, primary_field, validate_name
+from atlasstore.store.atlas_store import AtlasStore, step_record
+from atlasstore.store.documents import json_document
 
 __all__ = ["EnergyAtlasLoader", "parse_map_id", "ThermodynamicViolation",
            "validate_energy_conservation", "validate_entropy_increase", "PerturbationConfig",

@@ -3,7 +3,7 @@
 A :class:`Query` is planned in two steps. *Selection* decides which sequences and time steps
 qualify; it is answered by a :class:`Selector`: the catalog when one is given (an index, checked
 against the store's change log so that it answers exactly as the scan would; see
-:class:`atlasstore.index.CatalogSelector`), else a scan of the store's committed sequence
+:class:`atlasstore.catalog.sync.CatalogSelector`), else a scan of the store's committed sequence
 attributes. *Reading* turns windows into
 arrays, merging the windows of one sequence in a batch into a single contiguous time slice per
 array, so a batch costs one read per (sequence, level, field) rather than one per window.
@@ -18,19 +18,12 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .sequence_writer import primary_field
-from .store import AtlasStore, InvalidName, NotFound, validate_name
+from atlasstore.errors import InvalidName, NotFound, QueryError, QueryNameError
+from atlasstore.records import primary_field, validate_name
+from atlasstore.store.atlas_store import AtlasStore
 
 #: an inclusive (lo, hi) statistic range; None is an open bound
 Range = tuple[float | None, float | None]
-
-
-class QueryError(ValueError):
-    """A query that cannot be answered as asked."""
-
-
-class QueryNameError(QueryError, InvalidName):
-    """A domain or sequence name in a query that could escape the store."""
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from atlasstore.provenance import code_version
+from atlasstore.io.provenance import code_version
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore
 

@@ -12,7 +12,7 @@ What it measures (every measurement in a fresh child process, into a fresh store
   by address, so figures excluding and including start-up are both reported;
   ``processes-builtin`` is ``generate(scheduler=None, workers=2)``, the CLI's default path,
   timed end to end. ``processes`` and ``threads`` start their cluster with the settings
-  ``generate()`` uses (``atlasstore.generate.LOCAL_CLUSTER_CONFIG``); ``processes-dask-defaults``
+  ``generate()`` uses (``atlasstore.runs.generate.LOCAL_CLUSTER_CONFIG``); ``processes-dask-defaults``
   with Dask's defaults and ``processes-notrim`` with only Dask's malloc trim turned off (what
   ``generate()`` used before), to show what each setting buys.
 * CPU ms per map: of the processes that run the tasks (the serial process; the worker
@@ -167,7 +167,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement; runs in its own process."""
     import psutil
 
-    from atlasstore.generate import Plan, generate
+    from atlasstore.runs.generate import Plan, generate
 
     engine = spec["engine"]
     plan = Plan(domains=tuple(spec["domains"]), sequences=spec["sequences"], steps=spec["steps"],
@@ -192,7 +192,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 import dask
                 from dask.distributed import LocalCluster
 
-                from atlasstore.generate import LOCAL_CLUSTER_CONFIG
+                from atlasstore.runs.generate import LOCAL_CLUSTER_CONFIG
 
                 cfg = CLUSTER_VARIANTS[engine]
                 with dask.config.set(LOCAL_CLUSTER_CONFIG if cfg is None else cfg):
@@ -204,7 +204,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 from dask.distributed import Client
 
                 with Client(cluster) as warm:
-                    warm.run(importlib.import_module, "atlasstore.generate")
+                    warm.run(importlib.import_module, "atlasstore.runs.generate")
                 t1 = time.perf_counter()
                 kind1 = rss.cpu_by_kind()
                 cpu1 = sum(kind1.values())
@@ -239,7 +239,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def profile_child(spec: dict[str, Any]) -> dict[str, Any]:
     """cProfile of serial write_one calls (fresh store); cumulative seconds by phase."""
-    from atlasstore.generate import Plan, write_one
+    from atlasstore.runs.generate import Plan, write_one
     from atlasstore.store import AtlasStore
 
     plan = Plan(domains=DOMAINS5, sequences=1, steps=STEPS, seed=1)
@@ -326,9 +326,10 @@ def _zarr_write_split(tmp_dir: str | None, reps: int = 3) -> dict[str, float]:
     import numpy as np
     import zarr
 
-    from atlasstore import physics, synth
-    from atlasstore.sequence_writer import create_field_array
+    from atlasstore.physics import fields as physics
+    from atlasstore.physics import synth
     from atlasstore.store import DEFAULT_LAYOUT
+    from atlasstore.store.writer import create_field_array
 
     e, _ = synth.synthesize("plasma_physics", 1, n_steps=STEPS)
     derived = physics.derive_levels(e.astype(np.float32), physics.levels_for(e.shape))

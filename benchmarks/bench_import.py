@@ -24,7 +24,7 @@ machine.
 4. **The Well's own loader** (``--well-peer``, opt-in): ``the_well.data.WellDataset`` 1.2.0 in
    its own virtual environment (it pins fsspec 2024.10.0 and needs torch: a ~3 GiB download from
    PyPI, made once into ``~/.cache/atlasstore/well-peer-1.2.0``, or ``--peer-venv``) reading the
-   HDF5 files, in a torch DataLoader (0 and 2 worker processes), against ``atlasstore.stream``
+   HDF5 files, in a torch DataLoader (0 and 2 worker processes), against ``atlasstore.training.stream``
    over the store imported from them: the same windows (n_in=4, n_out=1, every window of every
    trajectory), the same batch (16, shuffled), the same z-score normalisation of the one field
    (density; stats.yaml for The Well, the stream's own statistics for us), the base level only
@@ -139,7 +139,7 @@ def _cluster(workers: int) -> Any:
     import dask
     from dask.distributed import Client, LocalCluster
 
-    from atlasstore.run_driver import LOCAL_CLUSTER_CONFIG
+    from atlasstore.runs.engine import LOCAL_CLUSTER_CONFIG
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -153,7 +153,7 @@ def _worker_cpu(client: Any) -> float:
 
 def _import(spec: dict[str, Any]) -> dict[str, Any]:
     """The import on a LocalCluster of 2 worker processes started first (timed apart)."""
-    from atlasstore.ingest import ImportOptions, import_npy, import_well, import_xarray
+    from atlasstore.runs.ingest import ImportOptions, import_npy, import_well, import_xarray
 
     src, store = spec["source"], spec["store"]
     t0 = time.perf_counter()
@@ -246,7 +246,7 @@ def _copy(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Import one big trajectory on a 1-worker LocalCluster; the worker's peak RSS."""
-    from atlasstore.ingest import import_well
+    from atlasstore.runs.ingest import import_well
 
     cluster, client = _cluster(1)
     try:
@@ -271,7 +271,7 @@ def _coords(spec: dict[str, Any]) -> dict[str, Any]:
 
     import xarray as xr
 
-    from atlasstore.sequence_writer import Axis, Coordinates
+    from atlasstore.records import Axis, Coordinates
     from atlasstore.store import AtlasStore
 
     rng = np.random.default_rng(0)
@@ -301,12 +301,12 @@ def _coords(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream(spec: dict[str, Any]) -> dict[str, Any]:
-    """atlasstore.stream over the imported store: one epoch, every window."""
+    """atlasstore.training.stream over the imported store: one epoch, every window."""
     import jax  # noqa: F401 - the device arrays
 
     from atlasstore.query import Query
     from atlasstore.store import AtlasStore
-    from atlasstore.stream import stream
+    from atlasstore.training.stream import stream
 
     store = AtlasStore.open(spec["store"])
     q = Query(store, scale=128, window=N_IN + N_OUT)
@@ -540,7 +540,7 @@ def report(args: argparse.Namespace, started: Any, srcs: dict[str, Any], rows: l
     for label, c in coords["results"].items():
         L.append(f"| {label} | {c['objects']} | {c['open_cpu_ms']:.1f} |")
     if peer is not None:
-        L += ["", "## 4. The Well's loader vs `atlasstore.stream`", "",
+        L += ["", "## 4. The Well's loader vs `atlasstore.training.stream`", "",
               f"{peer['files']} Well files x {peer['traj']} trajectories x {peer['steps']} steps of "
               f"128 x 384 (x, y) float32 density; windows n_in={N_IN}, n_out={N_OUT} (every window "
               f"of every trajectory, one epoch, shuffled, batch {BATCH}, full batches), z-score "
@@ -552,7 +552,7 @@ def report(args: argparse.Namespace, started: Any, srcs: dict[str, Any], rows: l
               "|---|---:|---:|---:|---:|---:|"]
         o = peer["ours"]
         rate = o["samples"] / o["loop_wall_s"]
-        L.append(f"| atlasstore.stream | {o['samples']} | {rate:.0f} | "
+        L.append(f"| atlasstore.training.stream | {o['samples']} | {rate:.0f} | "
                  f"{mb(o['bytes']) / o['loop_wall_s']:.0f} | {o['loop_cpu_s']:.1f} | 1.0x |")
         for w, p in peer["peer"].items():
             r = p["samples"] / p["loop_wall_s"]

@@ -46,7 +46,7 @@ import machine  # noqa: E402
 def _generate(path: Path, domains: tuple[str, ...], sequences: int, steps: int | None,
               shape: tuple[int, int] | None, seed: int) -> dict[str, Any]:
     from atlasstore.catalog import SQLiteCatalog
-    from atlasstore.generate import Plan, generate
+    from atlasstore.runs.generate import Plan, generate
 
     plan = Plan(domains=domains, sequences=sequences, steps=steps, shape=shape, seed=seed)
     cat = SQLiteCatalog(str(path.with_suffix("")) + ".catalog.sqlite")
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from atlasstore.nvp.evaluate import evaluate_checkpoint
     from atlasstore.nvp.metrics import read_metrics
     from atlasstore.nvp.train import train
-    from atlasstore.synth import DEFAULT_DOMAINS
+    from atlasstore.physics.synth import DEFAULT_DOMAINS
 
     work = Path(args.workdir or f"/tmp/atlas-bench-nvp{'-quick' if args.quick else ''}")
     work.mkdir(parents=True, exist_ok=True)

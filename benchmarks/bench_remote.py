@@ -6,7 +6,7 @@ Run (from the repository root; the S3 server is moto's, started here as in the t
     nice -n 5 .venv/bin/python benchmarks/bench_remote.py          # full run -> results/remote.md
     .venv/bin/python benchmarks/bench_remote.py --quick --out /tmp/remote.md   # smoke run
 
-(1) Stream: two epochs of one ``atlasstore.stream`` (n_in=4 steps at 256, 128 and 64 + 1 target
+(1) Stream: two epochs of one ``atlasstore.training.stream`` (n_in=4 steps at 256, 128 and 64 + 1 target
     step at 256, stride 1, batch 16, shuffled, not normalised so no statistics pass touches the
     data first, TensorStore's decoded-chunk cache off so every epoch reads storage) over a store
     generated locally and copied object for object into the bucket, each epoch timed. Readers:
@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT / "tests"))  # the S3 test server and the tiny-store
 
 import machine  # noqa: E402
 import s3_tiny_stores as tiny  # noqa: E402
-from atlasstore import synth  # noqa: E402
-from atlasstore.generate import Plan, generate  # noqa: E402
-from atlasstore.object_storage import S3Location, s3_client  # noqa: E402
+from atlasstore.io.object_storage import S3Location, s3_client  # noqa: E402
+from atlasstore.physics import synth  # noqa: E402
 from atlasstore.query import Query  # noqa: E402
+from atlasstore.runs.generate import Plan, generate  # noqa: E402
 from atlasstore.store import AtlasStore  # noqa: E402
-from atlasstore.stream import stream  # noqa: E402
+from atlasstore.training.stream import stream  # noqa: E402
 from s3_server import S3Server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,7 +200,7 @@ def catalog_bytes_per_sequence(tmp: Path, steps: int, n: int) -> float:
     import numpy as np
 
     from atlasstore.catalog import SQLiteCatalog
-    from atlasstore.index import register_run, register_sequence_infos
+    from atlasstore.catalog.sync import register_run, register_sequence_infos
 
     s = AtlasStore.create(tmp / "catsize.zarr")
     s.create_domain("d")

@@ -27,7 +27,7 @@ is read with zarr-python (``Query.read_windows``, per-window ``AtlasStore.read``
 of cached ``zarr.Array`` objects, and all windows gathered concurrently on the async arrays) and
 with tensorstore's ``zarr3`` driver (cached handles, no chunk cache; one read at a time, all reads
 issued at once, and all reads written straight into a preallocated batch buffer as
-``atlasstore.stream``'s tensorstore reader does). The ceiling is memcpy bandwidth (a numpy copy
+``atlasstore.training.stream``'s tensorstore reader does). The ceiling is memcpy bandwidth (a numpy copy
 of a large array); every path's rate is MB/s of decoded float32 delivered, also given as a
 fraction of it. ``--layout`` compares inner time chunks (1, 2, 4, 8, whole shard) and codecs
 (none, blosc lz4 shuffle, zstd(1) and zstd(3) bitshuffle) on 5 x 3 x 40 maps.
@@ -67,7 +67,8 @@ import zarr
 from zarr.core.sync import sync as zsync
 
 import machine
-from atlasstore import physics, synth
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
 from atlasstore.query import Query, Window
 from atlasstore.store import FIELDS, AtlasStore, Layout, array_stats, checksum
 

@@ -1,4 +1,4 @@
-"""Streaming benchmark: atlasstore.stream vs a naive loop and a Well-style loader.
+"""Streaming benchmark: atlasstore.training.stream vs a naive loop and a Well-style loader.
 
 Run (from the repository root):
 
@@ -52,11 +52,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import machine  # noqa: E402
-from atlasstore import synth  # noqa: E402
-from atlasstore.generate import Plan, generate  # noqa: E402
+from atlasstore.physics import synth  # noqa: E402
 from atlasstore.query import Query  # noqa: E402
+from atlasstore.runs.generate import Plan, generate  # noqa: E402
 from atlasstore.store import AtlasStore  # noqa: E402
-from atlasstore.stream import WindowSource, epoch_batches, stream  # noqa: E402
+from atlasstore.training.stream import WindowSource, epoch_batches, stream  # noqa: E402
 
 N_IN, N_OUT = 4, 1
 
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---------------------------------------------------------------- report
         t_total = time.perf_counter() - t_all
-        title = "# Streaming benchmark: atlasstore.stream vs a naive loop and a Well-style loader"
+        title = "# Streaming benchmark: atlasstore.training.stream vs a naive loop and a Well-style loader"
         if quick:
             title += " — SMOKE RUN (--quick)"
         lines += [title, ""]

@@ -27,7 +27,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import machine  # noqa: E402
-from atlasstore import physics, synth  # noqa: E402
+from atlasstore.physics import fields as physics  # noqa: E402
+from atlasstore.physics import synth  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -37,7 +37,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import machine  # noqa: E402
-from atlasstore import physics, synth  # noqa: E402
+from atlasstore.physics import fields as physics  # noqa: E402
+from atlasstore.physics import synth  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VALID_SHAPES = [(s, s) for s in (64, 128, 256)] + [(s * 3 // 2, s) for s in (64, 128, 256)] + \

@@ -66,7 +66,7 @@ def load_average() -> tuple[float, float, float] | None:
 
 def versions(packages: Sequence[str] = (), extra: Mapping[str, str] | None = None) -> str:
     """Python, the atlasstore commit, then each installed distribution of ``packages``."""
-    from atlasstore.provenance import code_version
+    from atlasstore.io.provenance import code_version
 
     out = [f"Python {platform.python_version()}", f"atlasstore {code_version()}"]
     for name in packages:

@@ -191,8 +191,8 @@ def open_neo4j_or_skip(**kwargs: Any) -> Any:
     """A Neo4jCatalog on a wiped test database; skip (or fail under ATLAS_REQUIRE_NEO4J=1)."""
     import neo4j
 
-    from atlasstore.catalog import CatalogUnavailable
     from atlasstore.catalog.neo4j import Neo4jCatalog
+    from atlasstore.errors import CatalogUnavailable
 
     settings = neo4j_settings()
     if settings is None:

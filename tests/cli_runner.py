@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from atlasstore import cli
+from atlasstore.cli import app as cli
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

@@ -2,7 +2,7 @@
 
 What the predecessor's summary (``../shared/reference/predecessor-data-layer-summary.md``) says
 it wrote: 5 domains x 5 sequences x 10 steps = 250 maps of 256x256, generated with its
-synthetic generator (here :func:`atlasstore.synth.synthesize`, the same patterns and
+synthetic generator (here :func:`atlasstore.physics.synth.synthesize`, the same patterns and
 perturbations), saved as ``.npy`` (float64 by NumPy's default, float32 where the generator's
 output was saved as is: both occur), a sidecar per map with ``EnergyMapMetadata``'s fields
 (``domain``, ``map_id``, ``shape``, ``scale``, ``energy_mean``, ``energy_variance``,
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from atlasstore import physics, synth
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
 
 PATTERN = "{domain}/{sequence}_t{t}.npy"
 

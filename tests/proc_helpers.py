@@ -27,9 +27,9 @@ import psutil
 from atlasstore.store import AtlasStore
 
 #: ``atlas`` as a child process (same interpreter and environment as the test).
-ATLAS = [sys.executable, "-m", "atlasstore.cli"]
+ATLAS = [sys.executable, "-m", "atlasstore.cli.app"]
 
-#: the store's writer lock object (see ``atlasstore.writer_lock.WriterLock``)
+#: the store's writer lock object (see ``atlasstore.store.writer_lock.WriterLock``)
 LOCK_KEY = Path("_lock") / "zarr.json"
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from atlasstore.errors import NotAnAtlasStore, RemoteStoreError
 from atlasstore.store import AtlasStore
-from atlasstore.store_errors import NotAnAtlasStore, RemoteStoreError
 from s3_server import S3Server
 
 #: AWS settings a developer's environment may hold that would steer clients elsewhere

@@ -25,12 +25,12 @@ import numpy as np
 
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.catalog.base import StoreSync
-from atlasstore.change_log import ChangeLog, store_id
-from atlasstore.index import CatalogSelector, register_run, register_sequence_infos
-from atlasstore.object_storage import S3Location
-from atlasstore.provenance import utc_now
+from atlasstore.catalog.sync import CatalogSelector, register_run, register_sequence_infos
+from atlasstore.io.object_storage import S3Location
+from atlasstore.io.provenance import utc_now
 from atlasstore.query import Query
 from atlasstore.store import AtlasStore, RunLog
+from atlasstore.store.change_log import ChangeLog, store_id
 from s3_server import S3Server
 
 DOMAIN = "tiny"

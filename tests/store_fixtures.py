@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore import physics
+from atlasstore.physics import fields as physics
 from atlasstore.store import AtlasStore
 
 # --------------------------------------------------------------------------- data
@@ -186,7 +186,7 @@ def generated_store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only use only: copy it (``copy_store``) before mutating.
     """
-    from atlasstore.generate import generate
+    from atlasstore.runs.generate import generate
 
     p = tmp_path_factory.mktemp("gen") / "gen.zarr"
     report = generate(p, generated_plan(), scheduler="serial", catalog=None)
@@ -195,7 +195,7 @@ def generated_store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def generated_plan() -> Any:
-    from atlasstore.generate import Plan
+    from atlasstore.runs.generate import Plan
 
     return Plan(domains=("plasma_physics", "fluid_dynamics"), sequences=2, steps=4, shape=(64, 64),
                 seed=3)

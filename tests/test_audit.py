@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import zarr
 
-from atlasstore import physics
 from atlasstore.audit import audit, drift, summary_rows
-from atlasstore.store import AtlasStore, CorruptArray, checksum
+from atlasstore.errors import CorruptArray
+from atlasstore.physics import fields as physics
+from atlasstore.store import AtlasStore, checksum
 from store_fixtures import chunk_files, copy_store, flip_bytes
 
 DOMAINS = ["fluid_dynamics", "plasma_physics"]
@@ -277,7 +278,7 @@ def test_incomplete_sequence_is_not_counted_as_stored_for_drift(gen_copy: Path) 
 
 
 def _pinned(gen_copy: Path) -> tuple[AtlasStore, dict[str, str]]:
-    from atlasstore.index import dataset_checksums
+    from atlasstore.catalog.sync import dataset_checksums
 
     store = AtlasStore.open(gen_copy, mode="r+")
     return store, dataset_checksums(store, [f"{d}/{s}" for d in DOMAINS for s in SEQS])
@@ -310,8 +311,8 @@ def test_atlas_audit_dataset_version_and_checkpoint(gen_copy: Path, tmp_path: Pa
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from atlasstore import cli
     from atlasstore.catalog import SQLiteCatalog
+    from atlasstore.cli import app as cli
 
     def atlas(*argv: str) -> tuple[int, str, str]:
         code = cli.main([*argv, "--store", str(gen_copy)])

@@ -37,13 +37,15 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from atlasstore import cli, synth
-from atlasstore.catalog import CatalogError, SQLiteCatalog
+from atlasstore.catalog import SQLiteCatalog
+from atlasstore.catalog.sync import CatalogSelector, sync_catalog
+from atlasstore.cli import app as cli
 from atlasstore.compat import EnergyAtlasLoader
-from atlasstore.generate import Plan, generate
-from atlasstore.index import CatalogSelector, sync_catalog
-from atlasstore.query import Query, QueryError
-from atlasstore.store import AtlasStore, NotFound, StoreError
+from atlasstore.errors import CatalogError, NotFound, QueryError, StoreError
+from atlasstore.physics import synth
+from atlasstore.query import Query
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore
 from catalog_fixtures import HOSTILE, batch, make_run, make_sequence, open_neo4j_or_skip, raw_counts
 from proc_helpers import ATLAS, ProcTracker
 from store_fixtures import energy_sequence
@@ -546,8 +548,7 @@ def test_loader_bad_inputs(store: AtlasStore, api_root: Path) -> None:
 
 @pytest.mark.parametrize("case", ["save_map-metadata", "plan-domains-none", "plan-shape-str"])
 def test_wrong_typed_arguments_give_clear_errors(store: AtlasStore, api_root: Path, case: str) -> None:
-    from atlasstore.generate import PlanError
-    from atlasstore.physics import EnergyMapError
+    from atlasstore.errors import EnergyMapError, PlanError
 
     if case == "save_map-metadata":  # AttributeError: 'int' object has no attribute 'get'
         assert_clear(lambda: EnergyAtlasLoader(store).save_map(_e((64, 64)), "alpha", "m9", metadata=5),
@@ -694,7 +695,7 @@ def test_catalog_names_round_trip(backend: str, name: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("neo4j", marks=pytest.mark.neo4j)])
 def test_catalog_bad_records_and_filters_write_nothing(backend: str, tmp_path: Path) -> None:
-    from atlasstore.catalog import CatalogNotFound
+    from atlasstore.errors import CatalogNotFound
 
     cat = _open_catalog(backend, tmp_path)
     try:

@@ -18,9 +18,6 @@ import pytest
 from atlasstore.catalog import (
     ArrayRecord,
     Catalog,
-    CatalogError,
-    CatalogNotFound,
-    CatalogUnavailable,
     GenerationRun,
     Lineage,
     Sequence,
@@ -29,7 +26,7 @@ from atlasstore.catalog import (
     node_id,
     open_catalog,
 )
-from atlasstore.schemas import SchemaError
+from atlasstore.errors import CatalogError, CatalogNotFound, CatalogUnavailable, SchemaError
 from catalog_fixtures import HOSTILE, batch, make_run, make_sequence, raw_counts
 
 
@@ -647,7 +644,7 @@ def test_fast_schema_precheck_is_sound():
     import math as _math
 
     from atlasstore.catalog._fastcheck import checker
-    from atlasstore.schemas import _validator
+    from atlasstore.io.schemas import _validator
 
     seq, steps, arrays = make_sequence("plasma", "s1")
     docs = {"catalog-sequence": seq, "catalog-timestep": steps[1], "catalog-array": arrays[4],

@@ -29,22 +29,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlasstore import cli
 from atlasstore.audit import Problem, audit
-from atlasstore.catalog import (
-    ArrayRecord,
-    CatalogNotFound,
-    GenerationRun,
-    Sequence,
-    SQLiteCatalog,
-    TimeStep,
-    node_id,
+from atlasstore.catalog import ArrayRecord, GenerationRun, Sequence, SQLiteCatalog, TimeStep, node_id
+from atlasstore.catalog.sync import (
+    RUN_FIELDS,
+    CatalogSelector,
+    is_catalogued,
+    records_from_info,
+    sync_catalog,
 )
-from atlasstore.change_log import ChangeLog, entry_key
-from atlasstore.generate import Plan, code_version, generate, sequence_seed
-from atlasstore.index import RUN_FIELDS, CatalogSelector, is_catalogued, records_from_info, sync_catalog
-from atlasstore.query import Query, QueryError, StoreSelector
-from atlasstore.store import AtlasStore, NotFound, RunLog
+from atlasstore.cli import app as cli
+from atlasstore.errors import CatalogNotFound, NotFound, QueryError
+from atlasstore.query import Query, StoreSelector
+from atlasstore.runs.generate import Plan, code_version, generate, sequence_seed
+from atlasstore.store import AtlasStore, RunLog
+from atlasstore.store.change_log import ChangeLog, entry_key
 from catalog_fixtures import (
     REPO,
     _unavailable,

@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from atlasstore.catalog import CatalogError, CatalogUnavailable, SQLiteCatalog, open_catalog
+from atlasstore.catalog import SQLiteCatalog, open_catalog
 from atlasstore.catalog import neo4j as neo4j_backend
 from atlasstore.catalog.neo4j import Neo4jCatalog, safe_uri
+from atlasstore.errors import CatalogError, CatalogUnavailable
 from catalog_fixtures import (
     batch,
     make_run,

@@ -11,15 +11,8 @@ from typing import Any
 
 import pytest
 
-from atlasstore.catalog import (
-    CatalogError,
-    ImportRun,
-    SQLiteCatalog,
-    StoreSync,
-    node_id,
-    sequence_checksum,
-)
-from atlasstore.schemas import SchemaError
+from atlasstore.catalog import ImportRun, SQLiteCatalog, StoreSync, node_id, sequence_checksum
+from atlasstore.errors import CatalogError, SchemaError
 from catalog_fixtures import batch, make_run, make_sequence, make_source, raw_counts
 
 IMP = "import-0123456789abcdef"

@@ -1,7 +1,7 @@
 """One catalog truth: whoever writes a sequence, a query answers the same with the catalog as by
 scanning the store; the catalog learns of every change through the store's change log.
 
-The users' reports this fixes are pinned through ``atlasstore.cli.main`` (each failed on the old
+The users' reports this fixes are pinned through ``atlasstore.cli.app.main`` (each failed on the old
 code), then every write path x catalog state is compared with the store scan on both backends,
 then random sequences of writes and deletes (hypothesis), then the costs of the staleness check.
 """
@@ -20,13 +20,14 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlasstore.catalog import CatalogMismatch, SQLiteCatalog
-from atlasstore.change_log import entry_key
+from atlasstore.catalog import SQLiteCatalog
+from atlasstore.catalog.sync import CatalogSelector, catalog_view, catch_up, sync_catalog
 from atlasstore.compat import EnergyAtlasLoader
-from atlasstore.generate import Plan, generate
-from atlasstore.index import CatalogSelector, catalog_view, catch_up, sync_catalog
-from atlasstore.query import Query, QueryError, StoreSelector
-from atlasstore.store import AtlasStore, NotFound, RunLog
+from atlasstore.errors import CatalogMismatch, NotFound, QueryError
+from atlasstore.query import Query, StoreSelector
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore, RunLog
+from atlasstore.store.change_log import entry_key
 from catalog_fixtures import (
     open_neo4j_or_skip,
 )

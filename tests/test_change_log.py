@@ -1,4 +1,4 @@
-"""The store's change log (``atlasstore.change_log``): one entry per change, dense, claimed before
+"""The store's change log (``atlasstore.store.change_log``): one entry per change, dense, claimed before
 the change is visible; concurrent writers (real processes) never lose or share an entry; a
 writer killed between its intent and its commit leaves a change a catalog detects and repairs.
 """
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from atlasstore import change_log
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.change_log import ChangeLog, ChangeLogError, entry_key, logs_whole_history, store_id
-from atlasstore.index import CatalogSelector, catalog_view, catch_up, sync_catalog
+from atlasstore.catalog.sync import CatalogSelector, catalog_view, catch_up, sync_catalog
+from atlasstore.errors import ChangeLogError
 from atlasstore.query import Query, StoreSelector
-from atlasstore.store import AtlasStore, RunLog
+from atlasstore.store import AtlasStore, RunLog, change_log
+from atlasstore.store.change_log import ChangeLog, entry_key, logs_whole_history, store_id
 from proc_helpers import ProcTracker, wait_until
 from store_fixtures import energy_sequence
 

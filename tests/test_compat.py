@@ -8,11 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlasstore import physics
 from atlasstore.compat import EnergyAtlasLoader, parse_map_id
-from atlasstore.physics import EnergyMapError
-from atlasstore.store import AtlasStore, InvalidName, NotAnAtlasStore, NotFound, SequenceExists, StoreError
-from atlasstore.store_errors import InvalidMetadata
+from atlasstore.errors import (
+    EnergyMapError,
+    InvalidMetadata,
+    InvalidName,
+    NotAnAtlasStore,
+    NotFound,
+    SequenceExists,
+    StoreError,
+)
+from atlasstore.physics import fields as physics
+from atlasstore.store import AtlasStore
 from store_fixtures import copy_store, energy_sequence, listing
 
 
@@ -250,7 +257,7 @@ def test_load_batch(loader: EnergyAtlasLoader, window: int, stride: int, n: int)
 
 
 def test_load_batch_errors(loader: EnergyAtlasLoader) -> None:
-    from atlasstore.query import QueryError
+    from atlasstore.errors import QueryError
 
     with pytest.raises(NotFound):
         loader.load_batch("beta", window=1, scale=64)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from atlasstore.generate import Plan, generate
+from atlasstore.errors import StoreLocked
+from atlasstore.runs.generate import Plan, generate
 from atlasstore.store import AtlasStore
-from atlasstore.writer_lock import StoreLocked, WriterLock
+from atlasstore.store.writer_lock import WriterLock
 from proc_helpers import (
     LOCK_KEY,
     ProcTracker,
@@ -187,7 +188,7 @@ def test_lock_released_when_holder_process_is_killed(tmp_path: Path, procs: Proc
     holder = procs.launch([sys.executable, "-c", (
         "import sys, time\n"
         "from atlasstore.store import AtlasStore\n"
-        "from atlasstore.writer_lock import WriterLock\n"
+        "from atlasstore.store.writer_lock import WriterLock\n"
         f"WriterLock(AtlasStore.open({s.location!r}, mode='r+'), {{'run_id': 'run-held'}}).acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(600)\n")])

@@ -32,9 +32,10 @@ import psutil
 import pytest
 
 from atlasstore.audit import audit
-from atlasstore.generate import Plan, generate
+from atlasstore.errors import NotAnAtlasStore, NotFound
 from atlasstore.query import Query
-from atlasstore.store import AtlasStore, NotAnAtlasStore, NotFound, RunLog, checksum
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore, RunLog, checksum
 from proc_helpers import (
     ProcTracker,
     alive,

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 
 import store_fixtures
-from atlasstore import physics, synth
-from atlasstore.generate import (
+from atlasstore.errors import InvalidName, PlanClash, PlanError
+from atlasstore.io.schemas import validate
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
+from atlasstore.runs.generate import (
     MAX_TASK_BYTES,
     Plan,
-    PlanClash,
-    PlanError,
     RunLog,
     generate,
     sequence_id,
     sequence_seed,
     write_one,
 )
-from atlasstore.schemas import validate
-from atlasstore.store import AtlasStore, InvalidName
+from atlasstore.store import AtlasStore
 from store_fixtures import all_checksums, copy_store, generated_plan
 
 #: the shared fixture under its own name (imported by name, every test taking it would
@@ -304,7 +304,7 @@ def test_catalog_outage_does_not_stop_the_run(tmp_path: Path) -> None:
 
 
 def test_bad_location_is_refused(tmp_path: Path) -> None:
-    from atlasstore.store import StoreError
+    from atlasstore.errors import StoreError
 
     d = tmp_path / "notastore"
     d.mkdir()
@@ -315,8 +315,8 @@ def test_bad_location_is_refused(tmp_path: Path) -> None:
 
 
 def test_live_writer_lock_refuses_a_second_run(tmp_path: Path) -> None:
-    from atlasstore.store import StoreError
-    from atlasstore.writer_lock import WriterLock
+    from atlasstore.errors import StoreError
+    from atlasstore.store.writer_lock import WriterLock
 
     p = tmp_path / "g.zarr"
     plan = Plan(domains=("plasma_physics",), sequences=1, **SMALL)
@@ -419,7 +419,7 @@ def test_local_cluster_is_started_with_the_tuned_dask_settings(tmp_path: Path,
     import dask
     import distributed
 
-    import atlasstore.generate as gen
+    import atlasstore.runs.generate as gen
 
     seen: dict[str, Any] = {}
     real_init = distributed.LocalCluster.__init__

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore.ingest import import_well, import_xarray
 from atlasstore.query import Query
+from atlasstore.runs.ingest import import_well, import_xarray
 from atlasstore.store import AtlasStore
 from cli_runner import run_cli
 from well_fixture import write_well_file
@@ -45,7 +45,7 @@ def test_imported_fields_with_their_own_names_are_catalogued(well_store: Path,
     """The catalog takes arrays of any field name the store holds (it refused all but energy and
     its gradients, so a run on imported data could not register its dataset version)."""
     from atlasstore.catalog import SQLiteCatalog
-    from atlasstore.index import refresh
+    from atlasstore.catalog.sync import refresh
 
     with SQLiteCatalog(tmp_path / "c.sqlite") as cat:
         res = refresh(AtlasStore.open(well_store), cat)
@@ -77,7 +77,7 @@ def test_atlas_show_on_imported_fields(well_store: Path, tmp_path: Path) -> None
 
 def test_the_stream_on_imported_data(well_store: Path) -> None:
     pytest.importorskip("jax")
-    from atlasstore.stream import stream
+    from atlasstore.training.stream import stream
 
     store = AtlasStore.open(well_store)
     q = Query(store, scale=128, window=5)

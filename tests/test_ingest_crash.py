@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from atlasstore.audit import audit
-from atlasstore.ingest import import_npy, import_well
+from atlasstore.runs.ingest import import_npy, import_well
 from atlasstore.store import AtlasStore, RunLog
 from predecessor_fixture import write_predecessor_folder
 from proc_helpers import (

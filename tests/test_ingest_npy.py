@@ -17,9 +17,9 @@ import pytest
 
 from atlasstore.audit import audit
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.index import CatalogSelector
-from atlasstore.ingest import ImportOptions, ImportPlanError, import_npy, plan_npy
+from atlasstore.catalog.sync import CatalogSelector
 from atlasstore.query import Query
+from atlasstore.runs.ingest import ImportOptions, ImportPlanError, import_npy, plan_npy
 from atlasstore.store import AtlasStore, RunLog
 from cli_runner import run_cli
 from predecessor_fixture import PATTERN, Written, write_predecessor_folder

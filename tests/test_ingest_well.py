@@ -16,8 +16,8 @@ import pytest
 import xarray as xr
 
 from atlasstore.audit import audit
-from atlasstore.ingest import ImportOptions, ImportPlanError, import_well, plan_well
 from atlasstore.query import Query
+from atlasstore.runs.ingest import ImportOptions, ImportPlanError, import_well, plan_well
 from atlasstore.store import AtlasStore
 from cli_runner import run_cli
 from well_fixture import pattern, write_well_file

@@ -11,12 +11,13 @@ import pytest
 import xarray as xr
 import zarr
 
-from atlasstore import physics
 from atlasstore.audit import audit
-from atlasstore.physics import EnergyMapError, GridError
-from atlasstore.query import Query, QueryError
-from atlasstore.sequence_writer import Axis, Coordinates, FieldSpec, SequenceWriter
-from atlasstore.store import AtlasStore, Layout, NotFound, checksum
+from atlasstore.errors import EnergyMapError, GridError, NotFound, QueryError
+from atlasstore.physics import fields as physics
+from atlasstore.query import Query
+from atlasstore.records import Axis, Coordinates, FieldSpec
+from atlasstore.store import AtlasStore, Layout, checksum
+from atlasstore.store.writer import SequenceWriter
 from store_fixtures import energy_sequence, listing
 
 
@@ -292,7 +293,7 @@ def test_query_and_stream_follow_the_primary_field(store: AtlasStore) -> None:
 
 def test_stream_on_an_intensive_non_square_field(store: AtlasStore) -> None:
     pytest.importorskip("jax")
-    from atlasstore.stream import stream
+    from atlasstore.training.stream import stream
 
     temp = _temperature(6, 384, 128, seed=3)
     store.write_sequence("lab", "t", temp, field=FieldSpec("temperature", "intensive"))

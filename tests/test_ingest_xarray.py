@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from atlasstore import cli
-from atlasstore.ingest import ImportOptions, ImportPlanError, import_xarray, plan_xarray
+from atlasstore.cli import app as cli
 from atlasstore.query import Query
+from atlasstore.runs.ingest import ImportOptions, ImportPlanError, import_xarray, plan_xarray
 from atlasstore.store import AtlasStore
 from cli_runner import run_cli
 

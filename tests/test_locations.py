@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from atlasstore import cli
-from atlasstore.locations import atomic_write, beside_store, default_catalog_location, is_remote, local_path
-from atlasstore.provenance import code_version, utc_now
+from atlasstore.cli import app as cli
+from atlasstore.io.locations import (
+    atomic_write,
+    beside_store,
+    default_catalog_location,
+    is_remote,
+    local_path,
+)
+from atlasstore.io.provenance import code_version, utc_now
 
 
 def test_remote_and_local_locations() -> None:

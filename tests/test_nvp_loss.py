@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atlasstore import physics
 from atlasstore.nvp.loss import (
     LOSS_TERMS,
     LossConfig,
@@ -21,6 +20,7 @@ from atlasstore.nvp.loss import (
     mse,
     nvp_loss,
 )
+from atlasstore.physics import fields as physics
 
 N = 4 * 4
 

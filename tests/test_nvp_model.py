@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atlasstore import physics
+from atlasstore.errors import ModelError
 from atlasstore.nvp.model import (
     NVP,
     MCPrediction,
     ModelConfig,
-    ModelError,
     combine_mc,
     mc_predict,
     predict,
     pyramid_inputs,
 )
 from atlasstore.nvp.prior import DomainPrior
+from atlasstore.physics import fields as physics
 
 TINY = ModelConfig(width=4, max_width=8, depth=1, blocks=1, dropout=0.2, groups=2)
 PRIORS = {"d": DomainPrior(sigma=1.0, tau=0.0, weights=(), rmse=0.3, persistence_rmse=1.0,

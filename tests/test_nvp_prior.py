@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atlasstore import physics, synth
+from atlasstore.errors import ModelError
 from atlasstore.nvp.calibration import coverage_factor, domain_factors
-from atlasstore.nvp.model import NVP, ModelConfig, ModelError, predict
+from atlasstore.nvp.model import NVP, ModelConfig, predict
 from atlasstore.nvp.prior import (
     DomainPrior,
     apply_prior,
@@ -24,6 +24,8 @@ from atlasstore.nvp.prior import (
     rotate,
     rotate_bank,
 )
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
 
 RNG = np.random.default_rng(0)
 

@@ -20,18 +20,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.generate import Plan, generate, sequence_seed
-from atlasstore.locations import default_catalog_location
+from atlasstore.cli import app as cli
+from atlasstore.errors import SchemaError, TrainError
+from atlasstore.io.locations import default_catalog_location
 from atlasstore.nvp.checkpoint import load_checkpoint, record_checkpoint
-from atlasstore.nvp.config import OptimConfig, TrainConfig, TrainError
+from atlasstore.nvp.config import OptimConfig, TrainConfig
 from atlasstore.nvp.input_pipeline import build_query, split_by_sequence
 from atlasstore.nvp.lineage import generation_lineage, register_lineage
 from atlasstore.nvp.metrics import EarlyStopping, read_metrics
 from atlasstore.nvp.train import make_schedule, train
 from atlasstore.nvp.train_steps import validate_model
-from atlasstore.schemas import SchemaError
+from atlasstore.runs.generate import Plan, generate, sequence_seed
 from atlasstore.store import AtlasStore
 from catalog_fixtures import open_neo4j_or_skip
 
@@ -219,7 +219,7 @@ def test_atlas_train_writes_metrics_checkpoints_and_events(world: dict[str, Any]
 
 
 def test_best_checkpoint_restores_the_validated_model(world: dict[str, Any]) -> None:
-    from atlasstore.stream import WindowSource
+    from atlasstore.training.stream import WindowSource
 
     ck = load_checkpoint(world["run"])
     assert ck.meta["kind"] == "best"
@@ -366,7 +366,7 @@ def test_lineage_from_checkpoint_to_generation_runs(world: dict[str, Any], backe
 def test_lineage_pins_the_store_as_it_is_not_a_stale_catalog(tmp_path: Path) -> None:
     """A sequence rewritten after the catalog last saw it: the dataset version pins the data in
     the store (the catalog catches up from the change log first), not the catalog's old record."""
-    from atlasstore.index import dataset_checksums, sync_catalog
+    from atlasstore.catalog.sync import dataset_checksums, sync_catalog
     from store_fixtures import energy_sequence
 
     st = AtlasStore.create(tmp_path / "s.zarr")
@@ -448,7 +448,8 @@ def test_baselines_are_fitted_on_the_training_split_only(world: dict[str, Any],
                                                          tmp_path: Path) -> None:
     """Evaluated on data with other dynamics, the diffusion baseline keeps the sigma fitted on the
     checkpoint's training sequences (the presets' 2-3 px), not the evaluation data's 8 px."""
-    from atlasstore.nvp.evaluate import EvalError, evaluate_checkpoint
+    from atlasstore.errors import EvalError
+    from atlasstore.nvp.evaluate import evaluate_checkpoint
 
     other = tmp_path / "other.zarr"
     _write_other_dynamics(other)

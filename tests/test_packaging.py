@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCK = ROOT / "requirements" / "constraints.txt"
 #: Modules that may import an extra's packages at module level (dotted prefix -> extra).
-MODULE_EXTRAS = {"atlasstore.nvp": "nvp", "atlasstore.stream": "stream", "atlasstore.catalog.neo4j": "neo4j"}
+MODULE_EXTRAS = {"atlasstore.nvp": "nvp", "atlasstore.training.stream": "stream",
+                 "atlasstore.catalog.neo4j": "neo4j"}
 #: Extras for what the package runs (the others are for developing it).
 RUNTIME_EXTRAS = ("neo4j", "stream", "plots", "nvp", "hdf5", "s3")
 

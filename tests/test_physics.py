@@ -1,4 +1,4 @@
-"""Property-based tests of atlasstore.physics: the "Physical invariants" of DESIGN.md.
+"""Property-based tests of atlasstore.physics.fields: the "Physical invariants" of DESIGN.md.
 
 Maps are built from a drawn numpy seed (drawing 65k pixels element by element through
 hypothesis would be far too slow), a drawn kind (smooth, heavy-tailed, sparse, a single hot
@@ -19,8 +19,8 @@ import scipy.stats
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from atlasstore import physics
-from atlasstore.physics import EnergyMapError, ThermodynamicViolation
+from atlasstore.errors import EnergyMapError, ThermodynamicViolation
+from atlasstore.physics import fields as physics
 
 TIGHT = 1e-5  # what the code achieves in practice (float32 rounding), far below the 5 % design limit
 

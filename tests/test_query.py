@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import store_fixtures
-from atlasstore import physics
-from atlasstore.query import Query, QueryError
-from atlasstore.store import AtlasStore, CorruptArray, InvalidName, NotFound
+from atlasstore.errors import CorruptArray, InvalidName, NotFound, QueryError
+from atlasstore.physics import fields as physics
+from atlasstore.query import Query
+from atlasstore.store import AtlasStore
 from store_fixtures import (
     A0_MEANS,
     A1_LIT,

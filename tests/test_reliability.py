@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlasstore import cli
 from atlasstore.audit import audit
-from atlasstore.generate import Plan, generate
+from atlasstore.cli import app as cli
+from atlasstore.errors import CorruptArray, NotAnAtlasStore
 from atlasstore.query import Query
-from atlasstore.store import AtlasStore, CorruptArray, NotAnAtlasStore, RunLog, checksum
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore, RunLog, checksum
 from catalog_fixtures import REPO, neo4j_settings, open_neo4j_or_skip
 from proc_helpers import (
     ProcTracker,
@@ -457,7 +458,7 @@ def test_one_failed_write_is_reported_by_the_cli(tmp_path: Path, monkeypatch: py
             "--sequences", "2", "--steps", "3", "--seed", "51", "--scheduler", "serial",
             "--no-catalog", "--quiet"]
     # FULL_PLAN has shape (64, 64); the CLI has no --shape, so give its Plan that shape
-    import atlasstore.generate as gen_mod
+    import atlasstore.runs.generate as gen_mod
 
     real_plan = gen_mod.Plan
     monkeypatch.setattr(gen_mod, "Plan", lambda **kw: real_plan(**{**kw, "shape": (64, 64)}))
@@ -490,7 +491,7 @@ def test_failed_write_leaves_the_store_audit_clean(tmp_path: Path, monkeypatch: 
 
 
 def test_readers_survive_the_writer_lock_being_taken(tmp_path: Path) -> None:
-    from atlasstore.writer_lock import WriterLock
+    from atlasstore.store.writer_lock import WriterLock
 
     loc = tmp_path / "atlas.zarr"
     AtlasStore.create(loc).create_domain("alpha")
@@ -523,7 +524,7 @@ def test_readers_survive_the_writer_lock_being_taken(tmp_path: Path) -> None:
 
 def test_cli_reports_a_disk_full_run_with_its_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    import atlasstore.generate as gen_mod
+    import atlasstore.runs.generate as gen_mod
 
     monkeypatch.delenv("ATLAS_CATALOG", raising=False)
     real_plan = gen_mod.Plan
@@ -559,7 +560,7 @@ def test_real_full_tmpfs_then_rerun_with_space(tmp_path: Path, procs: ProcTracke
                     "injection tests cover the logic")
     try:
         loc = mnt / "atlas.zarr"
-        cmd = [sys.executable, "-m", "atlasstore.cli", "generate", "--store", str(loc),
+        cmd = [sys.executable, "-m", "atlasstore.cli.app", "generate", "--store", str(loc),
                "--domains", "plasma_physics", "--sequences", "6", "--steps", "2", "--seed", "61",
                "--scheduler", "serial", "--no-catalog", "--quiet"]
         first = procs.run(cmd, timeout=120)
@@ -797,7 +798,7 @@ def test_wrong_password_never_printed_and_nothing_written(tmp_path: Path, monkey
     env = {**os.environ, "NEO4J_URI": s["uri"], "NEO4J_USER": f"atlas-nobody-{os.urandom(4).hex()}",
            "NEO4J_PASSWORD": wrong}
     env.pop("ATLAS_CATALOG", None)
-    r = subprocess.run([sys.executable, "-m", "atlasstore.cli", "--debug", "generate",
+    r = subprocess.run([sys.executable, "-m", "atlasstore.cli.app", "--debug", "generate",
                         "--store", str(loc), *gen], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode != 0 and "authentication failed" in r.stderr
     assert wrong not in r.stdout + r.stderr and s["password"] not in r.stdout + r.stderr

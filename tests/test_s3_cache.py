@@ -1,4 +1,4 @@
-"""The local disk cache of an s3:// store's arrays (atlasstore.chunk_cache), against the real
+"""The local disk cache of an s3:// store's arrays (atlasstore.read.disk_cache), against the real
 S3 server: a second read goes to no server at all; the folder stays within its bound; a damaged
 or evicted file is fetched again; processes sharing the folder never see a torn file; a
 rewritten sequence is never served from the old cache.
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore import cli
-from atlasstore.chunk_cache import CacheSettings, DiskCachedReader, parse_bytes, reader_for
+from atlasstore.cli import app as cli
+from atlasstore.read.disk_cache import CacheSettings, DiskCachedReader, parse_bytes, reader_for
+from atlasstore.read.tensorstore import TensorStoreReader
 from atlasstore.store import AtlasStore, Layout, checksum
-from atlasstore.tensorstore_reader import TensorStoreReader
 from s3_fixtures import S3Bucket
 
 #: two shards per array (8 steps, 4 per shard), one level (64x64), three fields

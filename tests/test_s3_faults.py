@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore import cli
-from atlasstore.chunk_cache import CacheSettings, DiskCachedReader
-from atlasstore.object_storage import explain
+from atlasstore.cli import app as cli
+from atlasstore.errors import RemoteStoreError
+from atlasstore.io.object_storage import explain
+from atlasstore.read.disk_cache import CacheSettings, DiskCachedReader
 from atlasstore.store import AtlasStore
-from atlasstore.store_errors import RemoteStoreError
 from proc_helpers import ATLAS, ProcTracker, wait_until
 from s3_fixtures import S3Bucket, StoreWatcher
 
@@ -212,7 +212,7 @@ NO_CREDENTIALS = ("Generic S3 error: Error performing PUT http://169.254.169.254
 
 def test_no_credentials_at_all_is_named_as_such() -> None:
     """Not "PUT http://169.254.169.254/latest/api/token: 403", which says nothing to a user."""
-    from atlasstore.object_storage import explain_text
+    from atlasstore.io.object_storage import explain_text
 
     msg = explain_text(NO_CREDENTIALS)
     assert msg.startswith("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "

@@ -14,8 +14,8 @@ from zarr.core.buffer import cpu as cpu_buffer
 from zarr.core.sync import sync
 
 from atlasstore.audit import audit
-from atlasstore.change_log import ChangeLog, entry_key
 from atlasstore.store import AtlasStore
+from atlasstore.store.change_log import ChangeLog, entry_key
 from cli_runner import run_cli
 from predecessor_fixture import write_predecessor_folder
 from s3_fixtures import S3Bucket

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from atlasstore import cli
+from atlasstore.cli import app as cli
+from atlasstore.errors import StoreLocked
 from atlasstore.store import AtlasStore
-from atlasstore.writer_lock import StoreLocked, WriterLock
+from atlasstore.store.writer_lock import WriterLock
 from proc_helpers import ProcTracker, kill9, wait_until
 from s3_fixtures import S3Bucket
 
@@ -152,7 +153,7 @@ def test_generate_refuses_while_another_run_holds_the_lock(s3: S3Bucket, capsys:
 def test_a_run_whose_lock_was_taken_over_stops_at_the_next_result(s3: S3Bucket) -> None:
     """The run driver (generate and import) checks its lock after every result: once a renewal
     is refused, the next result stops the run and later tasks never start."""
-    from atlasstore import run_driver
+    from atlasstore.runs import engine as run_driver
     from s3_tiny_stores import run_record
 
     ran: list[str] = []

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore import cli
-from atlasstore.object_storage import S3Location, S3Settings, zarr_store
+from atlasstore.cli import app as cli
+from atlasstore.errors import NotAnAtlasStore, RemoteStoreError, StoreError
+from atlasstore.io.object_storage import S3Location, S3Settings, zarr_store
 from atlasstore.query import Query
-from atlasstore.store import AtlasStore, StoreError
-from atlasstore.store_errors import NotAnAtlasStore, RemoteStoreError
+from atlasstore.store import AtlasStore
 from s3_fixtures import S3Bucket, use_server
 from s3_server import S3Server
 
@@ -115,7 +115,7 @@ def test_read_commands_work_on_the_bucket(world: dict[str, Any]) -> None:
 
 
 def test_stream_reads_the_bucket_through_the_disk_cache(world: dict[str, Any]) -> None:
-    from atlasstore.stream import stream
+    from atlasstore.training.stream import stream
 
     b: S3Bucket = world["b"]
     s = AtlasStore.open(b.url)
@@ -251,7 +251,7 @@ def test_a_fresh_process_reads_with_only_the_environment(s3: S3Bucket) -> None:
                        "--sequences", "1", "--steps", "2", "--scheduler", "serial", "--no-catalog",
                        "--quiet")
     assert rc == 0, err
-    r = subprocess.run([sys.executable, "-m", "atlasstore.cli", "ls", "--store", s3.url,
+    r = subprocess.run([sys.executable, "-m", "atlasstore.cli.app", "ls", "--store", s3.url,
                         "plasma_physics"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("seq-00000\t2 steps")

@@ -12,20 +12,18 @@ import numpy as np
 import pytest
 import zarr
 
-from atlasstore import physics
-from atlasstore.physics import EnergyMapError
-from atlasstore.schemas import SchemaError, validate
-from atlasstore.store import (
-    DIMS,
-    FIELDS,
-    AtlasStore,
+from atlasstore.errors import (
+    EnergyMapError,
     InvalidName,
     NotAnAtlasStore,
     NotFound,
+    SchemaError,
     SequenceExists,
-    SequenceWriter,
     StoreError,
 )
+from atlasstore.io.schemas import validate
+from atlasstore.physics import fields as physics
+from atlasstore.store import DIMS, FIELDS, AtlasStore, SequenceWriter
 from store_fixtures import (
     chunk_files,
     copy_store,
@@ -202,7 +200,7 @@ def test_garbage_root_document_is_not_an_atlas_store(tmp_path: Path, kind: str) 
 ])
 def test_cli_refuses_a_garbage_root_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 kind: str, argv: list[str]) -> None:
-    from atlasstore import cli
+    from atlasstore.cli import app as cli
 
     p = _garbage_store(tmp_path, _GARBAGE_ROOTS[kind])
     before = listing(tmp_path)
@@ -689,7 +687,7 @@ def test_unknown_domain(store: AtlasStore) -> None:
 
 
 def test_create_domain_records_preset_and_is_idempotent(store: AtlasStore) -> None:
-    from atlasstore import synth
+    from atlasstore.physics import synth
 
     preset = synth.load_preset("plasma_physics").to_dict()
     store.create_domain("plasma", preset)
@@ -703,7 +701,7 @@ def test_create_domain_records_preset_and_is_idempotent(store: AtlasStore) -> No
 
 
 def test_reserved_runs_group_not_listed_as_domain(tmp_path: Path) -> None:
-    from atlasstore.generate import Plan, generate
+    from atlasstore.runs.generate import Plan, generate
 
     p = tmp_path / "g.zarr"
     generate(p, Plan(domains=("plasma_physics",), sequences=1, steps=2, shape=(64, 64)),

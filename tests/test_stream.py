@@ -1,4 +1,4 @@
-"""Tests of atlasstore.stream: the JAX streaming iterator over a Query.
+"""Tests of atlasstore.training.stream: the JAX streaming iterator over a Query.
 
 Tiny stores only: 2 domains x 2 sequences x 6 steps at 128 (levels 128, 64), one at 256 (all
 three levels), and hand-written sequences for the mismatched-scale and recompute cases.
@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from atlasstore.generate import Plan, generate
-from atlasstore.normalization import load_or_compute_stats, stats_location
+from atlasstore.errors import CorruptArray, NotFound, StreamError
 from atlasstore.query import Query
-from atlasstore.store import AtlasStore, CorruptArray, NotFound
-from atlasstore.stream import StreamIterator, epoch_batches, epoch_permutation, process_share, stream
-from atlasstore.window_source import StreamError, WindowSource
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore
+from atlasstore.training.normalization import load_or_compute_stats, stats_location
+from atlasstore.training.stream import StreamIterator, epoch_batches, epoch_permutation, process_share, stream
+from atlasstore.training.windows import WindowSource
 
 DOMAINS = ("plasma_physics", "fluid_dynamics")
 

@@ -1,4 +1,4 @@
-"""Property-based tests of atlasstore.synth: patterns, perturbations, sequences, presets.
+"""Property-based tests of atlasstore.physics.synth: patterns, perturbations, sequences, presets.
 
 Every "Physical invariant" of DESIGN.md is held over random valid shapes (short side 64/128/256,
 mostly 64 and 128 for speed; square or 2:3 both ways), seeds and parameters. Conservation is
@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as MetaSchemaError
 
-from atlasstore import physics, synth
-from atlasstore.physics import EnergyMapError, ThermodynamicViolation
-from atlasstore.schemas import SchemaError, schema_dir, validate
+from atlasstore.errors import EnergyMapError, SchemaError, ThermodynamicViolation
+from atlasstore.io.schemas import schema_dir, validate
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
 
 TIGHT = 1e-5
 ENTROPY_TOL = 1e-9  # nats: float rounding allowance for "blur does not decrease entropy"

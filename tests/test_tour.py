@@ -3,7 +3,7 @@ commands run on the sample data they make.
 
 The commands are read from README.md ("A tour": the bash block, then the Python block) and
 from ``scripts/main`` (its ``atlas generate``), and run in that order through
-``atlasstore.cli.main`` in a fresh folder, as a user would after ``scripts/main``: the store is
+``atlasstore.cli.app.main`` in a fresh folder, as a user would after ``scripts/main``: the store is
 ``./atlas.zarr``, the catalog the SQLite file beside it, ``configs/`` the repository's.
 
 Kept small, without changing what the tour tests: every ``atlas generate`` runs serially (the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from atlasstore import cli
+from atlasstore.cli import app as cli
 from atlasstore.store import AtlasStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,16 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import (
+from atlasstore.catalog.base import (
     ARRAY_FIELDS,
     KINDS,
     SEQUENCE_KINDS,
     ArrayRecord,
     Catalog,
-    CatalogError,
-    CatalogMismatch,
-    CatalogNotFound,
-    CatalogUnavailable,
     Checkpoint,
     DatasetVersion,
     GenerationRun,
@@ -40,7 +36,8 @@ from .base import (
     sequence_checksum,
     split_node_id,
 )
-from .sqlite import SQLiteCatalog
+from atlasstore.catalog.sqlite import SQLiteCatalog
+from atlasstore.errors import CatalogError, CatalogMismatch, CatalogNotFound, CatalogUnavailable
 
 __all__ = [
     "ARRAY_FIELDS", "KINDS", "SEQUENCE_KINDS", "ArrayRecord", "Catalog", "CatalogError",
@@ -56,7 +53,7 @@ _NEO4J_SCHEMES = ("neo4j://", "neo4j+s://", "neo4j+ssc://", "bolt://", "bolt+s:/
 
 def __getattr__(name: str) -> Any:  # lazy: importing the catalog does not import the driver
     if name == "Neo4jCatalog":
-        from .neo4j import Neo4jCatalog
+        from atlasstore.catalog.neo4j import Neo4jCatalog
         return Neo4jCatalog
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -88,10 +85,10 @@ def open_catalog(spec: str | os.PathLike[str], **kwargs: Any) -> Catalog:
             raise CatalogError(f"catalog spec {spec!r} names no file (use sqlite:///path/to/file.db)")
         return SQLiteCatalog(path, **kwargs)
     if spec == "neo4j":
-        from .neo4j import Neo4jCatalog
+        from atlasstore.catalog.neo4j import Neo4jCatalog
         return Neo4jCatalog(**kwargs)
     if spec.startswith(_NEO4J_SCHEMES):
-        from .neo4j import Neo4jCatalog
+        from atlasstore.catalog.neo4j import Neo4jCatalog
         return Neo4jCatalog(spec, **kwargs)
     if "://" in spec:
         raise CatalogError(f"unknown catalog scheme in {spec.split('://', 1)[0]!r}:// "

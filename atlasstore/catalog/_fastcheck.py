@@ -4,7 +4,7 @@
 records = 100 s). This module compiles the small keyword subset the ``catalog-*`` schemas use into
 one plain Python function per schema (a few µs per record). It is sound, not complete: ``True``
 guarantees the document is valid under the schema; ``False`` means "not proven", and the caller
-then runs the real validator (:func:`atlasstore.schemas.validate`), which either accepts the
+then runs the real validator (:func:`atlasstore.io.schemas.validate`), which either accepts the
 document or raises with the precise JSON path. So the behaviour is exactly jsonschema's; only the
 common case is fast. A schema using any keyword outside the subset compiles to "always ask
 jsonschema".
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from ..schemas import load_schema
+from atlasstore.io.schemas import load_schema
 
 Check = Callable[[Any], bool]
 

@@ -74,7 +74,7 @@ Registration semantics
   nothing of the batch is written. A ``run_id`` may name a run that is not catalogued (the store
   is the truth, and it may lack the record): the ``wasGeneratedBy`` edge appears when
   ``register_run`` registers it.
-* Invalid records raise :class:`atlasstore.schemas.SchemaError` (a ValueError) before anything
+* Invalid records raise :class:`atlasstore.io.schemas.SchemaError` (a ValueError) before anything
   is written: JSON Schema, key consistency, finite stats, ``min <= max``, no derivation cycles.
 * ``remove_sequences`` removes sequences with their parts and edges (a DatasetVersion keeps its
   recorded ``sequence_keys`` and checksums but loses the edge to a removed sequence); a
@@ -85,11 +85,11 @@ Registration semantics
 Keeping up with the store
 -------------------------
 A catalog serves one store. :meth:`Catalog.store_sync` returns what it last applied of that
-store's change log (:mod:`atlasstore.change_log`): the store id, the log position, the sequences
+store's change log (:mod:`atlasstore.store.change_log`): the store id, the log position, the sequences
 whose change was still in flight (``pending``) and a version number. :meth:`Catalog.commit_sync`
 applies a batch of records and the new state in one transaction, *only if* the version is still
 the one the caller read (compare-and-swap), so two processes catching up at once never let an
-older reading overwrite a newer one. :mod:`atlasstore.index` drives both.
+older reading overwrite a newer one. :mod:`atlasstore.catalog.sync` drives both.
 
 Range filters
 -------------
@@ -110,9 +110,10 @@ from collections.abc import Sequence as Seq
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
-from ..provenance import utc_now
-from ..schemas import SchemaError, validate
-from ._fastcheck import checker
+from atlasstore.catalog._fastcheck import checker
+from atlasstore.errors import CatalogError, CatalogMismatch, CatalogNotFound, CatalogUnavailable, SchemaError
+from atlasstore.io.provenance import utc_now
+from atlasstore.io.schemas import validate
 
 __all__ = [
     "AGENT_KINDS", "ARRAY_FIELDS", "KINDS", "SEQUENCE_KINDS", "ArrayRecord", "Catalog",
@@ -124,33 +125,6 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------------------ errors
-
-
-class CatalogError(Exception):
-    """Base of catalog errors (bad records, missing references, backend failures)."""
-
-
-class CatalogUnavailable(CatalogError):
-    """The catalog backend cannot be reached or refuses our credentials.
-
-    The message names the URI (without credentials) and never contains a password.
-    """
-
-    def __init__(self, uri: str, reason: str) -> None:
-        self.uri = uri
-        self.reason = reason
-        super().__init__(f"catalog at {uri} is unavailable: {reason}")
-
-
-class CatalogMismatch(CatalogError):
-    """The catalog was built for another store (its recorded store id differs)."""
-
-
-class CatalogNotFound(CatalogError, LookupError):
-    """A referenced run, sequence, dataset version, ... is not in the catalog."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -52,12 +52,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .base import (
+from atlasstore.catalog.base import (
     RESOLVE_ORDER,
     ArrayRecord,
-    CatalogError,
-    CatalogNotFound,
-    CatalogUnavailable,
     Checkpoint,
     ClosesOnExit,
     DatasetVersion,
@@ -90,6 +87,7 @@ from .base import (
     sync_batch,
     utc_now,
 )
+from atlasstore.errors import CatalogError, CatalogNotFound, CatalogUnavailable
 
 SCHEMA_VERSION = 2
 DEFAULT_BATCH_SIZE = 5000

@@ -32,13 +32,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import (
+from atlasstore.catalog.base import (
     RESOLVE_ORDER,
     STRUCTURAL_RELS,
     UPSTREAM_RELS,
     ArrayRecord,
-    CatalogError,
-    CatalogNotFound,
     Checkpoint,
     ClosesOnExit,
     DatasetVersion,
@@ -70,6 +68,7 @@ from .base import (
     sync_batch,
     utc_now,
 )
+from atlasstore.errors import CatalogError, CatalogNotFound
 
 SCHEMA_VERSION = 2
 

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from .prior import SIGMA_GRID
+from atlasstore.nvp.prior import SIGMA_GRID
 
 #: scipy.ndimage boundary modes :func:`diffusion` accepts
 BlurMode = Literal["wrap", "reflect", "nearest", "mirror", "constant"]

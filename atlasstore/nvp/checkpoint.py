@@ -29,13 +29,14 @@ from typing import Any
 
 from flax import nnx
 
-from ..locations import atomic_write
-from ..provenance import code_version, host, utc_now
-from .config import TrainConfig, TrainError
-from .input_pipeline import DataPlan
-from .lineage import dataset_version_id
-from .model import NVP, ModelConfig
-from .prior import DomainPrior
+from atlasstore.errors import TrainError
+from atlasstore.io.locations import atomic_write
+from atlasstore.io.provenance import code_version, host, utc_now
+from atlasstore.nvp.config import TrainConfig
+from atlasstore.nvp.input_pipeline import DataPlan
+from atlasstore.nvp.lineage import dataset_version_id
+from atlasstore.nvp.model import NVP, ModelConfig
+from atlasstore.nvp.prior import DomainPrior
 
 __all__ = [
     "CHECKPOINT_FORMAT",

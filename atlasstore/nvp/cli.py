@@ -1,4 +1,4 @@
-"""``atlas train`` and ``atlas evaluate``: registered by :func:`atlasstore.cli._add_nvp_commands`.
+"""``atlas train`` and ``atlas evaluate``: registered by :func:`atlasstore.cli.app._add_nvp_commands`.
 
 The handlers here are the only code of :mod:`atlasstore.nvp` that prints.
 """
@@ -22,8 +22,8 @@ def _explicit_or(args: argparse.Namespace, common: argparse.ArgumentParser, fall
 
 
 def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
-    from .config import TrainConfig
-    from .train import train
+    from atlasstore.nvp.config import TrainConfig
+    from atlasstore.nvp.train import train
 
     cfg = TrainConfig.load(args.config)
     changes: dict[str, Any] = {}
@@ -80,11 +80,11 @@ def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
-    from .evaluate import evaluate_checkpoint
+    from atlasstore.nvp.evaluate import evaluate_checkpoint
 
     ckpt = args.checkpoint
     if not Path(ckpt).exists() and args.catalog:
-        from ..catalog import open_catalog
+        from atlasstore.catalog import open_catalog
 
         with open_catalog(args.catalog) as cat:
             rec = cat.get_checkpoint(ckpt)
@@ -112,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace, common: argparse.ArgumentParser) -> i
     if args.json:
         print(json.dumps({k: v for k, v in report.items()}, indent=1, default=str))
         return 0
-    from .goals import markdown_tables
+    from atlasstore.nvp.goals import markdown_tables
 
     d = report["data"]
     print(f"checkpoint {report['checkpoint']['ckpt_id']} (step {report['checkpoint']['step']}) on "

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..schemas import load_json, validate
-from .loss import LossConfig
-from .model import ModelConfig
+from atlasstore.errors import TrainError
+from atlasstore.io.schemas import load_json, validate
+from atlasstore.nvp.loss import LossConfig
+from atlasstore.nvp.model import ModelConfig
 
 __all__ = [
     "MONITORS",
@@ -32,10 +33,6 @@ __all__ = [
 MONITORS = ("energy_fidelity", "vrmse", "conservation", "mse", "nll", "loss")
 #: the sections of a config, each a dataclass
 SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
-
-
-class TrainError(ValueError):
-    """A training run that cannot start or continue as configured."""
 
 
 def _from_dict(cls: Any, d: Mapping[str, Any] | None, what: str) -> Any:
@@ -172,7 +169,7 @@ class TrainConfig:
         changed; ``train_max_steps=...`` style keys change one option of a section.
 
         The result is validated like a loaded config: an override the schema refuses raises
-        :class:`~atlasstore.schemas.SchemaError` naming the option.
+        :class:`~atlasstore.io.schemas.SchemaError` naming the option.
         """
         doc = self.to_dict()
         for k, v in changes.items():

@@ -24,31 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import NDArray
 
-from ..physics import block_sum
-from ..store import AtlasStore
-from .baselines import BASELINES, DEFAULT_SIGMAS, FittedBaselines, fit_baselines
-from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .config import TrainConfig
-from .goals import evaluate_goals, headline
-from .input_pipeline import build_query, spread_indices
-from .metrics import read_metrics
-from .plots import plot_bars, plot_curves, plot_rollout, plot_sample, plot_spread_skill
-from .scores import (
-    VRMSE_EPS,
-    conservation_error,
-    entropy_violations,
-    metric_block,
-    vrmse,
-)
+from atlasstore.errors import EvalError
+from atlasstore.nvp.baselines import BASELINES, DEFAULT_SIGMAS, FittedBaselines, fit_baselines
+from atlasstore.nvp.checkpoint import LoadedCheckpoint, load_checkpoint
+from atlasstore.nvp.config import TrainConfig
+from atlasstore.nvp.goals import evaluate_goals, headline
+from atlasstore.nvp.input_pipeline import build_query, spread_indices
+from atlasstore.nvp.metrics import read_metrics
+from atlasstore.nvp.plots import plot_bars, plot_curves, plot_rollout, plot_sample, plot_spread_skill
+from atlasstore.nvp.scores import VRMSE_EPS, conservation_error, entropy_violations, metric_block, vrmse
+from atlasstore.physics.fields import block_sum
+from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = ["REPORT_FORMAT", "EvalError", "evaluate_checkpoint", "held_out_check", "rollout"]
 
 REPORT_FORMAT = "atlasstore-nvp-eval/2"
 Emit = Callable[[dict[str, Any]], None]
-
-
-class EvalError(ValueError):
-    """An evaluation that cannot run as asked (no training data for the baselines, ...)."""
 
 
 def _read(source: Any, idx: Sequence[int], levels: Sequence[int], factor: int,
@@ -68,7 +59,7 @@ def rollout(model: Any, inputs: Mapping[int, Any], domain: Any, steps: int
             ) -> NDArray[np.float64]:
     """Autoregressive mean predictions (B, steps, y, x): each prediction is fed back as the newest
     input step, its coarser levels made by block sums (as the store derives them)."""
-    from .model import predict, pyramid_inputs
+    from atlasstore.nvp.model import predict, pyramid_inputs
 
     cur = {lv: jnp.asarray(x) for lv, x in inputs.items()}
     dom = jnp.asarray(domain, jnp.int32)
@@ -110,7 +101,7 @@ def _same_location(a: str, b: str) -> bool:
 
 def _setting(ck: LoadedCheckpoint, store: str | None, split: str | None,
              sequences: Sequence[str] | None, batch_size: int | None) -> _Setting:
-    from ..window_source import WindowSource
+    from atlasstore.training.windows import WindowSource
 
     cfg = TrainConfig.from_dict(ck.meta["config"])
     res = int(ck.meta["query"]["resolution"])
@@ -183,7 +174,7 @@ def _training_pairs(s: _Setting, train_store: str | None
                     ) -> tuple[dict[str, tuple[NDArray, NDArray]], AtlasStore, dict[str, Any]]:
     """History/target pairs of the checkpoint's training split, per domain (up to
     ``eval.fit_windows`` each), from the training store (or ``train_store`` where it moved)."""
-    from ..window_source import WindowSource
+    from atlasstore.training.windows import WindowSource
 
     meta, cfg, res = s.ck.meta, s.cfg, s.resolution
     loc = str(train_store or meta["store"])
@@ -217,7 +208,7 @@ def _predict_windows(s: _Setting, idx: Sequence[int], mc: int, seed: int, emit: 
                      ) -> tuple[dict[str, NDArray], list[str]]:
     """MC predictions of the windows ``idx``: history, truth, mean, aleatoric and epistemic
     variance (float64), the domain of each, and the window ids."""
-    from .model import mc_predict
+    from atlasstore.nvp.model import mc_predict
 
     key = jax.random.key(seed)
     bs, levels, res, model = s.batch_size, s.levels, s.resolution, s.ck.model
@@ -264,7 +255,7 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
     """VRMSE by lead of the model and the baselines fed their own predictions, from every step
     of every evaluated sequence that leaves ``horizon`` steps to compare with (at least step 0),
     per domain; {} when the sequences are too short."""
-    from ..window_source import WindowSource
+    from atlasstore.training.windows import WindowSource
 
     if horizon <= 0:
         return {}

@@ -2,10 +2,10 @@
 
 The split is **by sequence** (:func:`split_by_sequence`): no time step of a sequence is on both
 sides. The normalisation (:func:`pooled_stats`) is measured on the training split only. Training
-batches come from :func:`atlasstore.stream.stream` (endless, seeded shuffle, prefetch) in
+batches come from :func:`atlasstore.training.stream.stream` (endless, seeded shuffle, prefetch) in
 physical units (``normalise=False``: the model normalises inside, see
 :mod:`atlasstore.nvp.model`); validation reads fixed windows from a
-:class:`~atlasstore.stream.WindowSource`.
+:class:`~atlasstore.training.stream.WindowSource`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..query import Query, QueryError
-from ..store import AtlasStore
-from .config import DataConfig, TrainError
+from atlasstore.errors import QueryError, TrainError
+from atlasstore.nvp.config import DataConfig
+from atlasstore.query import Query
+from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = [
     "DataPlan",
@@ -53,7 +54,7 @@ def select_sequences(store: AtlasStore, data: DataConfig) -> list[str]:
     else at the full resolution of the selected sequences)."""
     scale = data.resolution
     if scale is None:
-        from ..query import StoreSelector
+        from atlasstore.query import StoreSelector
 
         sel = StoreSelector().select(build_query(store, data, scale=64))
         if not sel:
@@ -189,7 +190,7 @@ def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
                  reader: str, field: str = "energy") -> dict[int, tuple[float, float]]:
     """Mean and std of ``field`` (the sequences' primary field) at every level over all values
     of the given sequences."""
-    from ..normalization import compute_stats
+    from atlasstore.training.normalization import compute_stats
 
     st = compute_stats(store, _pairs(keys), [field], list(levels), reader=reader, fingerprint="-")
     out: dict[int, tuple[float, float]] = {}
@@ -209,7 +210,7 @@ def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
 
 def train_iterator(plan: DataPlan, seed: int) -> Any:
     """The endless, seeded, prefetching stream of training batches (physical units)."""
-    from ..stream import stream
+    from atlasstore.training.stream import stream
 
     d = plan.data
     return stream(plan.train_query, n_in=d.n_in, n_out=1, batch_size=d.batch_size, seed=seed,
@@ -221,7 +222,7 @@ def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Up to ``per_domain`` (E_t, E_t+1) pairs of every domain of the training split, spread
     evenly over its windows, at the model's resolution (float32, (B, y, x) each)."""
-    from ..window_source import WindowSource
+    from atlasstore.training.windows import WindowSource
 
     src = WindowSource(plan.train_query, plan.data.n_in, 1, reader=plan.data.reader,
                        cache_bytes=0)
@@ -242,7 +243,7 @@ def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
 
 def val_source(plan: DataPlan) -> Any:
     """The validation windows, read by index."""
-    from ..window_source import WindowSource
+    from atlasstore.training.windows import WindowSource
 
     return WindowSource(plan.val_query, plan.data.n_in, 1, reader=plan.data.reader)
 

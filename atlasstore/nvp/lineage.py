@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
-from ..locations import default_catalog_location, is_remote
-from ..store import AtlasStore
+from atlasstore.io.locations import default_catalog_location, is_remote
+from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = [
     "LineageRecorder",
@@ -48,12 +48,13 @@ def register_lineage(catalog: Any, run: Mapping[str, Any], store: AtlasStore | N
     keys = list(run["split"]["train"]) + list(run["split"]["val"])
     checksums = None
     if store is not None:
-        from ..index import dataset_checksums, refresh
+        from atlasstore.catalog.sync import dataset_checksums, refresh
 
         refresh(store, catalog)
     missing = [k for k in keys if catalog.get_sequence(k) is None]
     if missing:
-        from ..catalog.base import CatalogNotFound, missing_message
+        from atlasstore.catalog.base import missing_message
+        from atlasstore.errors import CatalogNotFound
 
         raise CatalogNotFound(missing_message("sequences", missing, " (training data)"))
     if store is not None:
@@ -110,7 +111,7 @@ class LineageRecorder:
         if spec is None and not is_remote(store_location):
             spec = default_catalog_location(store_location)
         if isinstance(spec, (str, os.PathLike)):
-            from ..catalog import open_catalog
+            from atlasstore.catalog import open_catalog
 
             self.catalog, self._owned = open_catalog(spec), True
         elif spec is not None and spec is not False:

@@ -8,7 +8,7 @@
       + w_nll  * beta-NLL(E_true | E_pred, exp(log_var))
 
 with S the Shannon entropy H = -sum p log p, p = E / sum E, over the map (nats; zero-safe as in
-:func:`atlasstore.physics.entropy`). The first three terms are the predecessor's formula; the
+:func:`atlasstore.physics.fields.entropy`). The first three terms are the predecessor's formula; the
 fourth trains the per-pixel variance head. Every term is a per-sample quantity averaged over the
 batch; :func:`nvp_loss` returns the total and each term separately (for logging).
 
@@ -88,7 +88,7 @@ def entropy(energy: jax.Array) -> jax.Array:
     """Shannon entropy (nats) over the last two axes with p = E / sum E; zero-safe.
 
     Pixels with E = 0 contribute 0 (and a zero gradient, not NaN); an all-zero map has S = 0.
-    Same definition as :func:`atlasstore.physics.entropy`, in JAX and differentiable.
+    Same definition as :func:`atlasstore.physics.fields.entropy`, in JAX and differentiable.
     """
     e = jnp.asarray(energy)
     total = jnp.sum(e, axis=(-2, -1), keepdims=True)

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..physics import block_sum
-from .prior import DomainPrior, apply_prior
+from atlasstore.errors import ModelError
+from atlasstore.nvp.prior import DomainPrior, apply_prior
+from atlasstore.physics.fields import block_sum
 
 __all__ = [
     "NVP",
@@ -54,10 +55,6 @@ __all__ = [
     "predict",
     "pyramid_inputs",
 ]
-
-
-class ModelError(ValueError):
-    """A model that cannot be built for the given levels/shapes/domains."""
 
 
 @dataclass(frozen=True)

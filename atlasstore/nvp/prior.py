@@ -89,7 +89,7 @@ def noise_floor(x: jax.Array, tau: Any) -> jax.Array:
 @functools.lru_cache(maxsize=256)
 def _rotation_plan(shape: tuple[int, int], angle: float
                    ) -> tuple[int, tuple[tuple[str, NDArray[np.complex64]], ...]]:
-    """(quarter turns, shears) of :func:`atlasstore.synth.apply_rotation` for a map shape. A shear
+    """(quarter turns, shears) of :func:`atlasstore.physics.synth.apply_rotation` for a map shape. A shear
     shifts every row (axis "x") or column (axis "y") periodically by ``s`` = whole ``w`` +
     fraction ``f`` pixels with linear interpolation, ``(1 - f) e[i - w] + f e[i - w - 1]``; in
     Fourier space along that axis this is the factor ``exp(-2 pi i k w / n) ((1 - f) + f
@@ -126,7 +126,7 @@ def _shear(x: jax.Array, axis: str, h: NDArray[np.complex64]) -> jax.Array:
 
 def rotate(x: jax.Array, angle: float) -> jax.Array:
     """Rotate maps (..., y, x) by ``angle`` degrees about the centre of the periodic domain, as
-    :func:`atlasstore.synth.apply_rotation` does (quarter turns, then three shears with linear
+    :func:`atlasstore.physics.synth.apply_rotation` does (quarter turns, then three shears with linear
     interpolation), without its final float64 rescaling: every step is a permutation or a doubly
     stochastic shear, so sum x is conserved to rounding."""
     turns, shears = _rotation_plan(tuple(int(s) for s in x.shape[-2:]), float(angle))

@@ -70,8 +70,8 @@ def conservation_error(pred: Any, target: Any) -> Any:
 
 
 def entropy_np(e: Any) -> NDArray[np.float64]:
-    """Shannon entropy (nats) per sample, p = E / sum E (as :func:`atlasstore.physics.entropy`)."""
-    from ..physics import entropy
+    """Shannon entropy (nats) per sample, p = E / sum E (as :func:`atlasstore.physics.fields.entropy`)."""
+    from atlasstore.physics.fields import entropy
 
     return np.atleast_1d(np.asarray(entropy(np.asarray(e, np.float64))))
 

@@ -46,9 +46,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..provenance import utc_now
-from ..store import AtlasStore
-from .checkpoint import (
+from atlasstore.errors import TrainError
+from atlasstore.io.provenance import utc_now
+from atlasstore.nvp.checkpoint import (
     CheckpointWriter,
     LoadedCheckpoint,
     checkpoint_meta,
@@ -61,8 +61,8 @@ from .checkpoint import (
     run_file,
     write_run_record,
 )
-from .config import OptimConfig, TrainConfig, TrainError
-from .input_pipeline import (
+from atlasstore.nvp.config import OptimConfig, TrainConfig
+from atlasstore.nvp.input_pipeline import (
     DataPlan,
     plan_data,
     pooled_stats,
@@ -72,11 +72,12 @@ from .input_pipeline import (
     training_pairs,
     val_source,
 )
-from .lineage import LineageRecorder
-from .metrics import EarlyStopping, MetricsLog
-from .model import NVP
-from .prior import DomainPrior, fit_prior
-from .train_steps import train_step, validate_model
+from atlasstore.nvp.lineage import LineageRecorder
+from atlasstore.nvp.metrics import EarlyStopping, MetricsLog
+from atlasstore.nvp.model import NVP
+from atlasstore.nvp.prior import DomainPrior, fit_prior
+from atlasstore.nvp.train_steps import train_step, validate_model
+from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = [
     "TrainResult",

@@ -17,19 +17,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..physics import block_sum
-from .calibration import domain_factors
-from .input_pipeline import val_batches
-from .loss import (
-    LossConfig,
-    beta_nll,
-    conservation_penalty,
-    entropy_hinge,
-    mse,
-    nvp_loss,
-)
-from .model import NVP
-from .scores import interval_coverage, vrmse
+from atlasstore.nvp.calibration import domain_factors
+from atlasstore.nvp.input_pipeline import val_batches
+from atlasstore.nvp.loss import LossConfig, beta_nll, conservation_penalty, entropy_hinge, mse, nvp_loss
+from atlasstore.nvp.model import NVP
+from atlasstore.nvp.scores import interval_coverage, vrmse
+from atlasstore.physics.fields import block_sum
 
 __all__ = ["eval_step", "train_step", "validate_model"]
 
@@ -91,7 +84,7 @@ def eval_step(model: NVP, inputs: Mapping[int, jax.Array], target: jax.Array,
 def validate_model(model: NVP, source: Any, loss_cfg: LossConfig, factor: int,
                    batch_size: int, max_windows: int | None = None
                    ) -> tuple[dict[str, Any], np.ndarray]:
-    """Mean validation metrics over the windows of a :class:`~atlasstore.stream.WindowSource`
+    """Mean validation metrics over the windows of a :class:`~atlasstore.training.stream.WindowSource`
     (overall and per domain, with the 90 % coverage before and after calibration), and the
     per-domain variance factors c_d^2 that calibrate the model on these windows.
 

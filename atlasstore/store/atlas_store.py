@@ -1,0 +1,680 @@
+"""The atlas: a Zarr v3 hierarchy of energy-map sequences with pyramids and gradients.
+
+Layout (see README, "Store layout")::
+
+    atlas.zarr/                      root; attrs.atlasstore (format version, schemas)
+      <domain>/                      attrs.atlasstore_domain (preset)
+        <sequence_id>/               attrs.atlasstore_sequence (status, steps, checksums), multiscales
+          256/ 128/ 64/              one group per level, named by short side
+            energy grad_x grad_y     float32 (time, y, x), sharded, crc32c per inner chunk
+
+Commit protocol: a sequence group is created with ``status: writing``; every array is written;
+only then are its checksums and stats written with ``status: complete`` (one atomic write of the
+sequence's ``zarr.json``, which also carries Zarr's consolidated metadata of its levels and
+arrays, so plain tools open a committed sequence with one read; see README "Store layout").
+Readers ignore sequences that are not complete, and a writer that finds an incomplete group (a
+crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
+little-endian float32), so they do not depend on codec or chunking and two runs that compute the
+same numbers have equal checksums; corruption of stored bytes is caught earlier, on read, by the
+crc32c codec of every inner chunk and shard index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from numpy.typing import ArrayLike, NDArray
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.buffer import cpu as cpu_buffer
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from atlasstore._version import __version__
+from atlasstore.errors import (
+    CorruptArray,
+    InvalidName,
+    NotAnAtlasStore,
+    NotFound,
+    SequenceExists,
+    StoreError,
+    looks_corrupt,
+)
+from atlasstore.io import object_storage
+from atlasstore.io.locations import local_path
+from atlasstore.io.provenance import utc_now
+from atlasstore.io.schemas import validate
+from atlasstore.physics import fields as physics
+from atlasstore.read.tensorstore import TensorStoreReader
+from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, default_kind, validate_name
+from atlasstore.store.change_log import ChangeLog
+from atlasstore.store.documents import FORMAT_VERSION, json_document, json_or_none, root_document
+from atlasstore.store.writer import CHECKSUM_ALGORITHM, DIMS, SequenceWriter, from_dataarray
+
+__all__ = ["CHECKSUM_ALGORITHM", "DIMS", "FIELDS", "AtlasStore", "Coordinates", "CorruptArray",
+           "FieldSpec", "InvalidName", "Layout", "NotAnAtlasStore", "NotFound", "RunLog",
+           "SequenceExists", "SequenceWriter", "StoreError", "checksum", "step_record",
+           "validate_name"]
+
+#: The arrays of an energy sequence (the generator's); a sequence of another field holds
+#: ``[<field name>, "grad_x", "grad_y"]`` (its record's ``fields``, see :class:`FieldSpec`).
+FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
+
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunking and compression of every array; chosen by ``benchmarks/bench_store.py --layout``.
+
+    ``time_chunk`` steps per inner chunk (the unit a read decodes), ``time_shard`` steps per
+    shard (the unit of a file/object, rounded up to whole inner chunks). ``clevel`` 0 disables
+    compression. Default: 4-step inner chunks with Blosc LZ4 + byte shuffle read 4-8 step
+    windows ~2x faster through TensorStore than 1-step zstd(1)+bitshuffle, for 10 % more bytes
+    (ratio 1.26 vs 1.38 on the synthetic domains) - see README "Chunking".
+    """
+
+    time_chunk: int = 4
+    time_shard: int = 128
+    cname: Literal["lz4", "lz4hc", "blosclz", "snappy", "zlib", "zstd"] = "lz4"
+    clevel: int = 5
+    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = "shuffle"
+
+    def compressors(self) -> list[Any]:
+        codecs: list[Any] = []
+        if self.clevel > 0:
+            codecs.append(BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle))
+        codecs.append(Crc32cCodec())
+        return codecs
+
+
+DEFAULT_LAYOUT = Layout()
+
+
+def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
+    """The committed record of step ``t`` (stats of its base-level map) plus ``extra`` keys."""
+    stats = physics.map_stats(energy)
+    return {"t": t, "perturbations": [], **{k: stats[k] for k in ("sum", "mean", "variance",
+                                                                 "entropy")}, **extra}
+
+
+def checksum(values: ArrayLike) -> str:
+    """SHA-256 of decoded values as C-order little-endian float32."""
+    a = np.ascontiguousarray(np.asarray(values), dtype="<f4")
+    return "sha256:" + hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    s = {"mean": float(a.mean()), "variance": float(a.var()), "min": float(a.min()),
+         "max": float(a.max())}
+    if with_entropy:
+        s["entropy"] = float(np.mean(physics.entropy(a)))
+    return s
+
+
+def _is_dataarray(value: Any) -> bool:
+    return type(value).__name__ == "DataArray" and hasattr(value, "dims") and hasattr(value, "coords")
+
+
+def _field_spec(field: FieldSpec | str | None, kind: str | None, name: str | None,
+                attrs: Mapping[str, Any]) -> FieldSpec:
+    """The FieldSpec of a write: given, or built from a name, a kind and source attributes."""
+    if isinstance(field, FieldSpec):
+        if kind is not None and kind != field.kind:
+            raise physics.EnergyMapError(f"kind {kind!r} contradicts the field's {field.kind!r}")
+        return field
+    nm = field or name or "energy"
+    units = attrs.get("units")
+    long_name = attrs.get("long_name")
+    return FieldSpec(nm, kind or default_kind(nm), units if isinstance(units, str) else None,
+                     long_name if isinstance(long_name, str) else None, dict(attrs))
+
+
+def _open_zarr_store(location: str | Path, read_only: bool,
+                     storage_options: Mapping[str, Any] | None) -> Any:
+    """The zarr Store of a location: a local folder, ``s3://`` through obstore (atomic
+    conditional writes, see :mod:`atlasstore.io.object_storage`), any other URL through fsspec."""
+    loc = str(location)
+    path = local_path(loc)
+    if object_storage.is_s3(loc):
+        return object_storage.zarr_store(loc, read_only, storage_options)
+    if path is None:
+        return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
+                                                 read_only=read_only)
+    return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+def _remote_open_errors(loc: str) -> Any:
+    """Object-store errors of opening or creating ``loc`` as one line naming the URL (a missing
+    bucket says so); nothing for other locations."""
+    return object_storage.errors_named(loc) if object_storage.is_s3(loc) else nullcontext()
+
+
+def _not_a_store(loc: str, exc: NotAnAtlasStore) -> NotAnAtlasStore:
+    """Why an ``s3://`` location holds no store when the bucket itself is the problem."""
+    if object_storage.is_s3(loc):
+        problem = object_storage.bucket_problem(object_storage.S3Location.parse(loc))
+        if problem:
+            return NotAnAtlasStore(f"{loc}: {problem}")
+    return exc
+
+
+class AtlasStore:
+    """An atlas store at a local path or fsspec URL.
+
+    Thread-safe for reads; concurrent writers must write different sequences (the generator
+    guarantees that; see :mod:`atlasstore.runs.generate`).
+    """
+
+    def __init__(self, root: zarr.Group, location: str, layout: Layout = DEFAULT_LAYOUT) -> None:
+        self._root = root
+        self.location = location
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._seq_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._arrays: dict[str, zarr.Array] = {}
+        self._ts_reader: TensorStoreReader | None | bool = False  # False: not tried yet
+
+    # ------------------------------------------------------------------ open / create
+
+    @classmethod
+    def create(cls, location: str | Path, *, exist_ok: bool = False,
+               storage_options: Mapping[str, Any] | None = None,
+               layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
+        """Create a new store; with ``exist_ok`` an existing atlas store is opened instead."""
+        with _remote_open_errors(str(location)):
+            return cls._create(str(location), exist_ok, storage_options, layout)
+
+    @classmethod
+    def _create(cls, loc: str, exist_ok: bool, storage_options: Mapping[str, Any] | None,
+                layout: Layout) -> AtlasStore:
+        path = local_path(loc)
+        if path is not None and path.exists() and not path.is_dir():
+            raise StoreError(f"{loc} is a file, not a directory; choose another store path")
+        zstore = _open_zarr_store(loc, read_only=False, storage_options=storage_options)
+        if sync(zstore.exists("zarr.json")):
+            root_document(zstore, loc)  # refuses anything but an atlas store, writing nothing
+            if exist_ok:
+                return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
+            raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
+        if path is not None and path.exists() and any(path.iterdir()):
+            if exist_ok:
+                return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
+            raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
+        attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
+                                "code_version": __version__, "store_id": str(uuid.uuid4()),
+                                "schemas": ["root", "domain", "sequence", "preset"],
+                                "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
+        validate(attrs, "root", what="root attributes")
+        # Exclusive create of the root metadata (atomic on local disks): of two processes
+        # creating the same new store at once, one writes it and both then open it; neither
+        # ever wipes what the other wrote (zarr's mode="w" would).
+        doc = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        sync(zstore.set_if_not_exists("zarr.json",
+                                      cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
+        if not exist_ok:
+            got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
+            theirs = None if got is None else json_or_none(got.to_bytes())
+            if not isinstance(theirs, dict) or theirs.get("attributes") != attrs:
+                raise StoreError(f"{loc} was created by another process just now; open it instead")
+        return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
+
+    @classmethod
+    def open(cls, location: str | Path, mode: str = "r",
+             storage_options: Mapping[str, Any] | None = None,
+             layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
+        """Open an existing store (``mode`` "r" or "r+"); refuses anything that is not one."""
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        with _remote_open_errors(str(location)):
+            try:
+                return cls._open(str(location), mode, storage_options, layout)
+            except NotAnAtlasStore as exc:
+                raise _not_a_store(str(location), exc) from None
+
+    @classmethod
+    def _open(cls, loc: str, mode: str, storage_options: Mapping[str, Any] | None,
+              layout: Layout) -> AtlasStore:
+        path = local_path(loc)
+        if path is not None and not path.exists():
+            raise NotAnAtlasStore(f"{loc} does not exist")
+        if path is not None and not path.is_dir():
+            raise NotAnAtlasStore(f"{loc} is a file, not an atlas store")
+        zstore = _open_zarr_store(loc, read_only=(mode == "r"), storage_options=storage_options)
+        root_document(zstore, loc)
+        try:
+            # never through consolidated metadata someone may have written at the root: it
+            # would hide every sequence committed after it
+            root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+",
+                                   use_consolidated=False, zarr_format=3)  # no probing for v2
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError,
+                zarr.errors.NodeTypeValidationError, ValueError) as exc:
+            raise NotAnAtlasStore(f"{loc} is not an atlas store (no Zarr v3 root group: {exc})") from None
+        return cls(root, loc, layout)
+
+    @property
+    def zarr_group(self) -> zarr.Group:
+        return self._root
+
+    @property
+    def read_only(self) -> bool:
+        return self._root.store.read_only
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.location} is open read-only")
+
+    # ------------------------------------------------------------------ domains
+
+    def create_domain(self, name: str, preset: Mapping[str, Any] | None = None,
+                      exist_ok: bool = True) -> None:
+        """Create a domain group recording its preset (validated against preset.schema.json)."""
+        self._require_writable()
+        validate_name(name, "domain name")
+        attrs = {"atlasstore_domain": {"name": name, "preset": dict(preset) if preset else None,
+                                       "created": utc_now()}}
+        validate(attrs, "domain", what=f"domain {name!r} attributes")
+        if name in self.domains():
+            if not exist_ok:
+                raise StoreError(f"domain {name!r} already exists")
+            return
+        self._root.create_group(name, attributes=attrs, overwrite=False)
+
+    def domains(self) -> list[str]:
+        """Domain groups of the root (``_runs`` and ``_lock`` are not domains)."""
+        out = []
+        for k in self._list_dir(""):
+            if k in RESERVED or k == "zarr.json":
+                continue  # (zarr's listing also warns about a _lock folder without its zarr.json)
+            doc = self._get_json(f"{k}/zarr.json")
+            if isinstance(doc, dict) and doc.get("node_type") == "group":
+                out.append(k)
+        return out
+
+    def _list_dir(self, prefix: str) -> list[str]:
+        """Names directly under ``prefix``, sorted."""
+        async def _names() -> list[str]:
+            return [k async for k in self._root.store.list_dir(prefix)]
+
+        return sorted(sync(_names()))
+
+    def _get_json(self, key: str) -> Any:
+        """The parsed JSON object at ``key``; None when absent, not JSON, or not an object."""
+        buf = sync(self._root.store.get(key, prototype=default_buffer_prototype()))
+        doc = None if buf is None else json_or_none(buf.to_bytes())
+        return doc if isinstance(doc, dict) else None
+
+    def domain_info(self, domain: str) -> dict[str, Any]:
+        rec: Any = self._domain(domain).attrs["atlasstore_domain"]
+        return dict(rec)
+
+    def _domain(self, domain: str) -> zarr.Group:
+        validate_name(domain, "domain name")
+        try:
+            g = self._root[domain]
+        except KeyError:
+            raise NotFound(f"unknown domain {domain!r}; the store has: "
+                           f"{', '.join(self.domains()) or '(none)'}") from None
+        if not isinstance(g, zarr.Group):
+            raise NotFound(f"{domain!r} is not a domain group")
+        return g
+
+    # ------------------------------------------------------------------ sequences
+
+    def sequences(self, domain: str, include_incomplete: bool = False) -> list[str]:
+        """Sequence ids of a domain; only complete ones unless asked.
+
+        One plain read of each sequence document (zarr's group listing would also parse the
+        consolidated metadata of every level and array in it); complete records are cached.
+        """
+        self._domain(domain)
+        out = []
+        for k in self._list_dir(domain):
+            try:
+                rec = self._sequence_record(domain, k)
+            except InvalidName:  # "zarr.json", stray files: never a sequence id
+                continue
+            if rec is None:
+                continue
+            if rec.get("status") == "complete":
+                with self._lock:
+                    self._seq_attrs.setdefault((domain, k), rec)
+            elif not include_incomplete:
+                continue
+            out.append(k)
+        return out
+
+    def iter_sequences(self, domains: Sequence[str] | None = None) -> Iterator[tuple[str, str]]:
+        for d in domains or self.domains():
+            for s in self.sequences(d):
+                yield d, s
+
+    def _sequence_record(self, domain: str, sequence_id: str) -> dict[str, Any] | None:
+        """The ``atlasstore_sequence`` record of a sequence group; None when there is no group.
+
+        Read as plain JSON: zarr would also parse the consolidated metadata of every level and
+        array in the document, which a scan of many sequences does not need.
+        """
+        validate_name(domain, "domain name")
+        validate_name(sequence_id, "sequence id")
+        key = f"{domain}/{sequence_id}/zarr.json"
+        doc = self._get_json(key)
+        if doc is None:
+            if not sync(self._root.store.exists(key)):
+                self._domain(domain)  # an unknown domain is NotFound naming it
+                return None
+            return {}  # a damaged document: a sequence, but never a complete one
+        if doc.get("node_type") != "group":
+            return None  # an array is no sequence
+        attrs = doc.get("attributes")
+        rec = attrs.get("atlasstore_sequence") if isinstance(attrs, dict) else None
+        return rec if isinstance(rec, dict) else {}
+
+    def sequence_status(self, domain: str, sequence_id: str) -> str | None:
+        """"complete", "writing", or None when absent."""
+        try:
+            rec = self._sequence_record(domain, sequence_id)
+        except NotFound:
+            return None
+        return None if rec is None else rec.get("status")
+
+    def sequence_info(self, domain: str, sequence_id: str) -> dict[str, Any]:
+        """The complete sequence's attributes (steps, checksums, stats, generation record)."""
+        key = (domain, sequence_id)
+        with self._lock:
+            cached = self._seq_attrs.get(key)
+        if cached is not None:
+            return cached
+        info = self._sequence_record(domain, sequence_id)
+        if info is None:
+            raise NotFound(f"unknown sequence {domain}/{sequence_id}")
+        if not info or info.get("status") != "complete":
+            raise NotFound(f"sequence {domain}/{sequence_id} is not complete (status "
+                           f"{(info or {}).get('status')!r}); it is invisible until committed")
+        with self._lock:
+            self._seq_attrs[key] = info
+        return info
+
+    def delete_sequence(self, domain: str, sequence_id: str) -> None:
+        self._require_writable()
+        validate_name(sequence_id, "sequence id")
+        self._domain(domain)
+        # intent, before the change; only a committed sequence is anything a catalog can know
+        # (an aborted or crashed write logs nothing: its "write" entry comes with the commit)
+        try:
+            committed = self.sequence_status(domain, sequence_id) == "complete"
+        except StoreError:  # an unreadable document: log it, a catalog may know the sequence
+            committed = True
+        if committed:
+            ChangeLog(self).record("delete", domain, sequence_id)
+        # delete the sequence metadata first: from then on the sequence is invisible, whatever
+        # a crash leaves of the rest
+        sync(self._root.store.delete(f"{domain}/{sequence_id}/zarr.json"))
+        sync(self._root.store.delete_dir(f"{domain}/{sequence_id}"))
+        with self._lock:
+            self._seq_attrs.pop((domain, sequence_id), None)
+            prefix = f"{domain}/{sequence_id}/"
+            for k in [k for k in self._arrays if k.startswith(prefix)]:
+                del self._arrays[k]
+        if isinstance(self._ts_reader, TensorStoreReader):
+            self._ts_reader.forget(f"{domain}/{sequence_id}/")
+
+    def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike | Any,
+                       steps: Sequence[Mapping[str, Any]] | None = None,
+                       generation: Mapping[str, Any] | None = None,
+                       levels: Sequence[int] | None = None, overwrite: bool = False, *,
+                       field: FieldSpec | str | None = None, kind: str | None = None,
+                       coords: Coordinates | None = None, dims: Mapping[str, str] | None = None,
+                       smallest: int = physics.SMALLEST_LEVEL) -> dict[str, Any]:
+        """Write a (time, y, x) sequence with its pyramid and gradients, then commit.
+
+        ``energy`` is an array or an ``xarray.DataArray`` (its dims mapped by ``dims``; its
+        coordinates and attributes are kept, its name names the field unless ``field`` does).
+        ``field`` (a :class:`FieldSpec` or a name) and ``kind`` say what the values are
+        (default: energy; the kind by name, :func:`~.sequence_writer.default_kind`);
+        ``levels``/``smallest`` choose the pyramid
+        (:func:`physics.pyramid_levels`); ``coords`` records physical axes. Everything is
+        validated first, so bad input writes nothing. A complete sequence of the same id is
+        refused unless ``overwrite``; an incomplete one (a crashed writer) is replaced. Returns
+        the committed sequence attributes. Long sequences: :meth:`sequence_writer`.
+        """
+        self._require_writable()
+        validate_name(sequence_id, "sequence id")
+        self._domain(domain)
+        what = f"sequence {domain}/{sequence_id}"
+        da_name = None
+        attrs: dict[str, Any] = {}
+        if _is_dataarray(energy):
+            energy, da_coords, attrs, da_name = from_dataarray(energy, dims)
+            coords = coords or da_coords
+        spec = _field_spec(field, kind, da_name, attrs)
+        e = physics.validate_field(energy, spec.kind, what,
+                                   what="energy" if spec.name == "energy" else
+                                   f"extensive field {spec.name!r}")
+        if e.ndim != 3:
+            raise physics.EnergyMapError(f"{what}: expected (time, y, x), got shape {e.shape}")
+        e = e.astype(np.float32, copy=False)
+        if not np.isfinite(e).all():
+            raise physics.EnergyMapError(f"{what}: values overflow float32")
+        if steps is not None and len(steps) != e.shape[0]:
+            raise ValueError(f"{what}: {len(steps)} step records for {e.shape[0]} time steps")
+        if steps is not None:
+            json_document(list(steps), f"{what} step records")
+        writer = self.sequence_writer(domain, sequence_id, e.shape, field=spec, levels=levels,
+                                      smallest=smallest, generation=generation, coords=coords,
+                                      overwrite=overwrite)
+        writer.append(e, steps)
+        return writer.commit()
+
+    def sequence_writer(self, domain: str, sequence_id: str, shape: tuple[int, int, int], *,
+                        field: FieldSpec | None = None, levels: Sequence[int] | None = None,
+                        smallest: int = physics.SMALLEST_LEVEL,
+                        generation: Mapping[str, Any] | None = None,
+                        coords: Coordinates | None = None, overwrite: bool = False
+                        ) -> SequenceWriter:
+        """A writer that takes the (time, y, x) sequence of ``shape`` in time blocks and holds at
+        most one shard of steps in memory (see :class:`SequenceWriter`)."""
+        return SequenceWriter(self, domain, sequence_id, tuple(shape),  # type: ignore[arg-type]
+                              field=field or ENERGY, levels=levels, smallest=smallest,
+                              generation=generation, coords=coords, overwrite=overwrite)
+
+    # ------------------------------------------------------------------ reading
+
+    def array(self, domain: str, sequence_id: str, level: int, field: str) -> zarr.Array:
+        """The zarr array of a complete sequence's level and field (handles are cached:
+        committed arrays never change until their sequence is deleted)."""
+        path = self._array_path(domain, sequence_id, level, field)
+        with self._lock:
+            arr = self._arrays.get(path)
+        if arr is None:
+            node = self._root[path]
+            if not isinstance(node, zarr.Array):
+                raise CorruptArray(f"{path} is not an array in the store")
+            arr = node
+            with self._lock:
+                self._arrays[path] = arr
+        return arr
+
+    def _array_path(self, domain: str, sequence_id: str, level: int, field: str) -> str:
+        info = self.sequence_info(domain, sequence_id)
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level!r} (levels are "
+                           f"integers: {info['levels']})")
+        if level not in info["levels"]:
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
+                           f"levels: {info['levels']}")
+        if field not in info["fields"]:
+            raise NotFound(f"unknown field {field!r}; fields: {', '.join(info['fields'])}")
+        return f"{domain}/{sequence_id}/{level}/{field}"
+
+    def coordinates(self, domain: str, sequence_id: str, level: int
+                    ) -> dict[str, tuple[NDArray[np.float64], dict[str, Any]]]:
+        """Physical coordinate arrays (``y``, ``x``, ``time``: values and attributes) of a
+        committed sequence's level; empty for a sequence without coordinates."""
+        info = self.sequence_info(domain, sequence_id)
+        rec = info.get("coordinates") or {}
+        if level not in info["levels"]:
+            raise NotFound(f"sequence {domain}/{sequence_id} has no level {level}; "
+                           f"levels: {info['levels']}")
+        out = {}
+        for name in ("y", "x", "time"):
+            if name in rec:
+                node = self._root[f"{domain}/{sequence_id}/{level}/{name}"]
+                if not isinstance(node, zarr.Array):
+                    raise CorruptArray(f"{domain}/{sequence_id}/{level}/{name} is not an array")
+                out[name] = (np.asarray(node[...], np.float64), dict(node.attrs))
+        return out
+
+    @property
+    def fast_reader(self) -> TensorStoreReader | None:
+        """TensorStore read path for local stores (5-10x less CPU per read than zarr-python,
+        see benchmarks/results/store.md); None for remote stores or without tensorstore."""
+        if self._ts_reader is False:
+            try:
+                self._ts_reader = TensorStoreReader.for_store(self)
+            except ImportError:
+                self._ts_reader = None
+        return self._ts_reader  # type: ignore[return-value]
+
+    def read(self, domain: str, sequence_id: str, level: int, field: str = "energy",
+             t: slice | int = slice(None), y: slice = slice(None), x: slice = slice(None)) -> NDArray:
+        """Decoded values of a committed array; corrupt or missing data raises CorruptArray."""
+        arr = self.array(domain, sequence_id, level, field)
+        name = f"{domain}/{sequence_id}/{level}/{field}"
+        fast = self.fast_reader
+        try:
+            values = fast.read(name, (t, y, x)) if fast is not None else np.asarray(arr[t, y, x])
+        except (IndexError, TypeError):  # caller's selection, not the data
+            raise
+        except CorruptArray:
+            raise
+        except Exception as exc:  # codec errors surface as various types
+            if looks_corrupt(exc):
+                raise CorruptArray(f"{name}: stored data is corrupt "
+                                   f"({type(exc).__name__}: {exc})") from exc
+            raise
+        if fast is None:  # TensorStore refuses missing shards itself (fill_missing_data_reads)
+            self._check_shards_present(arr, name, t)
+        return values
+
+    def read_into(self, jobs: Sequence[ReadJob], reader: TensorStoreReader | None = None) -> None:
+        """Copy many slices into caller-owned buffers at once (the batch path of queries and
+        the streaming iterator). Each job: (domain, sequence, level, field, t0, t1, y, x, dst).
+        ``reader`` overrides the store's fast reader (e.g. one with its own chunk cache)."""
+        fast = reader or self.fast_reader
+        if fast is None:
+            for d, s, lvl, f, t0, t1, ys, xs, dst in jobs:
+                dst[...] = self.read(d, s, lvl, f, t=slice(t0, t1), y=ys, x=xs)
+            return
+        named = []
+        for d, s, lvl, f, t0, t1, ys, xs, dst in jobs:
+            self._array_path(d, s, lvl, f)  # validates the sequence, level and field
+            named.append((f"{d}/{s}/{lvl}/{f}", (slice(t0, t1), ys, xs), dst))
+        fast.copy_into(named)
+
+    def _check_shards_present(self, arr: zarr.Array, name: str, t: slice | int) -> None:
+        """Zarr reads a missing shard as fill values; a committed array has every shard, so a
+        missing or empty one is corruption, not zeros."""
+        n = arr.shape[0]
+        if isinstance(t, slice):
+            lo, hi, _ = t.indices(n)
+        else:
+            lo = int(t) % n if n else 0
+            hi = lo + 1
+        if hi <= lo:
+            return
+        ts = (arr.shards or arr.chunks)[0]
+        store = self._root.store
+        for i in range(lo // ts, (hi - 1) // ts + 1):
+            key = f"{name}/{arr.metadata.encode_chunk_key((i, 0, 0))}"
+            try:
+                size = sync(store.getsize(key))
+            except FileNotFoundError:
+                size = 0
+            if not size:
+                raise CorruptArray(f"{name}: shard {i} (time steps {i * ts}..{min(n, (i + 1) * ts) - 1}) "
+                                   f"is missing or empty")
+
+    def verify_array(self, domain: str, sequence_id: str, level: int, field: str) -> None:
+        """Decode a whole array and compare with its recorded checksum; raise CorruptArray."""
+        info = self.sequence_info(domain, sequence_id)
+        rec = info["arrays"].get(f"{level}/{field}")
+        if rec is None:
+            raise CorruptArray(f"{domain}/{sequence_id}/{level}/{field}: no checksum recorded")
+        values = self.read(domain, sequence_id, level, field)
+        got = checksum(values)
+        if got != rec["checksum"]:
+            raise CorruptArray(f"{domain}/{sequence_id}/{level}/{field}: checksum mismatch "
+                               f"(recorded {rec['checksum'][:23]}..., stored data {got[:23]}...)")
+
+    def nbytes_stored(self, prefix: str = "") -> int:
+        """Bytes of all objects under ``prefix`` (metadata included); on object storage one
+        listing, which carries the sizes."""
+        return int(sync(self._root.store.getsize_prefix(prefix)))
+
+    def count_objects(self, prefix: str = "") -> int:
+        async def _count() -> int:
+            return len([k async for k in self._root.store.list_prefix(prefix)])
+        return sync(_count())
+
+
+class RunLog:
+    """Generation run records kept in the store (group ``_runs``): a store documents its history."""
+
+    def __init__(self, store: AtlasStore) -> None:
+        self.store = store
+
+    def _group(self) -> zarr.Group:
+        root = self.store.zarr_group
+        if "_runs" not in set(root.group_keys()):
+            return root.create_group("_runs", attributes={"description": "generation run records"})
+        return _subgroup(root, "_runs")
+
+    def start(self, run: dict[str, Any]) -> None:
+        validate(run, "run", what="run record")
+        g = self._group()
+        name = run["run_id"]
+        if name in set(g.group_keys()):
+            rg = _subgroup(g, name)
+            rec: Any = rg.attrs["atlasstore_run"]
+            rec.setdefault("attempts", []).append(run["started"])
+            rg.attrs.update({"atlasstore_run": rec})
+        else:
+            g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
+        ChangeLog(self.store).record("run", run_id=name)
+
+    def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
+        validate(run, "run", what="run record")
+        g = _subgroup(self._group(), run["run_id"])
+        rec: Any = g.attrs["atlasstore_run"]
+        g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
+                                           "failures": failures}})
+        ChangeLog(self.store).record("run", run_id=run["run_id"])
+
+    def list(self) -> list[dict[str, Any]]:
+        root = self.store.zarr_group
+        if "_runs" not in set(root.group_keys()):
+            return []
+        g = _subgroup(root, "_runs")
+        recs: list[Any] = [_subgroup(g, k).attrs["atlasstore_run"] for k in sorted(g.group_keys())]
+        return [dict(r) for r in recs]
+
+
+def _subgroup(group: zarr.Group, name: str) -> zarr.Group:
+    node = group[name]
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"{group.path}/{name} is not a group")
+    return node
+
+
+#: a bulk copy: (domain, sequence, level, field, t0, t1, y slice, x slice, destination)
+ReadJob = tuple[str, str, int, str, int, int, slice, slice, NDArray[np.float32]]
