@@ -624,7 +624,7 @@ def test_synthesize_bad_inputs(kw: dict, needle: str, exc: type, tmp_path: Path)
 _HUGE_STEPS = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # never let this eat the machine
-from atlasstore import synth
+from atlasstore.physics import synth
 try:
     synth.synthesize("plasma_physics", 1, n_steps=10**9, shape=(64, 64))
 except ValueError as exc:

@@ -181,7 +181,7 @@ BLOCKED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from atlasstore.change_log import ChangeLog
+    from atlasstore.store.change_log import ChangeLog
     from atlasstore.store import AtlasStore
     loc, seq, gate = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     store = AtlasStore.open(loc, mode="r+")
@@ -279,7 +279,7 @@ def test_kill_9_between_delete_intent_and_delete(store: AtlasStore, tmp_path: Pa
     script = tmp_path / "del.py"
     script.write_text(textwrap.dedent("""
         import os, signal, sys
-        from atlasstore.change_log import ChangeLog
+        from atlasstore.store.change_log import ChangeLog
         from atlasstore.store import AtlasStore
         store = AtlasStore.open(sys.argv[1], mode="r+")
         record = ChangeLog.record

@@ -466,7 +466,7 @@ def test_a_plan_clashing_with_stored_sequences_is_refused_in_one_line(
 _FAILING_SITE = '''
 import dataclasses, os
 if os.environ.get("ATLAS_TEST_FRAGILE") or os.environ.get("ATLAS_TEST_BOOM"):
-    from atlasstore import generate as _g
+    from atlasstore.runs import generate as _g
 
     _preset = _g.Plan.preset
     def preset(self, domain):

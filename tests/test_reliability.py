@@ -69,7 +69,7 @@ N_CRASH = len(CRASH_PLAN.tasks())
 PLANNED = sorted(f"{t.domain}/{t.sequence_id}" for t in CRASH_PLAN.tasks())
 _CHILD = """
 import sys
-from atlasstore.generate import Plan, generate
+from atlasstore.runs.generate import Plan, generate
 plan = Plan(domains=("plasma_physics", "fluid_dynamics"), sequences=5, steps=6, shape=(128, 128), seed=31)
 r = generate(sys.argv[1], plan, scheduler="serial")
 print(f"written={r.written} skipped={r.skipped} failed={len(r.failures)}", flush=True)

@@ -85,7 +85,8 @@ def test_two_processes_racing_never_both_hold_the_lock(s3: S3Bucket) -> None:
 HOLDER = """
 import sys, time
 from atlasstore.store import AtlasStore
-from atlasstore.writer_lock import StoreLocked, WriterLock
+from atlasstore.errors import StoreLocked
+from atlasstore.store.writer_lock import WriterLock
 lock = WriterLock(AtlasStore.open(sys.argv[1], mode="r+"), {"run_id": "run-holder"},
                   stale_after=1.0, renew_every=0.1).acquire()
 print("held", flush=True)

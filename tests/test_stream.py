@@ -504,7 +504,8 @@ def test_batch_divisible_by_local_devices(tmp_path: Path, store128: AtlasStore) 
 import jax, numpy as np
 from atlasstore.store import AtlasStore
 from atlasstore.query import Query
-from atlasstore.stream import stream, StreamError
+from atlasstore.training.stream import stream
+from atlasstore.errors import StreamError
 assert len(jax.local_devices()) == 2
 q = Query(AtlasStore.open({str(store128.location)!r}), scale=128, window=3)
 try:
