@@ -27,7 +27,7 @@ import psutil
 from atlasstore.store import AtlasStore
 
 #: ``atlas`` as a child process (same interpreter and environment as the test).
-ATLAS = [sys.executable, "-m", "atlasstore.cli.app"]
+ATLAS = [sys.executable, "-m", "atlasstore.cli"]
 
 #: the store's writer lock object (see ``atlasstore.store.writer_lock.WriterLock``)
 LOCK_KEY = Path("_lock") / "zarr.json"

@@ -363,7 +363,7 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, cli_store: Path
     r, w = os.pipe()
     os.close(r)  # the reader is gone before atlas writes its first byte
     try:
-        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli.app", *argv, "--store",
+        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli", *argv, "--store",
                                str(cli_store)], stdout=w, stderr=subprocess.PIPE, text=True,
                               timeout=120)
     finally:
@@ -505,7 +505,7 @@ def test_failing_tasks_are_reported_without_dask_logs(tmp_path: Path) -> None:
     except OSError:
         pass  # already taken: just as good
     try:
-        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli.app", "generate", "--store",
+        proc = subprocess.run([sys.executable, "-m", "atlasstore.cli", "generate", "--store",
                                str(tmp_path / "atlas.zarr"), "--domains",
                                "plasma_physics,fluid_dynamics,astrophysics", "--sequences", "2",
                                "--steps", "2", "--workers", "2", "--no-catalog", "--quiet"],

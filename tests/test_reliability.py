@@ -560,7 +560,7 @@ def test_real_full_tmpfs_then_rerun_with_space(tmp_path: Path, procs: ProcTracke
                     "injection tests cover the logic")
     try:
         loc = mnt / "atlas.zarr"
-        cmd = [sys.executable, "-m", "atlasstore.cli.app", "generate", "--store", str(loc),
+        cmd = [sys.executable, "-m", "atlasstore.cli", "generate", "--store", str(loc),
                "--domains", "plasma_physics", "--sequences", "6", "--steps", "2", "--seed", "61",
                "--scheduler", "serial", "--no-catalog", "--quiet"]
         first = procs.run(cmd, timeout=120)
@@ -798,7 +798,7 @@ def test_wrong_password_never_printed_and_nothing_written(tmp_path: Path, monkey
     env = {**os.environ, "NEO4J_URI": s["uri"], "NEO4J_USER": f"atlas-nobody-{os.urandom(4).hex()}",
            "NEO4J_PASSWORD": wrong}
     env.pop("ATLAS_CATALOG", None)
-    r = subprocess.run([sys.executable, "-m", "atlasstore.cli.app", "--debug", "generate",
+    r = subprocess.run([sys.executable, "-m", "atlasstore.cli", "--debug", "generate",
                         "--store", str(loc), *gen], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode != 0 and "authentication failed" in r.stderr
     assert wrong not in r.stdout + r.stderr and s["password"] not in r.stdout + r.stderr

@@ -905,6 +905,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the "
               f"traceback)", file=sys.stderr)
         return EXIT_FAILED
-
-if __name__ == "__main__":
-    sys.exit(main())
