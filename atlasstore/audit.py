@@ -19,7 +19,8 @@ import numpy as np
 from atlasstore.catalog.base import sequence_checksum
 from atlasstore.errors import CorruptArray, NotFound
 from atlasstore.physics import fields as physics
-from atlasstore.records import field_kind, primary_field
+from atlasstore.read.reader import reader_of
+from atlasstore.records import ArrayKey, field_kind, primary_field
 from atlasstore.store.atlas_store import AtlasStore, checksum
 
 
@@ -91,6 +92,7 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
             variances += [s["variance"] for s in info["steps"]]
             entropies += [s["entropy"] for s in info["steps"] if "entropy" in s]
             primary, kind = primary_field(info), field_kind(info)
+            reader = reader_of(store)
             base_sums = None
             for key, rec in sorted(info["arrays"].items(), key=lambda kv: -int(kv[0].split("/")[0])):
                 lvl_s, fname = key.split("/")
@@ -102,7 +104,7 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
                     continue
                 report.checked_arrays += 1
                 try:
-                    values = store.read(domain, seq, lvl, fname)
+                    values = reader.read(ArrayKey(domain, seq, lvl, fname))
                 except CorruptArray as exc:
                     report.problems.append(Problem(path, "corrupt", str(exc)))
                     continue
@@ -208,7 +210,7 @@ def audit_dataset(store: AtlasStore, version_id: str, pins: Mapping[str, str],
                 level, fname = akey.split("/")
                 out.checked_arrays += 1
                 try:
-                    got = checksum(store.read(domain, seq, int(level), fname))
+                    got = checksum(reader_of(store).read(ArrayKey(domain, seq, int(level), fname)))
                 except CorruptArray as exc:
                     got = f"corrupt ({exc})"
                 if got != want:

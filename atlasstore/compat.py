@@ -30,7 +30,8 @@ from atlasstore.physics.synth import (
     generate_sequence,
 )
 from atlasstore.query import Query
-from atlasstore.records import field_kind, primary_field, validate_name
+from atlasstore.read.reader import reader_of
+from atlasstore.records import ArrayKey, field_kind, primary_field, validate_name
 from atlasstore.store.atlas_store import AtlasStore, step_record
 from atlasstore.store.documents import json_document
 
@@ -96,7 +97,7 @@ class EnergyAtlasLoader:
         info = self.store.sequence_info(domain, seq)
         if not 0 <= t < info["n_steps"]:
             raise NotFound(f"map {domain}/{map_id}: step {t} outside 0..{info['n_steps'] - 1}")
-        energy = self.store.read(domain, seq, scale, primary_field(info), t=t)
+        energy = reader_of(self.store).read(ArrayKey(domain, seq, scale, primary_field(info)), t)
         step = info["steps"][t]
         meta = {"domain": domain, "map_id": f"{seq}@{t}", "sequence_id": seq, "t": t,
                 "scale": scale, "shape": list(energy.shape),

@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from atlasstore.errors import InvalidName, NotFound, QueryError, QueryNameError
-from atlasstore.records import primary_field, validate_name
+from atlasstore.read.reader import ReadJob, reader_of
+from atlasstore.records import ArrayKey, primary_field, validate_name
 from atlasstore.store.atlas_store import AtlasStore
 
 #: an inclusive (lo, hi) statistic range; None is an open bound
@@ -359,9 +360,10 @@ class Query:
         ny = len(range(*ys.indices(next(iter(shapes.values()))[0])))
         nx = len(range(*xs.indices(next(iter(shapes.values()))[1])))
         out = {f: np.empty((len(windows), windows[0].length, ny, nx), np.float32) for f in fields}
-        jobs = [(w.domain, w.sequence_id, scale, f, w.t0, w.t0 + w.length, ys, xs, out[f][i])
+        jobs = [ReadJob(ArrayKey(w.domain, w.sequence_id, scale, f), slice(w.t0, w.t0 + w.length),
+                        out[f][i], ys, xs)
                 for f in fields for i, w in enumerate(windows)]
-        self.store.read_into(jobs)
+        reader_of(self.store).read_into(jobs)
         return out
 
     def batches(self, batch_size: int = 32, drop_remainder: bool = False
@@ -475,4 +477,5 @@ class _CheckedArray:
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> NDArray[np.float32]:
         t, y, x = key
-        return self.store.read(self.domain, self.sequence_id, self.level, self.field, t=t, y=y, x=x)
+        return reader_of(self.store).read(
+            ArrayKey(self.domain, self.sequence_id, self.level, self.field), t, y, x)

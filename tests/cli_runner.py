@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

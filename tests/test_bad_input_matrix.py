@@ -37,9 +37,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.catalog.sync import CatalogSelector, sync_catalog
-from atlasstore.cli import app as cli
 from atlasstore.compat import EnergyAtlasLoader
 from atlasstore.errors import CatalogError, NotFound, QueryError, StoreError
 from atlasstore.physics import synth

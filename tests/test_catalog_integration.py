@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atlasstore import cli
 from atlasstore.audit import Problem, audit
 from atlasstore.catalog import ArrayRecord, GenerationRun, Sequence, SQLiteCatalog, TimeStep, node_id
 from atlasstore.catalog.sync import (
@@ -38,7 +39,6 @@ from atlasstore.catalog.sync import (
     records_from_info,
     sync_catalog,
 )
-from atlasstore.cli import app as cli
 from atlasstore.errors import CatalogNotFound, NotFound, QueryError
 from atlasstore.query import Query, StoreSelector
 from atlasstore.runs.generate import Plan, code_version, generate, sequence_seed

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
+from atlasstore.cli import app as cli_app
 from atlasstore.runs.generate import sequence_seed
 from atlasstore.store import AtlasStore
 from store_fixtures import all_checksums, chunk_files, copy_store, flip_bytes, listing
@@ -377,7 +378,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(
     def broken(args: argparse.Namespace) -> int:
         raise BrokenPipeError(32, "Broken pipe (a socket, say)")
 
-    monkeypatch.setattr(cli, "cmd_stats", broken)
+    monkeypatch.setattr(cli_app, "cmd_stats", broken)
     code, _, err = run(capsys, "stats", "--store", str(cli_store))
     assert code == 1 and err.startswith("atlas: internal error: BrokenPipeError"), err
 
@@ -569,4 +570,4 @@ def test_every_extra_named_exists_in_pyproject() -> None:
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extras = set(meta["project"]["optional-dependencies"])
-    assert set(cli.EXTRA_OF.values()) <= extras
+    assert set(cli_app.EXTRA_OF.values()) <= extras

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.query import Query
 from atlasstore.runs.ingest import ImportOptions, ImportPlanError, import_xarray, plan_xarray
 from atlasstore.store import AtlasStore

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.io.locations import (
     atomic_write,
     beside_store,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.cli import app as cli
 from atlasstore.errors import SchemaError, TrainError
 from atlasstore.io.locations import default_catalog_location
 from atlasstore.nvp.checkpoint import load_checkpoint, record_checkpoint

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atlasstore import cli
 from atlasstore.audit import audit
-from atlasstore.cli import app as cli
 from atlasstore.errors import CorruptArray, NotAnAtlasStore
 from atlasstore.query import Query
 from atlasstore.runs.generate import Plan, generate

@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore.cli import app as cli
-from atlasstore.read.disk_cache import CacheSettings, DiskCachedReader, parse_bytes, reader_for
+from atlasstore import cli
+from atlasstore.cli import app as cli_app
+from atlasstore.io.cache_settings import CacheSettings, parse_bytes
+from atlasstore.read.disk_cache import DiskCachedReader
+from atlasstore.read.reader import Reader
 from atlasstore.read.tensorstore import TensorStoreReader
 from atlasstore.store import AtlasStore, Layout, checksum
 from s3_fixtures import S3Bucket
@@ -172,13 +175,21 @@ def test_cache_settings(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValueError):
             parse_bytes(bad)
     s = _fill(s3.url)
-    assert isinstance(reader_for(s), DiskCachedReader)
+    assert isinstance(Reader(s).engine, DiskCachedReader)
     monkeypatch.setenv("ATLAS_CACHE_BYTES", "0")
-    r = reader_for(s)
+    r = Reader(s).engine
     assert isinstance(r, TensorStoreReader) and not isinstance(r, DiskCachedReader)
-    # the CLI's options reach every reader through the environment
+    # settings passed as an object win over the environment's
+    on = CacheSettings(s3.cache / "obj", 2**20)
+    assert isinstance(Reader(AtlasStore.open(s3.url, cache=on)).engine, DiskCachedReader)
+    # the CLI's options reach the store it opens as an object, never through the environment
+    before = dict(os.environ)
+    args = cli.build_parser().parse_args(["--cache-dir", str(s3.cache / "cli"), "--cache-bytes",
+                                          "3MiB", "ls", "--store", s3.url])
+    settings = cli_app.cache_settings(args)
+    assert settings == CacheSettings((s3.cache / "cli").resolve(), 3 * 2**20)
+    args.cache = settings
+    assert cli_app._open_store(args).cache_settings == settings
     assert cli.main(["--cache-dir", str(s3.cache / "cli"), "--cache-bytes", "3MiB", "ls",
                      "--store", s3.url]) == 0
-    assert os.environ["ATLAS_CACHE_BYTES"] == str(3 * 2**20)
-    settings = CacheSettings.from_environment()
-    assert settings == CacheSettings((s3.cache / "cli" / "chunks").resolve(), 3 * 2**20)
+    assert dict(os.environ) == before

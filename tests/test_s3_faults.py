@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.errors import RemoteStoreError
 from atlasstore.io.object_storage import explain
 from atlasstore.read.disk_cache import CacheSettings, DiskCachedReader

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.errors import StoreLocked
 from atlasstore.store import AtlasStore
 from atlasstore.store.writer_lock import WriterLock

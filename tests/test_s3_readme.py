@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.store import AtlasStore
 from s3_fixtures import S3Bucket
 from test_tour import REPO, bash_commands, with_options

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.errors import NotAnAtlasStore, RemoteStoreError, StoreError
 from atlasstore.io.object_storage import S3Location, S3Settings, zarr_store
 from atlasstore.query import Query
+from atlasstore.read.reader import Reader
 from atlasstore.store import AtlasStore
 from s3_fixtures import S3Bucket, use_server
 from s3_server import S3Server
@@ -239,7 +240,7 @@ def test_profile_from_aws_files(s3: S3Bucket, tmp_path: Path, monkeypatch: pytes
                          "--sequences", "1", "--steps", "2", "--scheduler", "serial", "--quiet")
     assert rc == 0, err
     s = AtlasStore.open(s3.url)
-    assert s.fast_reader is not None
+    assert Reader(s).name == "tensorstore"
     e = s.read("plasma_physics", "seq-00000", 64, "energy")
     assert e.shape == (2, 64, 64) and np.isfinite(e).all()
     assert s3.server.secret not in out + err

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from atlasstore.cli import app as cli
+from atlasstore import cli
 from atlasstore.store import AtlasStore
 
 REPO = Path(__file__).resolve().parents[1]

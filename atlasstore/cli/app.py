@@ -94,10 +94,20 @@ def _scales(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected scales like 256,128,64, got {text!r}") from None
 
 
+def cache_settings(args: argparse.Namespace) -> Any:
+    """The local cache settings of ``--cache-dir``/``--cache-bytes``, passed down to every store
+    the command opens (None: the library's default, the environment's)."""
+    if args.cache_dir is None and args.cache_bytes is None:
+        return None
+    from atlasstore.io.cache_settings import CacheSettings
+
+    return CacheSettings.from_options(args.cache_dir, args.cache_bytes)
+
+
 def _open_store(args: argparse.Namespace, mode: str = "r") -> Any:
     from atlasstore.store.atlas_store import AtlasStore
 
-    return AtlasStore.open(args.store, mode=mode)
+    return AtlasStore.open(args.store, mode=mode, cache=getattr(args, "cache", None))
 
 
 def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool = False) -> Any:
@@ -112,7 +122,8 @@ def _open_catalog(args: argparse.Namespace, required: bool = False, create: bool
 
     given = getattr(args, "catalog", None)
     explicit = bool(given)
-    spec = str(given) if explicit else default_catalog_location(args.store)
+    cache = getattr(args, "cache", None)
+    spec = str(given) if explicit else default_catalog_location(args.store, cache and cache.root)
     local = str(spec).removeprefix("sqlite:///")
     is_file = "://" not in str(spec).replace("sqlite:///", "") and str(spec) != "neo4j"
     if is_file and not create and not Path(local).exists():
@@ -149,7 +160,7 @@ def _one_line(error: str) -> str:
 
 
 def _byte_size(text: str) -> int:
-    from atlasstore.read.disk_cache import parse_bytes
+    from atlasstore.io.cache_settings import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -862,12 +873,8 @@ def _add_nvp_commands(sub: Any, common: argparse.ArgumentParser, cat: argparse.A
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # the cache settings reach every reader (and the NVP commands) through the environment
-    if args.cache_dir is not None:
-        os.environ["ATLAS_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
-    if args.cache_bytes is not None:
-        os.environ["ATLAS_CACHE_BYTES"] = str(args.cache_bytes)
     try:
+        args.cache = cache_settings(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a reader that went away surfaces below
         return code

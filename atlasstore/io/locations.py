@@ -61,12 +61,13 @@ def beside_store(location: str | os.PathLike[str], suffix: str) -> str:
     return text + suffix
 
 
-def default_catalog_location(location: str | os.PathLike[str]) -> str:
+def default_catalog_location(location: str | os.PathLike[str], cache_root: Path | None = None) -> str:
     """The embedded default catalog of a store.
 
     Local store: a SQLite file beside it (:func:`beside_store`). Remote store: a SQLite file in
     the local cache folder, named from the URL (the catalog is an index that ``atlas catalog
-    sync`` can always rebuild from the store, so a per-machine copy is safe).
+    sync`` can always rebuild from the store, so a per-machine copy is safe): ``cache_root``, or
+    :func:`cache_dir`.
     """
     if not is_remote(location):
         return beside_store(location, CATALOG_SUFFIX)
@@ -76,7 +77,7 @@ def default_catalog_location(location: str | os.PathLike[str]) -> str:
     if stem.endswith(STORE_SUFFIX):
         stem = stem[: -len(STORE_SUFFIX)]
     digest = hashlib.sha256(url.encode()).hexdigest()[:10]
-    return str(cache_dir() / "catalogs" / f"{scheme}-{stem}-{digest}{CATALOG_SUFFIX}")
+    return str((cache_root or cache_dir()) / "catalogs" / f"{scheme}-{stem}-{digest}{CATALOG_SUFFIX}")
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:

@@ -75,6 +75,7 @@ def cmd_train(args: argparse.Namespace, common: argparse.ArgumentParser) -> int:
                 print(f"best checkpoint: {best['ckpt_id']} at {best['path']}")
 
     result = train(cfg, store=store, catalog=catalog, out_dir=args.out, resume=args.resume,
+                   cache=args.cache,
                    progress=progress)
     return 1 if result.catalog_errors else 0
 
@@ -104,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace, common: argparse.ArgumentParser) -> i
             print(f"baselines fitted per domain on the training split ({f['sequences']} "
                   f"sequences of {f['store']})", flush=True)
 
-    report = evaluate_checkpoint(ckpt, store=store, train_store=args.train_store,
+    report = evaluate_checkpoint(ckpt, store=store, train_store=args.train_store, cache=args.cache,
                                  out_dir=args.out, split=args.split,
                                  mc_samples=args.mc_samples, rollout_steps=args.rollout_steps,
                                  n_plots=args.plots, max_windows=args.max_windows,

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from atlasstore.errors import EvalError
+from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.nvp.baselines import BASELINES, DEFAULT_SIGMAS, FittedBaselines, fit_baselines
 from atlasstore.nvp.checkpoint import LoadedCheckpoint, load_checkpoint
 from atlasstore.nvp.config import TrainConfig
@@ -100,13 +101,14 @@ def _same_location(a: str, b: str) -> bool:
 
 
 def _setting(ck: LoadedCheckpoint, store: str | None, split: str | None,
-             sequences: Sequence[str] | None, batch_size: int | None) -> _Setting:
+             sequences: Sequence[str] | None, batch_size: int | None,
+             cache: CacheSettings | None = None) -> _Setting:
     from atlasstore.training.windows import WindowSource
 
     cfg = TrainConfig.from_dict(ck.meta["config"])
     res = int(ck.meta["query"]["resolution"])
     loc = str(store or ck.meta["store"])
-    st = AtlasStore.open(loc)
+    st = AtlasStore.open(loc, cache=cache)
     if split is None:
         split = "val" if _same_location(loc, ck.meta["store"]) else "all"
     if sequences is not None:
@@ -180,7 +182,8 @@ def _training_pairs(s: _Setting, train_store: str | None
     loc = str(train_store or meta["store"])
     keys = list(meta["split"]["train"])
     try:
-        tst = s.store if _same_location(loc, s.location) else AtlasStore.open(loc)
+        tst = (s.store if _same_location(loc, s.location)
+               else AtlasStore.open(loc, cache=s.store.cache_settings))
         fsrc = WindowSource(build_query(tst, cfg.data, res, keys), cfg.data.n_in, 1,
                             reader=cfg.data.reader)
     except Exception as exc:
@@ -326,7 +329,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, store: str | None = None,
                         mc_samples: int | None = None, rollout_steps: int | None = None,
                         n_plots: int | None = None, max_windows: int | None = None,
                         batch_size: int | None = None, plots: bool = True, seed: int = 0,
-                        progress: Emit | None = None) -> dict[str, Any]:
+                        progress: Emit | None = None,
+                        cache: CacheSettings | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint per domain against persistence, diffusion and a linear AR stencil;
     check the goals; write report.json and PNGs. Returns the report.
 
@@ -340,7 +344,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, store: str | None = None,
     emit = progress or (lambda e: None)
     t0 = time.perf_counter()
     ck = cast(LoadedCheckpoint, load_checkpoint(checkpoint))
-    s = _setting(ck, store, split, sequences, batch_size)
+    s = _setting(ck, store, split, sequences, batch_size, cache)
     ev = s.cfg.eval
     mc = ev.mc_samples if mc_samples is None else int(mc_samples)
     horizon = ev.rollout_steps if rollout_steps is None else int(rollout_steps)

@@ -47,6 +47,7 @@ import optax
 from flax import nnx
 
 from atlasstore.errors import TrainError
+from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.io.provenance import utc_now
 from atlasstore.nvp.checkpoint import (
     CheckpointWriter,
@@ -378,7 +379,8 @@ class _Loop:
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | Path | None = None,
           catalog: Any = None, out_dir: str | Path | None = None, resume: bool = False,
-          stop_at: int | None = None, progress: Emit | None = None) -> TrainResult:
+          stop_at: int | None = None, progress: Emit | None = None,
+          cache: CacheSettings | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) an NVP model; see the module docstring.
 
     ``config``: a :class:`TrainConfig`, a dict, or a JSON file path. ``store``/``catalog``/
@@ -386,6 +388,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     else the SQLite file beside the store) or False (no lineage). ``stop_at``: stop after this
     global step as if interrupted (a checkpoint is written), without changing the schedule.
     ``progress`` receives event dicts (``event``: start, log, eval, checkpoint, end).
+    ``cache``: the disk cache of a remote store's reads (default: the environment's).
     Whatever happens, the stream, the checkpoint managers, the metrics files and a catalog
     opened here are closed on return.
     """
@@ -396,7 +399,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     emit: Emit = progress or (lambda e: None)
     out = resolve_out_dir(cfg, out_dir)
     _check_out_dir(out, resume)
-    st = AtlasStore.open(loc)
+    st = AtlasStore.open(loc, cache=cache)
     prior = read_run_record(out) if resume else None
     plan = _plan(st, cfg, prior)
     if prior is not None:

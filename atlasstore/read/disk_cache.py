@@ -27,62 +27,25 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from numpy.typing import NDArray
 
 from atlasstore.errors import CorruptArray, RemoteStoreError, StoreError
 from atlasstore.io import object_storage
-from atlasstore.io.locations import cache_dir
+from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.read.tensorstore import TensorStoreReader
+from atlasstore.store.atlas_store import AtlasStore
 
-if TYPE_CHECKING:
-    from atlasstore.store.atlas_store import AtlasStore
-
-DEFAULT_MAX_BYTES = 10 * 2**30
 #: a file used again is marked recently used at most this often (one utime per file and minute)
 TOUCH_EVERY = 60.0
 #: temporary files older than this are leftovers of a killed writer
 STALE_TEMP = 3600.0
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
-          "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
-          "tib": 2**40}
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"20GiB"``, ``"500M"``, ``"1.5gb"`` or a plain integer as bytes (ValueError otherwise)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        n: float = text
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-        if m is None or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"expected a size like 20GiB, 500MB or 1000000, got {text!r}")
-        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if n < 0:
-        raise ValueError(f"a size cannot be negative, got {text!r}")
-    return int(n)
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    folder: Path
-    max_bytes: int
-
-    @classmethod
-    def from_environment(cls) -> CacheSettings:
-        raw = os.environ.get("ATLAS_CACHE_BYTES")
-        try:
-            max_bytes = DEFAULT_MAX_BYTES if raw in (None, "") else parse_bytes(raw)
-        except ValueError as exc:
-            raise StoreError(f"ATLAS_CACHE_BYTES: {exc}") from None
-        return cls(cache_dir() / "chunks", max_bytes)
 
 
 class DiskCache:
@@ -296,13 +259,3 @@ class DiskCachedReader(TensorStoreReader):
                     raise
                 bad = [n for n, _, _ in jobs if n in str(exc)] or [n for n, _, _ in jobs]
                 self._drop(bad)
-
-
-def reader_for(store: AtlasStore, cache_bytes: int = 0) -> TensorStoreReader | None:
-    """The stream's TensorStore reader of a store: through the disk cache for ``s3://`` stores
-    (unless ``ATLAS_CACHE_BYTES=0``), straight otherwise; None where TensorStore cannot read."""
-    if object_storage.is_s3(store.location):
-        settings = CacheSettings.from_environment()
-        if settings.max_bytes > 0:
-            return DiskCachedReader(store, settings, cache_bytes)
-    return TensorStoreReader.for_store(store, cache_bytes)

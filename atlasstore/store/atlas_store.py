@@ -25,16 +25,15 @@ import hashlib
 import json
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
-from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.buffer import cpu as cpu_buffer
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -50,14 +49,15 @@ from atlasstore.errors import (
     looks_corrupt,
 )
 from atlasstore.io import object_storage
+from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
 from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
-from atlasstore.read.tensorstore import TensorStoreReader
 from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, default_kind, validate_name
 from atlasstore.store.change_log import ChangeLog
 from atlasstore.store.documents import FORMAT_VERSION, json_document, json_or_none, root_document
+from atlasstore.store.layout import DEFAULT_LAYOUT, Layout
 from atlasstore.store.writer import CHECKSUM_ALGORITHM, DIMS, SequenceWriter, from_dataarray
 
 __all__ = ["CHECKSUM_ALGORITHM", "DIMS", "FIELDS", "AtlasStore", "Coordinates", "CorruptArray",
@@ -71,32 +71,6 @@ FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Chunking and compression of every array; chosen by ``benchmarks/bench_store.py --layout``.
-
-    ``time_chunk`` steps per inner chunk (the unit a read decodes), ``time_shard`` steps per
-    shard (the unit of a file/object, rounded up to whole inner chunks). ``clevel`` 0 disables
-    compression. Default: 4-step inner chunks with Blosc LZ4 + byte shuffle read 4-8 step
-    windows ~2x faster through TensorStore than 1-step zstd(1)+bitshuffle, for 10 % more bytes
-    (ratio 1.26 vs 1.38 on the synthetic domains) - see README "Chunking".
-    """
-
-    time_chunk: int = 4
-    time_shard: int = 128
-    cname: Literal["lz4", "lz4hc", "blosclz", "snappy", "zlib", "zstd"] = "lz4"
-    clevel: int = 5
-    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = "shuffle"
-
-    def compressors(self) -> list[Any]:
-        codecs: list[Any] = []
-        if self.clevel > 0:
-            codecs.append(BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle))
-        codecs.append(Crc32cCodec())
-        return codecs
-
-
-DEFAULT_LAYOUT = Layout()
 
 
 def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
@@ -182,7 +156,9 @@ class AtlasStore:
         self._lock = threading.Lock()
         self._seq_attrs: dict[tuple[str, str], dict[str, Any]] = {}
         self._arrays: dict[str, zarr.Array] = {}
-        self._ts_reader: TensorStoreReader | None | bool = False  # False: not tried yet
+        #: settings of the disk cache that readers of a remote store use (None: environment's)
+        self.cache_settings: CacheSettings | None = None
+        self._on_delete: list[weakref.WeakMethod] = []
 
     # ------------------------------------------------------------------ open / create
 
@@ -231,15 +207,19 @@ class AtlasStore:
     @classmethod
     def open(cls, location: str | Path, mode: str = "r",
              storage_options: Mapping[str, Any] | None = None,
-             layout: Layout = DEFAULT_LAYOUT) -> AtlasStore:
-        """Open an existing store (``mode`` "r" or "r+"); refuses anything that is not one."""
+             layout: Layout = DEFAULT_LAYOUT, *, cache: CacheSettings | None = None) -> AtlasStore:
+        """Open an existing store (``mode`` "r" or "r+"); refuses anything that is not one.
+        ``cache`` sets the disk cache that readers of a remote store use (default: the
+        environment's, :meth:`CacheSettings.from_environment`)."""
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         with _remote_open_errors(str(location)):
             try:
-                return cls._open(str(location), mode, storage_options, layout)
+                store = cls._open(str(location), mode, storage_options, layout)
             except NotAnAtlasStore as exc:
                 raise _not_a_store(str(location), exc) from None
+        store.cache_settings = cache
+        return store
 
     @classmethod
     def _open(cls, loc: str, mode: str, storage_options: Mapping[str, Any] | None,
@@ -269,7 +249,7 @@ class AtlasStore:
     def read_only(self) -> bool:
         return self._root.store.read_only
 
-    def _require_writable(self) -> None:
+    def require_writable(self) -> None:
         if self.read_only:
             raise StoreError(f"{self.location} is open read-only")
 
@@ -278,7 +258,7 @@ class AtlasStore:
     def create_domain(self, name: str, preset: Mapping[str, Any] | None = None,
                       exist_ok: bool = True) -> None:
         """Create a domain group recording its preset (validated against preset.schema.json)."""
-        self._require_writable()
+        self.require_writable()
         validate_name(name, "domain name")
         attrs = {"atlasstore_domain": {"name": name, "preset": dict(preset) if preset else None,
                                        "created": utc_now()}}
@@ -314,10 +294,10 @@ class AtlasStore:
         return doc if isinstance(doc, dict) else None
 
     def domain_info(self, domain: str) -> dict[str, Any]:
-        rec: Any = self._domain(domain).attrs["atlasstore_domain"]
+        rec: Any = self.domain_group(domain).attrs["atlasstore_domain"]
         return dict(rec)
 
-    def _domain(self, domain: str) -> zarr.Group:
+    def domain_group(self, domain: str) -> zarr.Group:
         validate_name(domain, "domain name")
         try:
             g = self._root[domain]
@@ -336,7 +316,7 @@ class AtlasStore:
         One plain read of each sequence document (zarr's group listing would also parse the
         consolidated metadata of every level and array in it); complete records are cached.
         """
-        self._domain(domain)
+        self.domain_group(domain)
         out = []
         for k in self._list_dir(domain):
             try:
@@ -370,7 +350,7 @@ class AtlasStore:
         doc = self._get_json(key)
         if doc is None:
             if not sync(self._root.store.exists(key)):
-                self._domain(domain)  # an unknown domain is NotFound naming it
+                self.domain_group(domain)  # an unknown domain is NotFound naming it
                 return None
             return {}  # a damaged document: a sequence, but never a complete one
         if doc.get("node_type") != "group":
@@ -405,9 +385,9 @@ class AtlasStore:
         return info
 
     def delete_sequence(self, domain: str, sequence_id: str) -> None:
-        self._require_writable()
+        self.require_writable()
         validate_name(sequence_id, "sequence id")
-        self._domain(domain)
+        self.domain_group(domain)
         # intent, before the change; only a committed sequence is anything a catalog can know
         # (an aborted or crashed write logs nothing: its "write" entry comes with the commit)
         try:
@@ -425,8 +405,18 @@ class AtlasStore:
             prefix = f"{domain}/{sequence_id}/"
             for k in [k for k in self._arrays if k.startswith(prefix)]:
                 del self._arrays[k]
-        if isinstance(self._ts_reader, TensorStoreReader):
-            self._ts_reader.forget(f"{domain}/{sequence_id}/")
+        for ref in list(self._on_delete):
+            forget = ref()
+            if forget is None:
+                self._on_delete.remove(ref)
+            else:
+                forget(f"{domain}/{sequence_id}/")
+
+    def on_delete(self, forget: weakref.WeakMethod) -> None:
+        """Have ``forget(prefix)`` called when a sequence is deleted (or replaced), so that a
+        reader drops what it keeps open of it; held weakly, so a reader can just go away."""
+        with self._lock:
+            self._on_delete.append(forget)
 
     def write_sequence(self, domain: str, sequence_id: str, energy: ArrayLike | Any,
                        steps: Sequence[Mapping[str, Any]] | None = None,
@@ -447,9 +437,9 @@ class AtlasStore:
         refused unless ``overwrite``; an incomplete one (a crashed writer) is replaced. Returns
         the committed sequence attributes. Long sequences: :meth:`sequence_writer`.
         """
-        self._require_writable()
+        self.require_writable()
         validate_name(sequence_id, "sequence id")
-        self._domain(domain)
+        self.domain_group(domain)
         what = f"sequence {domain}/{sequence_id}"
         da_name = None
         attrs: dict[str, Any] = {}
@@ -534,52 +524,25 @@ class AtlasStore:
                 out[name] = (np.asarray(node[...], np.float64), dict(node.attrs))
         return out
 
-    @property
-    def fast_reader(self) -> TensorStoreReader | None:
-        """TensorStore read path for local stores (5-10x less CPU per read than zarr-python,
-        see benchmarks/results/store.md); None for remote stores or without tensorstore."""
-        if self._ts_reader is False:
-            try:
-                self._ts_reader = TensorStoreReader.for_store(self)
-            except ImportError:
-                self._ts_reader = None
-        return self._ts_reader  # type: ignore[return-value]
-
     def read(self, domain: str, sequence_id: str, level: int, field: str = "energy",
              t: slice | int = slice(None), y: slice = slice(None), x: slice = slice(None)) -> NDArray:
-        """Decoded values of a committed array; corrupt or missing data raises CorruptArray."""
+        """Decoded values of a committed array; corrupt or missing data raises CorruptArray.
+
+        The store's reference read, through zarr-python; the fast path for many reads is
+        :class:`atlasstore.read.Reader` (TensorStore, with caches)."""
         arr = self.array(domain, sequence_id, level, field)
         name = f"{domain}/{sequence_id}/{level}/{field}"
-        fast = self.fast_reader
         try:
-            values = fast.read(name, (t, y, x)) if fast is not None else np.asarray(arr[t, y, x])
+            values = np.asarray(arr[t, y, x])
         except (IndexError, TypeError):  # caller's selection, not the data
-            raise
-        except CorruptArray:
             raise
         except Exception as exc:  # codec errors surface as various types
             if looks_corrupt(exc):
                 raise CorruptArray(f"{name}: stored data is corrupt "
                                    f"({type(exc).__name__}: {exc})") from exc
             raise
-        if fast is None:  # TensorStore refuses missing shards itself (fill_missing_data_reads)
-            self._check_shards_present(arr, name, t)
+        self._check_shards_present(arr, name, t)
         return values
-
-    def read_into(self, jobs: Sequence[ReadJob], reader: TensorStoreReader | None = None) -> None:
-        """Copy many slices into caller-owned buffers at once (the batch path of queries and
-        the streaming iterator). Each job: (domain, sequence, level, field, t0, t1, y, x, dst).
-        ``reader`` overrides the store's fast reader (e.g. one with its own chunk cache)."""
-        fast = reader or self.fast_reader
-        if fast is None:
-            for d, s, lvl, f, t0, t1, ys, xs, dst in jobs:
-                dst[...] = self.read(d, s, lvl, f, t=slice(t0, t1), y=ys, x=xs)
-            return
-        named = []
-        for d, s, lvl, f, t0, t1, ys, xs, dst in jobs:
-            self._array_path(d, s, lvl, f)  # validates the sequence, level and field
-            named.append((f"{d}/{s}/{lvl}/{f}", (slice(t0, t1), ys, xs), dst))
-        fast.copy_into(named)
 
     def _check_shards_present(self, arr: zarr.Array, name: str, t: slice | int) -> None:
         """Zarr reads a missing shard as fill values; a committed array has every shard, so a
@@ -674,7 +637,3 @@ def _subgroup(group: zarr.Group, name: str) -> zarr.Group:
     if not isinstance(node, zarr.Group):
         raise StoreError(f"{group.path}/{name} is not a group")
     return node
-
-
-#: a bulk copy: (domain, sequence, level, field, t0, t1, y slice, x slice, destination)
-ReadJob = tuple[str, str, int, str, int, int, slice, slice, NDArray[np.float32]]

@@ -42,7 +42,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zarr.core.buffer import cpu as cpu_buffer
 from zarr.core.buffer import default_buffer_prototype
@@ -51,9 +51,7 @@ from zarr.core.sync import sync
 from atlasstore.errors import ChangeLogError
 from atlasstore.io.provenance import utc_now
 from atlasstore.store.documents import NO_MEMBERS
-
-if TYPE_CHECKING:
-    from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.handle import StoreHandle
 
 LOG_DIR = "_log"
 OPS = ("write", "delete", "run")
@@ -96,7 +94,7 @@ _GROUP_DOC = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
                        "atlasstore.store.change_log)"}}, "consolidated_metadata": NO_MEMBERS}).encode()
 
 
-def store_id(store: AtlasStore) -> str:
+def store_id(store: StoreHandle) -> str:
     """The store's identity: ``atlasstore.store_id`` written at creation, or for a store made
     before there was one, a UUID derived from its root record (which never changes)."""
     rec: Any = store.zarr_group.attrs.get("atlasstore", {})
@@ -107,7 +105,7 @@ def store_id(store: AtlasStore) -> str:
     return str(uuid.uuid5(_LEGACY_NAMESPACE, blob))
 
 
-def logs_whole_history(store: AtlasStore) -> bool:
+def logs_whole_history(store: StoreHandle) -> bool:
     """True when the store was created with its change log (it has a ``store_id``): then the log
     holds every change since creation and a catalog can be built from it alone."""
     rec: Any = store.zarr_group.attrs.get("atlasstore", {})
@@ -117,7 +115,7 @@ def logs_whole_history(store: AtlasStore) -> bool:
 class ChangeLog:
     """The change log of one store (see the module docstring)."""
 
-    def __init__(self, store: AtlasStore) -> None:
+    def __init__(self, store: StoreHandle) -> None:
         self.store = store
         self._z = store.zarr_group.store
         self._cache_key = f"{store.location}#{store_id(store)}"

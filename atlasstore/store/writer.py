@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
@@ -47,9 +47,7 @@ from atlasstore.store.documents import (
     multiscales_attr,
     node_document,
 )
-
-if TYPE_CHECKING:
-    from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.handle import StoreHandle
 
 DIMS = ("time", "y", "x")
 CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
@@ -128,14 +126,14 @@ class SequenceWriter:
     incomplete one, a crashed writer's, is always replaced).
     """
 
-    def __init__(self, store: AtlasStore, domain: str, sequence_id: str,
+    def __init__(self, store: StoreHandle, domain: str, sequence_id: str,
                  shape: tuple[int, int, int], *, field: FieldSpec = ENERGY,
                  levels: Sequence[int] | None = None, smallest: int = physics.SMALLEST_LEVEL,
                  generation: Mapping[str, Any] | None = None,
                  coords: Coordinates | None = None, overwrite: bool = False) -> None:
-        store._require_writable()
+        store.require_writable()
         validate_name(sequence_id, "sequence id")
-        store._domain(domain)
+        store.domain_group(domain)
         what = f"sequence {domain}/{sequence_id}"
         if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
                                       and s >= 1 for s in shape):

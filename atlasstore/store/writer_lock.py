@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Protocol, Self
 
 from zarr.core.buffer import cpu as cpu_buffer
 from zarr.core.buffer import default_buffer_prototype
@@ -20,10 +20,7 @@ from atlasstore.errors import StoreLocked
 from atlasstore.io import object_storage
 from atlasstore.io.locations import atomic_write, local_path
 from atlasstore.io.provenance import host, utc_now
-
-if TYPE_CHECKING:
-    from atlasstore.store.atlas_store import AtlasStore
-
+from atlasstore.store.handle import StoreHandle
 
 #: the lock object's content when nobody holds it (a valid, empty Zarr group document)
 RELEASED = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
@@ -93,7 +90,7 @@ class WriterLock:
 
     KEY = "_lock/zarr.json"
 
-    def __init__(self, store: AtlasStore, owner: Mapping[str, Any] | None = None,
+    def __init__(self, store: StoreHandle, owner: Mapping[str, Any] | None = None,
                  stale_after: float = 30.0, renew_every: float | None = None) -> None:
         self.store = store
         self.owner = dict(owner or {})
@@ -295,7 +292,7 @@ class WriterLock:
     # ------------------------------------------------------------------ API
 
     def acquire(self) -> Self:
-        self.store._require_writable()
+        self.store.require_writable()
         if self._path is not None:
             self._acquire_local()
         else:

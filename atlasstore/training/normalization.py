@@ -33,8 +33,9 @@ from atlasstore.errors import StoreError, StreamError
 from atlasstore.io import object_storage
 from atlasstore.io.locations import atomic_write, is_remote
 from atlasstore.io.provenance import utc_now
+from atlasstore.read.reader import Reader
+from atlasstore.records import ArrayKey
 from atlasstore.store.atlas_store import AtlasStore
-from atlasstore.training.windows import StreamReader
 
 STATS_FORMAT = "atlasstore-stream-stats/1"
 STATS_SUFFIX = ".stream-stats.json"
@@ -78,15 +79,15 @@ def stats_fingerprint(store: AtlasStore, sequences: Sequence[tuple[str, str]],
 
 
 def compute_stats(store: AtlasStore, sequences: Sequence[tuple[str, str]], fields: Sequence[str],
-                  levels: Sequence[int], reader: str | StreamReader = "auto",
+                  levels: Sequence[int], reader: str | Reader = "auto",
                   fingerprint: str | None = None) -> NormStats:
     """Mean/std per (domain, field, level) over every value of the given sequences."""
-    rd = StreamReader(store, reader) if isinstance(reader, str) else reader
+    rd = Reader(store, reader) if isinstance(reader, str) else reader
     acc: dict[tuple[str, str, int], list[float]] = {}
     for d, s in sorted(sequences):
         for f in fields:
             for lvl in levels:
-                a = np.asarray(rd.read_all(d, s, lvl, f), dtype=np.float64)
+                a = np.asarray(rd.read_all(ArrayKey(d, s, lvl, f)), dtype=np.float64)
                 n, sm, sq = acc.setdefault((d, f, lvl), [0.0, 0.0, 0.0])
                 acc[(d, f, lvl)] = [n + a.size, sm + float(a.sum()), sq + float(np.square(a).sum())]
     values: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -160,7 +161,7 @@ _stats_lock = threading.Lock()
 
 def load_or_compute_stats(store: AtlasStore, sequences: Sequence[tuple[str, str]],
                           fields: Sequence[str], levels: Sequence[int], path: str | None = None,
-                          reader: str | StreamReader = "auto", recompute: bool = False
+                          reader: str | Reader = "auto", recompute: bool = False
                           ) -> tuple[NormStats, bool]:
     """Statistics for these sequences from the cache file, else computed and saved.
 

@@ -2,8 +2,8 @@
 
 :class:`WindowSource` turns a :class:`~atlasstore.query.Query` into samples of ``n_in`` input
 steps at every stored level up to the query's scale and ``n_out`` target steps at that scale,
-read through :class:`StreamReader` (TensorStore with a decoded-chunk cache for local and
-``s3://`` stores, the latter through a local disk cache; zarr-python elsewhere) straight into
+read through :class:`atlasstore.read.Reader` (TensorStore with a decoded-chunk cache for local
+and ``s3://`` stores, the latter through a local disk cache; zarr-python elsewhere) straight into
 64-byte-aligned batch buffers. The iterator that orders, prefetches and places batches on
 devices is :mod:`atlasstore.training.stream`.
 """
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from atlasstore.errors import QueryError, StreamError
+from atlasstore.errors import QueryError, StoreError, StreamError
 from atlasstore.query import Query, Window
-from atlasstore.read.disk_cache import reader_for
-from atlasstore.read.tensorstore import TensorStoreReader
+from atlasstore.read.reader import Reader, ReadJob
+from atlasstore.records import ArrayKey
 from atlasstore.store.atlas_store import AtlasStore
 
 if TYPE_CHECKING:
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
 #: largest decoded-chunk cache that ``cache_bytes="auto"`` picks
 AUTO_CACHE_CAP = 2 * 2**30
-
-#: a copy job: (domain, sequence, level, field, t0, t1, destination view of shape (t1-t0, y, x))
-Job = tuple[str, str, int, str, int, int, NDArray[np.float32]]
 
 
 def check_int(name: str, v: Any, lo: int) -> int:
@@ -39,42 +36,11 @@ def check_int(name: str, v: Any, lo: int) -> int:
     return int(v)
 
 
-class StreamReader:
-    """The store's read path, with its own decoded-chunk cache.
-
-    "tensorstore" (local and ``s3://`` stores; the default where available) reads every copy of
-    a batch at once in TensorStore's thread pool, on ``s3://`` through the local disk cache of
-    :mod:`atlasstore.read.disk_cache` (so later epochs read local disk); "zarr" goes through
-    zarr-python (any fsspec location).
-    """
-
-    def __init__(self, store: AtlasStore, kind: str = "auto", cache_bytes: int = 0) -> None:
-        if kind not in ("auto", "tensorstore", "zarr"):
-            raise StreamError(f"reader must be 'auto', 'tensorstore' or 'zarr', got {kind!r}")
-        self.store = store
-        self.ts: TensorStoreReader | None = None
-        if kind != "zarr":
-            try:
-                self.ts = reader_for(store, cache_bytes)
-            except ImportError:
-                if kind == "tensorstore":
-                    raise
-            if self.ts is None and kind == "tensorstore":
-                raise StreamError(f"reader='tensorstore' needs a local or s3:// store; "
-                                  f"{store.location} is neither")
-        self.name = "tensorstore" if self.ts is not None else "zarr"
-
-    def copy_into(self, jobs: Sequence[Job]) -> None:
-        full = slice(None)
-        self.store.read_into([(d, s, lvl, f, t0, t1, full, full, dst)
-                              for d, s, lvl, f, t0, t1, dst in jobs], reader=self.ts)
-
-    def read_all(self, d: str, s: str, lvl: int, f: str) -> NDArray[np.float32]:
-        """A whole array, through this reader (so its chunks land in this reader's cache)."""
-        n = self.store.array(d, s, lvl, f).shape
-        out = np.empty(n, np.float32)
-        self.copy_into([(d, s, lvl, f, 0, n[0], out)])
-        return out
+def _reader(store: AtlasStore, kind: str, cache_bytes: int) -> Reader:
+    try:
+        return Reader(store, kind, cache_bytes)
+    except StoreError as exc:  # the reader's refusals of the stream's options are the stream's
+        raise StreamError(str(exc)) from None
 
 
 class WindowSource:
@@ -175,7 +141,7 @@ class WindowSource:
         if cache_bytes == "auto":
             cache_bytes = min(self.data_nbytes, AUTO_CACHE_CAP)
         self.cache_bytes = check_int("cache_bytes", cache_bytes, 0)
-        self._reader = StreamReader(self.store, reader, self.cache_bytes)
+        self._reader = _reader(self.store, reader, self.cache_bytes)
         self.stats: NormStats | None = None
         self._mi: dict[tuple[str, int], NDArray[np.float32]] = {}
         if stats is not None:
@@ -229,15 +195,16 @@ class WindowSource:
         per_field = {f: {lvl: empty_aligned((B, self.n_in, *self.level_shapes[lvl]))
                          for lvl in self.levels} for f in self.all_fields}
         target = empty_aligned((B, self.n_out, *self.base_shape))
-        jobs: list[Job] = []
+        jobs: list[ReadJob] = []
         for i, w in enumerate(wins):
+            inputs = slice(w.t0, w.t0 + self.n_in)
             for f in self.all_fields:
                 for lvl in self.levels:
-                    jobs.append((w.domain, w.sequence_id, lvl, f, w.t0, w.t0 + self.n_in,
-                                 per_field[f][lvl][i]))
-            jobs.append((w.domain, w.sequence_id, self.base_level, self.primary, w.t0 + self.n_in,
-                         w.t0 + self.window, target[i]))
-        self._reader.copy_into(jobs)
+                    jobs.append(ReadJob(ArrayKey(w.domain, w.sequence_id, lvl, f), inputs,
+                                        per_field[f][lvl][i]))
+            jobs.append(ReadJob(ArrayKey(w.domain, w.sequence_id, self.base_level, self.primary),
+                                slice(w.t0 + self.n_in, w.t0 + self.window), target[i]))
+        self._reader.read_into(jobs)
         raw: dict[str, Any] = {"inputs": per_field[self.primary], "target": target}
         if self.extra_fields:
             raw["fields"] = {f: per_field[f] for f in self.extra_fields}
