@@ -21,7 +21,8 @@ from atlasstore.errors import CorruptArray, NotFound
 from atlasstore.physics import fields as physics
 from atlasstore.read.reader import reader_of
 from atlasstore.records import ArrayKey, field_kind, primary_field
-from atlasstore.store.atlas_store import AtlasStore, checksum
+from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.values import checksum
 
 
 @dataclass(frozen=True)

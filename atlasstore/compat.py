@@ -20,20 +20,21 @@ from numpy.typing import ArrayLike, NDArray
 from atlasstore.errors import NotFound, StoreError, ThermodynamicViolation
 from atlasstore.physics import fields as physics
 from atlasstore.physics.fields import validate_energy_conservation, validate_entropy_increase
-from atlasstore.physics.synth import (
+from atlasstore.physics.perturbations import (
     PerturbationConfig,
     apply_energy_scaling,
     apply_gaussian_noise,
     apply_rotation,
     apply_thermal_blur,
     apply_translation,
-    generate_sequence,
 )
+from atlasstore.physics.synth import generate_sequence
 from atlasstore.query import Query
 from atlasstore.read.reader import reader_of
 from atlasstore.records import ArrayKey, field_kind, primary_field, validate_name
-from atlasstore.store.atlas_store import AtlasStore, step_record
+from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.documents import json_document
+from atlasstore.store.values import step_record
 
 __all__ = ["EnergyAtlasLoader", "parse_map_id", "ThermodynamicViolation",
            "validate_energy_conservation", "validate_entropy_increase", "PerturbationConfig",

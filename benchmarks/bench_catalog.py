@@ -46,12 +46,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-import machine  # noqa: E402
-from atlasstore.catalog import SQLiteCatalog  # noqa: E402
-from atlasstore.catalog.base import ArrayRecord  # noqa: E402
-from atlasstore.catalog.neo4j import _MERGE_ARRAYS, Neo4jCatalog, _arr_row  # noqa: E402
-from atlasstore.errors import CatalogUnavailable  # noqa: E402
-from catalog_fixtures import make_run, make_sequence  # noqa: E402
+import machine
+from atlasstore.catalog import SQLiteCatalog
+from atlasstore.catalog.base import ArrayRecord
+from atlasstore.catalog.neo4j import _MERGE_ARRAYS, Neo4jCatalog, _arr_row
+from atlasstore.errors import CatalogUnavailable
+from catalog_fixtures import make_run, make_sequence
 
 DOMAINS = ("plasma_physics", "fluid_dynamics", "astrophysics", "turbulent_radiative_layer",
            "active_matter")

@@ -192,7 +192,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 import dask
                 from dask.distributed import LocalCluster
 
-                from atlasstore.runs.generate import LOCAL_CLUSTER_CONFIG
+                from atlasstore.runs.engine import LOCAL_CLUSTER_CONFIG
 
                 cfg = CLUSTER_VARIANTS[engine]
                 with dask.config.set(LOCAL_CLUSTER_CONFIG if cfg is None else cfg):

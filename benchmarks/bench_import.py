@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import machine  # noqa: E402
+import machine
 
 WORKERS = 2
 PEER_VENV = Path.home() / ".cache" / "atlasstore" / "well-peer-1.2.0"

@@ -40,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import machine  # noqa: E402
+import machine
 
 
 def _generate(path: Path, domains: tuple[str, ...], sequences: int, steps: int | None,

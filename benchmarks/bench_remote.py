@@ -41,15 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the S3 test server and the tiny-store builder
 
-import machine  # noqa: E402
-import s3_tiny_stores as tiny  # noqa: E402
-from atlasstore.io.object_storage import S3Location, s3_client  # noqa: E402
-from atlasstore.physics import synth  # noqa: E402
-from atlasstore.query import Query  # noqa: E402
-from atlasstore.runs.generate import Plan, generate  # noqa: E402
-from atlasstore.store import AtlasStore  # noqa: E402
-from atlasstore.training.stream import stream  # noqa: E402
-from s3_server import S3Server  # noqa: E402
+import machine
+import s3_tiny_stores as tiny
+from atlasstore.io.object_storage import S3Location, s3_client
+from atlasstore.physics import synth
+from atlasstore.query import Query
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore
+from atlasstore.training.stream import stream
+from s3_server import S3Server
 
 RESULTS = ROOT / "benchmarks" / "results"
 N_IN, N_OUT, BATCH = 4, 1, 16

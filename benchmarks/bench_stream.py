@@ -48,15 +48,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-import machine  # noqa: E402
-from atlasstore.physics import synth  # noqa: E402
-from atlasstore.query import Query  # noqa: E402
-from atlasstore.runs.generate import Plan, generate  # noqa: E402
-from atlasstore.store import AtlasStore  # noqa: E402
-from atlasstore.training.stream import WindowSource, epoch_batches, stream  # noqa: E402
+import machine
+from atlasstore.physics import synth
+from atlasstore.query import Query
+from atlasstore.runs.generate import Plan, generate
+from atlasstore.store import AtlasStore
+from atlasstore.training.order import epoch_batches
+from atlasstore.training.stream import stream
+from atlasstore.training.windows import WindowSource
 
 N_IN, N_OUT = 4, 1
 

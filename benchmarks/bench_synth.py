@@ -20,15 +20,15 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 for _v in THREAD_VARS:
     os.environ[_v] = "1"
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
 
-import machine  # noqa: E402
-from atlasstore.physics import fields as physics  # noqa: E402
-from atlasstore.physics import synth  # noqa: E402
+import machine
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

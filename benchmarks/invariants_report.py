@@ -27,18 +27,18 @@ import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import machine  # noqa: E402
-from atlasstore.physics import fields as physics  # noqa: E402
-from atlasstore.physics import synth  # noqa: E402
+import machine
+from atlasstore.physics import fields as physics
+from atlasstore.physics import synth
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VALID_SHAPES = [(s, s) for s in (64, 128, 256)] + [(s * 3 // 2, s) for s in (64, 128, 256)] + \

@@ -25,7 +25,8 @@ import numpy as np
 
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.catalog.base import StoreSync
-from atlasstore.catalog.sync import CatalogSelector, register_run, register_sequence_infos
+from atlasstore.catalog.selector import CatalogSelector
+from atlasstore.catalog.sync import register_run, register_sequence_infos
 from atlasstore.io.object_storage import S3Location
 from atlasstore.io.provenance import utc_now
 from atlasstore.query import Query

@@ -39,7 +39,8 @@ from hypothesis import strategies as st
 
 from atlasstore import cli
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.catalog.sync import CatalogSelector, sync_catalog
+from atlasstore.catalog.selector import CatalogSelector
+from atlasstore.catalog.sync import sync_catalog
 from atlasstore.compat import EnergyAtlasLoader
 from atlasstore.errors import CatalogError, NotFound, QueryError, StoreError
 from atlasstore.physics import synth

@@ -32,16 +32,12 @@ from hypothesis import strategies as st
 from atlasstore import cli
 from atlasstore.audit import Problem, audit
 from atlasstore.catalog import ArrayRecord, GenerationRun, Sequence, SQLiteCatalog, TimeStep, node_id
-from atlasstore.catalog.sync import (
-    RUN_FIELDS,
-    CatalogSelector,
-    is_catalogued,
-    records_from_info,
-    sync_catalog,
-)
+from atlasstore.catalog.selector import CatalogSelector
+from atlasstore.catalog.sync import RUN_FIELDS, is_catalogued, records_from_info, sync_catalog
 from atlasstore.errors import CatalogNotFound, NotFound, QueryError
+from atlasstore.io.provenance import code_version
 from atlasstore.query import Query, StoreSelector
-from atlasstore.runs.generate import Plan, code_version, generate, sequence_seed
+from atlasstore.runs.generate import Plan, generate, sequence_seed
 from atlasstore.store import AtlasStore, RunLog
 from atlasstore.store.change_log import ChangeLog, entry_key
 from catalog_fixtures import (

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.catalog.sync import CatalogSelector, catalog_view, catch_up, sync_catalog
+from atlasstore.catalog.selector import CatalogSelector, catalog_view
+from atlasstore.catalog.sync import catch_up, sync_catalog
 from atlasstore.compat import EnergyAtlasLoader
 from atlasstore.errors import CatalogMismatch, NotFound, QueryError
 from atlasstore.query import Query, StoreSelector

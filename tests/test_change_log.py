@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.catalog.sync import CatalogSelector, catalog_view, catch_up, sync_catalog
+from atlasstore.catalog.selector import CatalogSelector, catalog_view
+from atlasstore.catalog.sync import catch_up, sync_catalog
 from atlasstore.errors import ChangeLogError
 from atlasstore.query import Query, StoreSelector
 from atlasstore.store import AtlasStore, RunLog, change_log

@@ -14,16 +14,9 @@ from atlasstore.errors import InvalidName, PlanClash, PlanError
 from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
 from atlasstore.physics import synth
-from atlasstore.runs.generate import (
-    MAX_TASK_BYTES,
-    Plan,
-    RunLog,
-    generate,
-    sequence_id,
-    sequence_seed,
-    write_one,
-)
+from atlasstore.runs.generate import MAX_TASK_BYTES, Plan, generate, sequence_id, sequence_seed, write_one
 from atlasstore.store import AtlasStore
+from atlasstore.store.run_log import RunLog
 from store_fixtures import all_checksums, copy_store, generated_plan
 
 #: the shared fixture under its own name (imported by name, every test taking it would

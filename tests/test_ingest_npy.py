@@ -17,7 +17,7 @@ import pytest
 
 from atlasstore.audit import audit
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.catalog.sync import CatalogSelector
+from atlasstore.catalog.selector import CatalogSelector
 from atlasstore.query import Query
 from atlasstore.runs.ingest import ImportOptions, ImportPlanError, import_npy, plan_npy
 from atlasstore.store import AtlasStore, RunLog

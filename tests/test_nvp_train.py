@@ -219,7 +219,7 @@ def test_atlas_train_writes_metrics_checkpoints_and_events(world: dict[str, Any]
 
 
 def test_best_checkpoint_restores_the_validated_model(world: dict[str, Any]) -> None:
-    from atlasstore.training.stream import WindowSource
+    from atlasstore.training.windows import WindowSource
 
     ck = load_checkpoint(world["run"])
     assert ck.meta["kind"] == "best"

@@ -20,8 +20,9 @@ import pytest
 
 from atlasstore import cli
 from atlasstore.errors import RemoteStoreError
+from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.io.object_storage import explain
-from atlasstore.read.disk_cache import CacheSettings, DiskCachedReader
+from atlasstore.read.disk_cache import DiskCachedReader
 from atlasstore.store import AtlasStore
 from proc_helpers import ATLAS, ProcTracker, wait_until
 from s3_fixtures import S3Bucket, StoreWatcher

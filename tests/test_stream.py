@@ -25,7 +25,8 @@ from atlasstore.query import Query
 from atlasstore.runs.generate import Plan, generate
 from atlasstore.store import AtlasStore
 from atlasstore.training.normalization import load_or_compute_stats, stats_location
-from atlasstore.training.stream import StreamIterator, epoch_batches, epoch_permutation, process_share, stream
+from atlasstore.training.order import epoch_batches, epoch_permutation, process_share
+from atlasstore.training.stream import StreamIterator, stream
 from atlasstore.training.windows import WindowSource
 
 DOMAINS = ("plasma_physics", "fluid_dynamics")

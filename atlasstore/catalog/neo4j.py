@@ -85,9 +85,9 @@ from atlasstore.catalog.base import (
     sort_edges,
     split_node_id,
     sync_batch,
-    utc_now,
 )
 from atlasstore.errors import CatalogError, CatalogNotFound, CatalogUnavailable
+from atlasstore.io.provenance import utc_now
 
 SCHEMA_VERSION = 2
 DEFAULT_BATCH_SIZE = 5000

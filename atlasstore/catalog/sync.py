@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +42,10 @@ from atlasstore.catalog.base import (
     sequence_checksum,
 )
 from atlasstore.errors import CatalogError, CatalogMismatch, CatalogNotSynced, InvalidName
-from atlasstore.query import Query, Selected, StoreSelector
 from atlasstore.records import validate_name
-from atlasstore.store.atlas_store import AtlasStore, RunLog
+from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.change_log import Change, ChangeLog, logs_whole_history, store_id
+from atlasstore.store.run_log import RunLog
 
 RUN_FIELDS = ("run_id", "config", "config_hash", "seed", "code_version", "host", "started",
               "finished", "counts")
@@ -443,97 +442,3 @@ def sync_catalog(store: AtlasStore, catalog: Catalog, prune: bool = True,
 # --------------------------------------------------------------------------- answering queries
 
 
-@dataclass(frozen=True)
-class CatalogView:
-    """How a catalog may answer right now (see :func:`catalog_view`).
-
-    ``mode``: "catalog" (current), "refreshed" (was behind, caught up), "overlay" (behind and not
-    writable: ``scan_keys`` are answered from the store), "scan" (not usable: the store is
-    scanned). ``scan_keys`` are always answered from the store (changes in flight); None means
-    everything. ``note`` says why, for a person.
-    """
-
-    mode: str
-    scan_keys: frozenset[str] | None
-    note: str | None = None
-    applied: int = 0
-
-
-def catalog_view(store: AtlasStore, catalog: Catalog, refresh: bool = True) -> CatalogView:
-    """Check the catalog against the store's change log: one GET past the catalog's position,
-    plus one per change since (and per pending change); catch up when ``refresh`` and possible."""
-    uri = getattr(catalog, "uri", catalog)
-    sid = store_id(store)
-    st = catalog.store_sync()
-    if st is None:
-        return CatalogView("scan", None, f"catalog {uri} has not been synced with this store: "
-                           "answered by scanning the store (run `atlas catalog sync` to use it)")
-    _check_binding(st, sid, store, catalog)
-    entries = ChangeLog(store).read(st.position)
-    changed = {e.key for e in entries if e.key is not None} | set(st.pending)
-    if not entries and not st.pending:
-        return CatalogView("catalog", frozenset())
-    why = "refresh is off"
-    if refresh:
-        try:
-            res = catch_up(store, catalog)
-        except CatalogMismatch:
-            raise
-        except (CatalogError, sqlite3.Error, OSError) as exc:  # e.g. a read-only catalog
-            why = f"it cannot be updated: {type(exc).__name__}: {str(exc).strip()[:200]}"
-        else:
-            now = catalog.store_sync()
-            return CatalogView("refreshed", frozenset(now.pending if now else ()),
-                               applied=res.applied)
-    return CatalogView("overlay", frozenset(changed),
-                       f"catalog {uri} is {len(entries)} change(s) behind the store and {why}; "
-                       f"answered those {len(changed)} sequence(s) from the store (run `atlas "
-                       "catalog sync` to update it)")
-
-
-class CatalogSelector:
-    """Answers a query's selection from the catalog's index, giving exactly the store scan's
-    answer (see the module docstring): before each selection the catalog is checked against the
-    store's change log; changed sequences it could not apply are read from the store.
-
-    Sequence-level filters (domain, run, perturbation kind) go to ``find_sequences``; per-step
-    stat ranges go to ``find_timesteps`` and become the set of allowed steps. ``refresh``: catch
-    the catalog up when it is behind (else answer the changes from the store). After a
-    selection, ``view`` tells how it was answered.
-    """
-
-    def __init__(self, catalog: Catalog, *, refresh: bool = True) -> None:
-        self.catalog = catalog
-        self.refresh = refresh
-        self.view: CatalogView | None = None
-
-    def select(self, query: Query) -> list[Selected]:
-        self.view = view = catalog_view(query.store, self.catalog, self.refresh)
-        if view.scan_keys is None:
-            return StoreSelector().select(query)
-        out = [s for s in self._from_catalog(query)
-               if f"{s.domain}/{s.sequence_id}" not in view.scan_keys]
-        if view.scan_keys:
-            out += StoreSelector(only=view.scan_keys).select(query)
-        domains = query.resolved_domains()
-        return sorted(out, key=lambda s: (domains.index(s.domain), s.sequence_id))
-
-    def _from_catalog(self, query: Query) -> list[Selected]:
-        domains = query.resolved_domains()
-        # no level filter here: Query.selection() refuses a sequence without the scale, exactly
-        # as with the store scan
-        seqs = self.catalog.find_sequences(domains=domains, run_id=query.run_id,
-                                           perturbation=query.perturbation)
-        seqs = [s for s in seqs if query.wants_sequence(s.domain, s.sequence_id)]
-        allowed: dict[str, set[int]] = {}
-        if query.has_stat_filters() and seqs:
-            for ts in self.catalog.find_timesteps(domains=domains, entropy=query.entropy,
-                                                  mean=query.mean,
-                                                  variance=query.variance,
-                                                  sequence_keys=[s.key for s in seqs]):
-                allowed.setdefault(ts.sequence_key, set()).add(ts.t)
-        out = []
-        for s in seqs:
-            steps = frozenset(allowed.get(s.key, set())) if query.has_stat_filters() else None
-            out.append(Selected(s.domain, s.sequence_id, s.n_steps, tuple(s.levels), steps))
-        return out

@@ -337,7 +337,7 @@ def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
 
     selector = None
     if catalog is not None:
-        from atlasstore.catalog.sync import CatalogSelector
+        from atlasstore.catalog.selector import CatalogSelector
 
         selector = CatalogSelector(catalog)
     return Query(store, domains=tuple(args.domains) if args.domains else None,

@@ -40,7 +40,9 @@ from zarr.core.sync import sync as zarr_sync
 from atlasstore.errors import EngineError, NotAnAtlasStore, StoreError
 from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
-from atlasstore.store.atlas_store import AtlasStore, Layout, RunLog
+from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.layout import Layout
+from atlasstore.store.run_log import RunLog
 from atlasstore.store.writer_lock import WriterLock
 
 #: Errors a task's own inputs determine (a conservation breach, a clash with stored data, bad

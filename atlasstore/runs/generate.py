@@ -45,7 +45,9 @@ from atlasstore.runs.engine import (
     committed_attrs,
 )
 from atlasstore.runs.engine import RunInterrupted as GenerationInterrupted
-from atlasstore.store.atlas_store import AtlasStore, Layout, RunLog
+from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.layout import Layout
+from atlasstore.store.run_log import RunLog
 from atlasstore.store.writer import settle_zarr_writes
 
 __all__ = ["DETERMINISTIC_ERRORS", "LOCAL_CLUSTER_CONFIG", "CatalogSink", "Failure",

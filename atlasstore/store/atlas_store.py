@@ -1,6 +1,6 @@
 """The atlas: a Zarr v3 hierarchy of energy-map sequences with pyramids and gradients.
 
-Layout (see README, "Store layout")::
+Layout::
 
     atlas.zarr/                      root; attrs.atlasstore (format version, schemas)
       <domain>/                      attrs.atlasstore_domain (preset)
@@ -11,7 +11,7 @@ Layout (see README, "Store layout")::
 Commit protocol: a sequence group is created with ``status: writing``; every array is written;
 only then are its checksums and stats written with ``status: complete`` (one atomic write of the
 sequence's ``zarr.json``, which also carries Zarr's consolidated metadata of its levels and
-arrays, so plain tools open a committed sequence with one read; see README "Store layout").
+arrays, so plain tools open a committed sequence with one read; see the docs' store format).
 Readers ignore sequences that are not complete, and a writer that finds an incomplete group (a
 crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
 little-endian float32), so they do not depend on codec or chunking and two runs that compute the
@@ -21,13 +21,11 @@ crc32c codec of every inner chunk and shard index.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,102 +42,35 @@ from atlasstore.errors import (
     InvalidName,
     NotAnAtlasStore,
     NotFound,
-    SequenceExists,
     StoreError,
     looks_corrupt,
 )
-from atlasstore.io import object_storage
 from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
 from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
-from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, default_kind, validate_name
+from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, validate_name
 from atlasstore.store.change_log import ChangeLog
 from atlasstore.store.documents import FORMAT_VERSION, json_document, json_or_none, root_document
 from atlasstore.store.layout import DEFAULT_LAYOUT, Layout
-from atlasstore.store.writer import CHECKSUM_ALGORITHM, DIMS, SequenceWriter, from_dataarray
-
-__all__ = ["CHECKSUM_ALGORITHM", "DIMS", "FIELDS", "AtlasStore", "Coordinates", "CorruptArray",
-           "FieldSpec", "InvalidName", "Layout", "NotAnAtlasStore", "NotFound", "RunLog",
-           "SequenceExists", "SequenceWriter", "StoreError", "checksum", "step_record",
-           "validate_name"]
+from atlasstore.store.opening import (
+    _field_spec,
+    _is_dataarray,
+    _not_a_store,
+    _open_zarr_store,
+    _remote_open_errors,
+)
+from atlasstore.store.shards import check_shards_present
+from atlasstore.store.values import checksum
+from atlasstore.store.writer import SequenceWriter
+from atlasstore.store.xarray_input import from_dataarray
 
 #: The arrays of an energy sequence (the generator's); a sequence of another field holds
 #: ``[<field name>, "grad_x", "grad_y"]`` (its record's ``fields``, see :class:`FieldSpec`).
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 
 
-
-
-
-def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
-    """The committed record of step ``t`` (stats of its base-level map) plus ``extra`` keys."""
-    stats = physics.map_stats(energy)
-    return {"t": t, "perturbations": [], **{k: stats[k] for k in ("sum", "mean", "variance",
-                                                                 "entropy")}, **extra}
-
-
-def checksum(values: ArrayLike) -> str:
-    """SHA-256 of decoded values as C-order little-endian float32."""
-    a = np.ascontiguousarray(np.asarray(values), dtype="<f4")
-    return "sha256:" + hashlib.sha256(a.tobytes()).hexdigest()
-
-
-def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    s = {"mean": float(a.mean()), "variance": float(a.var()), "min": float(a.min()),
-         "max": float(a.max())}
-    if with_entropy:
-        s["entropy"] = float(np.mean(physics.entropy(a)))
-    return s
-
-
-def _is_dataarray(value: Any) -> bool:
-    return type(value).__name__ == "DataArray" and hasattr(value, "dims") and hasattr(value, "coords")
-
-
-def _field_spec(field: FieldSpec | str | None, kind: str | None, name: str | None,
-                attrs: Mapping[str, Any]) -> FieldSpec:
-    """The FieldSpec of a write: given, or built from a name, a kind and source attributes."""
-    if isinstance(field, FieldSpec):
-        if kind is not None and kind != field.kind:
-            raise physics.EnergyMapError(f"kind {kind!r} contradicts the field's {field.kind!r}")
-        return field
-    nm = field or name or "energy"
-    units = attrs.get("units")
-    long_name = attrs.get("long_name")
-    return FieldSpec(nm, kind or default_kind(nm), units if isinstance(units, str) else None,
-                     long_name if isinstance(long_name, str) else None, dict(attrs))
-
-
-def _open_zarr_store(location: str | Path, read_only: bool,
-                     storage_options: Mapping[str, Any] | None) -> Any:
-    """The zarr Store of a location: a local folder, ``s3://`` through obstore (atomic
-    conditional writes, see :mod:`atlasstore.io.object_storage`), any other URL through fsspec."""
-    loc = str(location)
-    path = local_path(loc)
-    if object_storage.is_s3(loc):
-        return object_storage.zarr_store(loc, read_only, storage_options)
-    if path is None:
-        return zarr.storage.FsspecStore.from_url(loc, storage_options=dict(storage_options or {}),
-                                                 read_only=read_only)
-    return zarr.storage.LocalStore(path, read_only=read_only)
-
-
-def _remote_open_errors(loc: str) -> Any:
-    """Object-store errors of opening or creating ``loc`` as one line naming the URL (a missing
-    bucket says so); nothing for other locations."""
-    return object_storage.errors_named(loc) if object_storage.is_s3(loc) else nullcontext()
-
-
-def _not_a_store(loc: str, exc: NotAnAtlasStore) -> NotAnAtlasStore:
-    """Why an ``s3://`` location holds no store when the bucket itself is the problem."""
-    if object_storage.is_s3(loc):
-        problem = object_storage.bucket_problem(object_storage.S3Location.parse(loc))
-        if problem:
-            return NotAnAtlasStore(f"{loc}: {problem}")
-    return exc
 
 
 class AtlasStore:
@@ -541,31 +472,8 @@ class AtlasStore:
                 raise CorruptArray(f"{name}: stored data is corrupt "
                                    f"({type(exc).__name__}: {exc})") from exc
             raise
-        self._check_shards_present(arr, name, t)
+        check_shards_present(self._root.store, arr, name, t)
         return values
-
-    def _check_shards_present(self, arr: zarr.Array, name: str, t: slice | int) -> None:
-        """Zarr reads a missing shard as fill values; a committed array has every shard, so a
-        missing or empty one is corruption, not zeros."""
-        n = arr.shape[0]
-        if isinstance(t, slice):
-            lo, hi, _ = t.indices(n)
-        else:
-            lo = int(t) % n if n else 0
-            hi = lo + 1
-        if hi <= lo:
-            return
-        ts = (arr.shards or arr.chunks)[0]
-        store = self._root.store
-        for i in range(lo // ts, (hi - 1) // ts + 1):
-            key = f"{name}/{arr.metadata.encode_chunk_key((i, 0, 0))}"
-            try:
-                size = sync(store.getsize(key))
-            except FileNotFoundError:
-                size = 0
-            if not size:
-                raise CorruptArray(f"{name}: shard {i} (time steps {i * ts}..{min(n, (i + 1) * ts) - 1}) "
-                                   f"is missing or empty")
 
     def verify_array(self, domain: str, sequence_id: str, level: int, field: str) -> None:
         """Decode a whole array and compare with its recorded checksum; raise CorruptArray."""
@@ -590,50 +498,3 @@ class AtlasStore:
         return sync(_count())
 
 
-class RunLog:
-    """Generation run records kept in the store (group ``_runs``): a store documents its history."""
-
-    def __init__(self, store: AtlasStore) -> None:
-        self.store = store
-
-    def _group(self) -> zarr.Group:
-        root = self.store.zarr_group
-        if "_runs" not in set(root.group_keys()):
-            return root.create_group("_runs", attributes={"description": "generation run records"})
-        return _subgroup(root, "_runs")
-
-    def start(self, run: dict[str, Any]) -> None:
-        validate(run, "run", what="run record")
-        g = self._group()
-        name = run["run_id"]
-        if name in set(g.group_keys()):
-            rg = _subgroup(g, name)
-            rec: Any = rg.attrs["atlasstore_run"]
-            rec.setdefault("attempts", []).append(run["started"])
-            rg.attrs.update({"atlasstore_run": rec})
-        else:
-            g.create_group(name, attributes={"atlasstore_run": {**run, "attempts": [run["started"]]}})
-        ChangeLog(self.store).record("run", run_id=name)
-
-    def finish(self, run: dict[str, Any], failures: list[dict[str, Any]]) -> None:
-        validate(run, "run", what="run record")
-        g = _subgroup(self._group(), run["run_id"])
-        rec: Any = g.attrs["atlasstore_run"]
-        g.attrs.update({"atlasstore_run": {**rec, **run, "attempts": rec.get("attempts", []),
-                                           "failures": failures}})
-        ChangeLog(self.store).record("run", run_id=run["run_id"])
-
-    def list(self) -> list[dict[str, Any]]:
-        root = self.store.zarr_group
-        if "_runs" not in set(root.group_keys()):
-            return []
-        g = _subgroup(root, "_runs")
-        recs: list[Any] = [_subgroup(g, k).attrs["atlasstore_run"] for k in sorted(g.group_keys())]
-        return [dict(r) for r in recs]
-
-
-def _subgroup(group: zarr.Group, name: str) -> zarr.Group:
-    node = group[name]
-    if not isinstance(node, zarr.Group):
-        raise StoreError(f"{group.path}/{name} is not a group")
-    return node

@@ -36,7 +36,7 @@ from atlasstore.errors import SequenceExists, StoreError
 from atlasstore.io.provenance import utc_now
 from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
-from atlasstore.records import ENERGY, NO_COORDINATES, Axis, Coordinates, FieldSpec, json_attr, validate_name
+from atlasstore.records import ENERGY, NO_COORDINATES, Coordinates, FieldSpec, validate_name
 from atlasstore.store.change_log import ChangeLog
 from atlasstore.store.documents import (
     MULTISCALES_CONVENTION,
@@ -490,67 +490,5 @@ def settle_zarr_writes(timeout: float = 60.0) -> None:
             await asyncio.wait(pending, timeout=timeout)
 
     sync(_wait())
-
-
-def from_dataarray(da: Any, dims: Mapping[str, str] | None = None
-                   ) -> tuple[NDArray, Coordinates, dict[str, Any], str | None]:
-    """(values (time, y, x), coordinates, JSON attrs, name) of an ``xarray.DataArray``.
-
-    ``dims`` maps our axes to the array's dimension names (default: ``time``, ``y``, ``x``
-    themselves; a 2D array is one step). Coordinates of those dimensions are kept (dates as
-    ISO strings), and so are the array's attributes that JSON can hold.
-    """
-    da = in_store_order(da, dims)
-    coords, attrs, name = dataarray_metadata(da, dims)
-    return np.asarray(da.values), coords, attrs, name
-
-
-def in_store_order(da: Any, dims: Mapping[str, str] | None = None) -> Any:
-    """``da`` with its dims mapped by ``dims`` in (time, y, x) order (a 2D array gains a time
-    axis of one step); EnergyMapError when they do not fit."""
-    want = {"time": "time", "y": "y", "x": "x", **dict(dims or {})}
-    names = tuple(da.dims)
-    if len(names) == 2 and want["time"] not in names:
-        da = da.expand_dims(want["time"])
-        names = tuple(da.dims)
-    order = (want["time"], want["y"], want["x"])
-    missing = [d for d in order if d not in names]
-    if missing or len(names) != 3:
-        raise physics.EnergyMapError(
-            f"DataArray {da.name!r} has dims {names}; expected (time, y, x), given as "
-            f"{dict(zip(('time', 'y', 'x'), order, strict=True))}"
-            + (f" (missing {missing})" if missing else "") + "; pass dims={'time': ..., "
-            "'y': ..., 'x': ...}")
-    return da.transpose(*order)
-
-
-def dataarray_metadata(da: Any, dims: Mapping[str, str] | None = None
-                       ) -> tuple[Coordinates, dict[str, Any], str | None]:
-    """Coordinates, JSON attributes and name of a (time, y, x) DataArray, without reading its
-    values."""
-    order = tuple(da.dims)
-    axes: dict[str, Axis | None] = {}
-    for ours, theirs in zip(("y", "x"), order[1:], strict=True):
-        c = da.coords.get(theirs)
-        if c is not None and c.ndim == 1 and np.issubdtype(c.dtype, np.number):
-            axes[ours] = Axis(tuple(np.asarray(c.values, np.float64)),
-                              json_attr(c.attrs.get("units")), str(theirs))
-        else:
-            axes[ours] = None
-    time: tuple[float | str, ...] | None = None
-    time_units = None
-    tc = da.coords.get(order[0])
-    if tc is not None and tc.ndim == 1:
-        tv = np.asarray(tc.values)
-        if np.issubdtype(tv.dtype, np.datetime64):
-            stamps = [str(np.datetime_as_string(t, unit="ns")) for t in tv]
-            time = tuple(stamps)
-            time_units = f"seconds since {stamps[0]}"
-        elif np.issubdtype(tv.dtype, np.number):
-            time = tuple(float(t) for t in tv)
-            time_units = json_attr(tc.attrs.get("units"))
-    coords = Coordinates(axes["y"], axes["x"], time, time_units, str(order[0]) if time else None)
-    attrs = {str(k): v for k, v in ((k, json_attr(v)) for k, v in da.attrs.items()) if v is not None}
-    return coords, attrs, (str(da.name) if da.name is not None else None)
 
 

@@ -23,7 +23,7 @@ from atlasstore.runs.ingest.engine import ImportOptions, ImportPlan, run_import
 from atlasstore.runs.ingest.npy import PREDECESSOR_PATTERN, plan_npy
 from atlasstore.runs.ingest.well import DERIVED, plan_well
 from atlasstore.runs.ingest.xarray_source import plan_xarray
-from atlasstore.store.atlas_store import Layout
+from atlasstore.store.layout import Layout
 
 __all__ = ["DERIVED", "PREDECESSOR_PATTERN", "ImportOptions", "ImportPlan", "ImportPlanError",
            "RunReport", "SourceError", "import_npy", "import_well", "import_xarray",

@@ -38,7 +38,8 @@ from atlasstore.physics import fields as physics
 from atlasstore.records import Axis, Coordinates, FieldSpec, validate_name
 from atlasstore.runs import engine as run_driver
 from atlasstore.runs.engine import Job, RunReport, Shared
-from atlasstore.store.atlas_store import AtlasStore, Layout
+from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.layout import Layout
 
 #: bytes of source values a reader hands over at a time (the writer buffers one shard)
 READ_BLOCK_BYTES = 32 * 2**20

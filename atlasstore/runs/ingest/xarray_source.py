@@ -31,7 +31,7 @@ from atlasstore.runs.ingest.engine import (
     Unit,
     source_record,
 )
-from atlasstore.store.writer import dataarray_metadata
+from atlasstore.store.xarray_input import dataarray_metadata
 
 AXES = ("time", "y", "x")
 
