@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from atlasstore.catalog.base import sequence_checksum
+from atlasstore.catalog.records import sequence_checksum
 from atlasstore.errors import CorruptArray, NotFound
 from atlasstore.physics import fields as physics
 from atlasstore.read.reader import reader_of

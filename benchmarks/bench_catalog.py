@@ -48,8 +48,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import machine
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.catalog.base import ArrayRecord
-from atlasstore.catalog.neo4j import _MERGE_ARRAYS, Neo4jCatalog, _arr_row
+from atlasstore.catalog.neo4j import Neo4jCatalog
+from atlasstore.catalog.neo4j.cypher_writes import _MERGE_ARRAYS
+from atlasstore.catalog.records import ArrayRecord
+from atlasstore.catalog.sqlite.rows import _arr_row
 from atlasstore.errors import CatalogUnavailable
 from catalog_fixtures import make_run, make_sequence
 

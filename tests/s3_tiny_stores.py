@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from atlasstore.catalog import SQLiteCatalog
-from atlasstore.catalog.base import StoreSync
+from atlasstore.catalog.records import StoreSync
 from atlasstore.catalog.selector import CatalogSelector
 from atlasstore.catalog.sync import register_run, register_sequence_infos
 from atlasstore.io.object_storage import S3Location

@@ -13,28 +13,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atlasstore.catalog.base import (
-    ARRAY_FIELDS,
-    KINDS,
-    SEQUENCE_KINDS,
+from atlasstore.catalog.base import ARRAY_FIELDS, KINDS, SEQUENCE_KINDS, Range, node_id, split_node_id
+from atlasstore.catalog.lineage import Lineage, LineageEdge, LineageNode
+from atlasstore.catalog.protocol import Catalog
+from atlasstore.catalog.records import (
     ArrayRecord,
-    Catalog,
     Checkpoint,
     DatasetVersion,
     GenerationRun,
     ImportRun,
-    Lineage,
-    LineageEdge,
-    LineageNode,
-    Range,
     Sequence,
     SourceFile,
     StoreSync,
     TimeStep,
     TrainingRun,
-    node_id,
     sequence_checksum,
-    split_node_id,
 )
 from atlasstore.catalog.sqlite import SQLiteCatalog
 from atlasstore.errors import CatalogError, CatalogMismatch, CatalogNotFound, CatalogUnavailable

@@ -6,9 +6,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from atlasstore.catalog.base import (
-    Catalog,
-)
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.catalog.sync import _check_binding, catch_up
 from atlasstore.errors import CatalogError, CatalogMismatch
 from atlasstore.query import Query, Selected, StoreSelector

@@ -33,14 +33,10 @@ from typing import Any
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from atlasstore.catalog.base import (
-    SEQUENCE_KINDS,
-    Catalog,
-    StoreSync,
-    make_batch,
-    run_record,
-    sequence_checksum,
-)
+from atlasstore.catalog.base import SEQUENCE_KINDS
+from atlasstore.catalog.batches import make_batch
+from atlasstore.catalog.protocol import Catalog
+from atlasstore.catalog.records import StoreSync, run_record, sequence_checksum
 from atlasstore.errors import CatalogError, CatalogMismatch, CatalogNotSynced, InvalidName
 from atlasstore.records import validate_name
 from atlasstore.store.atlas_store import AtlasStore

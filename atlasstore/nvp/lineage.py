@@ -53,7 +53,7 @@ def register_lineage(catalog: Any, run: Mapping[str, Any], store: AtlasStore | N
         refresh(store, catalog)
     missing = [k for k in keys if catalog.get_sequence(k) is None]
     if missing:
-        from atlasstore.catalog.base import missing_message
+        from atlasstore.catalog.batches import missing_message
         from atlasstore.errors import CatalogNotFound
 
         raise CatalogNotFound(missing_message("sequences", missing, " (training data)"))

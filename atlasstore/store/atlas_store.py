@@ -12,11 +12,10 @@ Commit protocol: a sequence group is created with ``status: writing``; every arr
 only then are its checksums and stats written with ``status: complete`` (one atomic write of the
 sequence's ``zarr.json``, which also carries Zarr's consolidated metadata of its levels and
 arrays, so plain tools open a committed sequence with one read; see the docs' store format).
-Readers ignore sequences that are not complete, and a writer that finds an incomplete group (a
-crash) deletes and rewrites it. Checksums are SHA-256 of the decoded values (C order,
-little-endian float32), so they do not depend on codec or chunking and two runs that compute the
-same numbers have equal checksums; corruption of stored bytes is caught earlier, on read, by the
-crc32c codec of every inner chunk and shard index.
+Readers ignore incomplete sequences; a writer that finds one (a crash) deletes and rewrites it.
+Checksums are SHA-256 of the decoded values (C order, little-endian float32), independent of
+codec and chunking; damaged stored bytes are caught on read by the crc32c of every inner chunk
+and shard index.
 """
 
 from __future__ import annotations
@@ -465,7 +464,9 @@ class AtlasStore:
         name = f"{domain}/{sequence_id}/{level}/{field}"
         try:
             values = np.asarray(arr[t, y, x])
-        except (IndexError, TypeError):  # caller's selection, not the data
+        except IndexError as exc:  # the caller's selection, not the data: named like the array
+            raise IndexError(f"{name}: {exc}") from None
+        except TypeError:
             raise
         except Exception as exc:  # codec errors surface as various types
             if looks_corrupt(exc):
@@ -488,13 +489,10 @@ class AtlasStore:
                                f"(recorded {rec['checksum'][:23]}..., stored data {got[:23]}...)")
 
     def nbytes_stored(self, prefix: str = "") -> int:
-        """Bytes of all objects under ``prefix`` (metadata included); on object storage one
-        listing, which carries the sizes."""
+        """Bytes of all objects under ``prefix`` (metadata included; one listing remotely)."""
         return int(sync(self._root.store.getsize_prefix(prefix)))
 
     def count_objects(self, prefix: str = "") -> int:
         async def _count() -> int:
             return len([k async for k in self._root.store.list_prefix(prefix)])
         return sync(_count())
-
-
