@@ -19,8 +19,8 @@ from atlasstore.cli import app as cli_app
 from atlasstore.io.cache_settings import CacheSettings, parse_bytes
 from atlasstore.read.disk_cache import DiskCachedReader
 from atlasstore.read.reader import Reader
-from atlasstore.read.tensorstore import TensorStoreReader
 from atlasstore.store import AtlasStore, Layout, checksum
+from atlasstore.store.tensorstore_reader import TensorStoreReader
 from s3_fixtures import S3Bucket
 
 #: two shards per array (8 steps, 4 per shard), one level (64x64), three fields

@@ -20,12 +20,26 @@ from numpy.typing import ArrayLike, NDArray
 from atlasstore.io.schemas import load_json, schema_dir, validate
 from atlasstore.physics import fields as physics
 from atlasstore.physics.perturbations import (
+    PERTURBATION_ORDER,
     PerturbationConfig,
     Seed,
     _draw_step,
     _rng,
+    apply_energy_scaling,
+    apply_gaussian_noise,
     apply_perturbation,
+    apply_rotation,
+    apply_thermal_blur,
+    apply_translation,
 )
+
+#: the perturbations are part of this module's API (``synth.apply_rotation``, ...)
+__all__ = ["DEFAULT_DOMAINS", "DomainPreset", "MAX_SEQUENCE_BYTES", "PATTERNS",
+           "PERTURBATION_ORDER", "PerturbationConfig", "Seed", "apply_energy_scaling",
+           "apply_gaussian_noise", "apply_perturbation", "apply_rotation", "apply_thermal_blur",
+           "apply_translation", "generate_sequence", "laminar", "list_presets", "load_preset",
+           "make_pattern", "preset_dir", "random", "synthesize", "turbulent", "vortex"]
+
 
 #: Largest float32 sequence one call may build in memory.
 MAX_SEQUENCE_BYTES = 4 * 2**30

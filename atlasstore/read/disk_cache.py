@@ -39,8 +39,8 @@ from numpy.typing import NDArray
 from atlasstore.errors import CorruptArray, RemoteStoreError, StoreError
 from atlasstore.io import object_storage
 from atlasstore.io.cache_settings import CacheSettings
-from atlasstore.read.tensorstore import TensorStoreReader
 from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.tensorstore_reader import TensorStoreReader
 
 #: a file used again is marked recently used at most this often (one utime per file and minute)
 TOUCH_EVERY = 60.0

@@ -25,9 +25,9 @@ from atlasstore.errors import StoreError
 from atlasstore.io import object_storage
 from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.read.disk_cache import DiskCachedReader
-from atlasstore.read.tensorstore import TensorStoreReader
 from atlasstore.records import ArrayKey
 from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.tensorstore_reader import TensorStoreReader
 
 ReaderKind = Literal["auto", "tensorstore", "zarr"]
 _FULL = slice(None)
@@ -53,6 +53,8 @@ def _engine(store: AtlasStore, cache_bytes: int,
         settings = cache or store.cache_settings or CacheSettings.from_environment()
         if settings.max_bytes > 0:
             return DiskCachedReader(store, settings, cache_bytes)
+    if cache_bytes == 0:  # the store's own: one set of open handles per store
+        return store.fast_reader
     return TensorStoreReader.for_store(store, cache_bytes)
 
 

@@ -20,9 +20,7 @@ and shard index.
 
 from __future__ import annotations
 
-import json
 import threading
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,11 +29,9 @@ from typing import Any
 import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
-from zarr.core.buffer import cpu as cpu_buffer
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from atlasstore._version import __version__
 from atlasstore.errors import (
     CorruptArray,
     InvalidName,
@@ -51,7 +47,7 @@ from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
 from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, validate_name
 from atlasstore.store.change_log import ChangeLog
-from atlasstore.store.documents import FORMAT_VERSION, json_document, json_or_none, root_document
+from atlasstore.store.documents import json_document, json_or_none, root_document
 from atlasstore.store.layout import DEFAULT_LAYOUT, Layout
 from atlasstore.store.opening import (
     _field_spec,
@@ -59,8 +55,10 @@ from atlasstore.store.opening import (
     _not_a_store,
     _open_zarr_store,
     _remote_open_errors,
+    write_root_document,
 )
 from atlasstore.store.shards import check_shards_present
+from atlasstore.store.tensorstore_reader import TensorStoreReader
 from atlasstore.store.values import checksum
 from atlasstore.store.writer import SequenceWriter
 from atlasstore.store.xarray_input import from_dataarray
@@ -89,6 +87,7 @@ class AtlasStore:
         #: settings of the disk cache that readers of a remote store use (None: environment's)
         self.cache_settings: CacheSettings | None = None
         self._on_delete: list[weakref.WeakMethod] = []
+        self._ts_reader: TensorStoreReader | None | bool = False  # False: not tried yet
 
     # ------------------------------------------------------------------ open / create
 
@@ -116,22 +115,7 @@ class AtlasStore:
             if exist_ok:
                 return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
             raise StoreError(f"{loc} already exists; open it instead (or pass exist_ok)")
-        attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
-                                "code_version": __version__, "store_id": str(uuid.uuid4()),
-                                "schemas": ["root", "domain", "sequence", "preset"],
-                                "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
-        validate(attrs, "root", what="root attributes")
-        # Exclusive create of the root metadata (atomic on local disks): of two processes
-        # creating the same new store at once, one writes it and both then open it; neither
-        # ever wipes what the other wrote (zarr's mode="w" would).
-        doc = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
-        sync(zstore.set_if_not_exists("zarr.json",
-                                      cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
-        if not exist_ok:
-            got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
-            theirs = None if got is None else json_or_none(got.to_bytes())
-            if not isinstance(theirs, dict) or theirs.get("attributes") != attrs:
-                raise StoreError(f"{loc} was created by another process just now; open it instead")
+        write_root_document(zstore, loc, exist_ok)
         return cls.open(loc, mode="r+", storage_options=storage_options, layout=layout)
 
     @classmethod
@@ -454,26 +438,39 @@ class AtlasStore:
                 out[name] = (np.asarray(node[...], np.float64), dict(node.attrs))
         return out
 
+    @property
+    def fast_reader(self) -> TensorStoreReader | None:
+        """TensorStore over a local or ``s3://`` store's files (5-10x less CPU per read than
+        zarr-python, see the docs' performance page); None where it cannot read. Readers with
+        caches are :class:`atlasstore.read.Reader`."""
+        if self._ts_reader is False:
+            try:
+                self._ts_reader = TensorStoreReader.for_store(self)
+            except ImportError:
+                self._ts_reader = None
+            if isinstance(self._ts_reader, TensorStoreReader):
+                self.on_delete(weakref.WeakMethod(self._ts_reader.forget))
+        return self._ts_reader  # type: ignore[return-value]
+
     def read(self, domain: str, sequence_id: str, level: int, field: str = "energy",
              t: slice | int = slice(None), y: slice = slice(None), x: slice = slice(None)) -> NDArray:
-        """Decoded values of a committed array; corrupt or missing data raises CorruptArray.
-
-        The store's reference read, through zarr-python; the fast path for many reads is
-        :class:`atlasstore.read.Reader` (TensorStore, with caches)."""
+        """Decoded values of a committed array; corrupt or missing data raises CorruptArray."""
         arr = self.array(domain, sequence_id, level, field)
         name = f"{domain}/{sequence_id}/{level}/{field}"
+        fast = self.fast_reader
         try:
-            values = np.asarray(arr[t, y, x])
-        except IndexError as exc:  # the caller's selection, not the data: named like the array
-            raise IndexError(f"{name}: {exc}") from None
-        except TypeError:
+            values = fast.read(name, (t, y, x)) if fast is not None else np.asarray(arr[t, y, x])
+        except (IndexError, TypeError):  # caller's selection, not the data
+            raise
+        except CorruptArray:
             raise
         except Exception as exc:  # codec errors surface as various types
             if looks_corrupt(exc):
                 raise CorruptArray(f"{name}: stored data is corrupt "
                                    f"({type(exc).__name__}: {exc})") from exc
             raise
-        check_shards_present(self._root.store, arr, name, t)
+        if fast is None:  # TensorStore refuses missing shards itself (fill_missing_data_reads)
+            check_shards_present(self._root.store, arr, name, t)
         return values
 
     def verify_array(self, domain: str, sequence_id: str, level: int, field: str) -> None:

@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr.core.buffer import cpu as cpu_buffer
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
+from atlasstore._version import __version__
 from atlasstore.errors import (
     NotAnAtlasStore,
+    StoreError,
 )
 from atlasstore.io import object_storage
 from atlasstore.io.locations import local_path
+from atlasstore.io.provenance import utc_now
+from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
 from atlasstore.records import FieldSpec, default_kind
+from atlasstore.store.documents import FORMAT_VERSION, json_or_none
 
 
 def _is_dataarray(value: Any) -> bool:
@@ -64,3 +74,26 @@ def _not_a_store(loc: str, exc: NotAnAtlasStore) -> NotAnAtlasStore:
         if problem:
             return NotAnAtlasStore(f"{loc}: {problem}")
     return exc
+
+
+def write_root_document(zstore: Any, loc: str, exist_ok: bool) -> None:
+    """Create a new store's root document.
+
+    Exclusive create of the root metadata (atomic on local disks): of two processes creating the
+    same new store at once, one writes it and both then open it; neither ever wipes what the
+    other wrote (zarr's mode="w" would). Without ``exist_ok`` the loser is told so.
+    """
+    attrs = {"atlasstore": {"format_version": FORMAT_VERSION, "created": utc_now(),
+                            "code_version": __version__, "store_id": str(uuid.uuid4()),
+                            "schemas": ["root", "domain", "sequence", "preset"],
+                            "layout": "<domain>/<sequence_id>/<level>/{energy,grad_x,grad_y}"}}
+    validate(attrs, "root", what="root attributes")
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+    sync(zstore.set_if_not_exists("zarr.json",
+                                  cpu_buffer.Buffer.from_bytes(json.dumps(doc).encode())))
+    if not exist_ok:
+        got = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
+        theirs = None if got is None else json_or_none(got.to_bytes())
+        if not isinstance(theirs, dict) or theirs.get("attributes") != attrs:
+            raise StoreError(f"{loc} was created by another process just now; open it instead")
+

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,9 +22,7 @@ from numpy.typing import NDArray
 from atlasstore.errors import CorruptArray, RemoteStoreError, looks_corrupt
 from atlasstore.io import object_storage
 from atlasstore.io.locations import local_path
-
-if TYPE_CHECKING:
-    from atlasstore.store.atlas_store import AtlasStore
+from atlasstore.store.handle import StoreHandle
 
 #: TensorStore status codes of a service that failed, refused or did not answer
 _SERVICE_ERRORS = ("ABORTED", "UNAVAILABLE", "PERMISSION_DENIED", "UNAUTHENTICATED",
@@ -75,7 +73,7 @@ class TensorStoreReader:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_store(cls, store: AtlasStore, cache_bytes: int = 0) -> TensorStoreReader | None:
+    def for_store(cls, store: StoreHandle, cache_bytes: int = 0) -> TensorStoreReader | None:
         """A reader for a local or ``s3://`` store; None for other URLs (zarr-python reads)."""
         loc = str(store.location)
         path = local_path(loc)
