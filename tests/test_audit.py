@@ -311,8 +311,8 @@ def test_atlas_audit_dataset_version_and_checkpoint(gen_copy: Path, tmp_path: Pa
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
+    from atlasstore import cli
     from atlasstore.catalog import SQLiteCatalog
-    from atlasstore.cli import app as cli
 
     def atlas(*argv: str) -> tuple[int, str, str]:
         code = cli.main([*argv, "--store", str(gen_copy)])

@@ -1,7 +1,7 @@
 """One catalog truth: whoever writes a sequence, a query answers the same with the catalog as by
 scanning the store; the catalog learns of every change through the store's change log.
 
-The users' reports this fixes are pinned through ``atlasstore.cli.app.main`` (each failed on the old
+The users' reports this fixes are pinned through ``atlasstore.cli.main`` (each failed on the old
 code), then every write path x catalog state is compared with the store scan on both backends,
 then random sequences of writes and deletes (hypothesis), then the costs of the staleness check.
 """

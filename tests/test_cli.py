@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from atlasstore import cli
-from atlasstore.cli import app as cli_app
+from atlasstore.cli import entry as cli_entry
+from atlasstore.cli import parser as cli_parser
 from atlasstore.runs.generate import sequence_seed
 from atlasstore.store import AtlasStore
 from store_fixtures import all_checksums, chunk_files, copy_store, flip_bytes, listing
@@ -378,7 +379,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(
     def broken(args: argparse.Namespace) -> int:
         raise BrokenPipeError(32, "Broken pipe (a socket, say)")
 
-    monkeypatch.setattr(cli_app, "cmd_stats", broken)
+    monkeypatch.setattr(cli_parser, "cmd_stats", broken)
     code, _, err = run(capsys, "stats", "--store", str(cli_store))
     assert code == 1 and err.startswith("atlas: internal error: BrokenPipeError"), err
 
@@ -570,4 +571,4 @@ def test_every_extra_named_exists_in_pyproject() -> None:
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extras = set(meta["project"]["optional-dependencies"])
-    assert set(cli_app.EXTRA_OF.values()) <= extras
+    assert set(cli_entry.EXTRA_OF.values()) <= extras

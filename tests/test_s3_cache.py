@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from atlasstore import cli
-from atlasstore.cli import app as cli_app
+from atlasstore.cli import options as cli_options
 from atlasstore.io.cache_settings import CacheSettings, parse_bytes
 from atlasstore.read.disk_cache import DiskCachedReader
 from atlasstore.read.reader import Reader
@@ -186,10 +186,10 @@ def test_cache_settings(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     before = dict(os.environ)
     args = cli.build_parser().parse_args(["--cache-dir", str(s3.cache / "cli"), "--cache-bytes",
                                           "3MiB", "ls", "--store", s3.url])
-    settings = cli_app.cache_settings(args)
+    settings = cli_options.cache_settings(args)
     assert settings == CacheSettings((s3.cache / "cli").resolve(), 3 * 2**20)
     args.cache = settings
-    assert cli_app._open_store(args).cache_settings == settings
+    assert cli_options._open_store(args).cache_settings == settings
     assert cli.main(["--cache-dir", str(s3.cache / "cli"), "--cache-bytes", "3MiB", "ls",
                      "--store", s3.url]) == 0
     assert dict(os.environ) == before

@@ -200,7 +200,7 @@ def test_garbage_root_document_is_not_an_atlas_store(tmp_path: Path, kind: str) 
 ])
 def test_cli_refuses_a_garbage_root_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 kind: str, argv: list[str]) -> None:
-    from atlasstore.cli import app as cli
+    from atlasstore import cli
 
     p = _garbage_store(tmp_path, _GARBAGE_ROOTS[kind])
     before = listing(tmp_path)

@@ -3,7 +3,7 @@ commands run on the sample data they make.
 
 The commands are read from README.md ("A tour": the bash block, then the Python block) and
 from ``scripts/main`` (its ``atlas generate``), and run in that order through
-``atlasstore.cli.app.main`` in a fresh folder, as a user would after ``scripts/main``: the store is
+``atlasstore.cli.main`` in a fresh folder, as a user would after ``scripts/main``: the store is
 ``./atlas.zarr``, the catalog the SQLite file beside it, ``configs/`` the repository's.
 
 Kept small, without changing what the tour tests: every ``atlas generate`` runs serially (the

@@ -1,5 +1,12 @@
-"""The ``atlas`` command: the only package that prints or exits."""
+"""The ``atlas`` command: the only package that prints or exits.
 
-from atlasstore.cli.app import build_parser, main
+:mod:`.entry` (the entry point, errors to exit codes), :mod:`.parser` (every command and option),
+:mod:`.options` (what commands share), and one module per command group: :mod:`.write`
+(init, generate, import), :mod:`.inspect` (ls, query, show, stats), :mod:`.catalog` (audit,
+catalog sync and lineage) and :mod:`.train` (train, evaluate).
+"""
+
+from atlasstore.cli.entry import main
+from atlasstore.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]

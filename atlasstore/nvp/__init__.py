@@ -19,14 +19,13 @@
 * :mod:`.goals` — the goals per domain, the headline and the report tables
 * :mod:`.evaluate` — :func:`evaluate_checkpoint` (held-out check, report.json and figures)
 * :mod:`.plots` — every figure
-* :mod:`.cli` — ``atlas train`` / ``atlas evaluate``
 
 Imports flow one way: prior <- model <- config <- input_pipeline, checkpoint, lineage, metrics
 <- train_steps <- train; scores, baselines, goals, plots <- evaluate; evaluate and train do not
 import each other.
 
 Attributes are imported lazily so that ``import atlasstore.nvp`` (and the CLI's parser) does not
-import JAX.
+import JAX. The commands ``atlas train`` / ``atlas evaluate`` are :mod:`atlasstore.cli.train`.
 """
 
 from __future__ import annotations

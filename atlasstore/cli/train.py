@@ -1,6 +1,7 @@
-"""``atlas train`` and ``atlas evaluate``: registered by :func:`atlasstore.cli.app._add_nvp_commands`.
+"""``atlas train`` and ``atlas evaluate``, registered by :func:`atlasstore.cli.parser.build_parser`.
 
-The handlers here are the only code of :mod:`atlasstore.nvp` that prints.
+The NVP is imported only when one of them runs, so the parser never imports JAX; the handlers
+here are where the NVP's progress is printed.
 """
 
 from __future__ import annotations
