@@ -3,6 +3,7 @@ tests against SQLite and a real Neo4j server."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -114,3 +115,9 @@ class ClosesOnExit:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: What a run or a training accepts as its catalog: an open :class:`Catalog` (used, never
+#: closed), a spec for :func:`atlasstore.catalog.open_catalog` (opened and closed by the run),
+#: None (the default catalog beside the store) or False (no catalog).
+CatalogArg = Catalog | str | os.PathLike[str] | bool | None

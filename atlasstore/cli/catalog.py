@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.cli.options import (
     EXIT_FAILED,
     _fmt_bytes,
@@ -45,7 +46,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
-def _catch_up_quietly(store: Any, catalog: Any) -> None:
+def _catch_up_quietly(store: Any, catalog: Catalog) -> None:
     """Apply the store's recent changes to the catalog before reporting on it (what is left
     is drift the change log does not explain); a note when it cannot."""
     from atlasstore.catalog.sync import catch_up
@@ -93,7 +94,7 @@ def _audit_dataset(args: argparse.Namespace) -> int:
     return 0 if rep.ok else EXIT_FAILED
 
 
-def _checkpoint_dataset_version(spec: str, catalog: Any) -> str:
+def _checkpoint_dataset_version(spec: str, catalog: Catalog) -> str:
     """The dataset version a checkpoint was trained on: from its run directory's ``run.json``
     (a run directory, or a checkpoint folder inside one), else the catalog's checkpoint id."""
     p = Path(spec)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.cli.options import (
     _fmt_bytes,
     _note,
@@ -35,7 +36,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_query(args: argparse.Namespace, store: Any, catalog: Any) -> Any:
+def _build_query(args: argparse.Namespace, store: Any, catalog: Catalog | None) -> Any:
     from atlasstore.query import Query
 
     selector = None

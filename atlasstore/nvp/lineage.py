@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.io.locations import default_catalog_location, is_remote
 from atlasstore.store.atlas_store import AtlasStore
 
@@ -35,7 +36,7 @@ def dataset_version_id(query: Mapping[str, Any], split: Mapping[str, Any],
     return "dv-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def register_lineage(catalog: Any, run: Mapping[str, Any], store: AtlasStore | None = None,
+def register_lineage(catalog: Catalog, run: Mapping[str, Any], store: AtlasStore | None = None,
                      checkpoints: Sequence[Mapping[str, Any]] = ()) -> str:
     """Register a run's DatasetVersion, TrainingRun and checkpoints in ``catalog``.
 
@@ -69,14 +70,14 @@ def register_lineage(catalog: Any, run: Mapping[str, Any], store: AtlasStore | N
     return dv.version_id
 
 
-def register_training_run(catalog: Any, run: Mapping[str, Any]) -> None:
+def register_training_run(catalog: Catalog, run: Mapping[str, Any]) -> None:
     """(Re-)register the TrainingRun of a run record (e.g. once it has finished)."""
     catalog.register_training_run(run["run_id"], run["config"], run["dataset_version_id"],
                                   code_version=run.get("code_version"), host=run.get("host"),
                                   started=run["started"], finished=run.get("finished"))
 
 
-def generation_lineage(catalog: Any, ckpt_id: str) -> dict[str, Any]:
+def generation_lineage(catalog: Catalog, ckpt_id: str) -> dict[str, Any]:
     """From a checkpoint id: its training run, dataset version, the generation runs (seed,
     config, code version) and the sequences (with their seeds) behind its training data."""
     nid = f"Checkpoint:{ckpt_id}"
@@ -104,7 +105,7 @@ class LineageRecorder:
 
     def __init__(self, spec: Any, store_location: str,
                  emit: Callable[[dict[str, Any]], None] = lambda e: None) -> None:
-        self.catalog: Any = None
+        self.catalog: Catalog | None = None
         self._owned = False
         self.errors: list[str] = []
         self._emit = emit

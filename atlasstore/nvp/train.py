@@ -46,6 +46,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from atlasstore.catalog.protocol import CatalogArg
 from atlasstore.errors import TrainError
 from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.io.provenance import utc_now
@@ -378,7 +379,7 @@ class _Loop:
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | Path | None = None,
-          catalog: Any = None, out_dir: str | Path | None = None, resume: bool = False,
+          catalog: CatalogArg = None, out_dir: str | Path | None = None, resume: bool = False,
           stop_at: int | None = None, progress: Emit | None = None,
           cache: CacheSettings | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) an NVP model; see the module docstring.

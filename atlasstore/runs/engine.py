@@ -37,6 +37,7 @@ from typing import Any
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync as zarr_sync
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import EngineError, NotAnAtlasStore, StoreError
 from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
@@ -233,7 +234,7 @@ class CatalogSink:
     later.
     """
 
-    def __init__(self, catalog: Any, store: AtlasStore, batch_size: int = 64) -> None:
+    def __init__(self, catalog: Catalog | None, store: AtlasStore, batch_size: int = 64) -> None:
         self.catalog = catalog
         self.store = store
         self.batch_size = batch_size
@@ -262,7 +263,7 @@ class CatalogSink:
 def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
             complete: Sequence[tuple[Job, dict[str, Any]]] = (),
             failed: Sequence[tuple[Job, str]] = (), *,
-            workers: int | None = None, scheduler: str | None = None, catalog: Any = None,
+            workers: int | None = None, scheduler: str | None = None, catalog: Catalog | None = None,
             progress: Callable[[dict[str, Any]], None] | None = None, catalog_batch: int = 64,
             dask_logs: bool = False) -> RunReport:
     """Run ``jobs`` under the run record ``run`` (started now, finished at the end) into the

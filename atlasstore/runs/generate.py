@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from zarr.core.sync import sync as zarr_sync
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import PlanClash, PlanError, SequenceExists
 from atlasstore.io.provenance import code_version, host, utc_now
 from atlasstore.physics import fields as physics
@@ -324,7 +325,7 @@ def check_engine(scheduler: str | None, workers: int | None) -> None:
 
 
 def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
-             scheduler: str | None = None, catalog: Any = None, layout: Layout | None = None,
+             scheduler: str | None = None, catalog: Catalog | None = None, layout: Layout | None = None,
              storage_options: Mapping[str, Any] | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None,
              catalog_batch: int = 64, dask_logs: bool = False) -> RunReport:

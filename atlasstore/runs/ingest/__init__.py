@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import ImportPlanError, SourceError
 from atlasstore.runs.engine import RunReport
 from atlasstore.runs.ingest.engine import ImportOptions, ImportPlan, run_import
@@ -39,7 +40,7 @@ def import_npy(location: str | Path, root: str | Path, pattern: str = PREDECESSO
                sidecar_keys: Mapping[str, str] | None = None,
                inventory: str | Path | None = None, field: str = "energy",
                options: ImportOptions | None = None, workers: int | None = None,
-               scheduler: str | None = None, catalog: Any = None, layout: Layout | None = None,
+               scheduler: str | None = None, catalog: Catalog | None = None, layout: Layout | None = None,
                progress: Callable[[dict[str, Any]], None] | None = None,
                dask_logs: bool = False) -> RunReport:
     """Import a folder of ``.npy`` maps with JSON sidecars (:mod:`.npy`)."""
@@ -54,7 +55,7 @@ def import_well(location: str | Path, files: Sequence[str | Path], *, field: str
                 derive: str | None = None, domain: str | None = None,
                 density: str = "density", velocity: str = "velocity",
                 options: ImportOptions | None = None, workers: int | None = None,
-                scheduler: str | None = None, catalog: Any = None, layout: Layout | None = None,
+                scheduler: str | None = None, catalog: Catalog | None = None, layout: Layout | None = None,
                 progress: Callable[[dict[str, Any]], None] | None = None,
                 dask_logs: bool = False) -> RunReport:
     """Import HDF5 files in The Well's format, one sequence per trajectory (:mod:`.well`)."""
@@ -69,7 +70,7 @@ def import_xarray(location: str | Path, path: str | Path, var: str, *,
                   isel: Mapping[str, int] | None = None, domain: str | None = None,
                   sequence: str | None = None, field: str | None = None,
                   engine: str | None = None, options: ImportOptions | None = None,
-                  workers: int | None = None, scheduler: str | None = None, catalog: Any = None,
+                  workers: int | None = None, scheduler: str | None = None, catalog: Catalog | None = None,
                   layout: Layout | None = None,
                   progress: Callable[[dict[str, Any]], None] | None = None,
                   dask_logs: bool = False) -> RunReport:

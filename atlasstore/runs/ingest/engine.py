@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import ImportPlanError, SequenceExists, SourceError
 from atlasstore.io.provenance import code_version, host, utc_now
 from atlasstore.physics import fields as physics
@@ -408,7 +409,7 @@ def unit_options(unit: Unit) -> dict[str, Any]:
 
 
 def run_import(location: str | Path, plan: ImportPlan, *, workers: int | None = None,
-               scheduler: str | None = None, catalog: Any = None, layout: Layout | None = None,
+               scheduler: str | None = None, catalog: Catalog | None = None, layout: Layout | None = None,
                storage_options: Mapping[str, Any] | None = None,
                progress: Callable[[dict[str, Any]], None] | None = None,
                catalog_batch: int = 64, dask_logs: bool = False) -> RunReport:
