@@ -31,7 +31,7 @@ from atlasstore.physics.perturbations import (
 from atlasstore.physics.synth import generate_sequence
 from atlasstore.query import Query
 from atlasstore.read.reader import reader_of
-from atlasstore.records import ArrayKey, field_kind, primary_field, validate_name
+from atlasstore.records import validate_name
 from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.documents import json_document
 from atlasstore.store.values import step_record
@@ -95,19 +95,19 @@ class EnergyAtlasLoader:
     def load_map(self, domain: str, map_id: str, scale: int = 256) -> tuple[NDArray, dict[str, Any]]:
         """One map at ``scale`` and its metadata (stats, perturbations, checksum, provenance)."""
         seq, t = parse_map_id(map_id)
-        info = self.store.sequence_info(domain, seq)
-        if not 0 <= t < info["n_steps"]:
-            raise NotFound(f"map {domain}/{map_id}: step {t} outside 0..{info['n_steps'] - 1}")
-        energy = reader_of(self.store).read(ArrayKey(domain, seq, scale, primary_field(info)), t)
-        step = info["steps"][t]
+        rec = self.store.sequence_record(domain, seq)
+        if not 0 <= t < rec.n_steps:
+            raise NotFound(f"map {domain}/{map_id}: step {t} outside 0..{rec.n_steps - 1}")
+        energy = reader_of(self.store).read(rec.array_key(scale), t)
+        step = rec.steps[t]
         meta = {"domain": domain, "map_id": f"{seq}@{t}", "sequence_id": seq, "t": t,
                 "scale": scale, "shape": list(energy.shape),
                 "energy_mean": float(energy.mean()), "energy_variance": float(energy.var()),
-                "entropy": (float(physics.entropy(energy)) if field_kind(info) == "extensive"
+                "entropy": (float(physics.entropy(energy)) if rec.field.kind == "extensive"
                             else None),  # an intensive field has none
                 "perturbations": step.get("perturbations", []),
                 "metadata": step.get("metadata", {}),
-                "timestamp": info.get("completed"), "generation": info.get("generation", {})}
+                "timestamp": rec.completed, "generation": dict(rec.generation)}
         return energy, meta
 
     def load_batch(self, domain: str, window: int = 4, scale: int = 256,

@@ -96,11 +96,10 @@ class StoreSelector:
     def _one(query: Query, domain: str, seq_id: str) -> Selected | None:
         if not query.wants_sequence(domain, seq_id):
             return None
-        info = query.store.sequence_info(domain, seq_id)
-        if query.run_id is not None and \
-                (info.get("generation") or {}).get("run_id") != query.run_id:
+        rec = query.store.sequence_record(domain, seq_id)
+        if query.run_id is not None and rec.generation.get("run_id") != query.run_id:
             return None
-        steps = info["steps"]
+        steps = rec.steps
         if query.perturbation is not None and not any(
                 p.get("kind") == query.perturbation
                 for s in steps for p in s.get("perturbations", [])):
@@ -108,7 +107,7 @@ class StoreSelector:
         allowed = None
         if query.has_stat_filters():
             allowed = frozenset(s["t"] for s in steps if query.step_passes(s))
-        return Selected(domain, seq_id, int(info["n_steps"]), tuple(info["levels"]), allowed)
+        return Selected(domain, seq_id, rec.n_steps, rec.levels, allowed)
 
 
 @dataclass(frozen=True)

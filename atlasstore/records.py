@@ -237,3 +237,55 @@ class ArrayKey:
 
     def __str__(self) -> str:
         return self.path
+
+
+@dataclass(frozen=True)
+class SequenceRecord:
+    """A committed sequence's document (``attrs.atlasstore_sequence``, see
+    ``schemas/sequence.schema.json``) as a typed record.
+
+    The fields readers use are typed; ``document`` keeps the whole JSON as stored (what
+    :meth:`to_dict` returns), so a field added by a later format version is never lost.
+    """
+
+    domain: str
+    sequence_id: str
+    status: str
+    n_steps: int
+    shape: tuple[int, int]
+    levels: tuple[int, ...]
+    fields: tuple[str, ...]
+    field: FieldSpec
+    generation: Mapping[str, Any]
+    steps: tuple[Mapping[str, Any], ...]
+    arrays: Mapping[str, Mapping[str, Any]]
+    created: str | None
+    completed: str | None
+    document: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SequenceRecord:
+        shape = tuple(int(v) for v in doc["shape"])
+        return cls(domain=str(doc["domain"]), sequence_id=str(doc["sequence_id"]),
+                   status=str(doc["status"]), n_steps=int(doc["n_steps"]),
+                   shape=(shape[-2], shape[-1]), levels=tuple(int(v) for v in doc["levels"]),
+                   fields=tuple(str(f) for f in doc["fields"]),
+                   field=FieldSpec.from_record(doc.get("field")),
+                   generation=dict(doc.get("generation") or {}),
+                   steps=tuple(doc.get("steps") or ()), arrays=dict(doc.get("arrays") or {}),
+                   created=doc.get("created"), completed=doc.get("completed"), document=doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.document)
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}/{self.sequence_id}"
+
+    def array_key(self, level: int, field: str | None = None) -> ArrayKey:
+        """The address of one of its arrays (default: the primary field)."""
+        return ArrayKey(self.domain, self.sequence_id, level, field or self.field.name)
+
+    def checksum(self, level: int, field: str) -> str:
+        """The recorded checksum of one of its arrays (KeyError naming it when absent)."""
+        return str(self.arrays[f"{level}/{field}"]["checksum"])

@@ -148,9 +148,9 @@ class DiskCachedReader(TensorStoreReader):
     def local_dir(self, name: str) -> Path:
         """The local folder of array ``name``, named by its sequence's commit."""
         domain, seq, level, field = name.split("/")
-        info = self.store.sequence_info(domain, seq)
-        rec = info["arrays"][f"{level}/{field}"]
-        commit = hashlib.sha256(f"{info.get('completed')}|{rec['checksum']}".encode()).hexdigest()[:16]
+        rec = self.store.sequence_record(domain, seq)
+        sums = rec.checksum(int(level), field)
+        commit = hashlib.sha256(f"{rec.completed}|{sums}".encode()).hexdigest()[:16]
         return self.base / domain / seq / commit / level / field
 
     def _fetch(self, pairs: Sequence[tuple[str, Path]]) -> None:

@@ -45,7 +45,7 @@ from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
 from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
-from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, validate_name
+from atlasstore.records import ENERGY, RESERVED, Coordinates, FieldSpec, SequenceRecord, validate_name
 from atlasstore.store.change_log import ChangeLog
 from atlasstore.store.documents import json_document, json_or_none, root_document
 from atlasstore.store.layout import DEFAULT_LAYOUT, Layout
@@ -280,6 +280,10 @@ class AtlasStore:
         except NotFound:
             return None
         return None if rec is None else rec.get("status")
+
+    def sequence_record(self, domain: str, sequence_id: str) -> SequenceRecord:
+        """The complete sequence's document as a typed :class:`SequenceRecord`."""
+        return SequenceRecord.from_dict(self.sequence_info(domain, sequence_id))
 
     def sequence_info(self, domain: str, sequence_id: str) -> dict[str, Any]:
         """The complete sequence's attributes (steps, checksums, stats, generation record)."""
