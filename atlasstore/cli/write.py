@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
 from atlasstore.cli.options import (
@@ -11,6 +12,12 @@ from atlasstore.cli.options import (
     _open_catalog,
     _run_summary,
 )
+from atlasstore.runs.options import RunOptions
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The run settings of ``atlas generate``/``import``'s flags, built once and passed down."""
+    return RunOptions(workers=args.workers, scheduler=args.scheduler, dask_logs=args.debug)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -30,7 +37,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 scales=tuple(args.scales) if args.scales is not None else None, seed=args.seed,
                 start_index=args.start_index)
     # every refusal (engine, store, a clash with stored sequences) before any file is created
-    preflight(args.store, plan, workers=args.workers, scheduler=args.scheduler)
+    settings = run_options(args)
+    preflight(args.store, plan, settings)
     catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
     n = len(plan.tasks())
     bar = tqdm(total=n, unit="seq", desc="generate", disable=args.quiet or not sys.stderr.isatty()
@@ -44,8 +52,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             failures.append(f"{t['domain']}/{t['sequence_id']} (seed {t['seed']})")
 
     try:
-        report = generate(args.store, plan, workers=args.workers, scheduler=args.scheduler,
-                          catalog=catalog, progress=progress, dask_logs=args.debug)
+        report = generate(args.store, plan,
+                          replace(settings, catalog=catalog, progress=progress))
     finally:
         bar.close()
         if catalog is not None:
@@ -76,7 +84,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     # every refusal (engine, store) before any file is created
     from atlasstore.runs.engine import preflight_store
 
-    preflight_store(args.store, workers=args.workers, scheduler=args.scheduler)
+    settings = run_options(args)
+    preflight_store(args.store, settings)
     catalog = None if args.no_catalog else _open_catalog(args, required=True, create=True)
     bar = tqdm(total=len(plan.units) + len(plan.failures), unit="seq", desc="import",
                disable=args.quiet or not sys.stderr.isatty() and not args.progress,
@@ -86,8 +95,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        report = run_import(args.store, plan, workers=args.workers, scheduler=args.scheduler,
-                            catalog=catalog, progress=progress, dask_logs=args.debug)
+        report = run_import(args.store, plan,
+                            replace(settings, catalog=catalog, progress=progress))
     finally:
         bar.close()
         if catalog is not None:

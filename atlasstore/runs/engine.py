@@ -41,6 +41,7 @@ from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import EngineError, NotAnAtlasStore, StoreError
 from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
+from atlasstore.runs.options import RunOptions
 from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.layout import Layout
 from atlasstore.store.run_log import RunLog
@@ -178,12 +179,13 @@ def locked_store(location: str, run_id: str, *, layout: Layout | None = None,
 _LOCKS: weakref.WeakKeyDictionary[AtlasStore, WriterLock] = weakref.WeakKeyDictionary()
 
 
-def preflight_store(location: str | Path, *, workers: int | None = None,
-                    scheduler: str | None = None,
-                    storage_options: Mapping[str, Any] | None = None) -> AtlasStore | None:
+def preflight_store(location: str | Path, settings: RunOptions | None = None,
+                    **overrides: Any) -> AtlasStore | None:
     """The store a run would write (None: not there yet), or the refusal of a bad engine or
     of a location that is not an atlas store - without writing anything."""
-    check_engine(scheduler, workers)
+    opts = RunOptions.of(settings, **overrides)
+    storage_options = opts.storage_options
+    check_engine(opts.scheduler, opts.workers)
     loc = str(location)
     path = local_path(loc)
     if path is not None:
@@ -263,21 +265,21 @@ class CatalogSink:
 def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
             complete: Sequence[tuple[Job, dict[str, Any]]] = (),
             failed: Sequence[tuple[Job, str]] = (), *,
-            workers: int | None = None, scheduler: str | None = None, catalog: Catalog | None = None,
-            progress: Callable[[dict[str, Any]], None] | None = None, catalog_batch: int = 64,
-            dask_logs: bool = False) -> RunReport:
+            settings: RunOptions | None = None) -> RunReport:
     """Run ``jobs`` under the run record ``run`` (started now, finished at the end) into the
     store, whose writer lock the caller holds; ``complete`` are jobs found complete before any
     work (reported as skipped, not run), ``failed`` jobs refused before any work with the
     reason (reported as failures, not run). A run whose writer lock (from
     :func:`locked_store`) was taken over - on object storage: its renewal was refused - stops at
     the next result with :class:`~atlasstore.store.writer_lock.StoreLocked`. See the module docstring."""
-    check_engine(scheduler, workers)
+    settings = settings or RunOptions()
+    check_engine(settings.scheduler, settings.workers)
+    progress = settings.progress
     lock = _LOCKS.get(store)
     run_id = run["run_id"]
     runs = RunLog(store)
     runs.start(run)
-    sink = CatalogSink(catalog, store, catalog_batch)
+    sink = CatalogSink(settings.catalog, store, settings.catalog_batch)
     report = RunReport(run_id)
     t_start = time.perf_counter()
 
@@ -309,7 +311,7 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
     for job, error in failed:
         handle(job, {"task": job.task_dict(), "status": "failed", "error": error, "seconds": 0.0},
                None)
-    engine = scheduler or "processes"
+    engine = settings.scheduler or "processes"
     report.engine = engine
     all_keys = [(j.domain, j.sequence_id) for j in
                 [*(j for j, _ in complete), *(j for j, _ in failed), *jobs]]
@@ -322,7 +324,7 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
                 except (OSError, ValueError, StoreError) as exc:  # OSError + DETERMINISTIC_ERRORS
                     handle(job, None, exc)
         elif jobs:
-            _run_dask(engine, workers, jobs, handle, dask_logs)
+            _run_dask(engine, settings.workers, jobs, handle, settings.dask_logs)
     except KeyboardInterrupt:
         done = sum(1 for a in committed_attrs(store, all_keys) if a and a.get("status") == "complete")
         raise RunInterrupted(run_id, done, len(all_keys)) from None

@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from zarr.core.sync import sync as zarr_sync
 
-from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import PlanClash, PlanError, SequenceExists
 from atlasstore.io.provenance import code_version, host, utc_now
 from atlasstore.physics import fields as physics
@@ -46,6 +45,7 @@ from atlasstore.runs.engine import (
     committed_attrs,
 )
 from atlasstore.runs.engine import RunInterrupted as GenerationInterrupted
+from atlasstore.runs.options import RunOptions
 from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.layout import Layout
 from atlasstore.store.run_log import RunLog
@@ -304,15 +304,14 @@ def check_plan(store: AtlasStore, plan: Plan) -> PlanCheck:
     return PlanCheck(complete, pending)
 
 
-def preflight(location: str | Path, plan: Plan, *, workers: int | None = None,
-              scheduler: str | None = None,
-              storage_options: Mapping[str, Any] | None = None) -> PlanCheck | None:
+def preflight(location: str | Path, plan: Plan, settings: RunOptions | None = None,
+              **overrides: Any) -> PlanCheck | None:
     """Refuse, without writing anything, what :func:`generate` would refuse: a bad engine, a
     location that is not an atlas store, a plan that clashes with the store. None: the store
     does not exist yet. (The CLI runs this before it creates a catalog.)"""
-    check_engine(scheduler, workers)
-    store = run_driver.preflight_store(location, workers=workers, scheduler=scheduler,
-                                       storage_options=storage_options)
+    opts = RunOptions.of(settings, **overrides)
+    check_engine(opts.scheduler, opts.workers)
+    store = run_driver.preflight_store(location, opts)
     return None if store is None else check_plan(store, plan)
 
 
@@ -324,11 +323,8 @@ def check_engine(scheduler: str | None, workers: int | None) -> None:
         raise PlanError(str(exc)) from None
 
 
-def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
-             scheduler: str | None = None, catalog: Catalog | None = None, layout: Layout | None = None,
-             storage_options: Mapping[str, Any] | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None,
-             catalog_batch: int = 64, dask_logs: bool = False) -> RunReport:
+def generate(location: str | Path, plan: Plan, settings: RunOptions | None = None,
+             **overrides: Any) -> RunReport:
     """Run ``plan`` into the store at ``location`` (created if missing).
 
     ``scheduler``: None -> a LocalCluster of ``workers`` processes (default: one per core);
@@ -338,8 +334,10 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
     raises ``GenerationInterrupted`` once the workers are stopped. ``dask_logs``: let a local
     cluster's own warnings and errors through (by default every failure is in the report).
     """
+    opts = RunOptions.of(settings, **overrides)
+    layout, storage_options = opts.layout, opts.storage_options
     loc = str(location)
-    check_engine(scheduler, workers)
+    check_engine(opts.scheduler, opts.workers)
     lay = asdict(layout) if layout else None
     with run_driver.locked_store(loc, plan.run_id(), layout=layout,
                                  storage_options=storage_options) as store:
@@ -358,6 +356,4 @@ def generate(location: str | Path, plan: Plan, *, workers: int | None = None,
 
         return run_driver.execute(
             store, run, [job(t) for t in checked.pending],
-            [(job(t), info) for t, info in checked.complete.items()], workers=workers,
-            scheduler=scheduler, catalog=catalog, progress=progress,
-            catalog_batch=catalog_batch, dask_logs=dask_logs)
+            [(job(t), info) for t, info in checked.complete.items()], settings=opts)

@@ -32,13 +32,13 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from atlasstore.catalog.protocol import Catalog
 from atlasstore.errors import ImportPlanError, SequenceExists, SourceError
 from atlasstore.io.provenance import code_version, host, utc_now
 from atlasstore.physics import fields as physics
 from atlasstore.records import Axis, Coordinates, FieldSpec, validate_name
 from atlasstore.runs import engine as run_driver
 from atlasstore.runs.engine import Job, RunReport, Shared
+from atlasstore.runs.options import RunOptions
 from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.layout import Layout
 
@@ -408,15 +408,14 @@ def unit_options(unit: Unit) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the run
 
 
-def run_import(location: str | Path, plan: ImportPlan, *, workers: int | None = None,
-               scheduler: str | None = None, catalog: Catalog | None = None, layout: Layout | None = None,
-               storage_options: Mapping[str, Any] | None = None,
-               progress: Callable[[dict[str, Any]], None] | None = None,
-               catalog_batch: int = 64, dask_logs: bool = False) -> RunReport:
+def run_import(location: str | Path, plan: ImportPlan, settings: RunOptions | None = None,
+               **overrides: Any) -> RunReport:
     """Run an import plan into the store at ``location`` (created if missing); see the module
     docstring. Returns the run's report (failures name their files)."""
+    opts = RunOptions.of(settings, **overrides)
+    layout, storage_options = opts.layout, opts.storage_options
     loc = str(location)
-    run_driver.check_engine(scheduler, workers)
+    run_driver.check_engine(opts.scheduler, opts.workers)
     if not plan.units and not plan.failures:
         raise ImportPlanError("nothing to import")
     plan.check_unique()
@@ -443,9 +442,7 @@ def run_import(location: str | Path, plan: ImportPlan, *, workers: int | None = 
 
         failed = [(job(u), err) for u, err in plan.failures]
         return run_driver.execute(store, run, [job(u) for u in plan.units], failed=failed,
-                                  workers=workers, scheduler=scheduler, catalog=catalog,
-                                  progress=progress, catalog_batch=catalog_batch,
-                                  dask_logs=dask_logs)
+                                  settings=opts)
 
 
 def resolve_inside(root: Path, path: Path) -> Path:
