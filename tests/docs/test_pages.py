@@ -116,9 +116,14 @@ def check_train(outputs: list[tuple[list[str], str]]) -> None:
     assert (Path("runs/nvp-cpu-small/eval/report.json")).is_file()
 
 
+def check_streaming(outputs: list[tuple[list[str], str]]) -> None:
+    assert [argv[1] for argv, _ in outputs] == ["generate"]
+
+
 #: what each page's commands must have produced, beyond exiting 0
 CHECKS: dict[str, Callable[[list[tuple[list[str], str]]], None]] = {
-    "bring-your-own-data.md": check_byod, "catalog.md": check_catalog, "train.md": check_train}
+    "bring-your-own-data.md": check_byod, "catalog.md": check_catalog, "streaming.md": check_streaming,
+    "train.md": check_train}
 
 
 def test_every_block_says_whether_it_runs() -> None:
