@@ -14,6 +14,7 @@ test server and runs in ``tests/test_s3_readme.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -145,6 +146,19 @@ def test_readme_links_resolve() -> None:
     assert links
     for link in links:
         assert (REPO / link).exists(), link
+
+
+def test_cli_reference_covers_every_command() -> None:
+    """The hook that writes the CLI reference walks every subcommand of ``build_parser()``."""
+    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "hooks" / "cli_reference.py")
+    assert spec and spec.loader
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = hook.cli_reference()
+    for command in ("atlas generate", "atlas catalog lineage", "atlas import xarray",
+                    "atlas train", "atlas evaluate"):
+        assert f"## `{command}`" in page, command
+    assert "usage: atlas import well" in page
 
 
 def test_pages_that_run_are_checked() -> None:
