@@ -4,7 +4,8 @@ A page's blocks run in order in a fresh folder (``configs/`` linked from the rep
 reader would run them: ``atlas`` lines through ``atlasstore.cli.main``, ``scripts/...`` lines as
 subprocesses, Python blocks exec'd in one namespace per page. The only changes are the smallest
 honest ones, the same as ``tests/test_tour.py``'s: bulk writes run serially (the engine does not
-change the data) and ``atlas train`` stops after 2 steps. Blocks not meant to run (sample
+change the data) and ``atlas train`` stops after 2 steps. Pages that take more than a few
+seconds are marked slow. Blocks not meant to run (sample
 output, file layouts, commands that need a cluster or run this suite) are fenced ``text``.
 
 Two pages run elsewhere, not twice: the getting-started page's runnable blocks must be the
@@ -167,9 +168,13 @@ def test_pages_that_run_are_checked() -> None:
     assert with_code - set(RUN_ELSEWHERE) == set(CHECKS), with_code
 
 
-@pytest.mark.slow
+#: pages quick enough for the quick run (a few seconds, no subprocess, no JAX)
+QUICK = {"catalog.md"}
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("name", sorted(CHECKS))
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CHECKS)])
 def test_page_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture[str]) -> None:
     for var in ("ATLAS_STORE", "ATLAS_CATALOG"):
