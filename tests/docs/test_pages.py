@@ -5,8 +5,8 @@ reader would run them: ``atlas`` lines through ``atlasstore.cli.main``, ``script
 subprocesses, Python blocks exec'd in one namespace per page. The only changes are the smallest
 honest ones, the same as ``tests/test_tour.py``'s: bulk writes run serially (the engine does not
 change the data) and ``atlas train`` stops after 2 steps. Pages that take more than a few
-seconds are marked slow. Blocks not meant to run (sample
-output, file layouts, commands that need a cluster or run this suite) are fenced ``text``.
+seconds are marked slow. Blocks not meant to run (sample output, file layouts, commands that
+need a cluster or run this suite) are fenced ``text``.
 
 Two pages run elsewhere, not twice: the getting-started page's runnable blocks must be the
 README's (checked here), which ``tests/test_tour.py`` runs; the object-storage page needs the S3
