@@ -1,6 +1,6 @@
-"""README's "Object storage and clusters" commands run, in order, against the S3 test server.
+"""The docs' "Object storage and clusters" page runs, in order, against the S3 test server.
 
-The bash block is read from README.md and run as written, with only what must change on a test
+The bash block is read from docs/object-storage.md and run as written, with only what must change on a test
 machine: the bucket gets a name of its own (the server is shared by the session), the plan is
 small (4 sequences of 8 steps, as the README shows seq-00003; then 6 on the cluster: a clash
 depends on the ids, seed and length, not on how many), `atlas train` stops after 2 steps, the
@@ -29,16 +29,16 @@ SMALL = {"--sequences": "4", "--steps": "8"}
 
 
 def s3_section() -> list[list[str]]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Object storage and clusters\n", 1)[1].split("\n## ", 1)[0]
-    bash = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert bash, "README's Object storage and clusters lost its bash block"
-    return bash_commands(bash.group(1))
+    page = (REPO / "docs" / "object-storage.md").read_text()
+    bash = re.findall(r"^```bash\n(.*?)^```$", page, re.S | re.M)
+    assert len(bash) == 1, "docs/object-storage.md should have one bash block: update this test"
+    assert "```python" not in page, "docs/object-storage.md has a Python block: run it here too"
+    return bash_commands(bash[0])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_readme_object_storage_commands_run(s3: S3Bucket, tmp_path: Path,
+def test_docs_object_storage_commands_run(s3: S3Bucket, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     from dask.distributed import LocalCluster
@@ -54,7 +54,7 @@ def test_readme_object_storage_commands_run(s3: S3Bucket, tmp_path: Path,
     heads = [c[0] if c[0] != "atlas" else f"atlas {next(w for w in c[1:] if not w.startswith('-'))}"
              for c in commands]
     assert heads[:2] == ["export", "python"] and heads[-3:] == ["dask", "dask", "atlas generate"], \
-        "the section changed: update this test's notes"
+        "the page changed: update this test's notes"
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=None)
     try:

@@ -1,5 +1,7 @@
-"""The README's tour runs top to bottom right after the main job; its "Bring your own data"
-commands run on the sample data they make.
+"""The README's tour runs top to bottom right after the main job.
+
+(docs/getting-started.md holds the same blocks, which ``tests/docs/test_pages.py`` checks; the
+other pages of the docs, "Bring your own data" included, run there.)
 
 The commands are read from README.md ("A tour": the bash block, then the Python block) and
 from ``scripts/main`` (its ``atlas generate``), and run in that order through
@@ -16,13 +18,11 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from atlasstore import cli
-from atlasstore.store import AtlasStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,29 +95,3 @@ def test_readme_tour_runs_after_the_main_job(tmp_path: Path, monkeypatch: pytest
     assert (tmp_path / "windows.npz").is_file() and (tmp_path / "quicklook.png").is_file()
     exec(compile(python, "README.md (A tour, Python)", "exec"), {"__name__": "__tour__"})
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_readme_bring_your_own_data_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """Its sample data, every import, the queries on what was imported, then its Python."""
-    for var in ("ATLAS_STORE", "ATLAS_CATALOG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    commands, python = readme_section("Bring your own data")
-    assert commands[0][0] == "scripts/sample-data", commands[0]
-    subprocess.run([str(REPO / commands[0][0]), *commands[0][1:]], check=True, timeout=600)
-    counts = []
-    for argv in commands[1:]:
-        assert argv[0] == "atlas"
-        if argv[1] == "import":
-            argv = with_options(argv, {"--scheduler": "serial"})
-        code = cli.main(argv[1:])
-        out, err = capsys.readouterr()
-        assert code == 0, f"`{shlex.join(argv)}` exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
-        if "--count" in argv:
-            counts.append(int(out.strip()))
-    # 3 members x (6 - 4 + 1) windows; the predecessor's thermal_blur steps exist and are found
-    assert counts[0] == 9 and counts[1] > 0, counts
-    exec(compile(python, "README.md (Bring your own data, Python)", "exec"), {"__name__": "__byod__"})
-    assert AtlasStore.open("imported.zarr").sequence_info("lab", "run0")["field"]["kind"] == "intensive"
