@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ import pytest
 from atlasstore import cli
 from atlasstore.errors import RemoteStoreError
 from atlasstore.io.cache_settings import CacheSettings
-from atlasstore.io.object_storage import explain
+from atlasstore.io.object_storage import UNREACHABLE, S3Settings, explain
 from atlasstore.read.disk_cache import DiskCachedReader
 from atlasstore.store import AtlasStore
 from proc_helpers import ATLAS, ProcTracker, wait_until
@@ -157,8 +161,10 @@ def test_server_gone_mid_run_then_back(private_s3: S3Bucket, procs: ProcTracker,
         assert run.proc.poll() is None, f"the run finished before the server went away\n{run.describe()}"
         b.server.go_away()
         rc = run.wait(300)
-        time.sleep(1.0)  # the watcher meets the missing server too
+        # the watcher meets the missing server too: waited for, not assumed after a fixed sleep
+        met = wait_until(lambda: watcher.unreachable > 0 or bool(watcher.bad), 300)
         b.server.come_back()
+        assert met, "the watcher never met the missing server"
         assert rc != 0, run.describe()
         first_err = run.stderr()
         assert b.server.endpoint in first_err and "cannot connect to the server" in first_err, first_err
@@ -219,3 +225,103 @@ def test_no_credentials_at_all_is_named_as_such() -> None:
     assert msg.startswith("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                           "or AWS_PROFILE"), msg
     assert "403 Forbidden" in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------- one message for "gone"
+# The service can go away at any moment of a request: before the connection (refused), as it
+# is made (closed, reset), mid-body, or by not answering. Each client says so in its own words;
+# the user is told one thing: the endpoint cannot be reached. The errors below are the clients'
+# own, provoked against loopback sockets of this test.
+
+
+def _serve(behaviour: str) -> Iterator[str]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    endpoint = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    if behaviour == "refused":
+        srv.close()
+        yield endpoint
+        return
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def handle(c: socket.socket) -> None:
+        if behaviour == "reset":  # RST instead of FIN
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") * 2)
+        if behaviour in ("closed", "reset"):
+            c.close()
+            return
+        c.recv(4096)  # the request's head (and maybe some body)
+        if behaviour == "cut-body":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nabc")
+            c.close()
+        elif behaviour == "put-cut":
+            c.close()
+        else:  # silent: holds the connection until the test ends
+            conns.append(c)
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield endpoint
+    finally:
+        stop.set()
+        srv.close()
+        for c in conns:
+            c.close()
+
+
+serve = contextlib.contextmanager(_serve)
+GONE = ["refused", "closed", "reset", "cut-body", "put-cut", "silent"]
+
+
+def _obstore_error(endpoint: str, op: Callable[[Any], Any]) -> BaseException:
+    from obstore.store import S3Store
+
+    st = S3Store("bkt", config={"endpoint": endpoint, "region": "us-east-1",  # type: ignore[arg-type]
+                                "access_key_id": "a", "secret_access_key": "b"},
+                 client_options={"allow_http": True, "connect_timeout": "1s", "timeout": "1s"},
+                 retry_config={"max_retries": 1, "retry_timeout": timedelta(seconds=30),  # type: ignore[arg-type]
+                               "backoff": {"init_backoff": timedelta(milliseconds=10),
+                                           "max_backoff": timedelta(milliseconds=20), "base": 2}})
+    with pytest.raises(Exception) as exc:
+        op(st)
+    return exc.value
+
+
+@pytest.mark.parametrize("behaviour", GONE)
+def test_obstore_gone_at_any_moment_is_one_message(behaviour: str) -> None:
+    import obstore
+
+    with serve(behaviour) as endpoint:
+        errors = [_obstore_error(endpoint, lambda st: bytes(obstore.get(st, "k").bytes()))]
+        if behaviour != "cut-body":  # a PUT's answer has no body to cut
+            errors.append(_obstore_error(endpoint, lambda st: obstore.put(st, "k", b"x" * 4_000_000)))
+    for err in errors:
+        msg = explain(err, S3Settings(endpoint, "us-east-1", None, True))
+        assert endpoint in msg and msg.endswith(UNREACHABLE), (behaviour, str(err)[:300])
+
+
+@pytest.mark.parametrize("behaviour", ["refused", "closed", "cut-body", "silent"])
+def test_botocore_gone_at_any_moment_is_one_message(behaviour: str) -> None:
+    boto3 = pytest.importorskip("boto3")
+    import botocore.config
+
+    with serve(behaviour) as endpoint:
+        c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                         aws_access_key_id="a", aws_secret_access_key="b",
+                         config=botocore.config.Config(retries={"max_attempts": 1},
+                                                       read_timeout=1, connect_timeout=1))
+        with pytest.raises(Exception) as exc:
+            c.get_object(Bucket="bkt", Key="k")["Body"].read()
+    msg = explain(exc.value, S3Settings(endpoint, "us-east-1", None, True))
+    assert endpoint in msg and msg.endswith(UNREACHABLE), (behaviour, str(exc.value)[:300])

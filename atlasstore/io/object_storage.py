@@ -194,8 +194,9 @@ def zarr_store(url: str, read_only: bool, storage_options: Mapping[str, Any] | N
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    """An error raised by the object-store client (obstore)."""
-    return type(exc).__module__.startswith("obstore") or "Error performing " in str(exc)
+    """An error raised by an object-store client (obstore, or botocore behind a profile)."""
+    return (type(exc).__module__.startswith(("obstore", "botocore"))
+            or "Error performing " in str(exc))
 
 
 #: the instance metadata service, where the credential chain ends when nothing is configured
@@ -204,25 +205,43 @@ _PERFORMING = re.compile(r"Error performing (?:list request: Error performing )?
                          r"(?: in [\d.]+\w+)?(?:, after (\d+) retries[^-]*)?\s+-\s+(.*)")
 
 
-def explain(exc: BaseException) -> str:
+#: what every client says, in its own words, when the service went away: refused, reset or
+#: dropped connections, a body cut off mid-request, no answer in time (obstore's reqwest kinds,
+#: TensorStore's curl texts, botocore's messages). One outcome, so one message, whatever the
+#: moment the service went.
+_GONE = re.compile(
+    r"kind: (?:Connect|Timeout|Body|Request|Interrupted)\b|error sending request|"
+    r"request or response body error|connection (?:reset|refused|closed|aborted)|broken pipe|"
+    r"IncompleteRead|IncompleteMessage|UnexpectedEof|timed out|Couldn't connect to server|"
+    r"Failure when receiving data|Recv failure|Send failure|Timeout was reached|"
+    r"Could not connect to the endpoint URL|Connection was closed before|"
+    r"(?:Read|Connect) timeout on endpoint URL|Connection broken", re.I)
+#: the reason given for every shape of :data:`_GONE`
+UNREACHABLE = "cannot connect to the server"
+_ENDPOINT_URL = re.compile(r"endpoint URL: \"([^\"]+)\"")
+
+
+def explain(exc: BaseException, settings: S3Settings | None = None) -> str:
     """One line naming the request, its URL and what the service answered (never a header,
-    so never a credential): ``GET http://host/bucket/key: 403 Forbidden (InvalidAccessKeyId)``."""
-    return explain_text(str(exc)) or type(exc).__name__
+    so never a credential): ``GET http://host/bucket/key: 403 Forbidden (InvalidAccessKeyId)``.
+    A service that went away is named unreachable, however the client noticed."""
+    return explain_text(str(exc), settings) or type(exc).__name__
 
 
-def explain_text(text: str) -> str:
-    """:func:`explain` of an error's text (e.g. one recorded in a run report)."""
+def explain_text(text: str, settings: S3Settings | None = None) -> str:
+    """:func:`explain` of an error's text (e.g. one recorded in a run report). ``settings``
+    name the endpoint when the text has no URL (default: the environment's)."""
     m = _PERFORMING.search(text)
     if m is None:
+        if _GONE.search(text):
+            return _unreachable(text, settings)
         return text.strip().splitlines()[0][:300] if text.strip() else ""
     method, url, retries, rest = m.groups()
     code = re.search(r"<Code>([^<]+)</Code>", text)
     reason = rest.split("<?xml")[0].strip().rstrip(":").strip()
     reason = reason.removeprefix("Server returned non-2xx status code: ")
-    if "kind: Connect" in text or "error sending request" in reason:
-        reason = "cannot connect to the server"
-    elif "kind: Timeout" in text or "timed out" in reason:
-        reason = "the server did not answer in time"
+    if _GONE.search(text):
+        reason = UNREACHABLE
     if code:
         reason += f" ({code.group(1)})"
     tries = f" after {retries} retries" if retries else ""
@@ -230,6 +249,16 @@ def explain_text(text: str) -> str:
         return ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
                 f"AWS_PROFILE (the instance metadata service, tried last, answered {reason})")[:400]
     return f"{method} {url}{tries}: {reason}"[:400]
+
+
+def _unreachable(text: str, settings: S3Settings | None) -> str:
+    """The unreachable message of an error text without obstore's request line: the URL the
+    text names (botocore), else the configured endpoint."""
+    named = _ENDPOINT_URL.search(text)
+    if named:
+        return f"{named.group(1)}: {UNREACHABLE}"
+    s = settings or S3Settings.from_environment()
+    return f"{s.endpoint or 'AWS S3'}: {UNREACHABLE}"
 
 
 def bucket_problem(location: S3Location, settings: S3Settings | None = None) -> str | None:
