@@ -53,7 +53,7 @@ from atlasstore.catalog.neo4j.cypher_writes import _MERGE_ARRAYS
 from atlasstore.catalog.records import ArrayRecord
 from atlasstore.catalog.sqlite.rows import _arr_row
 from atlasstore.errors import CatalogUnavailable
-from catalog_fixtures import make_run, make_sequence
+from helpers.catalog_fixtures import make_run, make_sequence
 
 DOMAINS = ("plasma_physics", "fluid_dynamics", "astrophysics", "turbulent_radiative_layer",
            "active_matter")

@@ -14,7 +14,7 @@ machine.
    read, against the same run's **copy ceiling**: 2 processes reading the same source (np.load;
    h5py time slabs; xarray) and writing plain float32 ``.npy`` files, no pyramid, gradients or
    checksums. Goal: import >= 0.5x the ceiling. Data: the predecessor's folder
-   (``tests/predecessor_fixture.py``: 256x256 maps, float32/float64, sidecars, inventory); Well
+   (``tests/helpers/predecessor_fixture.py``: 256x256 maps, float32/float64, sidecars, inventory); Well
    files of 128 x 384 (x, y) density trajectories; a NetCDF 4 file (h5netcdf) of 256x256 maps.
 2. **Memory**: one Well trajectory of 512x512 x 1000 steps (1 GiB of float32) imported by a
    LocalCluster of one worker process; the worker's peak RSS (its ``ru_maxrss``, asked through
@@ -68,7 +68,7 @@ def write_well(path: Path, n_traj: int, n_steps: int, nx: int, ny: int, seed: in
     written a time slab at a time; returns the bytes of density."""
     import h5py
 
-    from well_fixture import write_header
+    from helpers.well_fixture import write_header
 
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
@@ -88,7 +88,7 @@ def write_well(path: Path, n_traj: int, n_steps: int, nx: int, ny: int, seed: in
 
 
 def make_sources(root: Path, quick: bool) -> dict[str, Any]:
-    from predecessor_fixture import write_predecessor_folder
+    from helpers.predecessor_fixture import write_predecessor_folder
 
     out: dict[str, Any] = {}
     doms = ("plasma_physics", "fluid_dynamics") if quick else (

@@ -19,7 +19,7 @@ Run (from the repository root; the S3 server is moto's, started here as in the t
     folder, maps/s (excluding nothing: start-up included, as a user sees it) and requests per
     sequence.
 (3) Requests for open + select 1 % of the sequences + read 10 windows, on stores of 1k, 10k and
-    100k tiny sequences built inside the server (``tests/s3_tiny_stores.py``), through the
+    100k tiny sequences built inside the server (``tests/helpers/s3_tiny_stores.py``), through the
     catalog and (where it is affordable) by scanning the store; plotted to
     ``results/remote_requests.png``.
 """
@@ -42,14 +42,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the S3 test server and the tiny-store builder
 
 import machine
-import s3_tiny_stores as tiny
 from atlasstore.io.object_storage import S3Location, s3_client
 from atlasstore.physics import synth
 from atlasstore.query import Query
 from atlasstore.runs.generate import Plan, generate
 from atlasstore.store import AtlasStore
 from atlasstore.training.stream import stream
-from s3_server import S3Server
+from helpers import s3_tiny_stores as tiny
+from helpers.s3_server import S3Server
 
 RESULTS = ROOT / "benchmarks" / "results"
 N_IN, N_OUT, BATCH = 4, 1, 16
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- command: `{cmd}` (from the repository root; {t_total:.0f} s in all)"
             + ("; **smoke run (--quick): small sizes, not for quoting**" if quick else ""),
             *machine.describe(started, ("numpy", "tensorstore", "zarr", "obstore", "moto", "jax")),
-            "- the S3 server: moto's standalone server (`tests/s3_server.py`) in its own process on "
+            "- the S3 server: moto's standalone server (`tests/helpers/s3_server.py`) in its own process on "
             "127.0.0.1, one Python process serving every request (it, the benchmark and its "
             "threads share the cores); a real S3 service answers in parallel at higher latency, "
             "so these numbers compare readers and show request counts, they do not predict AWS",
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             "## (3) Requests for open + select 1 % + read 10 windows, by store size",
             "",
             "Tiny sequences (64x64, one level, 2 steps; 8 objects each) built inside the server "
-            "from two templates written through the real write path (`tests/s3_tiny_stores.py`: "
+            "from two templates written through the real write path (`tests/helpers/s3_tiny_stores.py`: "
             "every copy is a valid committed sequence; the catalog gets the records a sync would "
             "derive). 1 % of them belong to one generation run; the query selects that run, then "
             f"reads 10 windows. Plot: `{png.name}`.",

@@ -12,7 +12,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 # Shared fixtures (stats_store, generated_store_path, catalog, ...) for every test module.
-pytest_plugins = ["store_fixtures", "catalog_fixtures"]
+pytest_plugins = ["helpers.store_fixtures", "helpers.catalog_fixtures"]
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
@@ -22,5 +22,5 @@ settings.register_profile("dev", deadline=None, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
-# The S3 server fixtures (tests/s3_fixtures.py), shared by the tests/test_s3_*.py modules.
-from s3_fixtures import private_s3, s3, s3_server  # noqa: E402, F401
+# The S3 server fixtures (tests/helpers/s3_fixtures.py), shared by the S3 tests.
+from helpers.s3_fixtures import private_s3, s3, s3_server  # noqa: E402, F401

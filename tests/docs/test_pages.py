@@ -3,14 +3,14 @@
 A page's blocks run in order in a fresh folder (``configs/`` linked from the repository), as a
 reader would run them: ``atlas`` lines through ``atlasstore.cli.main``, ``scripts/...`` lines as
 subprocesses, Python blocks exec'd in one namespace per page. The only changes are the smallest
-honest ones, the same as ``tests/test_tour.py``'s: bulk writes run serially (the engine does not
+honest ones, the same as ``tests/docs/test_tour.py``'s: bulk writes run serially (the engine does not
 change the data) and ``atlas train`` stops after 2 steps. Pages that take more than a few
 seconds are marked slow. Blocks not meant to run (sample output, file layouts, commands that
 need a cluster or run this suite) are fenced ``text``.
 
 Two pages run elsewhere, not twice: the getting-started page's runnable blocks must be the
-README's (checked here), which ``tests/test_tour.py`` runs; the object-storage page needs the S3
-test server and runs in ``tests/test_s3_readme.py``.
+README's (checked here), which ``tests/docs/test_tour.py`` runs; the object-storage page needs the S3
+test server and runs in ``tests/docs/test_s3_readme.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 #: fence languages a page may use: run (bash, python) or shown only (text)
 LANGUAGES = {"bash", "python", "text"}
 #: pages whose blocks run in another test module
-RUN_ELSEWHERE = {"getting-started.md": "tests/test_tour.py (the README's tour)",
-                 "object-storage.md": "tests/test_s3_readme.py (needs the S3 test server)"}
+RUN_ELSEWHERE = {"getting-started.md": "tests/docs/test_tour.py (the README's tour)",
+                 "object-storage.md": "tests/docs/test_s3_readme.py (needs the S3 test server)"}
 #: option overrides per atlas command: serial engines, a short training
 OVERRIDES = {"generate": {"--scheduler": "serial"}, "import": {"--scheduler": "serial"},
              "train": {"--max-steps": "2"}}
