@@ -18,6 +18,7 @@ import pytest
 
 import atlasstore
 from atlasstore import errors
+from helpers.import_graph import find_cycle
 
 PACKAGE = Path(atlasstore.__file__).parent
 
@@ -94,29 +95,6 @@ def imports_of(module: str, path: Path) -> set[str]:
 
 
 GRAPH = {m: imports_of(m, p) for m, p in MODULES.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """A cycle as a path [a, b, ..., a], or None (depth-first search)."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for m in sorted(graph.get(n, ())):
-            if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
-            if m not in state and (c := visit(m)):
-                return c
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for n in sorted(graph):
-        if n not in state and (c := visit(n)):
-            return c
-    return None
 
 
 def test_the_checker_sees_every_import_form_and_cycles(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import atlasstore.nvp
+from helpers.import_graph import find_cycle
 
 NVP_DIR = Path(atlasstore.nvp.__file__).parent
 MAX_LINES = 500
@@ -43,29 +44,6 @@ def sibling_imports(path: Path) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     return {p.stem: sibling_imports(p) for p in NVP_DIR.glob("*.py") if p.stem != "__init__"}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """A cycle as a path [a, b, ..., a], or None (depth-first search)."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for m in sorted(graph.get(n, ())):
-            if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
-            if m not in state and (c := visit(m)):
-                return c
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for n in sorted(graph):
-        if n not in state and (c := visit(n)):
-            return c
-    return None
 
 
 def test_the_import_graph_reader_sees_imports_and_cycles(tmp_path: Path) -> None:
