@@ -338,7 +338,7 @@ class Query:
 
         One copy job per window and field, all handed to the store at once: on local stores
         TensorStore decodes them in parallel straight into the output (only the inner chunks a
-        window covers are decoded; see README "Chunking").
+        window covers are decoded; see docs/store-format.md, "Chunking").
         """
         scale = scale or self.scale
         if not windows:

@@ -1,5 +1,5 @@
 """The goals of the NVP (issue 12), checked per domain on an evaluation report, and the tables
-that ``atlas evaluate`` prints, the benchmark writes and the README shows.
+that ``atlas evaluate`` prints, the benchmark writes and docs/nvp.md shows.
 
 Goals (each per domain unless said otherwise; "by how much" is relative for VRMSE, absolute for
 coverage and NLL):

@@ -5,7 +5,7 @@ E_{t+1} = blur(rotate(E_t, random angle)) (the rotating one). For such data the 
 given E_t is, almost exactly, a linear operator: a heat kernel, averaged over the rotation angles
 where the map rotates, applied after a "noise floor" that lifts the small values the clipping of
 noise raises. A network must contain that operator to get within the noise floor on a CPU
-budget (``/work/notes/nvp-feasibility.md``); the NVP learns a correction on top of it
+budget (docs/nvp.md); the NVP learns a correction on top of it
 (:mod:`.model`). Per domain d (one set of numbers per domain the model was trained on)::
 
     P_d(E) = G_{sigma_d} * sum_j w_dj R_{theta_j}( F_{tau_d}(E) )

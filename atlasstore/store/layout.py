@@ -16,7 +16,7 @@ class Layout:
     shard (the unit of a file/object, rounded up to whole inner chunks). ``clevel`` 0 disables
     compression. Default: 4-step inner chunks with Blosc LZ4 + byte shuffle read 4-8 step
     windows ~2x faster through TensorStore than 1-step zstd(1)+bitshuffle, for 10 % more bytes
-    (ratio 1.26 vs 1.38 on the synthetic domains) - see README "Chunking".
+    (ratio 1.26 vs 1.38 on the synthetic domains) - see docs/store-format.md, "Chunking".
     """
 
     time_chunk: int = 4

@@ -14,7 +14,7 @@ the all-at-once and the streaming paths give identical sequences.
 What a sequence holds is described by a :class:`FieldSpec` (its primary array's name and kind,
 see :mod:`atlasstore.physics.fields`) and, optionally, :class:`Coordinates` (physical x, y and time):
 sequences with coordinates carry coordinate arrays ``time``, ``y`` and ``x`` in every level group,
-so plain ``xarray.open_zarr`` shows physical axes (see README "Store layout").
+so plain ``xarray.open_zarr`` shows physical axes (see docs/store-format.md).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class SequenceWriter:
         self.coords = coords or NO_COORDINATES
         self._check_coords()
         gen = json_document(dict(generation or {}), f"{what} generation")
-        # who wrote it (notes/contract-provenance.md): generate, import and save_map say so;
+        # who wrote it (docs/catalog.md, lineage): generate, import and save_map say so;
         # anything else came through the Python API
         kind = gen.get("kind") or ("generate" if gen.get("run_id") else "api")
         self.generation = {"code_version": __version__, **gen, "kind": kind}

@@ -15,7 +15,7 @@ member and format, and the options are compared) and refused otherwise; anything
 half-written by a killed run) is written through :class:`~atlasstore.store.atlas_store.SequenceWriter`,
 block by block, so a trajectory of any length needs one shard of memory. The sequence records
 where it came from (``generation.kind/run_id/sources/options``, see
-``notes/contract-provenance.md``); errors name the file they come from; nothing of a failed
+``docs/catalog.md``); errors name the file they come from; nothing of a failed
 sequence is ever visible.
 """
 
@@ -168,7 +168,7 @@ def source_size(path: str | Path) -> int:
 
 
 def source_record(path: str | Path, sha256: str, fmt: str, member: str | None) -> dict[str, Any]:
-    """One entry of ``generation.sources`` (see notes/contract-provenance.md)."""
+    """One entry of ``generation.sources`` (see docs/catalog.md)."""
     p = Path(path).resolve()
     return {"uri": p.as_uri(), "size": source_size(p), "sha256": sha256, "format": fmt,
             "member": member}

@@ -1,7 +1,7 @@
 """HDF5 files in The Well's format: one sequence per trajectory.
 
 The format (the_well repository, ``docs/data_format.md``; what 1.2.0's ``write_dummy_data``
-writes is the reference, see ``notes/well.md``): root attributes ``dataset_name``,
+writes is the reference, see docs/bring-your-own-data.md): root attributes ``dataset_name``,
 ``grid_type``, ``n_spatial_dims``, ``n_trajectories`` and ``simulation_parameters`` (names, each
 also a root attribute); ``dimensions/`` with ``time`` ((T,) or (B, T)) and the spatial
 coordinates named by its ``spatial_dims`` attribute, x first; ``boundary_conditions/<name>``
