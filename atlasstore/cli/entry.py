@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from atlasstore.cli.options import (
@@ -51,6 +52,14 @@ def exit_code_of(exc: BaseException) -> int | None:
     return None
 
 
+def _quiet_abandoned_writes() -> None:
+    """A run that fails with writes in flight (a storage service gone mid-request) leaves
+    zarr's pending coroutines behind; at exit Python would warn about each, a number that
+    depends on the moment of the failure. The error line already says what happened."""
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("atlas: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the one place errors become exit codes (re-raised with --debug)
+        if not args.debug:  # the one error line is all a refused request prints
+            _quiet_abandoned_writes()
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
             # like ls or git when `| head` has read enough: stop quietly, with the status of a
             # process killed by SIGPIPE; stdout goes to /dev/null so the flush at exit is quiet

@@ -155,6 +155,7 @@ def test_a_run_whose_lock_was_taken_over_stops_at_the_next_result(s3: S3Bucket) 
     """The run driver (generate and import) checks its lock after every result: once a renewal
     is refused, the next result stops the run and later tasks never start."""
     from atlasstore.runs import engine as run_driver
+    from atlasstore.runs.options import RunOptions
     from helpers.s3_tiny_stores import run_record
 
     ran: list[str] = []
@@ -174,5 +175,5 @@ def test_a_run_whose_lock_was_taken_over_stops_at_the_next_result(s3: S3Bucket) 
 
         jobs = [run_driver.Job({"name": n}, "d", n, f"k-{n}", task, (n,)) for n in ("first", "second")]
         with pytest.raises(StoreLocked, match="lost the writer lock .*taken over by run run-new"):
-            run_driver.execute(store, run, jobs, scheduler="serial")
+            run_driver.execute(store, run, jobs, settings=RunOptions(scheduler="serial"))
     assert ran == ["first"]
