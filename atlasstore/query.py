@@ -129,7 +129,9 @@ class Query:
     store: AtlasStore
     domains: tuple[str, ...] | None = None
     sequences: tuple[str, ...] | None = None
-    scale: int = 256
+    #: None (the default) becomes the selection's full resolution in __post_init__, so a built
+    #: query always holds an int
+    scale: int = None  # type: ignore[assignment]
     fields: tuple[str, ...] | None = None
     window: int = 1
     stride: int = 1
@@ -288,7 +290,12 @@ class Query:
         return out
 
     def count(self) -> int:
-        return len(self.windows())
+        """How many windows the query yields; named ``fields`` must be held by every selected
+        sequence, as reading them requires (a count never promises what a read refuses)."""
+        wins = self.windows()
+        if self.fields is not None and wins:
+            self.fields_of(wins)
+        return len(wins)
 
     def _region_slices(self, shape: tuple[int, int]) -> tuple[slice, slice]:
         if self.region is None:

@@ -160,7 +160,8 @@ def test_scale_selection(stats_store: AtlasStore, scale: int, shape: tuple[int, 
 
 def test_missing_scale_and_bad_scale(stats_store: AtlasStore) -> None:
     with pytest.raises(NotFound, match="no scale 256"):
-        Query(stats_store).windows()  # default scale 256; the store's maps are 128
+        Query(stats_store, scale=256).windows()  # the store's maps are 128
+    assert Query(stats_store).scale == 128  # the default: the selection's full resolution
     with pytest.raises(NotFound, match="no scale 100"):  # any stored level; 100 is not one
         Query(stats_store, scale=100).windows()
     for bad in (0, -64, True, "64", 1.5):
@@ -511,3 +512,26 @@ def test_store_selector_only_reads_the_named_sequences(stats_store: AtlasStore) 
     some = StoreSelector(only=[keys[-1], keys[0], f"{every[0].domain}/missing"]).select(q)
     assert some == [every[0], every[-1]]
     assert StoreSelector(only=[]).select(q) == []
+
+
+def test_the_default_scale_is_the_full_resolution_of_the_selection(tmp_path: Path) -> None:
+    """As the CLI's --scale: a store of 64x96 maps is queried at 64 without naming it (the
+    default was 256, and such a store answered NotFound: no scale 256)."""
+    store = AtlasStore.create(tmp_path / "s.zarr")
+    store.create_domain("lab")
+    store.write_sequence("lab", "run0", np.ones((4, 64, 96), np.float32), field="temperature")
+    q = Query(store, window=2)
+    assert q.scale == 64 and q.count() == 3
+    assert q.to_numpy()["temperature"].shape == (3, 2, 64, 96)
+
+
+def test_count_refuses_fields_the_read_would_refuse(tmp_path: Path) -> None:
+    """--count --fields counts only what --out can read: a field a selected sequence does not
+    hold is the same QueryError for both (it used to count windows --out then refused)."""
+    store = AtlasStore.create(tmp_path / "s.zarr")
+    store.create_domain("lab")
+    store.write_sequence("lab", "run0", np.ones((4, 64, 64), np.float32), field="temperature")
+    assert Query(store, fields=("temperature", "grad_x")).count() == 4
+    for call in ("count", "to_numpy"):
+        with pytest.raises(QueryError, match="unknown field 'energy'; lab/run0 holds: temperature"):
+            getattr(Query(store, fields=("energy",)), call)()
