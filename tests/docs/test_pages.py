@@ -26,6 +26,7 @@ import pytest
 
 from atlasstore.cli import main as atlas_main
 from atlasstore.store import AtlasStore
+from helpers.doc_blocks import bash_commands, with_options
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -51,26 +52,6 @@ def blocks(path: Path) -> list[tuple[str, str]]:
 
 def runnable(path: Path) -> list[tuple[str, str]]:
     return [(lang, code) for lang, code in blocks(path) if lang in ("bash", "python")]
-
-
-def bash_commands(text: str) -> list[list[str]]:
-    """Simple commands of a shell snippet: continuation lines joined, comments dropped."""
-    out = []
-    for line in text.replace("\\\n", " ").splitlines():
-        words = shlex.split(line, comments=True)
-        if words:
-            out.append(words)
-    return out
-
-
-def with_options(argv: list[str], options: dict[str, str]) -> list[str]:
-    out = list(argv)
-    for opt, value in options.items():
-        if opt in out:
-            out[out.index(opt) + 1] = value
-        else:
-            out += [opt, value]
-    return out
 
 
 def run_page(page: Path, capsys: pytest.CaptureFixture[str]) -> list[tuple[list[str], str]]:

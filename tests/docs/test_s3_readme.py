@@ -19,11 +19,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_tour import REPO, bash_commands, with_options
 
 from atlasstore import cli
 from atlasstore.store import AtlasStore
+from helpers.doc_blocks import bash_commands, with_options
 from helpers.s3_fixtures import S3Bucket
+
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = {"--sequences": "4", "--steps": "8"}
 

@@ -23,21 +23,12 @@ from pathlib import Path
 import pytest
 
 from atlasstore import cli
+from helpers.doc_blocks import bash_commands, with_options
 
 REPO = Path(__file__).resolve().parents[2]
 
 #: the tour's generate, small: option -> value
 SMALL_TOUR_GENERATE = {"--sequences": "3", "--steps": "8"}
-
-
-def bash_commands(text: str) -> list[list[str]]:
-    """Simple commands of a shell snippet: continuation lines joined, comments dropped."""
-    out = []
-    for line in text.replace("\\\n", " ").splitlines():
-        words = shlex.split(line, comments=True)
-        if words:
-            out.append(words)
-    return out
 
 
 def readme_section(title: str) -> tuple[list[list[str]], str]:
@@ -55,17 +46,6 @@ def main_job_generate() -> list[str]:
             if c[:2] == ["atlas", "generate"]]
     assert len(cmds) == 1, cmds
     return cmds[0]
-
-
-def with_options(argv: list[str], options: dict[str, str]) -> list[str]:
-    """``argv`` with the given options' values replaced (or appended)."""
-    out = list(argv)
-    for opt, value in options.items():
-        if opt in out:
-            out[out.index(opt) + 1] = value
-        else:
-            out += [opt, value]
-    return out
 
 
 @pytest.mark.slow
