@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from atlasstore.runs.ingest import ImportOptions, import_npy, import_well
+from atlasstore.runs.ingest import ImportOptions, import_well
 from atlasstore.store import AtlasStore
 from helpers.cli_runner import run_cli
 from helpers.well_fixture import write_well_file
