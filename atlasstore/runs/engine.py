@@ -175,6 +175,18 @@ def locked_store(location: str, run_id: str, *, layout: Layout | None = None,
             _LOCKS.pop(store, None)
 
 
+def holds_lock(store: AtlasStore) -> bool:
+    """Whether this run still holds the writer lock :func:`locked_store` took for ``store``."""
+    lock = _LOCKS.get(store)
+    if lock is None:
+        return False
+    try:
+        lock.ensure_held()
+    except StoreError:
+        return False
+    return True
+
+
 #: The writer lock :func:`locked_store` holds for each store it yielded.
 _LOCKS: weakref.WeakKeyDictionary[AtlasStore, WriterLock] = weakref.WeakKeyDictionary()
 
