@@ -338,21 +338,27 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
         elif jobs:
             _run_dask(engine, settings.workers, jobs, handle, settings.dask_logs)
     except KeyboardInterrupt:
+        with contextlib.suppress(OSError, StoreError):  # the interruption is what to report
+            runs.end_attempt(run_id, run["started"], finished=utc_now(), outcome="interrupted",
+                             counts=_counts(report, len(all_keys)))
         done = sum(1 for a in committed_attrs(store, all_keys) if a and a.get("status") == "complete")
         raise RunInterrupted(run_id, done, len(all_keys)) from None
 
     report.seconds = time.perf_counter() - t_start
-    run = {**run, "finished": utc_now(),
-           "counts": {"tasks": len(all_keys), "written": report.written,
-                      "skipped": report.skipped, "failed": len(report.failures),
-                      "maps": report.maps}}
+    run = {**run, "finished": utc_now(), "counts": _counts(report, len(all_keys))}
     try:
-        runs.finish(run, [asdict(f) for f in report.failures])
+        runs.finish(run, [asdict(f) for f in report.failures],
+                    outcome="failed" if report.failures else "complete")
     except OSError as exc:  # e.g. the disk is still full: the sequences themselves are safe
         report.store_errors.append(f"run record not updated: {type(exc).__name__}: {exc}")
     sink.flush()
     report.catalog_errors = sink.errors
     return report
+
+
+def _counts(report: RunReport, tasks: int) -> dict[str, int]:
+    return {"tasks": tasks, "written": report.written, "skipped": report.skipped,
+            "failed": len(report.failures), "maps": report.maps}
 
 
 def _size(shape: Sequence[int]) -> int:
