@@ -446,10 +446,19 @@ def run_import(location: str | Path, plan: ImportPlan, settings: RunOptions | No
         failed = [(job(u), err) for u, err in plan.failures]
         try:
             return run_driver.execute(store, run, [job(u) for u in plan.units], failed=failed,
-                                      settings=opts)
+                                      settings=opts, values=_source_values(plan.units))
         finally:  # also after Ctrl-C; not when the writer lock was lost (another run writes)
             if run_driver.holds_lock(store):
                 drop_empty_domains(store, created)
+
+
+def _source_values(units: Sequence[Unit]) -> int | None:
+    """About how many values the units' source files hold (float32; None: unknown)."""
+    try:
+        files = {f for u in units for f in u.reader.files()}
+        return sum(source_size(f) for f in files) // 4
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def drop_empty_domains(store: AtlasStore, domains: Sequence[str]) -> None:
