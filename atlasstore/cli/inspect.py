@@ -1,39 +1,23 @@
-"""The read commands: ``atlas ls``, ``query``, ``show`` and ``stats``."""
+"""The read commands: ``atlas query`` and ``show`` here; ``ls`` and ``stats`` in :mod:`.listing`
+(re-exported for the parser)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from atlasstore.catalog.protocol import Catalog
+from atlasstore.cli.listing import cmd_ls, cmd_stats
 from atlasstore.cli.options import (
-    _fmt_bytes,
     _note,
     _open_catalog,
     _open_store,
 )
 from atlasstore.errors import UserError
 
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    if args.domain:
-        for seq in store.sequences(args.domain):
-            info = store.sequence_info(args.domain, seq)
-            gen = info.get("generation", {})
-            print(f"{seq}\t{info['n_steps']} steps\t{info['shape'][0]}x{info['shape'][1]}\t"
-                  f"levels {','.join(map(str, info['levels']))}\tseed {gen.get('seed')}")
-        incomplete = (set(store.sequences(args.domain, include_incomplete=True))
-                      - set(store.sequences(args.domain)))
-        for seq in sorted(incomplete):
-            print(f"{seq}\t(incomplete: not visible to queries)")
-    else:
-        for d in store.domains():
-            print(f"{d}\t{len(store.sequences(d))} sequences")
-    return 0
+__all__ = ["cmd_ls", "cmd_query", "cmd_show", "cmd_stats"]
 
 
 def _build_query(args: argparse.Namespace, store: Any, catalog: Catalog | None) -> Any:
@@ -135,22 +119,4 @@ def cmd_show(args: argparse.Namespace) -> int:
     fig.savefig(out, dpi=80)
     plt.close(fig)
     print(f"wrote {out}")
-    return 0
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from atlasstore.compat import EnergyAtlasLoader
-
-    store = _open_store(args)
-    loader = EnergyAtlasLoader(store)
-    domains = [args.domain] if args.domain else store.domains()
-    stats = [loader.get_domain_stats(d) for d in domains if store.sequences(d)]
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    for s in stats:
-        print(f"{s['domain']}: {s['n_sequences']} sequences, {s['n_maps']} maps, mean E "
-              f"{s['energy_mean']:.4f}, var {s['energy_variance']:.4f}, entropy "
-              f"{s['entropy_mean']:.4f} [{s['entropy_min']:.4f}, {s['entropy_max']:.4f}], "
-              f"{_fmt_bytes(s['bytes_on_disk'])}")
     return 0

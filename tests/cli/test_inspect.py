@@ -1,0 +1,193 @@
+"""`atlas ls`, `show` and `stats` on any grid: honest labels (field, unit, kind, origin, spans,
+synthetic stand-ins), cheap listings, and quicklooks checked from the matplotlib objects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atlasstore import cli
+from atlasstore.cli.labels import SYNTHETIC
+from atlasstore.records import Axis, Coordinates, FieldSpec
+from atlasstore.runs.generate import sequence_seed
+from atlasstore.runs.ingest import import_well
+from atlasstore.store import AtlasStore
+from helpers.store_fixtures import copy_store
+from helpers.well_fixture import write_well_file
+
+pytest.importorskip("matplotlib")
+
+NOTE = "note: plasma_physics: " + SYNTHETIC.format(s="")
+#: the lab store's grids: an odd one (a single level), a small even one, a wide one (2 levels)
+GRIDS = {"odd": (37, 49), "small": (18, 30), "wide": (128, 384)}
+#: cells of lab/odd made missing (NaN) at every level's (y, x) below, at step 1
+HOLES = ((5, 7), (5, 8), (20, 30))
+#: the one sequence of the Well import
+WELL_SEQ = "trl-traj0000"
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
+    monkeypatch.delenv("ATLAS_STORE", raising=False)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def gen_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`atlas generate`: plasma_physics, one 256x256 sequence of 2 steps."""
+    p = tmp_path_factory.mktemp("gen") / "atlas.zarr"
+    assert cli.main(["init", "--store", str(p)]) == 0
+    assert cli.main(["generate", "--store", str(p), "--domains", "plasma_physics", "--sequences",
+                     "1", "--steps", "2", "--scheduler", "serial", "--no-catalog", "--seed", "4",
+                     "--quiet"]) == 0
+    return p
+
+
+def _lab_field(ny: int, nx: int) -> np.ndarray:
+    """A temperature near 290 K with one hot spot of 10^4 K at (3, 4)."""
+    a = np.random.default_rng(ny * nx).normal(290.0, 5.0, (3, ny, nx)).astype(np.float32)
+    a[:, 3, 4] = 1e4
+    return a
+
+
+@pytest.fixture(scope="module")
+def lab_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sequences written through the API with latitude/longitude and hours, on odd grids; lab/odd
+    has NaN cells at step 1 (written into the stored arrays: missing values)."""
+    p = tmp_path_factory.mktemp("lab") / "lab.zarr"
+    s = AtlasStore.create(p)
+    s.create_domain("lab")
+    for sid, (ny, nx) in GRIDS.items():
+        coords = Coordinates(y=Axis(tuple(np.linspace(-10, 10, ny)), "degrees_north", "latitude"),
+                             x=Axis(tuple(np.linspace(0, 50, nx)), "degrees_east"),
+                             time=(0.0, 6.0, 12.0), time_units="hours")
+        s.write_sequence("lab", sid, _lab_field(ny, nx),
+                         field=FieldSpec("t2m", "intensive", "K"), coords=coords)
+    s = AtlasStore.open(p, mode="r+")
+    for name in ("t2m", "grad_x", "grad_y"):
+        arr = s.array("lab", "odd", 37, name)
+        for y, x in HOLES:
+            arr[1, y, x] = np.nan
+    return p
+
+
+@pytest.fixture(scope="module")
+def well_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `import well` of a TRL-like file (density, 384x128 maps) into a domain named like
+    a synthetic preset: imported data is not synthetic, whatever its domain is called."""
+    root = tmp_path_factory.mktemp("well")
+    write_well_file(root / "trl.h5", n_traj=1, n_steps=3)
+    rep = import_well(root / "w.zarr", [root / "trl.h5"], field="density",
+                      domain="turbulent_radiative_layer", scheduler="serial")
+    assert rep.ok and rep.written == 1
+    return root / "w.zarr"
+
+
+# --------------------------------------------------------------------------- ls
+
+
+def test_ls_names_field_kind_grid_and_a_generated_sequences_seed(
+        gen_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(gen_store))
+    assert code == 0
+    seed = sequence_seed(4, "plasma_physics", 0)
+    assert out.splitlines() == [
+        f"seq-00000\t2 steps\t256x256\tlevels 256,128,64\tenergy [energy / pixel] (extensive)"
+        f"\tgenerate seed {seed} (synthetic)", NOTE]
+    code, out, _ = run(capsys, "ls", "--store", str(gen_store))
+    assert out.splitlines() == [
+        "plasma_physics\t1 sequences\tenergy (extensive)\tgenerate (synthetic)", NOTE]
+
+
+def test_ls_of_api_data_names_coordinate_and_time_spans_and_no_seed(
+        lab_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ls", "lab", "--store", str(lab_store))
+    assert code == 0
+    span = "latitude -10..10 degrees_north, x 0..50 degrees_east, time 0..12 hours"
+    assert out.splitlines() == [
+        f"{sid}\t3 steps\t{ny}x{nx}\tlevels {levels}\tt2m [K] (intensive)\t{span}\tapi"
+        for sid, (ny, nx), levels in sorted(
+            (sid, g, lv) for (sid, g), lv in zip(GRIDS.items(), ("37", "18", "128,64"),
+                                                 strict=True))]
+    assert "seed" not in out and "synthetic" not in out
+
+
+def test_ls_of_imported_data_names_its_source_and_is_not_synthetic(
+        well_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ls", "turbulent_radiative_layer", "--store", str(well_store))
+    assert code == 0
+    (line,) = out.splitlines()
+    cols = line.split("\t")
+    assert cols[2:5] == ["384x128", "levels 128,64", "density [unknown] (intensive)"]
+    # float32 axes: the document records them as non-uniform, with their origin only
+    assert cols[5] == "y from -1 (non-uniform), x from -0.5 (non-uniform), time 0..3.19407"
+    assert cols[-1] == "import well: trl.h5"
+    assert "seed" not in line and "note" not in out
+    code, out, _ = run(capsys, "ls", "--store", str(well_store))
+    assert out.splitlines() == ["turbulent_radiative_layer\t1 sequences\tdensity (intensive)\timport"]
+
+
+def test_ls_reads_documents_only(tmp_path: Path, lab_store: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Every array's data (chunks, coordinate values) removed: ls answers the same."""
+    _, before, _ = run(capsys, "ls", "lab", "--store", str(lab_store))
+    p = copy_store(lab_store, tmp_path / "docs-only.zarr")
+    data = [f for f in (p / "lab").rglob("*") if f.is_file() and f.name != "zarr.json"]
+    assert len(data) >= 3 * 6  # every sequence's field, gradient and coordinate shards
+    for f in data:
+        f.unlink()
+    code, after, err = run(capsys, "ls", "lab", "--store", str(p))
+    assert code == 0, err
+    assert after == before
+    code, _, _ = run(capsys, "ls", "--store", str(p))
+    assert code == 0
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_stats_names_the_field_and_unit_and_no_entropy_for_intensive_fields(
+        lab_store: Path, gen_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "stats", "--store", str(lab_store))
+    assert code == 0
+    (line,) = out.splitlines()
+    assert line.startswith("lab: 3 sequences, 9 maps, t2m [K] (intensive): mean ")
+    assert "entropy" not in line and "nan" not in line and "mean E" not in line
+    assert ", valid 100.0 %, " in line
+    code, out, _ = run(capsys, "stats", "--json", "--store", str(lab_store))
+    (rec,) = json.loads(out)
+    assert (rec["field"], rec["units"], rec["kind"], rec["synthetic"]) == ("t2m", "K", "intensive",
+                                                                          False)
+    assert rec["valid_fraction"] == 1.0 and not any(k.startswith("entropy") for k in rec)
+    code, out, _ = run(capsys, "stats", "--store", str(gen_store))
+    lines = out.splitlines()
+    assert lines[0].startswith("plasma_physics: 1 sequences, 2 maps, energy [energy / pixel] "
+                               "(extensive): mean 1, ")
+    assert " nats [" in lines[0] and lines[1:] == [NOTE]
+    code, out, _ = run(capsys, "stats", "--json", "--store", str(gen_store))
+    (rec,) = json.loads(out)
+    assert rec["synthetic"] is True and rec["entropy_min"] <= rec["entropy_mean"]
+
+
+def test_stats_valid_fraction_from_step_records(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Step records' ``valid_cells`` (what a writer of missing cells records) weigh the fraction."""
+    s = AtlasStore.create(tmp_path / "v.zarr")
+    s.create_domain("lab")
+    a = np.ones((2, 10, 20), np.float32)
+    s.write_sequence("lab", "a", a, steps=[{"valid_cells": 200}, {"valid_cells": 150}],
+                     field=FieldSpec("t2m", "intensive", "K"))
+    s.write_sequence("lab", "b", a, field=FieldSpec("t2m", "intensive", "K"))
+    code, out, _ = run(capsys, "stats", "--json", "--store", str(tmp_path / "v.zarr"))
+    assert json.loads(out)[0]["valid_fraction"] == pytest.approx(750 / 800)
+    code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "v.zarr"))
+    assert "\tvalid 87.5 %\t" in out.splitlines()[0] and "valid" not in out.splitlines()[1]
