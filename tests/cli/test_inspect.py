@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from atlasstore import cli
 from atlasstore.cli.labels import SYNTHETIC
+from atlasstore.cli.show import MISSING_COLOUR, quicklook
 from atlasstore.records import Axis, Coordinates, FieldSpec
 from atlasstore.runs.generate import sequence_seed
 from atlasstore.runs.ingest import import_well
@@ -191,3 +193,114 @@ def test_stats_valid_fraction_from_step_records(tmp_path: Path,
     assert json.loads(out)[0]["valid_fraction"] == pytest.approx(750 / 800)
     code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "v.zarr"))
     assert "\tvalid 87.5 %\t" in out.splitlines()[0] and "valid" not in out.splitlines()[1]
+
+
+# --------------------------------------------------------------------------- show
+
+
+def _panels(fig: Any) -> list[Any]:
+    """The image axes, row by row (the colour bars are their children)."""
+    return list(fig.axes)
+
+
+def _bars(fig: Any) -> list[Any]:
+    return [ax.child_axes[0] for ax in fig.axes]
+
+
+def _image(ax: Any) -> Any:
+    return (ax.images or ax.collections)[0]
+
+
+def test_show_has_physical_axes_units_and_a_robust_colour_range(lab_store: Path) -> None:
+    s = AtlasStore.open(lab_store)
+    fig = quicklook(s, "lab", "wide", 0)
+    top, bottom = _panels(fig)[:2], _panels(fig)[2:]
+    assert len(top) == 2 and len(bottom) == 2  # levels 128 and 64 side by side, |grad| below
+    for ax in _panels(fig):
+        assert ax.get_xlabel() == "x [degrees_east]"
+        assert ax.get_ylabel() == "latitude [degrees_north]"
+        x0, x1 = ax.get_xlim()
+        assert x0 < 0 < 50 < x1 and x1 - x0 < 51  # the axis spans the coordinates' cells
+    assert [b.get_ylabel() for b in _bars(fig)] == ["t2m [K]"] * 2 + ["|grad t2m| [K / pixel]"] * 2
+    values = s.read("lab", "wide", 128, "t2m", t=0)
+    lo, hi = _image(top[0]).get_clim()
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(values, [1, 99])))
+    assert hi < 400 < values.max()  # the 10^4 K hot spot does not set the scale
+    assert "t=0 (time 0 hours)" in fig.get_suptitle() and "synthetic" not in fig.get_suptitle()
+
+
+@pytest.mark.parametrize("sid", [*sorted(GRIDS), "well"])
+def test_show_keeps_the_grids_aspect_and_fills_the_figure(lab_store: Path, well_store: Path,
+                                                          sid: str) -> None:
+    """Each panel has its grid's shape (odd, wide and tall grids), and the panels, not white
+    space, fill the figure (a fixed 4 x 7.5 inches per level left a 128x384 map a strip)."""
+    if sid == "well":
+        (ny, nx), fig = (384, 128), quicklook(AtlasStore.open(well_store),
+                                              "turbulent_radiative_layer", WELL_SEQ, 0)
+    else:
+        ny, nx = GRIDS[sid]
+        fig = quicklook(AtlasStore.open(lab_store), "lab", sid, 0)
+    fig.draw_without_rendering()
+    area = 0.0
+    for ax in _panels(fig):
+        box = ax.get_window_extent()
+        assert box.height / box.width == pytest.approx(ny / nx, rel=0.02)
+        area += box.width * box.height
+    assert area / (fig.bbox.width * fig.bbox.height) > 0.25  # not strips lost in white space
+
+
+def test_show_draws_missing_cells_grey_and_says_so(lab_store: Path) -> None:
+    import matplotlib.colors as mcolors
+
+    fig = quicklook(AtlasStore.open(lab_store), "lab", "odd", 1)
+    for ax in _panels(fig):
+        img = _image(ax)
+        mask = np.ma.getmaskarray(img.get_array()).reshape(37, 49)
+        assert sorted(zip(*np.nonzero(mask), strict=True)) == list(HOLES)
+        assert img.get_cmap().get_bad() == pytest.approx(mcolors.to_rgba(MISSING_COLOUR))
+        assert ax.get_title().endswith("\n3 missing cells (grey)")
+        assert all(np.isfinite(img.get_clim()))
+    fig = quicklook(AtlasStore.open(lab_store), "lab", "odd", 0)
+    assert "missing" not in " ".join(ax.get_title() for ax in fig.axes)
+
+
+def test_show_of_an_imported_well_field(well_store: Path) -> None:
+    """The Well's density (units not given by the file): its x/y on the axes, a colour range
+    from its own values, and no synthetic label."""
+    s = AtlasStore.open(well_store)
+    fig = quicklook(s, "turbulent_radiative_layer", WELL_SEQ, 2)
+    ax = _panels(fig)[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x [no units]", "y [no units]")
+    assert ax.get_ylim() == pytest.approx((-1.0 - 1.5 / 383, 2.0 + 1.5 / 383), rel=1e-3)
+    assert _bars(fig)[0].get_ylabel() == "density [unknown]"
+    values = s.read("turbulent_radiative_layer", WELL_SEQ, 128, "density", t=2)
+    assert _image(ax).get_clim() == pytest.approx(tuple(np.percentile(values, [1, 99])))
+    assert "synthetic" not in fig.get_suptitle()
+
+
+def test_show_says_generated_data_is_synthetic_and_labels_pixels(
+        gen_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fig = quicklook(AtlasStore.open(gen_store), "plasma_physics", "seq-00000", 1)
+    assert fig.get_suptitle().endswith("\n" + SYNTHETIC.format(s=""))
+    assert {ax.get_xlabel() for ax in _panels(fig)} == {"x [pixel]"}
+    assert [b.get_ylabel() for b in _bars(fig)][::3] == ["energy [energy / pixel]",
+                                                         "|grad energy| [energy / pixel / pixel]"]
+    png = tmp_path / "q.png"
+    code, out, err = run(capsys, "show", "plasma_physics", "seq-00000", "--t", "1", "--store",
+                         str(gen_store), "--out", str(png))
+    assert code == 0, err
+    assert out == f"wrote {png}\n" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_show_draws_descending_coordinates_ascending(tmp_path: Path) -> None:
+    """Latitude stored north to south: the axis still runs south to north, each row at its own
+    latitude (the image is the stored rows reversed)."""
+    s = AtlasStore.create(tmp_path / "d.zarr")
+    s.create_domain("lab")
+    a = _lab_field(18, 30)
+    s.write_sequence("lab", "north-first", a, field=FieldSpec("t2m", "intensive", "K"),
+                     coords=Coordinates(y=Axis(tuple(np.linspace(10, -10, 18)), "degrees_north")))
+    ax = _panels(quicklook(s, "lab", "north-first", 0))[0]
+    lo, hi = ax.get_ylim()
+    assert lo < -10 < 10 < hi
+    np.testing.assert_array_equal(np.asarray(_image(ax).get_array()), a[0][::-1])
