@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from atlasstore.catalog.sync import sequence_kind
 from atlasstore.physics.synth import list_presets
 from atlasstore.records import FieldSpec
@@ -67,6 +69,24 @@ def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
+def _time(v: Any) -> str:
+    """A step's time: a number, or an ISO 8601 date to the second."""
+    if isinstance(v, str):
+        try:
+            return str(np.datetime64(v, "s"))
+        except ValueError:
+            return v
+    return _num(v)
+
+
+def time_text(info: Mapping[str, Any], value: Any) -> str:
+    """A step's time with the sequence's time unit (dates are their own: the recorded unit is
+    the numeric coordinate array's "seconds since ...")."""
+    rec = (info.get("coordinates") or {}).get("time")
+    units = rec.get("units") if isinstance(rec, Mapping) else None
+    return _time(value) + (f" {units}" if units and not isinstance(value, str) else "")
+
+
 def _axis_span(name: str, rec: Mapping[str, Any]) -> str:
     units = f" {rec['units']}" if rec.get("units") else ""
     label = rec.get("source_name") or name
@@ -86,9 +106,8 @@ def spans(info: Mapping[str, Any]) -> str | None:
     times = [s["time"] for s in steps if isinstance(s, Mapping) and "time" in s]
     if times:
         t: Mapping[str, Any] = rec["time"] if isinstance(rec.get("time"), Mapping) else {}
-        units = f" {t['units']}" if t.get("units") else ""
         label = t.get("source_name") or "time"
-        parts.append(f"{label} {_num(times[0])}..{_num(times[-1])}{units}")
+        parts.append(f"{label} {_time(times[0])}..{time_text(info, times[-1])}")
     return ", ".join(parts) or None
 
 

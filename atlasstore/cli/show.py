@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from atlasstore.cli.labels import SYNTHETIC, field_units, is_synthetic
+from atlasstore.cli.labels import SYNTHETIC, field_units, is_synthetic, time_text
 from atlasstore.cli.options import _open_store
 from atlasstore.errors import UserError
 from atlasstore.records import SequenceRecord
@@ -140,12 +140,7 @@ def _layout(fig: Figure, n_rows: int, n_cols: int, panel: tuple[float, float], t
 
 def _when(rec: SequenceRecord, t: int) -> str:
     step = rec.steps[t]
-    if "time" not in step:
-        return f"t={t}"
-    units = (rec.document.get("coordinates") or {}).get("time", {}).get("units")
-    value = step["time"]
-    shown = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return f"t={t} (time {shown}{' ' + units if units else ''})"
+    return f"t={t} (time {time_text(rec.document, step['time'])})" if "time" in step else f"t={t}"
 
 
 def _suptitle(rec: SequenceRecord, t: int, width_inches: float) -> str:

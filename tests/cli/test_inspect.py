@@ -304,3 +304,17 @@ def test_show_draws_descending_coordinates_ascending(tmp_path: Path) -> None:
     lo, hi = ax.get_ylim()
     assert lo < -10 < 10 < hi
     np.testing.assert_array_equal(np.asarray(_image(ax).get_array()), a[0][::-1])
+
+
+def test_dates_are_shown_as_dates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ISO 8601 step times (an xarray source's dates) read as dates to the second, not with the
+    coordinate array's "seconds since ..." unit."""
+    s = AtlasStore.create(tmp_path / "t.zarr")
+    s.create_domain("lab")
+    times = ("2026-01-01T00:00:00.000000000", "2026-01-01T06:00:00.000000000")
+    s.write_sequence("lab", "dated", _lab_field(18, 30)[:2], field=FieldSpec("t2m", "intensive", "K"),
+                     coords=Coordinates(time=times, time_units="seconds since 2026-01-01"))
+    code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "t.zarr"))
+    assert out.split("\t")[5] == "time 2026-01-01T00:00:00..2026-01-01T06:00:00"
+    title = quicklook(s, "lab", "dated", 1).get_suptitle()
+    assert title.startswith("lab/dated t=1 (time 2026-01-01T06:00:00)\n")
