@@ -69,22 +69,48 @@ def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def _time(v: Any) -> str:
-    """A step's time: a number, or an ISO 8601 date to the second."""
+#: calendars whose dates need no note
+STANDARD_CALENDARS = {"standard", "gregorian", "proleptic_gregorian"}
+
+
+def _time_record(info: Mapping[str, Any]) -> Mapping[str, Any]:
+    rec = (info.get("coordinates") or {}).get("time")
+    return rec if isinstance(rec, Mapping) else {}
+
+
+def _as_date(info: Mapping[str, Any], v: Any) -> str | None:
+    """A step's time as an ISO 8601 date to the second: an ISO string as given, a number with
+    CF units ("hours since 1970-01-01") on its calendar (360_day too); None if it is no date."""
     if isinstance(v, str):
         try:
             return str(np.datetime64(v, "s"))
         except ValueError:
             return v
-    return _num(v)
+    rec = _time_record(info)
+    units = rec.get("units")
+    if not isinstance(v, (int, float)) or not isinstance(units, str) or " since " not in units:
+        return None
+    import cftime
+
+    try:
+        date = cftime.num2date(v, units, rec.get("calendar") or "standard")
+    except (ValueError, TypeError):  # units cftime cannot read: shown as numbers
+        return None
+    return str(date.isoformat()).split(".")[0]
 
 
-def time_text(info: Mapping[str, Any], value: Any) -> str:
-    """A step's time with the sequence's time unit (dates are their own: the recorded unit is
-    the numeric coordinate array's "seconds since ...")."""
-    rec = (info.get("coordinates") or {}).get("time")
-    units = rec.get("units") if isinstance(rec, Mapping) else None
-    return _time(value) + (f" {units}" if units and not isinstance(value, str) else "")
+def time_text(info: Mapping[str, Any], *values: Any) -> str:
+    """Step times (one, or ``first..last``) with the sequence's time unit: dates as dates (the
+    recorded unit belongs to the numeric coordinate array) and their calendar where it is not
+    the standard one; other numbers with their unit."""
+    rec = _time_record(info)
+    dates = [_as_date(info, v) for v in values]
+    if all(d is not None for d in dates):
+        calendar = rec.get("calendar")
+        note = f" ({calendar} calendar)" if calendar and calendar not in STANDARD_CALENDARS else ""
+        return "..".join(str(d) for d in dates) + note
+    units = rec.get("units")
+    return "..".join(_num(v) for v in values) + (f" {units}" if units else "")
 
 
 def _axis_span(name: str, rec: Mapping[str, Any]) -> str:
@@ -107,7 +133,7 @@ def spans(info: Mapping[str, Any]) -> str | None:
     if times:
         t: Mapping[str, Any] = rec["time"] if isinstance(rec.get("time"), Mapping) else {}
         label = t.get("source_name") or "time"
-        parts.append(f"{label} {_time(times[0])}..{time_text(info, times[-1])}")
+        parts.append(f"{label} {time_text(info, times[0], times[-1])}")
     return ", ".join(parts) or None
 
 

@@ -36,6 +36,8 @@ PANEL_INCHES = 3.6
 #: inches: the narrowest figure (room for the title), the shortest side of a panel
 MIN_WIDTH = 6.0
 MIN_SHORT_SIDE = 0.8
+#: inches: panels lower than this have their y and colour-bar labels on two lines
+SHORT_LABEL_PANEL = 1.8
 #: inches around a panel: left (y label, ticks), right (colour bar, its ticks and label),
 #: above (title, two lines), below (ticks, x label)
 MARGINS = (0.9, 1.15, 0.5, 0.55)
@@ -115,10 +117,10 @@ def _panel(ax: Axes, img: NDArray[Any], grid: tuple[NDArray[Any], NDArray[Any]],
 
 def _panel_inches(shape: tuple[int, int]) -> tuple[float, float]:
     """(width, height) of a panel, in the grid's aspect: the longer side is PANEL_INCHES, more
-    (up to 3 times) where the shorter one would be under MIN_SHORT_SIDE."""
+    (up to 4 times) where the shorter one would be under MIN_SHORT_SIDE."""
     ratio = shape[0] / shape[1]
     short = min(ratio, 1 / ratio)
-    long = min(3 * PANEL_INCHES, max(PANEL_INCHES, MIN_SHORT_SIDE / short))
+    long = min(4 * PANEL_INCHES, max(PANEL_INCHES, MIN_SHORT_SIDE / short))
     return (long, long * ratio) if ratio <= 1 else (long / ratio, long)
 
 
@@ -174,18 +176,23 @@ def quicklook(store: Any, domain: str, sequence_id: str, t: int) -> Figure:
     top = 0.2 + 0.2 * title.count("\n")
     fig = Figure(figsize=(width, top + 2 * (above + ph + below)))
     axes = _layout(fig, 2, len(rec.levels), (pw, ph), top)
+
+    def wrap(label: str) -> str:  # units below the name beside a low panel
+        return label.replace(" [", "\n[") if ph < SHORT_LABEL_PANEL else label
+
     for j, lvl in enumerate(rec.levels):
         img = store.read(domain, sequence_id, lvl, name, t=t)
         grad = gradient_magnitude(store.read(domain, sequence_id, lvl, "grad_x", t=t),
                                   store.read(domain, sequence_id, lvl, "grad_y", t=t))
         grid = _grid(store, rec, lvl, img.shape)
         where = f"level {lvl} ({img.shape[0]}x{img.shape[1]})"
-        _panel(axes[0][j], img, grid, "inferno", f"{name}, {where}", f"{name} [{units}]", pw)
+        _panel(axes[0][j], img, grid, "inferno", f"{name}, {where}", wrap(f"{name} [{units}]"),
+               pw)
         _panel(axes[1][j], grad, grid, "viridis", f"|grad {name}|, {where}",
-               f"|grad {name}| [{units} / pixel]", pw)
+               wrap(f"|grad {name}| [{units} / pixel]"), pw)
         for ax in (axes[0][j], axes[1][j]):
             ax.set_xlabel(_axis_label("x", coords.get("x")), fontsize=8)
-            ax.set_ylabel(_axis_label("y", coords.get("y")), fontsize=8)
+            ax.set_ylabel(wrap(_axis_label("y", coords.get("y"))), fontsize=8)
             ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10, y=1 - 0.08 / fig.get_size_inches()[1], va="top")
     return fig

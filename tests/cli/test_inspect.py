@@ -25,7 +25,7 @@ pytest.importorskip("matplotlib")
 NOTE = "note: plasma_physics: " + SYNTHETIC.format(s="")
 #: the lab store's grids: an odd one (a single level), a small even one, a wide one (2 levels)
 GRIDS = {"odd": (37, 49), "small": (18, 30), "wide": (128, 384)}
-#: cells of lab/odd made missing (NaN) at every level's (y, x) below, at step 1
+#: cells of lab/odd that are missing (declared NaN) at step 1
 HOLES = ((5, 7), (5, 8), (20, 30))
 #: the one sequence of the Well import
 WELL_SEQ = "trl-traj0000"
@@ -64,7 +64,7 @@ def _lab_field(ny: int, nx: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def lab_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sequences written through the API with latitude/longitude and hours, on odd grids; lab/odd
-    has NaN cells at step 1 (written into the stored arrays: missing values)."""
+    has missing cells (declared NaN) at step 1."""
     p = tmp_path_factory.mktemp("lab") / "lab.zarr"
     s = AtlasStore.create(p)
     s.create_domain("lab")
@@ -72,13 +72,12 @@ def lab_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         coords = Coordinates(y=Axis(tuple(np.linspace(-10, 10, ny)), "degrees_north", "latitude"),
                              x=Axis(tuple(np.linspace(0, 50, nx)), "degrees_east"),
                              time=(0.0, 6.0, 12.0), time_units="hours")
-        s.write_sequence("lab", sid, _lab_field(ny, nx),
-                         field=FieldSpec("t2m", "intensive", "K"), coords=coords)
-    s = AtlasStore.open(p, mode="r+")
-    for name in ("t2m", "grad_x", "grad_y"):
-        arr = s.array("lab", "odd", 37, name)
-        for y, x in HOLES:
-            arr[1, y, x] = np.nan
+        values = _lab_field(ny, nx)
+        if sid == "odd":
+            for y, x in HOLES:
+                values[1, y, x] = np.nan
+        s.write_sequence("lab", sid, values, field=FieldSpec("t2m", "intensive", "K"),
+                         coords=coords, nan_is_missing=sid == "odd")
     return p
 
 
@@ -115,8 +114,10 @@ def test_ls_of_api_data_names_coordinate_and_time_spans_and_no_seed(
     code, out, _ = run(capsys, "ls", "lab", "--store", str(lab_store))
     assert code == 0
     span = "latitude -10..10 degrees_north, x 0..50 degrees_east, time 0..12 hours"
+    valid = f"\tvalid {100 * (1 - len(HOLES) / (3 * 37 * 49)):.1f} %"  # 3 cells of 3 steps
     assert out.splitlines() == [
-        f"{sid}\t3 steps\t{ny}x{nx}\tlevels {levels}\tt2m [K] (intensive)\t{span}\tapi"
+        f"{sid}\t3 steps\t{ny}x{nx}\tlevels {levels}\tt2m [K] (intensive)\t{span}"
+        f"{valid if sid == 'odd' else ''}\tapi"
         for sid, (ny, nx), levels in sorted(
             (sid, g, lv) for (sid, g), lv in zip(GRIDS.items(), ("37", "18", "128,64"),
                                                  strict=True))]
@@ -164,12 +165,14 @@ def test_stats_names_the_field_and_unit_and_no_entropy_for_intensive_fields(
     (line,) = out.splitlines()
     assert line.startswith("lab: 3 sequences, 9 maps, t2m [K] (intensive): mean ")
     assert "entropy" not in line and "nan" not in line and "mean E" not in line
-    assert ", valid 100.0 %, " in line
+    cells = 3 * (37 * 49 + 18 * 30 + 128 * 384)
+    assert f", valid {100 * (1 - len(HOLES) / cells):.1f} %, " in line
     code, out, _ = run(capsys, "stats", "--json", "--store", str(lab_store))
     (rec,) = json.loads(out)
     assert (rec["field"], rec["units"], rec["kind"], rec["synthetic"]) == ("t2m", "K", "intensive",
                                                                           False)
-    assert rec["valid_fraction"] == 1.0 and not any(k.startswith("entropy") for k in rec)
+    assert rec["valid_fraction"] == pytest.approx(1 - len(HOLES) / cells)
+    assert not any(k.startswith("entropy") for k in rec)
     code, out, _ = run(capsys, "stats", "--store", str(gen_store))
     lines = out.splitlines()
     assert lines[0].startswith("plasma_physics: 1 sequences, 2 maps, energy [energy / pixel] "
@@ -180,14 +183,17 @@ def test_stats_names_the_field_and_unit_and_no_entropy_for_intensive_fields(
     assert rec["synthetic"] is True and rec["entropy_min"] <= rec["entropy_mean"]
 
 
-def test_stats_valid_fraction_from_step_records(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Step records' ``valid_cells`` (what a writer of missing cells records) weigh the fraction."""
+def test_stats_and_ls_give_the_valid_fraction(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Missing cells weigh the valid fraction (per sequence in ls, per field in stats); a
+    sequence without them counts as fully valid."""
     s = AtlasStore.create(tmp_path / "v.zarr")
     s.create_domain("lab")
     a = np.ones((2, 10, 20), np.float32)
-    s.write_sequence("lab", "a", a, steps=[{"valid_cells": 200}, {"valid_cells": 150}],
-                     field=FieldSpec("t2m", "intensive", "K"))
+    holed = a.copy()
+    holed[1, :5, :10] = np.nan  # 50 of the 400 cells
+    s.write_sequence("lab", "a", holed, field=FieldSpec("t2m", "intensive", "K"),
+                     nan_is_missing=True)
     s.write_sequence("lab", "b", a, field=FieldSpec("t2m", "intensive", "K"))
     code, out, _ = run(capsys, "stats", "--json", "--store", str(tmp_path / "v.zarr"))
     assert json.loads(out)[0]["valid_fraction"] == pytest.approx(750 / 800)
@@ -207,6 +213,11 @@ def _bars(fig: Any) -> list[Any]:
     return [ax.child_axes[0] for ax in fig.axes]
 
 
+def _flat(label: str) -> str:
+    """A label as one line (beside a low panel its units go on a second line)."""
+    return label.replace("\n", " ")
+
+
 def _image(ax: Any) -> Any:
     return (ax.images or ax.collections)[0]
 
@@ -218,10 +229,11 @@ def test_show_has_physical_axes_units_and_a_robust_colour_range(lab_store: Path)
     assert len(top) == 2 and len(bottom) == 2  # levels 128 and 64 side by side, |grad| below
     for ax in _panels(fig):
         assert ax.get_xlabel() == "x [degrees_east]"
-        assert ax.get_ylabel() == "latitude [degrees_north]"
+        assert _flat(ax.get_ylabel()) == "latitude [degrees_north]"
         x0, x1 = ax.get_xlim()
         assert x0 < 0 < 50 < x1 and x1 - x0 < 51  # the axis spans the coordinates' cells
-    assert [b.get_ylabel() for b in _bars(fig)] == ["t2m [K]"] * 2 + ["|grad t2m| [K / pixel]"] * 2
+    assert [_flat(b.get_ylabel()) for b in _bars(fig)] == (["t2m [K]"] * 2
+                                                           + ["|grad t2m| [K / pixel]"] * 2)
     values = s.read("lab", "wide", 128, "t2m", t=0)
     lo, hi = _image(top[0]).get_clim()
     assert (lo, hi) == pytest.approx(tuple(np.percentile(values, [1, 99])))
@@ -253,13 +265,17 @@ def test_show_draws_missing_cells_grey_and_says_so(lab_store: Path) -> None:
     import matplotlib.colors as mcolors
 
     fig = quicklook(AtlasStore.open(lab_store), "lab", "odd", 1)
-    for ax in _panels(fig):
+    field, grad = _panels(fig)  # one level (37 does not halve): the field, its gradient
+    for ax in (field, grad):
         img = _image(ax)
         mask = np.ma.getmaskarray(img.get_array()).reshape(37, 49)
-        assert sorted(zip(*np.nonzero(mask), strict=True)) == list(HOLES)
         assert img.get_cmap().get_bad() == pytest.approx(mcolors.to_rgba(MISSING_COLOUR))
-        assert ax.get_title().endswith("\n3 missing cells (grey)")
+        assert ax.get_title().endswith(f"\n{int(mask.sum())} missing cells (grey)")
         assert all(np.isfinite(img.get_clim()))
+        assert all(mask[y, x] for y, x in HOLES)
+    field_mask = np.ma.getmaskarray(_image(field).get_array()).reshape(37, 49)
+    assert sorted(zip(*np.nonzero(field_mask), strict=True)) == list(HOLES)
+    assert "valid 99.8 %" in fig.get_suptitle()  # 3 of 1813 cells missing
     fig = quicklook(AtlasStore.open(lab_store), "lab", "odd", 0)
     assert "missing" not in " ".join(ax.get_title() for ax in fig.axes)
 
@@ -318,3 +334,20 @@ def test_dates_are_shown_as_dates(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert out.split("\t")[5] == "time 2026-01-01T00:00:00..2026-01-01T06:00:00"
     title = quicklook(s, "lab", "dated", 1).get_suptitle()
     assert title.startswith("lab/dated t=1 (time 2026-01-01T06:00:00)\n")
+
+
+def test_times_on_a_model_calendar_are_dates_on_it(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Numbers with CF units on a 360-day calendar (how such times are stored) read as that
+    calendar's dates, not as -946800 hours since 1970."""
+    s = AtlasStore.create(tmp_path / "c.zarr")
+    s.create_domain("lab")
+    s.write_sequence("lab", "model", _lab_field(18, 30)[:2],
+                     field=FieldSpec("t2m", "intensive", "K"),
+                     coords=Coordinates(time=(0.0, 720.0), time_units="hours since 1970-01-01",
+                                        time_calendar="360_day"))
+    code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "c.zarr"))
+    assert out.split("\t")[5] == ("time 1970-01-01T00:00:00..1970-02-01T00:00:00 "
+                                  "(360_day calendar)")
+    assert quicklook(s, "lab", "model", 1).get_suptitle().startswith(
+        "lab/model t=1 (time 1970-02-01T00:00:00 (360_day calendar))\n")
