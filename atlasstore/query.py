@@ -467,10 +467,9 @@ class Query:
             cal = {_calendar(info) for info in infos.values()}
             if tv.dtype.kind == "U":
                 tv = tv.astype("datetime64[ns]")
-            elif len(cal) == 1 and None not in cal:  # one CF calendar: its dates (cftime)
+            elif len(cal) == 1 and (only := cal.pop()) is not None:  # one CF calendar: cftime
                 import cftime
-                (units, calendar), = cal
-                tv = np.asarray(cftime.num2date(tv, units, calendar=calendar))
+                tv = np.asarray(cftime.num2date(tv, only[0], calendar=only[1]))
             out["time"] = (("sample", "step"), tv)
         return out
 

@@ -143,10 +143,14 @@ class Axis:
     def record(self) -> dict[str, Any]:
         v = np.asarray(self.values)
         d = np.diff(v)
-        uniform = bool(d.size == 0 or np.allclose(d, d[0], rtol=1e-6, atol=0.0))
+        # uniform to the precision coordinates are usually stored in (float32: a few ulps of
+        # the largest value), so a float32 latitude axis is not called non-uniform
+        slack = 4 * float(np.finfo(np.float32).eps) * float(np.abs(v).max())
+        uniform = bool(d.size == 0 or np.allclose(d, d[0], rtol=1e-6, atol=slack))
         rec: dict[str, Any] = {"n": int(v.size), "origin": float(v[0]), "uniform": uniform,
-                               "spacing": float(d[0]) if d.size and uniform else None,
-                               "units": self.units, "source_name": self.source_name}
+                               "spacing": float(d.mean()) if d.size and uniform else None,
+                               "last": float(v[-1]), "units": self.units,
+                               "source_name": self.source_name}
         return rec
 
     def at_level(self, factor: int) -> NDArray[np.float64]:

@@ -117,9 +117,12 @@ def _axis_span(name: str, rec: Mapping[str, Any]) -> str:
     units = f" {rec['units']}" if rec.get("units") else ""
     label = rec.get("source_name") or name
     first = rec.get("origin")
-    if rec.get("uniform") and rec.get("spacing") is not None and first is not None:
+    last = rec.get("last")
+    if last is None and rec.get("uniform") and rec.get("spacing") is not None and first is not None:
         last = first + rec["spacing"] * (int(rec.get("n", 1)) - 1)
-        return f"{label} {_num(first)}..{_num(last)}{units}"
+    if last is not None:
+        return f"{label} {_num(first)}..{_num(last)}{units}" + (
+            "" if rec.get("uniform") else " (non-uniform)")
     return f"{label} from {_num(first)}{units} (non-uniform)"
 
 

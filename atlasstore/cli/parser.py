@@ -151,7 +151,8 @@ def _add_query(sub: Any, common: argparse.ArgumentParser, cat: argparse.Argument
 
 def _add_show_audit_stats(sub: Any, common: argparse.ArgumentParser, cat: argparse.ArgumentParser) -> None:
     """`atlas show`, `atlas audit` and `atlas stats`."""
-    s = sub.add_parser("show", parents=[common], help="PNG quicklook: every level and |grad E|")
+    s = sub.add_parser("show", parents=[common],
+                       help="PNG quicklook: every stored level of a step and its gradient magnitude")
     s.add_argument("domain", help="domain of the sequence")
     s.add_argument("sequence", help="sequence id, e.g. seq-00000")
     s.add_argument("--t", type=int, default=0, help="time step to show (default 0)")
@@ -172,7 +173,7 @@ def _add_show_audit_stats(sub: Any, common: argparse.ArgumentParser, cat: argpar
                         "(a run directory or checkpoint folder, or a catalog checkpoint id)")
     s.set_defaults(func=cmd_audit)
 
-    s = sub.add_parser("stats", parents=[common], help="per-domain statistics")
+    s = sub.add_parser("stats", parents=[common], help="per-domain statistics of each field, in its unit")
     s.add_argument("domain", nargs="?", help="one domain (default: every domain)")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(func=cmd_stats)

@@ -131,8 +131,8 @@ def test_ls_of_imported_data_names_its_source_and_is_not_synthetic(
     (line,) = out.splitlines()
     cols = line.split("\t")
     assert cols[2:5] == ["384x128", "levels 128,64", "density [unknown] (intensive)"]
-    # float32 axes: the document records them as non-uniform, with their origin only
-    assert cols[5] == "y from -1 (non-uniform), x from -0.5 (non-uniform), time 0..3.19407"
+    # float32 linspace axes are uniform to float32's precision: their full span is shown
+    assert cols[5] == "y -1..2, x -0.5..0.5, time 0..3.19407"
     assert cols[-1] == "import well: trl.h5"
     assert "seed" not in line and "note" not in out
     code, out, _ = run(capsys, "ls", "--store", str(well_store))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from atlasstore.errors import InvalidName
-from atlasstore.records import ArrayKey, FieldSpec, SequenceRecord
+from atlasstore.records import ArrayKey, Axis, FieldSpec, SequenceRecord
 from atlasstore.store import AtlasStore
 
 
@@ -37,3 +37,15 @@ def test_sequence_record_is_the_document_typed(tmp_path: Path) -> None:
     assert rec.checksum(64, "temperature") == info["arrays"]["64/temperature"]["checksum"]
     with pytest.raises(KeyError):
         rec.checksum(64, "energy")
+
+
+def test_a_float32_axis_is_uniform_to_its_precision_and_records_its_span() -> None:
+    """Coordinates stored as float32 (most NetCDF latitudes) differ from an exact linspace by
+    rounding: still uniform, with the mean spacing, and the last value recorded so a listing
+    shows the span without reading arrays. A really irregular axis stays non-uniform."""
+    lat = np.linspace(-5.0, 4.444444, 18).astype(np.float32)
+    rec = Axis(tuple(lat), "degrees_north", "latitude").record()
+    assert rec["uniform"] and rec["spacing"] == pytest.approx(0.555555, rel=1e-5)
+    assert rec["last"] == pytest.approx(4.444444, rel=1e-6)
+    rec = Axis((0.0, 1.0, 3.0), None, None).record()
+    assert not rec["uniform"] and rec["spacing"] is None and rec["last"] == 3.0
