@@ -206,3 +206,19 @@ def test_a_run_that_blows_up_or_fails_its_checks_is_refused_and_not_stored(
     with pytest.raises(SolverDiverged, match=match):
         solvers.simulate(plan.preset("kolmogorov_flow"), 1, n_steps=3, shape=(64, 64))
 
+
+
+def test_atlas_generate_selects_a_solver_domain_by_name(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from atlasstore import cli
+
+    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
+    monkeypatch.delenv("ATLAS_STORE", raising=False)
+    code = cli.main(["generate", "--store", str(tmp_path / "g.zarr"), "--domains",
+                     "swift_hohenberg", "--sequences", "1", "--steps", "2", "--scheduler", "serial",
+                     "--no-catalog", "--quiet"])
+    assert code == 0
+    info = AtlasStore.open(tmp_path / "g.zarr").sequence_info("swift_hohenberg", "seq-00000")
+    assert info["shape"] == [128, 128] and info["n_steps"] == 2
+    assert info["generation"]["solver"]["preset"] == \
+        solvers.load_solver_preset("swift_hohenberg").to_dict()["solver"]
