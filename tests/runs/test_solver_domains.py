@@ -81,8 +81,10 @@ def test_plan_knows_solver_domains_and_refuses_a_non_square_shape() -> None:
     p = Plan(domains=("swift_hohenberg", "plasma_physics"))
     assert p.to_dict()["presets"]["swift_hohenberg"]["solver"]["equation"] == "swift_hohenberg"
     assert "solver_presets" not in p.to_dict()
-    # a changed solver parameter is another plan (another run id)
+    # a changed solver parameter is another plan (another run id); plans stay hashable values
     assert tiny_plan(dt=0.02).run_id() != tiny_plan().run_id()
+    assert hash(tiny_plan()) == hash(tiny_plan()) and tiny_plan() == tiny_plan()
+    assert tiny_plan(dt=0.02) != tiny_plan()
 
 
 # --------------------------------------------------------------------------- energy

@@ -81,6 +81,9 @@ class SolverPreset:
                               f"{sorted(eq.parameters)} ({solver['equation']})")
         return cls(doc["name"], shape, int(doc["n_steps"]), solver, doc.get("description", ""))
 
+    def __hash__(self) -> int:  # ``solver`` is a dict: hash the document (a Plan is hashable)
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
     @property
     def equation(self) -> Equation:
         return EQUATIONS[self.solver["equation"]]
