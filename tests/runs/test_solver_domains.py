@@ -224,3 +224,33 @@ def test_atlas_generate_selects_a_solver_domain_by_name(tmp_path: Path,
     assert info["shape"] == [128, 128] and info["n_steps"] == 2
     assert info["generation"]["solver"]["preset"] == \
         solvers.load_solver_preset("swift_hohenberg").to_dict()["solver"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_kill9_during_a_solver_run_then_resume_is_identical(tmp_path: Path) -> None:
+    """A real ``kill -9`` of ``atlas generate`` while it integrates, then the same command."""
+    from helpers.proc_helpers import ProcTracker, generate_cmd, kill9, store_state, wait_until
+
+    domains, n = ("kuramoto_sivashinsky",), 6
+    ref = tmp_path / "ref.zarr"
+    plan = Plan(domains=domains, sequences=n, steps=3, seed=3)
+    assert generate(ref, plan, scheduler="serial", catalog=None).written == n
+    store = tmp_path / "g.zarr"
+    procs = ProcTracker(tmp_path)
+    try:
+        run = procs.launch(generate_cmd(store, domains, n, 3, seed=3, scheduler="serial"))
+        assert wait_until(lambda: store_state(store, domains).groups >= 2
+                          or run.proc.poll() is not None, 240.0), run.describe()
+        finished_first = run.proc.poll() is not None
+        kill9(run.pid)
+        run.wait(30)
+    finally:
+        procs.cleanup()
+    before = store_state(store, domains)
+    report = generate(store, plan, scheduler="serial", catalog=None)
+    print(f"SOLVER crash: killed at {before.summary()}{' (child had finished)' * finished_first};"
+          f" re-run wrote {report.written}, skipped {report.skipped}")
+    assert report.ok and report.skipped == len(before.complete)
+    assert report.written + report.skipped == n
+    assert all_checksums(AtlasStore.open(store)) == all_checksums(AtlasStore.open(ref))
