@@ -150,6 +150,15 @@ def test_same_seed_same_arrays_other_seed_other_arrays() -> None:
         assert a.lineage == c.lineage
 
 
+def test_a_non_finite_energy_fails_its_bound_check() -> None:
+    """NaN compares false with every bound: the energy check refuses it instead of passing it."""
+    preset = tiny("swift_hohenberg")
+    state = np.zeros((2, 64, 64), dtype=np.float32)
+    solvers.check_run(preset, state, np.array([0.0, 0.0]), "ok")
+    with pytest.raises(SolverDiverged, match=r"mean energy density nan at step 1 exceeds"):
+        solvers.check_run(preset, state, np.array([0.0, np.nan]), "x")
+
+
 @pytest.mark.slow  # two worker processes each start JAX and compile the solver
 def test_worker_processes_write_what_one_process_writes(tmp_path: Path) -> None:
     """The default engine (a LocalCluster of worker processes, each with its own JAX) gives
