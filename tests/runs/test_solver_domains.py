@@ -18,10 +18,12 @@ import pytest
 
 pytest.importorskip("exponax")
 
+from atlasstore.audit import audit
 from atlasstore.catalog import open_catalog
 from atlasstore.errors import PlanClash, PlanError, SchemaError, SolverDiverged
 from atlasstore.io.schemas import validate
 from atlasstore.physics import solvers
+from atlasstore.query import Query
 from atlasstore.runs.generate import Plan, generate
 from atlasstore.store import AtlasStore
 from helpers.store_fixtures import all_checksums
@@ -233,6 +235,17 @@ def test_atlas_generate_selects_a_solver_domain_by_name(tmp_path: Path,
     assert info["shape"] == [128, 128] and info["n_steps"] == 2
     assert info["generation"]["solver"]["preset"] == \
         solvers.load_solver_preset("swift_hohenberg").to_dict()["solver"]
+    # the machinery of every energy domain applies: an energy-conserving pyramid, gradients,
+    # entropy in the step records, queries and the audit
+    store = AtlasStore.open(tmp_path / "g.zarr")
+    assert info["levels"] == [128, 64] and set(info["fields"]) == {"energy", "grad_x", "grad_y"}
+    full, half = (store.read("swift_hohenberg", "seq-00000", lvl).astype(np.float64)
+                  for lvl in (128, 64))
+    np.testing.assert_allclose(half.sum(axis=(1, 2)), full.sum(axis=(1, 2)), rtol=1e-5)
+    assert all(s["entropy"] > 0 for s in info["steps"])
+    q = Query(store, domains=["swift_hohenberg"], scale=64, window=2)
+    assert q.read_windows(q.windows())["energy"].shape == (1, 2, 64, 64)
+    assert audit(store).ok
 
 
 @pytest.mark.slow
