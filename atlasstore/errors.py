@@ -151,6 +151,12 @@ class GridError(EnergyMapError):
     """A map size the pyramid cannot halve cleanly (or levels it cannot reach)."""
 
 
+class SolverDiverged(EnergyMapError):
+    """A PDE solver's run went non-finite (blew up) or broke a physics bound its preset sets
+    (atlasstore.physics.solvers); the message names the step and the measured value. Nothing of
+    the run is stored."""
+
+
 class ThermodynamicViolation(AtlasError, ValueError):
     """A transformation broke a physical law; carries the measured numbers.
 

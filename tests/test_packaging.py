@@ -25,7 +25,7 @@ LOCK = ROOT / "requirements" / "constraints.txt"
 MODULE_EXTRAS = {"atlasstore.nvp": "nvp", "atlasstore.training.stream": "stream",
                  "atlasstore.catalog.neo4j": "neo4j"}
 #: Extras for what the package runs (the others are for developing it).
-RUNTIME_EXTRAS = ("neo4j", "stream", "plots", "nvp", "hdf5", "s3")
+RUNTIME_EXTRAS = ("neo4j", "stream", "plots", "nvp", "hdf5", "s3", "solvers")
 
 
 def norm(name: str) -> str:

@@ -32,7 +32,7 @@ from zarr.core.sync import sync as zarr_sync
 from atlasstore.errors import PlanClash, PlanError, SequenceExists
 from atlasstore.io.provenance import code_version, host, utc_now
 from atlasstore.physics import fields as physics
-from atlasstore.physics import synth
+from atlasstore.physics import solvers, synth
 from atlasstore.records import validate_name
 from atlasstore.runs import engine as run_driver
 from atlasstore.runs.engine import (
@@ -81,7 +81,10 @@ class Task:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to generate. ``steps``/``scales``/``shape`` default to each preset's."""
+    """What to generate. ``steps``/``scales``/``shape`` default to each preset's. A domain is a
+    synthetic preset (:mod:`atlasstore.physics.synth`) or a solver preset
+    (:mod:`atlasstore.physics.solvers`, see docs/solvers.md); ``solver_presets`` adds solver
+    presets given as objects (e.g. loaded from a custom file), found before the shipped ones."""
 
     domains: tuple[str, ...] = synth.DEFAULT_DOMAINS
     sequences: int = 5
@@ -90,8 +93,13 @@ class Plan:
     seed: int = 0
     shape: tuple[int, int] | None = None
     start_index: int = 0
+    solver_presets: tuple[solvers.SolverPreset, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "solver_presets", tuple(self.solver_presets))
+        if not all(isinstance(p, solvers.SolverPreset) for p in self.solver_presets):
+            raise PlanError("solver_presets must be SolverPreset objects "
+                            "(atlasstore.physics.solvers.load_solver_preset)")
         if self.domains is None or not isinstance(self.domains, (str, tuple, list)):
             raise PlanError(f"domains must be a list of preset names, got {self.domains!r}")
         for name, v in (("shape", self.shape), ("scales", self.scales)):
@@ -105,7 +113,8 @@ class Plan:
             raise PlanError("no domains given")
         if len(set(self.domains)) != len(self.domains):
             raise PlanError(f"duplicate domains in {list(self.domains)}")
-        known = synth.list_presets()
+        known = sorted({*synth.list_presets(), *solvers.list_solver_presets(),
+                        *(p.name for p in self.solver_presets)})
         for d in self.domains:
             validate_name(d, "domain name")
             if d not in known:
@@ -130,6 +139,8 @@ class Plan:
         for d in self.domains:
             p = self.preset(d)
             shape = self.shape or p.shape
+            if isinstance(p, solvers.SolverPreset) and shape[0] != shape[1]:
+                raise PlanError(f"{d} is a solver domain: its grid is square, got shape {shape}")
             allowed = physics.levels_for(shape)
             if self.scales is not None:
                 bad = [s for s in self.scales if s not in allowed]
@@ -143,7 +154,12 @@ class Plan:
                                 f"needs ~{need / 2**30:.1f} GiB in one task (limit "
                                 f"{MAX_TASK_BYTES / 2**30:.0f} GiB); use fewer steps")
 
-    def preset(self, domain: str) -> synth.DomainPreset:
+    def preset(self, domain: str) -> synth.DomainPreset | solvers.SolverPreset:
+        for p in self.solver_presets:
+            if p.name == domain:
+                return p
+        if domain in solvers.list_solver_presets():
+            return solvers.load_solver_preset(domain)
         return synth.load_preset(domain)
 
     def tasks(self) -> list[Task]:
@@ -153,6 +169,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["solver_presets"]  # each domain's preset is under "presets"
         d["domains"] = list(self.domains)
         d["scales"] = list(self.scales) if self.scales else None
         d["shape"] = list(self.shape) if self.shape else None
@@ -177,12 +194,18 @@ def _difference(task: Task, plan: Plan, info: Mapping[str, Any]) -> str | None:
     gen = info.get("generation") or {}
     want_shape = list(plan.shape or preset.shape)
     have = {"steps": info.get("n_steps"), "shape": info.get("shape"),
-            "levels": info.get("levels"), "perturbations": gen.get("perturbations"),
-            "seed": gen.get("seed")}
+            "levels": info.get("levels"), "seed": gen.get("seed")}
     want = {"steps": plan.steps or preset.n_steps, "shape": want_shape,
             "levels": list(plan.scales or physics.levels_for(tuple(want_shape))),
-            "perturbations": preset.perturbations.to_dict(), "seed": task.seed}
-    vague = {"perturbations": "other perturbations", "seed": "another seed"}
+            "seed": task.seed}
+    if isinstance(preset, solvers.SolverPreset):
+        have["solver"] = (gen.get("solver") or {}).get("preset")
+        want["solver"] = preset.to_dict()["solver"]
+    else:
+        have["perturbations"] = gen.get("perturbations")
+        want["perturbations"] = preset.perturbations.to_dict()
+    vague = {"perturbations": "other perturbations", "seed": "another seed",
+             "solver": "other solver parameters"}
     diff = [vague.get(k, f"{k} {have[k]} stored vs {want[k]} planned")
             for k in have if have[k] != want[k]]
     return ", ".join(diff) or None
@@ -213,9 +236,8 @@ def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] 
                                  f"({diff}; written by {info.get('generation', {}).get('run_id')})"
                                  f": use another store or --start-index")
         return "skipped", info
-    seq, steps = synth.synthesize(preset, task.seed, n_steps=plan.steps, shape=plan.shape)
-    generation = {"kind": "generate", "run_id": plan.run_id(), "seed": task.seed,
-                  "pattern": preset.pattern, "perturbations": preset.perturbations.to_dict(),
+    seq, steps, made = _synthesize(task, plan, preset)
+    generation = {"kind": "generate", "run_id": plan.run_id(), "seed": task.seed, **made,
                   "code_version": code_version(), "index": task.index}
     try:
         info = store.write_sequence(task.domain, task.sequence_id, seq, steps, generation,
@@ -229,6 +251,19 @@ def _write_one(location: str, task: Task, plan: Plan, layout: Mapping[str, Any] 
             store.delete_sequence(task.domain, task.sequence_id)
         raise
     return "written", info
+
+
+def _synthesize(task: Task, plan: Plan, preset: synth.DomainPreset | solvers.SolverPreset
+                ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """The sequence's maps, step records and what the lineage says made them: pattern and
+    perturbations, or (a solver domain) the solver's run with its checks passed (a run that
+    blows up or fails them raises ``SolverDiverged``, a deterministic error: nothing stored)."""
+    if isinstance(preset, solvers.SolverPreset):
+        run = solvers.simulate(preset, task.seed, n_steps=plan.steps, shape=plan.shape)
+        return run.energy, run.steps, {"pattern": preset.pattern, "perturbations": {},
+                                       "solver": run.lineage}
+    seq, steps = synth.synthesize(preset, task.seed, n_steps=plan.steps, shape=plan.shape)
+    return seq, steps, {"pattern": preset.pattern, "perturbations": preset.perturbations.to_dict()}
 
 
 # --------------------------------------------------------------------------- the driver
