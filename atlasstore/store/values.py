@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from atlasstore.physics import fields as physics
+from atlasstore.physics.moments import StepMoments, step_moments
 
 
 def step_record(t: int, energy: NDArray, **extra: Any) -> dict[str, Any]:
@@ -30,13 +31,14 @@ def array_stats(values: NDArray, with_entropy: bool) -> dict[str, float]:
     """The committed statistics of a whole array (what :class:`Moments` folds block by
     block): over its valid cells, with their fraction."""
     m = Moments(with_entropy)
-    m.add(np.asarray(values, dtype=np.float64))
+    m.add(np.asarray(values))
     return m.result()
 
 
 class Moments:
     """Mean, variance, min, max (and mean entropy) of an array's valid cells, folded block by
-    block in float64 (Chan et al.'s pairwise update), so memory does not grow with the array;
+    block in float64 (Chan et al.'s pairwise update of the blocks' fused per-step moments,
+    :func:`~atlasstore.physics.moments.step_moments`), so memory does not grow with the array;
     with the fraction of cells that are valid (not missing)."""
 
     def __init__(self, with_entropy: bool) -> None:
@@ -48,26 +50,25 @@ class Moments:
         self.hi = -math.inf
         self.entropies: list[NDArray[np.float64]] | None = [] if with_entropy else None
 
-    def add(self, a64: NDArray[np.float64], entropies: NDArray[np.float64] | None = None) -> None:
-        """Fold in a (t, y, x) block; ``entropies``: its per-step entropies if already known."""
-        self.cells += a64.size
+    def add(self, values: NDArray, entropies: NDArray[np.float64] | None = None,
+            moments: StepMoments | None = None) -> None:
+        """Fold in a (t, y, x) block; ``entropies`` and ``moments``: its per-step entropies
+        and moments if already known (the writer computes them once for the step records)."""
+        sm = step_moments(values) if moments is None else moments
+        self.cells += sm.cells * len(sm.n)
         if self.entropies is not None:
-            self.entropies.append(np.atleast_1d(physics.entropy(a64) if entropies is None
+            self.entropies.append(np.atleast_1d(physics.entropy(values) if entropies is None
                                                 else entropies))
-        mask = physics.valid_mask(a64)
-        v = a64 if mask is None else a64[mask]
-        n_b = v.size
+        n_b, mean_b, m2_b, lo, hi = sm.combined()
         if n_b == 0:
             return
-        mean_b = float(v.mean())
-        m2_b = float(v.var()) * n_b
         n = self.n + n_b
         delta = mean_b - self.mean
         self.mean += delta * n_b / n
         self.m2 += m2_b + delta * delta * self.n * n_b / n
         self.n = n
-        self.lo = min(self.lo, float(v.min()))
-        self.hi = max(self.hi, float(v.max()))
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
 
     def result(self) -> dict[str, float]:
         """The array's statistics; an array with no valid cell (a gradient of isolated cells)

@@ -35,6 +35,7 @@ from atlasstore.errors import SequenceExists, StoreError
 from atlasstore.io.provenance import utc_now
 from atlasstore.io.schemas import validate
 from atlasstore.physics import fields as physics
+from atlasstore.physics.moments import StepMoments, step_moments
 from atlasstore.records import ENERGY, NO_COORDINATES, Coordinates, FieldSpec, validate_name
 from atlasstore.store.change_log import ChangeLog
 from atlasstore.store.documents import (
@@ -264,27 +265,20 @@ class SequenceWriter:
         block = self._buf[:n]
         base = self.levels[0]
         sub = max(1, SUB_BLOCK_BYTES // (self.ny * self.nx * 8))
-        for s0 in range(0, n, sub):
-            for i, rec in enumerate(self._step_records(block[s0:s0 + sub]), start=s0):
-                given = {k: v for k, v in self._extra[i].items() if k != "t"}  # t is ours
-                if self.coords.time is not None:
-                    rec["time"] = self.coords.time[t0 + i]
-                self._steps.append({"t": t0 + i, "perturbations": [], **rec, **given})
-        # the base level's per-step entropies are the step records' (computed once)
-        step_h = (np.array([st["entropy"] for st in self._steps[-n:]])
-                  if self.kind == "extensive" else None)
-        for lvl in self.levels:
+        for lvl in self.levels:  # the base first: its primary field makes the step records
             ny, nx = physics.grid_level_shape((self.ny, self.nx), lvl)
             out = {name: np.empty((n, ny, nx), np.float32)
                    for name in (self.field.name, "grad_x", "grad_y")}
             for s0 in range(0, n, sub):
-                v, gx, gy = physics.derive(block[s0:s0 + sub], (lvl,), self.kind)[lvl] \
-                    if lvl != base else self._derive_base(block[s0:s0 + sub])
+                part = block[s0:s0 + sub]
+                v, gx, gy = physics.derive(part, (lvl,), self.kind)[lvl] \
+                    if lvl != base else self._derive_base(part)
                 for name, vals in zip(out, (v, gx, gy), strict=True):
                     out[name][s0:s0 + sub] = vals
-                    known = (step_h[s0:s0 + sub] if step_h is not None and lvl == base
-                             and name == self.field.name else None)
-                    self._arrays[f"{lvl}/{name}"].moments.add(vals.astype(np.float64), known)
+                    sm = step_moments(vals)  # one fused pass: records and array stats
+                    known = (self._record_steps(s0, part, sm)
+                             if lvl == base and name == self.field.name else None)
+                    self._arrays[f"{lvl}/{name}"].moments.add(vals, known, sm)
             for name, vals in out.items():
                 st = self._arrays[f"{lvl}/{name}"]
                 self._write_block(st.arr, t0, vals)
@@ -304,18 +298,33 @@ class SequenceWriter:
         gx, gy = physics.gradients(values)
         return values, gx, gy
 
-    def _step_records(self, values: NDArray[np.float32]) -> list[dict[str, Any]]:
-        keys = ("sum", "mean", "variance", "entropy") if self.kind == "extensive" else (
-            "mean", "variance", "min", "max")
-        out = []
-        valid = np.isfinite(values).sum(axis=(-2, -1))
-        for i, m in enumerate(values):
-            if not valid[i]:
-                raise physics.EnergyMapError(f"{self.what} step {len(self._steps) + i}"
-                                             ": every cell is missing (a step needs data)")
-            stats = physics.field_stats(m, self.kind)
-            out.append({**{k: stats[k] for k in keys}, "valid_cells": int(valid[i])})
-        return out
+    def _record_steps(self, s0: int, values: NDArray[np.float32], sm: StepMoments
+                      ) -> NDArray[np.float64] | None:
+        """Append the step records of buffered steps ``s0..`` (their base-level maps
+        ``values``, moments ``sm``): the statistics of :func:`physics.field_stats` over the
+        valid cells, merged with the given step keys; returns the per-step entropies
+        (extensive fields) for the array statistics."""
+        empty = np.flatnonzero(sm.n == 0)
+        if empty.size:
+            raise physics.EnergyMapError(f"{self.what} step {self._t + s0 + int(empty[0])}: "
+                                         "every cell is missing (a step needs data)")
+        h = np.atleast_1d(physics.entropy(values)) if self.kind == "extensive" else None
+        var, total = sm.variance, sm.total
+        for j in range(values.shape[0]):
+            i = s0 + j
+            rec: dict[str, Any]
+            if h is not None:
+                rec = {"sum": float(total[j]), "mean": float(sm.mean[j]),
+                       "variance": float(var[j]), "entropy": float(h[j])}
+            else:
+                rec = {"mean": float(sm.mean[j]), "variance": float(var[j]),
+                       "min": float(sm.lo[j]), "max": float(sm.hi[j])}
+            rec["valid_cells"] = int(sm.n[j])
+            if self.coords.time is not None:
+                rec["time"] = self.coords.time[self._t + i]
+            given = {k: v for k, v in self._extra[i].items() if k != "t"}  # t is ours
+            self._steps.append({"t": self._t + i, "perturbations": [], **rec, **given})
+        return h
 
     def _attrs(self, status: str = "writing") -> dict[str, Any]:
         rec: dict[str, Any] = {
