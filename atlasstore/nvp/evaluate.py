@@ -138,29 +138,45 @@ def _setting(ck: LoadedCheckpoint, store: str | None, split: str | None,
                     batch_size or cfg.eval.batch_size)
 
 
-def _seeds(st: AtlasStore, keys: Sequence[str]) -> dict[tuple[str, Any], str]:
-    out = {}
+def _content(st: AtlasStore, keys: Sequence[str]) -> dict[tuple[Any, ...], str]:
+    """What identifies each sequence's content, mapped to its key: the domain and generation
+    seed of generated data, every source file part (SHA-256 and member) of imported data, and
+    the checksum of every stored array."""
+    out: dict[tuple[Any, ...], str] = {}
     for k in keys:
-        gen = st.sequence_info(*k.split("/", 1)).get("generation") or {}
+        info = st.sequence_info(*k.split("/", 1))
+        gen = info.get("generation") or {}
         if gen.get("seed") is not None:
-            out[(k.split("/", 1)[0], gen["seed"])] = k
+            out[("seed", k.split("/", 1)[0], gen["seed"])] = k
+        for src in gen.get("sources") or ():
+            if src.get("sha256"):
+                out[("source", src["sha256"], src.get("member"))] = k
+        for arr in (info.get("arrays") or {}).values():
+            if arr.get("checksum"):
+                out[("array", arr["checksum"])] = k
     return out
 
 
 def held_out_check(s: _Setting, train_store: AtlasStore | None) -> tuple[bool, str]:
     """(held out?, a sentence saying so): not held out when the evaluated sequences are the
-    training store's validation split, or any of them was trained on (same store and key, or the
-    same domain and generation seed in another store)."""
+    training store's validation split, or any of them was trained or validated on: the same
+    store and key, or - in another store - the same content (a generation seed of the domain, a
+    source file's SHA-256, an array checksum of the training run's sequences)."""
     meta = s.ck.meta
     same = _same_location(s.location, meta["store"])
     trained = set(meta["split"]["train"])
     seen = sorted(k for k in s.keys if same and k in trained)
-    if not same and train_store is not None:
-        ref = _seeds(train_store, list(meta["split"]["train"]) + list(meta["split"]["val"]))
-        seen = sorted(k for key, k in _seeds(s.store, s.keys).items() if key in ref)
     if seen:
         return False, (f"NOT a held-out evaluation: {len(seen)} of the {len(s.keys)} evaluated "
                        f"sequences were trained on (e.g. {seen[0]})")
+    if not same and train_store is not None:
+        ref = _content(train_store, list(meta["split"]["train"]) + list(meta["split"]["val"]))
+        overlap = sorted({k for key, k in _content(s.store, s.keys).items() if key in ref})
+        if overlap:
+            return False, (f"NOT a held-out evaluation: {len(overlap)} of the {len(s.keys)} "
+                           f"evaluated sequences have the content of sequences the run trained "
+                           f"or validated on (same source file, array checksum or generation "
+                           f"seed; e.g. {overlap[0]})")
     if same and set(s.keys) <= set(meta["split"]["val"]):
         return False, ("NOT a held-out evaluation: validation split of the training store (it "
                        "chose the best checkpoint and calibrated the variance); evaluate on a "
@@ -169,7 +185,7 @@ def held_out_check(s: _Setting, train_store: AtlasStore | None) -> tuple[bool, s
         return False, ("NOT a held-out evaluation: sequences of the training store outside its "
                        "recorded split")
     return True, (f"held-out evaluation: {len(s.keys)} sequences of {s.location}, none trained "
-                  "or validated on")
+                  "or validated on, none with their content")
 
 
 def _training_pairs(s: _Setting, train_store: str | None

@@ -478,4 +478,5 @@ def test_a_regenerated_copy_of_the_training_data_is_not_held_out(world: dict[str
                               plots=False, rollout_steps=0)
     assert rep["data"]["held_out"] is False
     assert rep["data"]["held_out_note"].startswith(
-        "NOT a held-out evaluation: 6 of the 6 evaluated sequences were trained on")
+        "NOT a held-out evaluation: 6 of the 6 evaluated sequences have the content of "
+        "sequences the run trained or validated on")
