@@ -308,6 +308,30 @@ def test_a_failing_run_closes_the_catalog_it_opened(world: dict[str, Any], tmp_p
     assert _open_files_under(cat_path) == []
 
 
+def test_a_start_that_failed_does_not_block_the_same_command(world: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    """A start that fails before its first checkpoint leaves a run record (and a best checkpoint
+    of step 0) behind; running the same thing again starts afresh instead of being refused.
+    A run with a checkpoint to resume still is refused."""
+    class Failed(Exception):
+        pass
+
+    def fail_at_start(e: dict[str, Any]) -> None:
+        if e["event"] == "checkpoint":  # the best checkpoint of step 0, before any step
+            raise Failed
+
+    cfg = TrainConfig.from_dict(TINY).with_overrides(train_eval_at_start=True, train_max_steps=1)
+    out = tmp_path / "run"
+    with pytest.raises(Failed):
+        train(cfg, store=world["store"], out_dir=out, catalog=False, progress=fail_at_start)
+    assert (out / "run.json").is_file() and (out / "checkpoints" / "best" / "0").is_dir()
+    result = train(cfg, store=world["store"], out_dir=out, catalog=False)
+    assert result.step == 1 and result.resumed_from is None
+    assert json.loads((out / "run.json").read_text())["run_id"] == result.run_id
+    with pytest.raises(TrainError, match="already holds a training run"):
+        train(cfg, store=world["store"], out_dir=out, catalog=False)
+
+
 def test_early_stopping_stops_the_run(world: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(TINY).with_overrides(
         train_eval_every=1, train_patience=1, train_min_delta=1e9)  # same max_steps: no recompile
