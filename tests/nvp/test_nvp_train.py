@@ -123,6 +123,18 @@ def test_shipped_configs_validate() -> None:
     assert TrainConfig.from_dict({}).optim.learning_rate == 1e-4  # the predecessor's default
 
 
+def test_the_default_config_is_the_shipped_cpu_config_with_the_data_left_open() -> None:
+    """``atlas train`` without --config runs configs/nvp-cpu-small.json's settings, except the
+    level, which it takes from the data (the file names 128, for the 256x256 synthetic data)."""
+    shipped = TrainConfig.load(REPO / "configs" / "nvp-cpu-small.json").to_dict()
+    default = TrainConfig.default().to_dict()
+    assert default["data"]["resolution"] is None and shipped["data"]["resolution"] == 128
+    for doc in (shipped, default):
+        doc["data"]["resolution"] = None
+        doc["description"] = ""
+    assert default == shipped
+
+
 @pytest.mark.parametrize("bad", [{"optim": {"schedule": "linear"}},
                                  {"optim": {"learning_rate": -1}},
                                  {"model": {"widht": 4}}, {"bogus": 1},
