@@ -94,7 +94,7 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
             entropies += [s["entropy"] for s in info["steps"] if "entropy" in s]
             primary, kind = primary_field(info), field_kind(info)
             reader = reader_of(store)
-            base_sums = None
+            base: np.ndarray | None = None
             for key, rec in sorted(info["arrays"].items(), key=lambda kv: -int(kv[0].split("/")[0])):
                 lvl_s, fname = key.split("/")
                 lvl = int(lvl_s)
@@ -116,10 +116,11 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
                     report.problems.append(Problem(path, "checksum",
                                                    "decoded values do not match the committed checksum"))
                     continue
+                report.problems += _missing_cells(path, values, rec)
                 report.problems += _invariants(path, fname == primary, kind, lvl, values,
-                                               base_sums, tolerance)
+                                               base, tolerance)
                 if fname == primary and lvl == max(info["levels"]):
-                    base_sums = _totals(values, kind)
+                    base = values
         if means:
             dr.mean, dr.variance = float(np.mean(means)), float(np.mean(variances))
             dr.entropy = float(np.mean(entropies)) if entropies else float("nan")
@@ -130,31 +131,58 @@ def audit(store: AtlasStore, domains: list[str] | None = None, verify: bool = Tr
 
 def _totals(values: np.ndarray, kind: str) -> np.ndarray:
     """What every level of a pyramid conserves, per step: the sum (extensive), the mean
-    (intensive)."""
+    (intensive), over the valid cells."""
     v = values.astype(np.float64)
-    return v.sum(axis=(1, 2)) if kind == "extensive" else v.mean(axis=(1, 2))
+    return np.nansum(v, axis=(1, 2)) if kind == "extensive" else np.nanmean(v, axis=(1, 2))
+
+
+def _missing_cells(path: str, values: np.ndarray, rec: dict) -> list[Problem]:
+    """Missing cells (NaN) are data only where the commit recorded them: as many as its valid
+    fraction says (a store written before missing cells existed recorded none); inf never."""
+    n_inf = int(np.isinf(values).sum())
+    n_nan = int(np.isnan(values).sum())
+    out = []
+    if n_inf:
+        out.append(Problem(path, "invariant", f"{n_inf} infinite values stored"))
+    fraction = rec.get("stats", {}).get("valid_fraction")
+    want = 0 if fraction is None else round((1.0 - fraction) * values.size)
+    if n_nan != want:
+        out.append(Problem(path, "invariant", f"{n_nan} missing (NaN) cells stored; the commit "
+                           f"recorded {want}"))
+    return out
 
 
 def _invariants(path: str, primary: bool, kind: str, level: int, values: np.ndarray,
                 base: np.ndarray | None, tolerance: float) -> list[Problem]:
-    out = []
-    if not np.isfinite(values).all():
-        out.append(Problem(path, "invariant", "non-finite values stored"))
-        return out
-    if not primary:
+    """A primary field's physics: extensive fields are non-negative; every level conserves
+    the base's totals (the sum, or the mean where no cell is missing); an intensive level of
+    a map with missing cells is the block mean of the base's valid cells (the mean of block
+    means is not the mean), checked by recomputing it."""
+    out: list[Problem] = []
+    if not primary or np.isinf(values).any():
         return out
     if kind == "extensive" and (values < 0).any():
         out.append(Problem(path, "invariant", f"{int((values < 0).sum())} negative values in an "
                            "extensive field"))
-    if base is not None:
-        got = _totals(values, kind)
-        scale = np.abs(base) if kind == "extensive" else np.maximum(
-            np.abs(values).astype(np.float64).mean(axis=(1, 2)), np.abs(base))
-        err = np.abs(got - base) / np.where(scale > 0, scale, 1.0)
-        if (err >= tolerance).any():
-            what = "energy" if kind == "extensive" else "the mean"
-            out.append(Problem(path, "invariant", f"level {level} does not conserve {what} "
-                               f"(max relative error {float(err.max()):.3e})"))
+    if base is None:
+        return out
+    if kind == "intensive" and np.isnan(base).any():
+        want = physics.downsample_field(base, base.shape[-1] // values.shape[-1], kind)
+        same = np.array_equal(np.isnan(want), np.isnan(values)) and np.allclose(
+            np.nan_to_num(want), np.nan_to_num(values), rtol=1e-5, atol=1e-6 * float(
+                np.nanmax(np.abs(base))))
+        if not same:
+            out.append(Problem(path, "invariant", f"level {level} is not the block mean of the "
+                               "base's valid cells"))
+        return out
+    got, want_totals = _totals(values, kind), _totals(base, kind)
+    scale = np.abs(want_totals) if kind == "extensive" else np.maximum(
+        np.nanmean(np.abs(values).astype(np.float64), axis=(1, 2)), np.abs(want_totals))
+    err = np.abs(got - want_totals) / np.where(scale > 0, scale, 1.0)
+    if (err >= tolerance).any():
+        what = "energy" if kind == "extensive" else "the mean"
+        out.append(Problem(path, "invariant", f"level {level} does not conserve {what} "
+                           f"(max relative error {float(err.max()):.3e})"))
     return out
 
 

@@ -460,12 +460,25 @@ class Query:
             values, attrs = axes[0][name]
             if all(np.array_equal(a[name][0], values) for a in axes):
                 out[name] = (name, values[yx[i]], attrs)
-        times = {k: [st.get("time") for st in self.store.sequence_info(*k)["steps"]] for k in keys}
+        infos = {k: self.store.sequence_info(*k) for k in keys}
+        times = {k: [st.get("time") for st in info["steps"]] for k, info in infos.items()}
         if all(t is not None for ts in times.values() for t in ts):
             tv = np.array([times[(w.domain, w.sequence_id)][w.t0:w.t0 + w.length] for w in wins])
-            out["time"] = (("sample", "step"),
-                           tv.astype("datetime64[ns]") if tv.dtype.kind == "U" else tv)
+            cal = {_calendar(info) for info in infos.values()}
+            if tv.dtype.kind == "U":
+                tv = tv.astype("datetime64[ns]")
+            elif len(cal) == 1 and None not in cal:  # one CF calendar: its dates (cftime)
+                import cftime
+                (units, calendar), = cal
+                tv = np.asarray(cftime.num2date(tv, units, calendar=calendar))
+            out["time"] = (("sample", "step"), tv)
         return out
+
+
+def _calendar(info: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(units, calendar) of a sequence's numeric times on a non-standard CF calendar."""
+    rec = (info.get("coordinates") or {}).get("time") or {}
+    return (str(rec["units"]), str(rec["calendar"])) if rec.get("calendar") else None
 
 
 class _CheckedArray:

@@ -165,6 +165,8 @@ class Coordinates:
     time: tuple[float | str, ...] | None = None
     time_units: str | None = None
     time_source_name: str | None = None
+    #: the CF calendar of numeric times (``360_day``, ``noleap``, ...); None: standard
+    time_calendar: str | None = None
 
     def is_empty(self) -> bool:
         return self.y is None and self.x is None and self.time is None
@@ -178,6 +180,8 @@ class Coordinates:
         if self.time is not None:
             rec["time"] = {"n": len(self.time), "units": self.time_units,
                            "source_name": self.time_source_name}
+            if self.time_calendar:
+                rec["time"]["calendar"] = self.time_calendar
         return rec
 
     def time_values(self) -> NDArray[np.float64] | None:

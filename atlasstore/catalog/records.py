@@ -193,6 +193,7 @@ class TimeStep(_Record):
     entropy: float | None  # None for fields without entropy (intensive fields)
     sum: float | None
     perturbation_kinds: list[str] = field(default_factory=list)
+    valid_cells: int | None = None  # cells with data (None: every cell; older records)
 
     def _check_keys(self) -> None:
         want = f"{self.sequence_key}/{self.t}"

@@ -106,7 +106,8 @@ def records_from_info(info: Mapping[str, Any]
     }
     timesteps = [{"key": f"{key}/{s['t']}", "sequence_key": key, "t": s["t"], "mean": s["mean"],
                   "variance": s["variance"], "entropy": s.get("entropy"), "sum": s.get("sum"),
-                  "perturbation_kinds": sorted({p["kind"] for p in s.get("perturbations", [])})}
+                  "perturbation_kinds": sorted({p["kind"] for p in s.get("perturbations", [])}),
+                  "valid_cells": s.get("valid_cells")}
                  for s in steps]
     arrays = []
     for akey, rec in info["arrays"].items():

@@ -212,9 +212,13 @@ def _import_options() -> argparse.ArgumentParser:
                    help="keep the first NY rows and NX columns of every map")
     g.add_argument("--pad", type=_size, default=None, metavar="NYxNX",
                    help="pad every map at its far end to NY rows and NX columns")
-    g.add_argument("--pad-mode", choices=("zero", "edge", "reflect"), default=None,
+    g.add_argument("--pad-mode", choices=("zero", "edge", "reflect", "missing"), default=None,
                    help="what --pad fills with (default: zero for extensive fields, edge for "
-                        "intensive ones)")
+                        "intensive ones; missing: the padded cells are missing cells)")
+    g.add_argument("--nan-is-missing", action="store_true",
+                   help="NaN cells are missing cells (kept as NaN, left out of statistics) even "
+                        "where the source does not declare them; cells a source declares "
+                        "missing (CF _FillValue/missing_value, an HDF5 fill value) always are")
     e = shape.add_argument_group("engine")
     e.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
     e.add_argument("--scheduler", default=None,

@@ -69,7 +69,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     options = ImportOptions(kind=args.kind, levels=tuple(args.levels) if args.levels else None,
                             smallest=args.min_level, crop=args.crop, pad=args.pad,
-                            pad_mode=args.pad_mode)
+                            pad_mode=args.pad_mode, nan_is_missing=args.nan_is_missing)
     if args.source == "npy":
         plan = plan_npy(args.dir, args.pattern, domain=args.domain, sequence=args.sequence,
                         sidecars=not args.no_sidecars, sidecar_keys=args.sidecar_keys,

@@ -235,7 +235,8 @@ def explain_text(text: str, settings: S3Settings | None = None) -> str:
     if m is None:
         if _GONE.search(text):
             return _unreachable(text, settings)
-        return text.strip().splitlines()[0][:300] if text.strip() else ""
+        # (a long local path plus the reason fit; a server's XML body does not)
+        return text.strip().splitlines()[0][:1000] if text.strip() else ""
     method, url, retries, rest = m.groups()
     code = re.search(r"<Code>([^<]+)</Code>", text)
     reason = rest.split("<?xml")[0].strip().rstrip(":").strip()

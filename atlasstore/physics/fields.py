@@ -44,10 +44,36 @@ def validate_energy(energy: ArrayLike, name: str = "energy map") -> NDArray[np.f
 
 
 def validate_field(values: ArrayLike, kind: str = "extensive", name: str = "field",
-                   what: str = "an extensive field") -> NDArray[np.floating]:
+                   what: str = "an extensive field", allow_missing: bool = False
+                   ) -> NDArray[np.floating]:
     """``values`` as a float array of at least 2 dimensions, finite, and non-negative when the
-    field is extensive; otherwise EnergyMapError naming the first problem found."""
+    field is extensive; otherwise EnergyMapError naming the first problem found.
+
+    ``allow_missing``: NaN cells are declared missing cells (kept as NaN, see
+    :func:`valid_mask`); inf is refused either way. Without it a NaN is bad input, and the
+    error says how to declare missing cells.
+    """
     check_kind(kind)
+    arr = check_array(values, name)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        if n_inf or not allow_missing:
+            hint = ("; if they are missing values (a land mask, a gap), declare them: "
+                    "--nan-is-missing (atlas import), nan_is_missing=True or a masked array"
+                    if n_nan and not n_inf else "")
+            raise EnergyMapError(f"{name}: contains non-finite values ({n_nan} NaN, "
+                                 f"{n_inf} inf){hint}")
+    if kind == "extensive" and (arr < 0).any():
+        raise EnergyMapError(f"{name}: contains {int((arr < 0).sum())} negative values "
+                             f"(min {float(np.nanmin(arr)):.6g}); {what} must be non-negative")
+    return arr
+
+
+def check_array(values: ArrayLike, name: str = "field") -> NDArray[np.floating]:
+    """``values`` as an array if its dtype is floating point and it holds at least one (y, x)
+    map (no pass over the values); EnergyMapError otherwise."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "f":
         raise EnergyMapError(f"{name}: dtype {arr.dtype} is not a floating-point type")
@@ -55,15 +81,15 @@ def validate_field(values: ArrayLike, kind: str = "extensive", name: str = "fiel
         raise EnergyMapError(f"{name}: expected at least 2 dimensions (y, x), got shape {arr.shape}")
     if arr.size == 0:
         raise EnergyMapError(f"{name}: empty array of shape {arr.shape}")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        n_nan = int(np.isnan(arr).sum())
-        n_inf = int((~finite).sum()) - n_nan
-        raise EnergyMapError(f"{name}: contains non-finite values ({n_nan} NaN, {n_inf} inf)")
-    if kind == "extensive" and (arr < 0).any():
-        raise EnergyMapError(f"{name}: contains {int((arr < 0).sum())} negative values "
-                             f"(min {float(arr.min()):.6g}); {what} must be non-negative")
     return arr
+
+
+def valid_mask(values: ArrayLike) -> NDArray[np.bool_] | None:
+    """Where ``values`` holds data (not NaN), or None when every cell does: missing cells are
+    NaN everywhere in the store, so "no NaN" is the fast common case."""
+    v = np.asarray(values)
+    isnan = np.isnan(v)
+    return ~isnan if isnan.any() else None
 
 
 def validate_shape(shape: ArrayLike | tuple[int, ...], name: str = "energy map") -> tuple[int, int]:
@@ -105,11 +131,14 @@ def entropy(energy: ArrayLike) -> NDArray[np.float64] | float:
     """Shannon entropy H = -sum p log p (nats) with p = E / sum E, over the last two axes.
 
     Zero-safe: pixels with E = 0 contribute 0 (the limit of p log p), and an all-zero map has
-    H = 0. The maximum, log(ny * nx), is reached by a uniform map.
+    H = 0. Missing (NaN) cells are left out: p is over the valid cells. The maximum,
+    log(ny * nx), is reached by a uniform map.
     """
     e = np.asarray(energy, dtype=np.float64)
     if e.ndim < 2:
         raise EnergyMapError(f"entropy needs a map (..., y, x), got shape {e.shape}")
+    if valid_mask(e) is not None:  # missing cells hold no energy: p = 0
+        e = np.nan_to_num(e, nan=0.0)
     total = e.sum(axis=(-2, -1), keepdims=True)
     safe_total = np.where(total > 0, total, 1.0)
     p = e / safe_total
@@ -120,16 +149,29 @@ def entropy(energy: ArrayLike) -> NDArray[np.float64] | float:
 
 
 def map_stats(energy: ArrayLike) -> dict[str, float]:
-    """Summary statistics recorded for every stored map (float64 accumulation)."""
+    """Summary statistics recorded for every stored map (float64 accumulation), over its valid
+    cells (missing cells, NaN, are left out)."""
     e = np.asarray(energy, dtype=np.float64)
+    v = _valid_values(e)
     return {
-        "sum": float(e.sum()),
-        "mean": float(e.mean()),
-        "variance": float(e.var()),
-        "min": float(e.min()),
-        "max": float(e.max()),
+        "sum": float(v.sum()),
+        "mean": float(v.mean()),
+        "variance": float(v.var()),
+        "min": float(v.min()),
+        "max": float(v.max()),
         "entropy": float(entropy(e)),
     }
+
+
+def _valid_values(v: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The non-missing cells of ``v`` (``v`` itself when none is missing); EnergyMapError
+    when no cell is valid (a map of nothing has no statistics)."""
+    mask = valid_mask(v)
+    if mask is None:
+        return v
+    if not mask.any():
+        raise EnergyMapError(f"every cell of a {'x'.join(map(str, v.shape))} map is missing")
+    return v[mask]
 
 
 def relative_energy_error(before: ArrayLike, after: ArrayLike, factor: float = 1.0) -> float:
@@ -192,11 +234,18 @@ def gradients(energy: ArrayLike, spacing: float = 1.0) -> tuple[NDArray, NDArray
     first-order one-sided differences at the edges (``numpy.gradient`` with ``edge_order=1``),
     so no periodicity is assumed. ``spacing`` h is the pixel size; the store uses h = 1 pixel of
     the level the gradient belongs to, so units are energy per pixel of that level. The result
-    has the input's floating dtype.
+    has the input's floating dtype. Missing cells: a gradient is missing (NaN) where its cell
+    or a cell its stencil uses is missing; there is no one-sided fallback at mask edges, so
+    every stored gradient is the same stencil.
     """
     e = np.asarray(energy)
     dtype = e.dtype if e.dtype.kind == "f" else np.float64
-    gy, gx = np.gradient(e.astype(np.float64, copy=False), spacing, axis=(-2, -1), edge_order=1)
+    grads = np.gradient(e.astype(np.float64, copy=False), spacing, axis=(-2, -1), edge_order=1)
+    gy, gx = np.asarray(grads[0]), np.asarray(grads[1])
+    mask = valid_mask(e) if e.dtype.kind == "f" else None
+    if mask is not None:  # the stencil's neighbours propagate NaN; the cell itself must too
+        gx[~mask] = np.nan
+        gy[~mask] = np.nan
     return np.asarray(gx, dtype=dtype), np.asarray(gy, dtype=dtype)
 
 
@@ -302,11 +351,13 @@ def pyramid_levels(shape: tuple[int, ...], smallest: int = SMALLEST_LEVEL,
                    levels: tuple[int, ...] | list[int] | None = None) -> tuple[int, ...]:
     """The pyramid of a map of any size: its levels named by short side, finest first.
 
-    Default: the native base and its halvings while the short side stays >= ``smallest``
-    (512x512 -> 512, 256, 128, 64; 384x128 -> 128, 64; 100x100 -> 100; 32x32 -> 32). Every
-    halving must divide both sides exactly, or GridError names the ``--crop``/``--pad`` sizes
-    that would. ``levels`` chooses a subset of the base and its exact halvings (the base must
-    be among them).
+    Default: the native base and its exact halvings while the short side stays >= ``smallest``
+    (512x512 -> 512, 256, 128, 64; 384x128 -> 128, 64; 100x100 -> 100; 32x32 -> 32). The
+    pyramid stops where halving stops being exact (a side that does not divide by 2): a
+    330x360 ocean grid gets 330 and 165, a 37x49 grid its base alone. Coarser levels of such
+    grids would need cells that straddle the edge, so none are invented; ``--crop``/``--pad``
+    make a grid halve further (:func:`halving_hint` names the sizes). ``levels`` chooses a
+    subset of the base and its exact halvings (the base must be among them).
     """
     dims = tuple(int(s) for s in shape)
     if len(dims) < 2 or min(dims[-2:]) < 1:
@@ -318,28 +369,33 @@ def pyramid_levels(shape: tuple[int, ...], smallest: int = SMALLEST_LEVEL,
     if isinstance(smallest, bool) or not isinstance(smallest, (int, np.integer)) or smallest < 1:
         raise GridError(f"smallest level must be a positive integer, got {smallest!r}")
     out, f = [short], 1
-    while short / (2 * f) >= smallest:
+    while short / (2 * f) >= smallest and not (ny % (2 * f) or nx % (2 * f)):
         f *= 2
-        if ny % f or nx % f:
-            need = f
-            while short / (2 * need) >= smallest:
-                need *= 2
-            raise GridError(_halving_hint(ny, nx, need, smallest))
         out.append(short // f)
     return tuple(out)
 
 
-def _halving_hint(ny: int, nx: int, factor: int, smallest: int) -> str:
+def halving_hint(shape: tuple[int, ...], smallest: int = SMALLEST_LEVEL) -> str | None:
+    """How to crop or pad a grid whose pyramid stops early (:func:`pyramid_levels`) so that it
+    halves down to ``smallest``; None when it already does."""
+    ny, nx = (int(s) for s in shape[-2:])
+    short = min(ny, nx)
+    factor = 1
+    while short / (2 * factor) >= smallest:
+        factor *= 2
+    if factor == 1 or not (ny % factor or nx % factor):
+        return None
+
     def down(n: int) -> int:
         return n // factor * factor
 
     def up(n: int) -> int:
         return -(-n // factor) * factor
 
-    return (f"a {ny}x{nx} map does not halve cleanly down to short side >= {smallest} "
-            f"(both sides must divide by {factor}); crop it to {down(ny)}x{down(nx)} "
-            f"(--crop {down(ny)}x{down(nx)}) or pad it to {up(ny)}x{up(nx)} "
-            f"(--pad {up(ny)}x{up(nx)}), or choose the levels (--levels {min(ny, nx)})")
+    return (f"a {ny}x{nx} map halves exactly down to short side "
+            f"{pyramid_levels((ny, nx), smallest)[-1]}; to get levels down to >= {smallest}, "
+            f"crop it to {down(ny)}x{down(nx)} (--crop {down(ny)}x{down(nx)}) or pad it to "
+            f"{up(ny)}x{up(nx)} (--pad {up(ny)}x{up(nx)})")
 
 
 def _chosen_levels(ny: int, nx: int, levels: tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -368,17 +424,28 @@ def grid_level_shape(shape: tuple[int, ...], level: int) -> tuple[int, int]:
 
 def downsample_field(values: NDArray, factor: int, kind: str = "extensive") -> NDArray:
     """Coarsen the last two axes by ``factor``: block sums rescaled to the input's total per
-    map (extensive, as :func:`downsample`) or block means (intensive); the input's dtype."""
+    map (extensive, as :func:`downsample`) or block means (intensive); the input's dtype.
+
+    Missing (NaN) cells: an intensive block is the mean of its valid cells, an extensive block
+    the sum of its valid cells (the valid fraction is in the arrays' statistics); a block with
+    no valid cell is missing.
+    """
     if factor == 1:
         return values.copy()
     v64 = values.astype(np.float64, copy=False)
+    mask = valid_mask(v64)
+    if mask is not None:
+        v64 = np.where(mask, v64, 0.0)
     coarse = block_sum(v64, factor)
+    counts = None if mask is None else block_sum(mask.astype(np.float64), factor)
     if kind == "intensive":
-        coarse /= factor * factor
-        return coarse.astype(values.dtype, copy=False)
-    before = v64.sum(axis=(-2, -1), keepdims=True)
-    after = coarse.sum(axis=(-2, -1), keepdims=True)
-    coarse *= np.where(after > 0, before / np.where(after > 0, after, 1.0), 1.0)
+        coarse /= factor * factor if counts is None else np.maximum(counts, 1.0)
+    else:
+        before = v64.sum(axis=(-2, -1), keepdims=True)
+        after = coarse.sum(axis=(-2, -1), keepdims=True)
+        coarse *= np.where(after > 0, before / np.where(after > 0, after, 1.0), 1.0)
+    if counts is not None:
+        coarse[counts == 0] = np.nan
     return coarse.astype(values.dtype, copy=False)
 
 
@@ -397,10 +464,11 @@ def derive(values: NDArray, levels: tuple[int, ...], kind: str = "extensive"
 
 
 def field_stats(values: ArrayLike, kind: str = "extensive") -> dict[str, float]:
-    """Per-map statistics recorded for every stored step: :func:`map_stats` for extensive
-    fields; mean, variance, min and max for intensive ones (no sum, no entropy)."""
+    """Per-map statistics recorded for every stored step, over the valid cells:
+    :func:`map_stats` for extensive fields; mean, variance, min and max for intensive ones (no
+    sum, no entropy)."""
     if kind == "extensive":
         return map_stats(values)
-    v = np.asarray(values, dtype=np.float64)
+    v = _valid_values(np.asarray(values, dtype=np.float64))
     return {"mean": float(v.mean()), "variance": float(v.var()), "min": float(v.min()),
             "max": float(v.max())}

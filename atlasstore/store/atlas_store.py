@@ -61,7 +61,7 @@ from atlasstore.store.shards import check_shards_present
 from atlasstore.store.tensorstore_reader import TensorStoreReader
 from atlasstore.store.values import checksum
 from atlasstore.store.writer import SequenceWriter
-from atlasstore.store.xarray_input import from_dataarray
+from atlasstore.store.xarray_input import declares_missing, from_dataarray
 
 #: The arrays of an energy sequence (the generator's); a sequence of another field holds
 #: ``[<field name>, "grad_x", "grad_y"]`` (its record's ``fields``, see :class:`FieldSpec`).
@@ -342,11 +342,15 @@ class AtlasStore:
                        levels: Sequence[int] | None = None, overwrite: bool = False, *,
                        field: FieldSpec | str | None = None, kind: str | None = None,
                        coords: Coordinates | None = None, dims: Mapping[str, str] | None = None,
-                       smallest: int = physics.SMALLEST_LEVEL) -> dict[str, Any]:
+                       smallest: int = physics.SMALLEST_LEVEL,
+                       nan_is_missing: bool = False) -> dict[str, Any]:
         """Write a (time, y, x) sequence with its pyramid and gradients, then commit.
 
-        ``energy`` is an array or an ``xarray.DataArray`` (its dims mapped by ``dims``; its
-        coordinates and attributes are kept, its name names the field unless ``field`` does).
+        ``energy`` is an array, a ``numpy.ma.MaskedArray`` (masked cells are missing cells) or
+        an ``xarray.DataArray`` (its dims mapped by ``dims``; its coordinates and attributes are
+        kept, its name names the field unless ``field`` does; NaN cells are missing when its
+        encoding declares a ``_FillValue``/``missing_value``). ``nan_is_missing`` declares NaN
+        cells of a plain array missing (otherwise NaN is bad input).
         ``field`` (a :class:`FieldSpec` or a name) and ``kind`` say what the values are
         (default: energy; the kind by name, :func:`~.sequence_writer.default_kind`);
         ``levels``/``smallest`` choose the pyramid
@@ -362,24 +366,19 @@ class AtlasStore:
         da_name = None
         attrs: dict[str, Any] = {}
         if _is_dataarray(energy):
+            nan_is_missing = nan_is_missing or declares_missing(energy)
             energy, da_coords, attrs, da_name = from_dataarray(energy, dims)
             coords = coords or da_coords
         spec = _field_spec(field, kind, da_name, attrs)
-        e = physics.validate_field(energy, spec.kind, what,
-                                   what="energy" if spec.name == "energy" else
-                                   f"extensive field {spec.name!r}")
+        e = energy if isinstance(energy, np.ma.MaskedArray) else np.asarray(energy)
+        physics.check_array(e.data if isinstance(e, np.ma.MaskedArray) else e, what)
         if e.ndim != 3:
             raise physics.EnergyMapError(f"{what}: expected (time, y, x), got shape {e.shape}")
-        e = e.astype(np.float32, copy=False)
-        if not np.isfinite(e).all():
-            raise physics.EnergyMapError(f"{what}: values overflow float32")
-        if steps is not None and len(steps) != e.shape[0]:
-            raise ValueError(f"{what}: {len(steps)} step records for {e.shape[0]} time steps")
         if steps is not None:
             json_document(list(steps), f"{what} step records")
         writer = self.sequence_writer(domain, sequence_id, e.shape, field=spec, levels=levels,
                                       smallest=smallest, generation=generation, coords=coords,
-                                      overwrite=overwrite)
+                                      overwrite=overwrite, nan_is_missing=nan_is_missing)
         writer.append(e, steps)
         return writer.commit()
 
@@ -387,13 +386,14 @@ class AtlasStore:
                         field: FieldSpec | None = None, levels: Sequence[int] | None = None,
                         smallest: int = physics.SMALLEST_LEVEL,
                         generation: Mapping[str, Any] | None = None,
-                        coords: Coordinates | None = None, overwrite: bool = False
-                        ) -> SequenceWriter:
+                        coords: Coordinates | None = None, overwrite: bool = False,
+                        nan_is_missing: bool = False) -> SequenceWriter:
         """A writer that takes the (time, y, x) sequence of ``shape`` in time blocks and holds at
         most one shard of steps in memory (see :class:`SequenceWriter`)."""
         return SequenceWriter(self, domain, sequence_id, tuple(shape),  # type: ignore[arg-type]
                               field=field or ENERGY, levels=levels, smallest=smallest,
-                              generation=generation, coords=coords, overwrite=overwrite)
+                              generation=generation, coords=coords, overwrite=overwrite,
+                              nan_is_missing=nan_is_missing)
 
     # ------------------------------------------------------------------ reading
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,6 +47,7 @@ from atlasstore.store.documents import (
     node_document,
 )
 from atlasstore.store.handle import StoreHandle
+from atlasstore.store.values import Moments, with_missing_as_nan
 
 DIMS = ("time", "y", "x")
 CHECKSUM_ALGORITHM = "sha256 of decoded values (C order, little-endian float32)"
@@ -60,49 +60,13 @@ GRADIENT_ATTRS: dict[str, dict[str, str]] = {
 }
 
 
-class _Moments:
-    """Mean, variance, min, max (and mean entropy) of an array, folded block by block in
-    float64 (Chan et al.'s pairwise update), so memory does not grow with the array."""
-
-    def __init__(self, with_entropy: bool) -> None:
-        self.n = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-        self.lo = math.inf
-        self.hi = -math.inf
-        self.entropies: list[NDArray[np.float64]] | None = [] if with_entropy else None
-
-    def add(self, a64: NDArray[np.float64], entropies: NDArray[np.float64] | None = None) -> None:
-        """Fold in a (t, y, x) block; ``entropies``: its per-step entropies if already known."""
-        n_b = a64.size
-        mean_b = float(a64.mean())
-        m2_b = float(a64.var()) * n_b
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.n * n_b / n
-        self.n = n
-        self.lo = min(self.lo, float(a64.min()))
-        self.hi = max(self.hi, float(a64.max()))
-        if self.entropies is not None:
-            self.entropies.append(np.atleast_1d(physics.entropy(a64) if entropies is None
-                                                else entropies))
-
-    def result(self) -> dict[str, float]:
-        s = {"mean": self.mean, "variance": max(self.m2 / self.n, 0.0), "min": self.lo,
-             "max": self.hi}
-        if self.entropies is not None:
-            s["entropy"] = float(np.mean(np.concatenate(self.entropies)))
-        return s
-
-
 class _ArrayState:
     """One array being written: its zarr handle, running checksum and statistics."""
 
     def __init__(self, arr: zarr.Array, with_entropy: bool) -> None:
         self.arr = arr
         self.sha = hashlib.sha256()
-        self.moments = _Moments(with_entropy)
+        self.moments = Moments(with_entropy)
 
 
 def shard_steps(layout: Any, n_steps: int) -> tuple[int, int]:
@@ -124,13 +88,18 @@ class SequenceWriter:
     given to :meth:`append` are merged over the computed step records (e.g. ``perturbations``,
     ``metadata``, ``time``); ``overwrite`` replaces a complete sequence of the same id (an
     incomplete one, a crashed writer's, is always replaced).
+
+    Missing cells (a land mask, a gap) are stored as NaN (docs/store-format.md): the masked
+    cells of a ``numpy.ma.MaskedArray`` always, NaN cells of a plain array when
+    ``nan_is_missing`` declares them (otherwise a NaN is bad input). inf is always refused.
     """
 
     def __init__(self, store: StoreHandle, domain: str, sequence_id: str,
                  shape: tuple[int, int, int], *, field: FieldSpec = ENERGY,
                  levels: Sequence[int] | None = None, smallest: int = physics.SMALLEST_LEVEL,
                  generation: Mapping[str, Any] | None = None,
-                 coords: Coordinates | None = None, overwrite: bool = False) -> None:
+                 coords: Coordinates | None = None, overwrite: bool = False,
+                 nan_is_missing: bool = False) -> None:
         store.require_writable()
         validate_name(sequence_id, "sequence id")
         store.domain_group(domain)
@@ -160,6 +129,7 @@ class SequenceWriter:
         self.field_record = json_document(field.record(), f"{what} field")
         self.coord_record = self.coords.record()
         self.overwrite = overwrite
+        self.nan_is_missing = nan_is_missing
         self.created = utc_now()
         # the metadata is refused before any data is read or written
         validate(self._attrs(), "sequence", what=f"{what} attributes")
@@ -201,7 +171,7 @@ class SequenceWriter:
 
     def _append(self, values: ArrayLike, steps: Sequence[Mapping[str, Any]] | None) -> None:
         t_first = self._t + self._n_buf
-        a = np.asarray(values)
+        a, masked = with_missing_as_nan(values)
         if a.ndim == 2:
             a = a[None]
         label = f"{self.what} step{'s' if a.shape[0] != 1 else ''} {t_first}" + (
@@ -211,7 +181,12 @@ class SequenceWriter:
                                          f"(time, y, x), got shape {a.shape}")
         if t_first + a.shape[0] > self.n_steps:
             raise physics.EnergyMapError(f"{label}: more than the {self.n_steps} steps declared")
-        a = physics.validate_field(a, self.kind, label, what=self._what_values())
+        if masked is not None and not self.nan_is_missing:
+            # the mask declares missing cells; a NaN under it is still bad input
+            physics.validate_field(np.where(masked, 0.0, a), self.kind, label,
+                                   what=self._what_values())
+        a = physics.validate_field(a, self.kind, label, what=self._what_values(),
+                                   allow_missing=self.nan_is_missing or masked is not None)
         if steps is None:
             steps = [{}] * a.shape[0]
         elif len(steps) != a.shape[0]:
@@ -222,8 +197,11 @@ class SequenceWriter:
             k = min(a.shape[0] - pos, self.block_steps - self._n_buf)
             dst = self._buf[self._n_buf:self._n_buf + k]
             np.copyto(dst, a[pos:pos + k], casting="unsafe")
-            if not np.isfinite(dst).all():
+            if np.isinf(dst).any():
                 raise physics.EnergyMapError(f"{label}: values overflow float32")
+            nan = np.isnan(dst)
+            if nan.any():  # one NaN bit pattern, so checksums do not depend on the source's
+                dst[nan] = np.float32(np.nan)
             self._extra += extra[pos:pos + k]
             self._n_buf += k
             pos += k
@@ -330,9 +308,13 @@ class SequenceWriter:
         keys = ("sum", "mean", "variance", "entropy") if self.kind == "extensive" else (
             "mean", "variance", "min", "max")
         out = []
-        for m in values:
+        valid = np.isfinite(values).sum(axis=(-2, -1))
+        for i, m in enumerate(values):
+            if not valid[i]:
+                raise physics.EnergyMapError(f"{self.what} step {len(self._steps) + i}"
+                                             ": every cell is missing (a step needs data)")
             stats = physics.field_stats(m, self.kind)
-            out.append({k: stats[k] for k in keys})
+            out.append({**{k: stats[k] for k in keys}, "valid_cells": int(valid[i])})
         return out
 
     def _attrs(self, status: str = "writing") -> dict[str, Any]:
@@ -420,6 +402,8 @@ class SequenceWriter:
             axes: dict[str, tuple[NDArray[np.float64], dict[str, Any]]] = {}
             if time is not None:
                 tattrs = {"units": c.time_units} if c.time_units else {}
+                if c.time_calendar:
+                    tattrs["calendar"] = c.time_calendar
                 axes["time"] = (time, {**tattrs, "long_name": c.time_source_name or "time"})
             for name in ("y", "x"):
                 axis = getattr(c, name)

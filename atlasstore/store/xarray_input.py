@@ -58,18 +58,39 @@ def dataarray_metadata(da: Any, dims: Mapping[str, str] | None = None
                               json_attr(c.attrs.get("units")), str(theirs))
         else:
             axes[ours] = None
-    time: tuple[float | str, ...] | None = None
-    time_units = None
-    tc = da.coords.get(order[0])
-    if tc is not None and tc.ndim == 1:
-        tv = np.asarray(tc.values)
-        if np.issubdtype(tv.dtype, np.datetime64):
-            stamps = [str(np.datetime_as_string(t, unit="ns")) for t in tv]
-            time = tuple(stamps)
-            time_units = f"seconds since {stamps[0]}"
-        elif np.issubdtype(tv.dtype, np.number):
-            time = tuple(float(t) for t in tv)
-            time_units = json_attr(tc.attrs.get("units"))
-    coords = Coordinates(axes["y"], axes["x"], time, time_units, str(order[0]) if time else None)
+    time, time_units, calendar = _time_axis(da.coords.get(order[0]))
+    coords = Coordinates(axes["y"], axes["x"], time, time_units, str(order[0]) if time else None,
+                         calendar)
     attrs = {str(k): v for k, v in ((k, json_attr(v)) for k, v in da.attrs.items()) if v is not None}
     return coords, attrs, (str(da.name) if da.name is not None else None)
+
+
+def _time_axis(tc: Any) -> tuple[tuple[float | str, ...] | None, str | None, str | None]:
+    """(values, units, calendar) of a time coordinate as the store keeps it: dates on the
+    standard calendar as ISO strings; dates on any other CF calendar (cftime objects: 360_day,
+    noleap, ...) as the numbers the source encoded, in its units and calendar, so plain xarray
+    decodes the same dates from the store; plain numbers with their units."""
+    if tc is None or tc.ndim != 1:
+        return None, None, None
+    tv = np.asarray(tc.values)
+    if np.issubdtype(tv.dtype, np.datetime64):
+        stamps = [str(np.datetime_as_string(t, unit="ns")) for t in tv]
+        return tuple(stamps), f"seconds since {stamps[0]}", None
+    if np.issubdtype(tv.dtype, np.number):
+        return tuple(float(t) for t in tv), json_attr(tc.attrs.get("units")), json_attr(
+            tc.attrs.get("calendar"))
+    if tv.dtype == object and len(tv) and hasattr(tv[0], "calendar"):
+        import cftime
+
+        calendar = str(tc.encoding.get("calendar") or tv[0].calendar)
+        units = str(tc.encoding.get("units") or f"days since {tv[0].isoformat()}")
+        numbers = cftime.date2num(list(tv), units, calendar=calendar)
+        return tuple(float(t) for t in np.asarray(numbers, np.float64)), units, calendar
+    return None, None, None
+
+
+def declares_missing(da: Any) -> bool:
+    """Whether a DataArray declares missing cells the CF way (``_FillValue`` or
+    ``missing_value``, decoded to NaN by xarray and kept in its encoding), so its NaN cells are
+    missing values rather than bad input."""
+    return any(k in da.encoding or k in da.attrs for k in ("_FillValue", "missing_value"))

@@ -221,7 +221,12 @@ def test_non_finite_values_are_an_invariant_problem(stats_copy: Path) -> None:
     _retamper(stats_copy, "beta", "b0", "128/grad_x", vals)
     report = audit(AtlasStore.open(stats_copy))
     assert [(p.path, p.kind) for p in report.problems] == [("beta/b0/128/grad_x", "invariant")]
-    assert "non-finite" in report.problems[0].message
+    assert "1 infinite values stored" in report.problems[0].message
+    vals[1, 2, 3] = np.nan  # a missing cell the commit did not record
+    _retamper(stats_copy, "beta", "b0", "128/grad_x", vals)
+    report = audit(AtlasStore.open(stats_copy))
+    assert [(p.path, p.kind) for p in report.problems] == [("beta/b0/128/grad_x", "invariant")]
+    assert "1 missing (NaN) cells stored; the commit recorded 0" in report.problems[0].message
 
 
 # --------------------------------------------------------------------------- drift

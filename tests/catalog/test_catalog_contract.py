@@ -593,7 +593,7 @@ def test_sqlite_pragmas_and_version(tmp_path):
     with SQLiteCatalog(tmp_path / "c.db") as c:
         assert c._q("PRAGMA journal_mode")[0][0] == "wal"
         assert c._q("PRAGMA foreign_keys")[0][0] == 1
-        assert [r[0] for r in c._q("SELECT version FROM schema_version")] == [2]
+        assert [r[0] for r in c._q("SELECT version FROM schema_version")] == [3]
         idx = {r[0] for r in c._q("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"sequences_domain_entropy", "sequences_run", "timesteps_entropy", "edges_dst"} <= idx
     c = SQLiteCatalog(tmp_path / "c.db")

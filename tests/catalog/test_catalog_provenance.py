@@ -249,7 +249,9 @@ def test_sqlite_layout_1_is_migrated_in_place(tmp_path: Path) -> None:
             "checkpoints", "edges")}
     db = sqlite3.connect(path)
     db.executescript(V1_DDL)
-    ncols = {"generation_runs": 9, "sequences": 18, "dataset_versions": 5}  # layout 1's columns
+    # layout 1's columns
+    ncols = {"generation_runs": 9, "sequences": 18, "dataset_versions": 5, "timesteps": 8,
+             "arrays": 15}
     for table, rows in copy.items():
         for r in rows:
             r = r[:ncols.get(table, len(r))]
@@ -257,7 +259,7 @@ def test_sqlite_layout_1_is_migrated_in_place(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with SQLiteCatalog(path) as c:
-        assert [r[0] for r in c._q("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert [r[0] for r in c._q("SELECT version FROM schema_version ORDER BY version")] == [1, 3]
         assert c.get_sequence("d/s1").to_dict() == want_seq
         lin = c.lineage("Checkpoint:ck").to_dict()
         assert lin == {**want_lin, "nodes": [
@@ -269,7 +271,29 @@ def test_sqlite_layout_1_is_migrated_in_place(tmp_path: Path) -> None:
         c.remove_sequences(["d/s1"])  # cascades as before
         assert c.get_timesteps("d/s1") == [] and c.get_arrays("d/s1") == []
     with SQLiteCatalog(path) as c:  # opening again changes nothing
-        assert [r[0] for r in c._q("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert [r[0] for r in c._q("SELECT version FROM schema_version ORDER BY version")] == [1, 3]
+
+
+def test_sqlite_layout_2_gains_the_missing_cell_columns(tmp_path: Path) -> None:
+    """A layout-2 file (before missing cells) opens with its rows kept (valid cells unknown:
+    None, i.e. every cell) and then records valid cells and valid fractions."""
+    path = tmp_path / "v2.db"
+    with SQLiteCatalog(path) as c:
+        c.register_sequences(*batch(make_sequence("d", "s1")))
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE timesteps DROP COLUMN valid_cells;"
+                     "ALTER TABLE arrays DROP COLUMN stat_valid_fraction;"
+                     "UPDATE schema_version SET version = 2;")
+    db.close()
+    with SQLiteCatalog(path) as c:
+        assert [r[0] for r in c._q("SELECT version FROM schema_version ORDER BY version")] == [2, 3]
+        assert {t.valid_cells for t in c.get_timesteps("d/s1")} == {None}
+        assert all("valid_fraction" not in a.stats for a in c.get_arrays("d/s1"))
+        seq, steps, arrays = make_sequence("d", "s2")
+        c.register_sequences([seq], steps, arrays)
+        assert [t.valid_cells for t in c.get_timesteps("d/s2")] == [s["valid_cells"] for s in steps]
+        assert {a.key: a.stats for a in c.get_arrays("d/s2")} == {a["key"]: a["stats"]
+                                                                  for a in arrays}
 
 
 def test_sqlite_read_only(tmp_path: Path) -> None:

@@ -151,8 +151,8 @@ BAD_ARRAYS = [
     ("objects", np.full((3, 64, 64), None, dtype=object), "dtype"),
     ("2d", _e((64, 64)), "(time, y, x)"),
     ("4d", _e((1, 3, 64, 64)), "(time, y, x)"),
-    ("halving", _e((3, 129, 129)), "does not halve cleanly"),
-    ("halving-2", _e((3, 258, 386)), "--pad 260x388"),
+    ("nan-undeclared", np.where(np.eye(64, dtype=bool), np.nan, 1.0)[None].repeat(3, 0),
+     "--nan-is-missing"),
     ("overflow-f32", _e((3, 64, 64), 1e39, np.float64), "overflow"),
 ]
 

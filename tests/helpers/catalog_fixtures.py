@@ -90,7 +90,9 @@ def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed:
                       "variance": lerp(variance, t),
                       "entropy": lerp(entropy, t) if with_entropy else None,
                       "sum": m * shape[0] * shape[1] if with_entropy else None,
-                      "perturbation_kinds": kinds})
+                      "perturbation_kinds": kinds,
+                      # a missing cell in every other step: the count round-trips, None too
+                      "valid_cells": shape[0] * shape[1] - 1 if t % 2 else None})
     arrays = []
     base = levels[0]
     for lv in levels:
@@ -104,7 +106,8 @@ def make_sequence(domain: str, sequence_id: str, run_id: str = "run-1", *, seed:
                 derived = f"{key}/{lv}/energy"
                 op = f"gradient({f[-1]}, central, h=1)"
             stats = {"mean": 1.0 if f == "energy" else 0.0, "variance": 0.2,
-                     "min": 0.0 if f == "energy" else -1.0, "max": 3.0}
+                     "min": 0.0 if f == "energy" else -1.0, "max": 3.0,
+                     "valid_fraction": 1.0 if lv == base else 0.75}
             if f == "energy" and with_entropy:
                 stats["entropy"] = entropy[0]
             arrays.append({"key": akey, "sequence_key": key, "level": lv, "field": f,

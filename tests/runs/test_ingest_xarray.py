@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -110,25 +111,46 @@ def test_crop_pad_and_levels(tmp_path: Path, files: dict[str, Path]) -> None:
 
 
 def test_refusals_name_the_problem(tmp_path: Path, files: dict[str, Path]) -> None:
-    cases = [
+    """A file that cannot give what the command asks (no such variable, dimension or index; not
+    a file xarray opens) is a failure of that file, named, which the run reports as a FAILED
+    line (exit 1); options that make no sense on any file are refused before the run."""
+    failures = [
         (dict(var="nope", dims=DIMS), "has no variable 'nope'; variables: T, E"),
         (dict(var="T", dims=DIMS), "fix run, level with --isel run=0"),
         (dict(var="T", dims=DIMS, sequence_dim="run"), "fix level with --isel level=0"),
         (dict(var="E", dims={"time": "t"}), "no y=y, x=x"),
-        (dict(var="E", dims={"time": "t", "y": "lat", "x": "lat"}), "two axes to one dimension"),
-        (dict(var="E", dims={"z": "t"}), "maps time, y and x"),
         (dict(var="T", dims=DIMS, sequence_dim="run", isel={"level": 5}), "index 5 is outside"),
         (dict(var="T", dims=DIMS, sequence_dim="nope", isel={"level": 0}), "no dimension 'nope'"),
     ]
-    for kw, match in cases:
+    for kw, match in failures:
+        plan = plan_xarray(files["nc4"], **kw)  # type: ignore[arg-type]
+        assert not plan.units and len(plan.failures) == 1
+        assert re.search(match, plan.failures[0][1]), plan.failures
+        assert str(files["nc4"].resolve()) in plan.failures[0][1]
+    for kw, match in [(dict(var="E", dims={"time": "t", "y": "lat", "x": "lat"}),
+                       "two axes to one dimension"),
+                      (dict(var="E", dims={"z": "t"}), "maps time, y and x")]:
         with pytest.raises(ImportPlanError, match=match):
             plan_xarray(files["nc4"], **kw)  # type: ignore[arg-type]
     with pytest.raises(ImportPlanError, match="does not exist"):
         plan_xarray(tmp_path / "missing.nc", "E")
     garbage = tmp_path / "garbage.nc"
     garbage.write_bytes(b"\x00" * 100)
-    with pytest.raises(ImportPlanError, match="xarray cannot open it"):
-        plan_xarray(garbage, "E", dims=DIMS)
+    plan = plan_xarray(garbage, "E", dims=DIMS)
+    assert "xarray cannot open it" in plan.failures[0][1]
+
+
+def test_a_missing_variable_is_a_failed_line_and_exit_1(tmp_path: Path,
+                                                        files: dict[str, Path]) -> None:
+    """The README's rule for bad input: a FAILED line naming the file and exit 1 (it was exit 2
+    and no FAILED line); nothing is left behind in the store."""
+    store = tmp_path / "a.zarr"
+    rc, out, err = run_cli("import", "xarray", str(files["nc4"]), "--var", "nope", "--dims",
+                           "time=t,y=lat,x=lon", "--store", str(store), "--scheduler", "serial",
+                           "--no-catalog")
+    assert rc == 1, (out, err)
+    assert "FAILED" in out + err and "has no variable 'nope'" in out + err
+    assert str(files["nc4"].resolve()) in out + err
 
 
 def test_the_command_line(tmp_path: Path, files: dict[str, Path]) -> None:

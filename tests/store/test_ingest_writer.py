@@ -4,6 +4,7 @@ energy (extensive or intensive), physical coordinates, xarray.DataArray input.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,15 +159,24 @@ def test_pyramid_levels_of_any_grid(shape: tuple[int, int], levels: tuple[int, .
     assert physics.pyramid_levels(shape) == levels
 
 
-@pytest.mark.parametrize("shape,smallest,hint", [
-    ((129, 129), 64, "--crop 128x128.*--pad 130x130"),
-    ((258, 386), 64, "--crop 256x384.*--pad 260x388"),
-    ((300, 300), 32, "divide by 8.*--crop 296x296.*--pad 304x304"),
+@pytest.mark.parametrize("shape,smallest,levels,hint", [
+    ((129, 129), 64, (129,), "--crop 128x128.*--pad 130x130"),
+    ((258, 386), 64, (258, 129), "--crop 256x384.*--pad 260x388"),
+    ((300, 300), 32, (300, 150, 75), "--crop 296x296.*--pad 304x304"),
+    ((330, 360), 64, (330, 165), "--crop 328x360.*--pad 332x360"),
+    ((37, 49), 64, (37,), None),  # nothing to halve: the base is the pyramid
+    ((18, 30), 64, (18,), None),
 ])
-def test_a_size_that_does_not_halve_is_refused_with_crop_and_pad(
-        shape: tuple[int, int], smallest: int, hint: str) -> None:
-    with pytest.raises(GridError, match=f"does not halve cleanly.*{hint}"):
-        physics.pyramid_levels(shape, smallest)
+def test_a_grid_that_stops_halving_stops_its_pyramid_and_names_crop_and_pad(
+        shape: tuple[int, int], smallest: int, levels: tuple[int, ...], hint: str | None) -> None:
+    """Grids that do not halve import without a flag: the levels stop where exact halving
+    stops, and the hint names the --crop/--pad sizes that would halve further."""
+    assert physics.pyramid_levels(shape, smallest) == levels
+    got = physics.halving_hint(shape, smallest)
+    if hint is None:
+        assert got is None
+    else:
+        assert got is not None and re.search(hint, got), got
 
 
 def test_levels_choose_among_exact_halvings() -> None:
@@ -263,12 +273,14 @@ def test_audit_checks_each_kind_its_own_way(store: AtlasStore) -> None:
 def test_invariants_by_kind() -> None:
     from atlasstore.audit import _invariants
 
-    base_mean = np.array([1.0, -2.0])
+    base = np.zeros((2, 8, 8))  # the base level: step means 1 and -2
+    base[0] += 1.0
+    base[1] -= 2.0
     t = np.full((2, 4, 4), 0.0)
     t[0] += 1.0
     t[1] -= 2.0
-    assert _invariants("p", True, "intensive", 2, t, base_mean, 0.05) == []
-    moved = _invariants("p", True, "intensive", 2, t + 1.0, base_mean, 0.05)
+    assert _invariants("p", True, "intensive", 2, t, base, 0.05) == []
+    moved = _invariants("p", True, "intensive", 2, t + 1.0, base, 0.05)
     assert moved and "does not conserve the mean" in moved[0].message
     neg = _invariants("p", True, "extensive", 2, t, None, 0.05)
     assert neg and "negative values in an extensive field" in neg[0].message

@@ -41,7 +41,7 @@ _FIND_SEQ_RETURN = """RETURN collect([s.key, s.domain, s.sequence_id, s.run_id, 
 _FIND_TS_HEAD = "MATCH (s:Sequence)-[:hasTimeStep]->(ts:TimeStep)"
 _FIND_TS_TAIL = "WITH ts ORDER BY ts.sequence_key, ts.t"
 _FIND_TS_RETURN = """RETURN collect([ts.key, ts.sequence_key, ts.t, ts.mean, ts.variance, ts.entropy,
-  ts.sum, ts.perturbation_kinds]) AS rows"""
+  ts.sum, ts.perturbation_kinds, ts.valid_cells]) AS rows"""
 _WHERE = "WHERE"
 _AND = " AND "
 _LIMIT = "LIMIT $limit"

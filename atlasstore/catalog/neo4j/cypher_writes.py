@@ -99,7 +99,7 @@ UNWIND $rows AS r
 MATCH (s:Sequence {key: r[1]})
 MERGE (t:TimeStep {key: r[0]})
 SET t = {key: r[0], sequence_key: r[1], t: r[2], mean: r[3], variance: r[4], entropy: r[5],
-         sum: r[6], perturbation_kinds: r[7]}
+         sum: r[6], perturbation_kinds: r[7], valid_cells: r[8]}
 MERGE (s)-[:hasTimeStep]->(t)
 """
 # One statement per chunk: the array, its hasArray edge, and its wasDerivedFrom edge (replacing
@@ -112,7 +112,7 @@ MERGE (a:Array {key: r[0]})
 SET a = {key: r[0], sequence_key: r[1], level: r[2], field: r[3], shape: r[4], dtype: r[5],
          checksum: r[6], nbytes_stored: r[7], stats_mean: r[8], stats_variance: r[9],
          stats_min: r[10], stats_max: r[11], stats_entropy: r[12], derived_from: r[13],
-         operation: r[14]}
+         operation: r[14], stats_valid_fraction: r[15]}
 MERGE (s)-[:hasArray]->(a)
 WITH a, r
 OPTIONAL MATCH (a)-[old:wasDerivedFrom]->(prev)

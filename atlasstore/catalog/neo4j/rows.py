@@ -75,7 +75,7 @@ def _seq_from(p: Mapping[str, Any]) -> Sequence:
 
 def _ts_row(t: TimeStep) -> list[Any]:
     return [t.key, t.sequence_key, t.t, float(t.mean), float(t.variance), _float(t.entropy),
-            _float(t.sum), list(t.perturbation_kinds)]
+            _float(t.sum), list(t.perturbation_kinds), t.valid_cells]
 
 
 def _seq_from_row(r: list[Any]) -> Sequence:
@@ -85,13 +85,14 @@ def _seq_from_row(r: list[Any]) -> Sequence:
 
 
 def _ts_from_row(r: list[Any]) -> TimeStep:
-    return TimeStep(r[0], r[1], r[2], r[3], r[4], r[5], r[6], list(r[7] or []))
+    return TimeStep(r[0], r[1], r[2], r[3], r[4], r[5], r[6], list(r[7] or []), r[8])
 
 
 def _ts_from(p: Mapping[str, Any]) -> TimeStep:
     return TimeStep(key=p["key"], sequence_key=p["sequence_key"], t=p["t"], mean=p["mean"],
                     variance=p["variance"], entropy=p.get("entropy"), sum=p.get("sum"),
-                    perturbation_kinds=list(p.get("perturbation_kinds") or []))
+                    perturbation_kinds=list(p.get("perturbation_kinds") or []),
+                    valid_cells=p.get("valid_cells"))
 
 
 def _arr_row(a: ArrayRecord) -> list[Any]:
@@ -99,7 +100,8 @@ def _arr_row(a: ArrayRecord) -> list[Any]:
     ent = st.get("entropy")
     return [a.key, a.sequence_key, a.level, a.field, list(a.shape), a.dtype, a.checksum,
             a.nbytes_stored, float(st["mean"]), float(st["variance"]), float(st["min"]),
-            float(st["max"]), None if ent is None else float(ent), a.derived_from, a.operation]
+            float(st["max"]), None if ent is None else float(ent), a.derived_from, a.operation,
+            _float(st.get("valid_fraction"))]
 
 
 def _arr_from(p: Mapping[str, Any]) -> ArrayRecord:
@@ -107,6 +109,8 @@ def _arr_from(p: Mapping[str, Any]) -> ArrayRecord:
              "max": p["stats_max"]}
     if p.get("stats_entropy") is not None:
         stats["entropy"] = p["stats_entropy"]
+    if p.get("stats_valid_fraction") is not None:
+        stats["valid_fraction"] = p["stats_valid_fraction"]
     return ArrayRecord(key=p["key"], sequence_key=p["sequence_key"], level=p["level"],
                        field=p["field"], shape=list(p["shape"]), dtype=p["dtype"],
                        checksum=p["checksum"], nbytes_stored=p["nbytes_stored"], stats=stats,

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from atlasstore.catalog.protocol import ClosesOnExit
-from atlasstore.catalog.sqlite.schema import _DDL, _UPGRADE_FROM_1, _VERSION_TABLE, SCHEMA_VERSION
+from atlasstore.catalog.sqlite.schema import (
+    _DDL,
+    _UPGRADE_FROM_1,
+    _UPGRADE_FROM_2,
+    _VERSION_TABLE,
+    SCHEMA_VERSION,
+)
 from atlasstore.catalog.sqlite.sql import _atlas_has, _atlas_key, _key_list
 from atlasstore.errors import CatalogError
 from atlasstore.io.provenance import utc_now
@@ -80,25 +86,27 @@ class SQLiteConnection(ClosesOnExit):
         if have is not None and have > SCHEMA_VERSION:
             raise CatalogError(f"catalog {self.path} has layout version {have}; this atlasstore "
                                f"understands up to {SCHEMA_VERSION} (upgrade atlasstore)")
-        if have == 1:
-            self._upgrade_from_1()
+        if have in (1, 2):
+            self._upgrade(have, _UPGRADE_FROM_1 if have == 1 else _UPGRADE_FROM_2)
         self._db.executescript("BEGIN IMMEDIATE;" + _DDL + "COMMIT;")
         with self._tx():
             if self._version() is None:
                 self._db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)",
                                  (SCHEMA_VERSION, utc_now()))
 
-    def _upgrade_from_1(self) -> None:
-        """Layout 1 -> 2 in one transaction (another process may have done it meanwhile)."""
+    def _upgrade(self, have: int, statements: tuple[str, ...]) -> None:
+        """Layout ``have`` -> :data:`SCHEMA_VERSION` in one transaction (another process may
+        have done it meanwhile)."""
         self._db.execute("PRAGMA foreign_keys=OFF")  # (not settable inside a transaction)
         try:
             with self._tx() as db:
-                if self._version() != 1:
+                if self._version() != have:
                     return
-                for stmt in _UPGRADE_FROM_1:
+                for stmt in statements:
                     db.execute(stmt)
                 if db.execute("PRAGMA foreign_key_check").fetchall():
-                    raise CatalogError(f"catalog {self.path}: layout upgrade 1 -> 2 found broken "
+                    raise CatalogError(f"catalog {self.path}: layout upgrade {have} -> "
+                                       f"{SCHEMA_VERSION} found broken "
                                        "references; nothing was changed")
                 db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)",
                            (SCHEMA_VERSION, utc_now()))

@@ -56,7 +56,7 @@ _loads = json.JSONDecoder().decode
 
 def _ts_row(t: TimeStep) -> tuple:
     return (t.key, t.sequence_key, t.t, t.mean, t.variance, t.entropy, t.sum,
-            json.dumps(t.perturbation_kinds, ensure_ascii=False))
+            json.dumps(t.perturbation_kinds, ensure_ascii=False), t.valid_cells)
 
 
 def _ts_from(row: sqlite3.Row) -> TimeStep:
@@ -69,7 +69,7 @@ def _arr_row(a: ArrayRecord) -> tuple:
     st = a.stats
     return (a.key, a.sequence_key, a.level, a.field, json.dumps(a.shape), a.dtype, a.checksum,
             a.nbytes_stored, st["mean"], st["variance"], st["min"], st["max"], st.get("entropy"),
-            a.derived_from, a.operation)
+            a.derived_from, a.operation, st.get("valid_fraction"))
 
 
 def _arr_from(row: sqlite3.Row) -> ArrayRecord:
@@ -77,6 +77,8 @@ def _arr_from(row: sqlite3.Row) -> ArrayRecord:
              "max": row["stat_max"]}
     if row["stat_entropy"] is not None:
         stats["entropy"] = row["stat_entropy"]
+    if row["stat_valid_fraction"] is not None:
+        stats["valid_fraction"] = row["stat_valid_fraction"]
     return ArrayRecord(key=row["key"], sequence_key=row["sequence_key"], level=row["level"],
                        field=row["field"], shape=json.loads(row["shape"]), dtype=row["dtype"],
                        checksum=row["checksum"], nbytes_stored=row["nbytes_stored"], stats=stats,

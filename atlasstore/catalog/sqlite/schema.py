@@ -1,8 +1,8 @@
-"""The SQLite catalog's tables (layout version 2) and the migration of a layout-1 file."""
+"""The SQLite catalog's tables (layout version 3) and the migrations of layout-1 and -2 files."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SEQUENCES_TABLE = """
 CREATE TABLE IF NOT EXISTS sequences (
@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS timesteps (
     key TEXT PRIMARY KEY,
     sequence_key TEXT NOT NULL REFERENCES sequences(key) ON DELETE CASCADE,
     t INTEGER NOT NULL, mean REAL NOT NULL, variance REAL NOT NULL, entropy REAL,
-    sum REAL, perturbation_kinds TEXT NOT NULL
+    sum REAL, perturbation_kinds TEXT NOT NULL,
+    valid_cells INTEGER  -- NULL: every cell (recorded before missing cells existed)
 );"""
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS arrays (
     checksum TEXT NOT NULL, nbytes_stored INTEGER NOT NULL,
     stat_mean REAL NOT NULL, stat_variance REAL NOT NULL, stat_min REAL NOT NULL,
     stat_max REAL NOT NULL, stat_entropy REAL,
-    derived_from TEXT, operation TEXT
+    derived_from TEXT, operation TEXT, stat_valid_fraction REAL
 );
 CREATE INDEX IF NOT EXISTS arrays_seq ON arrays(sequence_key, level, field);
 CREATE TABLE IF NOT EXISTS dataset_versions (
@@ -112,10 +113,17 @@ _UPGRADE_FROM_1 = (
     "DROP TABLE sequences",
     "ALTER TABLE sequences_v2 RENAME TO sequences",
     _TIMESTEPS_TABLE.replace("TABLE IF NOT EXISTS timesteps", "TABLE timesteps_v2"),
-    "INSERT INTO timesteps_v2 SELECT key, sequence_key, t, mean, variance, entropy, sum, "
+    "INSERT INTO timesteps_v2 (key, sequence_key, t, mean, variance, entropy, sum, "
+    "perturbation_kinds) SELECT key, sequence_key, t, mean, variance, entropy, sum, "
     "perturbation_kinds FROM timesteps",
     "DROP TABLE timesteps",
     "ALTER TABLE timesteps_v2 RENAME TO timesteps",
     "ALTER TABLE generation_runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'generate'",
     "ALTER TABLE dataset_versions ADD COLUMN checksums TEXT NOT NULL DEFAULT '{}'",
+    "ALTER TABLE arrays ADD COLUMN stat_valid_fraction REAL",
+)
+# Layout 2 -> 3: missing cells (valid cells per step, the valid fraction of an array).
+_UPGRADE_FROM_2 = (
+    "ALTER TABLE timesteps ADD COLUMN valid_cells INTEGER",
+    "ALTER TABLE arrays ADD COLUMN stat_valid_fraction REAL",
 )

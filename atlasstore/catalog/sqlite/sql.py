@@ -28,13 +28,14 @@ _UPSERT_SEQ = (
     f"INSERT INTO sequences ({', '.join(_SEQ_COLS)}) VALUES ({', '.join('?' * len(_SEQ_COLS))}) "
     "ON CONFLICT(key) DO UPDATE SET "
     + ", ".join(f"{c}=excluded.{c}" for c in _SEQ_COLS[1:]))
-_TS_COLS = ("key", "sequence_key", "t", "mean", "variance", "entropy", "sum", "perturbation_kinds")
+_TS_COLS = ("key", "sequence_key", "t", "mean", "variance", "entropy", "sum", "perturbation_kinds",
+            "valid_cells")
 _UPSERT_TS = (
     f"INSERT INTO timesteps ({', '.join(_TS_COLS)}) VALUES ({', '.join('?' * len(_TS_COLS))}) "
     "ON CONFLICT(key) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in _TS_COLS[1:]))
 _ARR_COLS = ("key", "sequence_key", "level", "field", "shape", "dtype", "checksum",
              "nbytes_stored", "stat_mean", "stat_variance", "stat_min", "stat_max", "stat_entropy",
-             "derived_from", "operation")
+             "derived_from", "operation", "stat_valid_fraction")
 _UPSERT_ARR = (
     f"INSERT INTO arrays ({', '.join(_ARR_COLS)}) VALUES ({', '.join('?' * len(_ARR_COLS))}) "
     "ON CONFLICT(key) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in _ARR_COLS[1:]))

@@ -21,6 +21,7 @@ sequence is ever visible.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,7 +45,10 @@ from atlasstore.store.layout import Layout
 
 #: bytes of source values a reader hands over at a time (the writer buffers one shard)
 READ_BLOCK_BYTES = 32 * 2**20
-PAD_MODES = ("zero", "edge", "reflect")
+PAD_MODES = ("zero", "edge", "reflect", "missing")
+#: options that only decide whether input is accepted, never what an accepted input stores: a
+#: re-run that adds them (the hint of a refused NaN) does not conflict with what is stored
+ACCEPTANCE_OPTIONS = frozenset({"nan_is_missing"})
 #: source paths a run record lists (all of them are in its ``paths_sha256``)
 MAX_LISTED_SOURCES = 1000
 
@@ -59,8 +63,11 @@ class ImportOptions:
     ``kind``: the field's kind (default by name, :func:`default_kind`); ``levels``/``smallest``:
     the pyramid (:func:`physics.pyramid_levels`); ``crop``/``pad``: (ny, nx) to cut the maps to
     (keeping the first rows and columns, i.e. from the coordinate origin) or to pad them to (at
-    the far end; ``pad_mode`` zero - the default for extensive fields, adds no energy - edge or
-    reflect - the default for intensive ones, edge).
+    the far end; ``pad_mode`` zero - the default for extensive fields, adds no energy - edge,
+    reflect - the default for intensive ones, edge - or missing: padded cells are missing
+    cells). ``nan_is_missing``: NaN cells are missing cells even where the source does not
+    declare them (a CF ``_FillValue``/``missing_value``, an HDF5 fill value declares them;
+    otherwise a NaN is refused).
     """
 
     kind: str | None = None
@@ -69,6 +76,7 @@ class ImportOptions:
     crop: tuple[int, int] | None = None
     pad: tuple[int, int] | None = None
     pad_mode: str | None = None
+    nan_is_missing: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is not None:
@@ -110,8 +118,12 @@ class ImportOptions:
                                   f"{values.shape[1]}x{values.shape[2]} maps (crop instead)")
             mode = self.pad_mode or ("zero" if kind == "extensive" else "edge")
             width = ((0, 0), (0, py - values.shape[1]), (0, px - values.shape[2]))
-            values = (np.pad(values, width) if mode == "zero"
-                      else np.pad(values, width, mode="edge" if mode == "edge" else "reflect"))
+            if mode == "missing":
+                values = np.pad(values.astype(np.float64, copy=False), width,
+                                constant_values=np.nan)
+            else:
+                values = (np.pad(values, width) if mode == "zero"
+                          else np.pad(values, width, mode="edge" if mode == "edge" else "reflect"))
         return values
 
     def reshape_axis(self, axis: Axis | None, n_crop: int | None, n_pad: int | None) -> Axis | None:
@@ -130,8 +142,8 @@ class ImportOptions:
     def reshape_coords(self, coords: Coordinates) -> Coordinates:
         cy, cx = self.crop or (None, None)
         py, px = self.pad or (None, None)
-        return Coordinates(self.reshape_axis(coords.y, cy, py), self.reshape_axis(coords.x, cx, px),
-                           coords.time, coords.time_units, coords.time_source_name)
+        return dataclasses.replace(coords, y=self.reshape_axis(coords.y, cy, py),
+                                   x=self.reshape_axis(coords.x, cx, px))
 
     def shape_after(self, ny: int, nx: int) -> tuple[int, int]:
         if self.crop is not None:
@@ -190,6 +202,9 @@ class Opened:
     blocks: Iterator[tuple[NDArray, list[dict[str, Any]], str]]
     sources: Callable[[], list[dict[str, Any]]]
     close: Callable[[], None] = lambda: None
+    #: the source declares missing cells (CF _FillValue/missing_value, an HDF5 fill value):
+    #: its NaN cells are kept as missing
+    missing_declared: bool = False
 
 
 class SourceReader(Protocol):
@@ -326,9 +341,10 @@ def _difference(info: Mapping[str, Any], unit: Unit, options: Mapping[str, Any],
     if gen.get("kind") != "import":
         return (f"written by {gen.get('kind') or ('generate' if gen.get('run_id') else 'the API')}"
                 f" ({gen.get('run_id') or 'no run'}), not imported")
-    if gen.get("options") != options:
-        diff = sorted(k for k in set(options) | set(gen.get("options") or {})
-                      if options.get(k) != (gen.get("options") or {}).get(k))
+    had = gen.get("options") or {}
+    diff = sorted(k for k in set(options) | set(had)
+                  if k not in ACCEPTANCE_OPTIONS and options.get(k) != had.get(k))
+    if diff:
         return f"imported with other options ({', '.join(diff)})"
     have = gen.get("sources") or []
     want = unit.reader.sources({**hashes, **{f: sha256_file(f) for f in unit.reader.files()
@@ -367,7 +383,9 @@ def _write_unit(location: str, unit: Unit, options: ImportOptions, run_id: str,
             writer = store.sequence_writer(
                 d, s, (opened.n_steps, ny, nx), field=opened.field, levels=options.levels,
                 smallest=options.smallest, generation=generation,
-                coords=options.reshape_coords(opened.coords), overwrite=True)
+                coords=options.reshape_coords(opened.coords), overwrite=True,
+                nan_is_missing=(options.nan_is_missing or opened.missing_declared
+                                or options.pad_mode == "missing"))
         except physics.EnergyMapError as exc:
             raise SourceError(f"{unit.source}: {exc}") from None
         with writer:

@@ -143,6 +143,9 @@ def _read_field(f: Any, group: str, name: str, lay: WellLayout, traj: int, t0: i
     if tv:
         index.append(slice(t0, t1))
     a = np.asarray(ds[tuple(index)] if index else ds[()])
+    fill = declared_fill(ds)
+    if fill is not None and not np.isnan(fill) and a.dtype.kind == "f":
+        a = np.where(a == fill, np.nan, a)  # the declared fill marks missing cells
     if not tv:
         a = a[None]
     varying = [bool(v) for v in np.asarray(ds.attrs.get("dim_varying", [True, True])).ravel()]
@@ -158,6 +161,24 @@ def _read_field(f: Any, group: str, name: str, lay: WellLayout, traj: int, t0: i
         raise SourceError(f"field {name} has shape {ds.shape}, which does not fit the "
                           f"{lay.nx}x{lay.ny} grid of {lay.spatial_dims}") from None
     return a
+
+
+def declared_fill(ds: Any) -> float | None:
+    """The value an HDF5 dataset declares for missing cells: a CF ``_FillValue`` or
+    ``missing_value`` attribute, else a fill value set when it was created (HDF5's default
+    fill, 0, declares nothing); None when it declares none."""
+    import h5py
+
+    for key in ("_FillValue", "missing_value"):
+        if key in ds.attrs:
+            v = np.asarray(ds.attrs[key]).ravel()
+            if v.size and v.dtype.kind in "fiu":
+                return float(v[0])
+    try:
+        user = ds.id.get_create_plist().fill_value_defined() == h5py.h5d.FILL_VALUE_USER_DEFINED
+    except (AttributeError, ValueError):
+        return None
+    return float(ds.fillvalue) if user and np.asarray(ds.fillvalue).dtype.kind in "fiu" else None
 
 
 @dataclass(frozen=True)
@@ -204,7 +225,18 @@ class WellTrajectory:
             f.close()
             raise
         return Opened(n, (lay.ny, lay.nx), spec, coords, blocks,
-                      lambda: self.sources(hashes), f.close)
+                      lambda: self.sources(hashes), f.close, self._declares_missing(f, lay))
+
+    def _declares_missing(self, f: Any, lay: WellLayout) -> bool:
+        """Whether a dataset the unit reads declares a fill value (its NaN cells are then
+        missing cells, not bad input)."""
+        if self.derive:
+            used = [("t1_fields", self.velocity), ("t0_fields", self.density)]
+        else:
+            group, name, _ = locate(lay, self.path, self.field, None, self.density, self.velocity)
+            used = [(group, name)]
+        return any(name in f[group] and declared_fill(f[group][name]) is not None
+                   for group, name in used if group in f)
 
     def _what(self, f: Any, lay: WellLayout, options: ImportOptions
               ) -> tuple[FieldSpec, bool, str]:

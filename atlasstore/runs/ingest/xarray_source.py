@@ -31,7 +31,7 @@ from atlasstore.runs.ingest.engine import (
     Unit,
     source_record,
 )
-from atlasstore.store.xarray_input import dataarray_metadata
+from atlasstore.store.xarray_input import dataarray_metadata, declares_missing
 
 AXES = ("time", "y", "x")
 
@@ -100,7 +100,7 @@ class XarraySlice:
             ds.close()
             raise
         return Opened(n, (ny, nx), spec, coords, self._blocks(da, n, ny, nx),
-                      lambda: self.sources(hashes), ds.close)
+                      lambda: self.sources(hashes), ds.close, declares_missing(da))
 
     def _blocks(self, da: Any, n: int, ny: int, nx: int
                 ) -> Iterator[tuple[NDArray, list[dict[str, Any]], str]]:
@@ -172,34 +172,39 @@ def plan_xarray(path: str | Path, var: str, *, dims: Mapping[str, str] | None = 
             validate_name(v, name)
     dom = domain or re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(p).stem).strip("._-") or "xarray"
     validate_name(dom, "domain name")
+    source_options = {"var": var, "dims": d, "sequence_dim": sequence_dim, "isel": sel,
+                      "domain": domain, "sequence": sequence, "field": field, "engine": engine}
     try:
-        ds = open_dataset(p, engine)
-    except SourceError as exc:
-        raise ImportPlanError(str(exc)) from None
+        units = _units(p, var, d, sel, sequence_dim, dom, sequence, field, engine)
+    except SourceError as exc:  # the file is not what the command asks of it: one FAILED line
+        failed = Unit(dom, sequence or _safe(var) or "sequence", f"{p} variable {var}", "xarray",
+                      XarraySlice(p, var, d, sel, engine, field))
+        return ImportPlan("xarray", [], options, source_options, [p], [(failed, str(exc))])
+    return ImportPlan("xarray", units, options, source_options, [p])
+
+
+def _units(p: str, var: str, d: dict[str, str], sel: dict[str, int], sequence_dim: str | None,
+           dom: str, sequence: str | None, field: str | None, engine: str | None) -> list[Unit]:
+    """The units of one variable of one file; SourceError when the file cannot give them."""
+    ds = open_dataset(p, engine)
     try:
         if sequence_dim is None:
             select(ds, p, var, d, sel)
             seq = sequence or _safe(var) or "sequence"
-            units = [Unit(dom, seq, f"{p} variable {var}", "xarray",
-                          XarraySlice(p, var, d, sel, engine, field), shared_hashes=(p,))]
-        else:
-            if var in ds.data_vars and sequence_dim not in ds[var].dims:
-                raise SourceError(f"{p}: variable {var} has no dimension {sequence_dim!r} "
-                                  f"(dims {list(ds[var].dims)})")
-            n = int(ds[var].sizes[sequence_dim]) if var in ds.data_vars else 0
-            select(ds, p, var, d, {**sel, sequence_dim: 0})
-            ids: list[str | None] = [f"{_safe(sequence_dim) or 'seq'}-{i:04d}" for i in range(n)]
-            if sequence_dim in ds[var].coords:  # named by its coordinate where it can be
-                named = [_safe(v) for v in ds[var][sequence_dim].values]
-                if None not in named and len(set(named)) == n:
-                    ids = named
-            units = [Unit(dom, str(ids[i]), f"{p} variable {var} {sequence_dim}={i}", "xarray",
-                          XarraySlice(p, var, d, {**sel, sequence_dim: i}, engine, field),
-                          shared_hashes=(p,)) for i in range(n)]
-    except SourceError as exc:
-        raise ImportPlanError(str(exc)) from None
+            return [Unit(dom, seq, f"{p} variable {var}", "xarray",
+                         XarraySlice(p, var, d, sel, engine, field), shared_hashes=(p,))]
+        if var in ds.data_vars and sequence_dim not in ds[var].dims:
+            raise SourceError(f"{p}: variable {var} has no dimension {sequence_dim!r} "
+                              f"(dims {list(ds[var].dims)})")
+        n = int(ds[var].sizes[sequence_dim]) if var in ds.data_vars else 0
+        select(ds, p, var, d, {**sel, sequence_dim: 0})
+        ids: list[str | None] = [f"{_safe(sequence_dim) or 'seq'}-{i:04d}" for i in range(n)]
+        if sequence_dim in ds[var].coords:  # named by its coordinate where it can be
+            named = [_safe(v) for v in ds[var][sequence_dim].values]
+            if None not in named and len(set(named)) == n:
+                ids = named
+        return [Unit(dom, str(ids[i]), f"{p} variable {var} {sequence_dim}={i}", "xarray",
+                     XarraySlice(p, var, d, {**sel, sequence_dim: i}, engine, field),
+                     shared_hashes=(p,)) for i in range(n)]
     finally:
         ds.close()
-    source_options = {"var": var, "dims": d, "sequence_dim": sequence_dim, "isel": sel,
-                      "domain": domain, "sequence": sequence, "field": field, "engine": engine}
-    return ImportPlan("xarray", units, options, source_options, [p])
