@@ -82,7 +82,7 @@ from atlasstore.nvp.lineage import LineageRecorder
 from atlasstore.nvp.metrics import EarlyStopping, MetricsLog
 from atlasstore.nvp.model import NVP
 from atlasstore.nvp.prior import DomainPrior, fit_prior
-from atlasstore.nvp.train_steps import train_step, validate_model
+from atlasstore.nvp.train_steps import target_mask, train_step, validate_model
 from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = [
@@ -326,7 +326,7 @@ class _Loop:
         key = jax.random.fold_in(self.key, self.step)
         domain = jax.device_put(self.model.domain_index(batch["ids"]), self.batch_sharding)
         terms = train_step(self.model, self.optimizer, inputs, batch["target"], domain, key,
-                           self.cfg.loss, self.plan.factor)
+                           self.cfg.loss, self.plan.factor, target_mask(batch, self.plan.factor))
         self.step += 1
         self.pending.append((self.step, terms))
 
