@@ -142,15 +142,14 @@ class WindowSource:
             cache_bytes = min(self.data_nbytes, AUTO_CACHE_CAP)
         self.cache_bytes = check_int("cache_bytes", cache_bytes, 0)
         self._reader = _reader(self.store, reader, self.cache_bytes)
-        #: whether a selected array has missing cells (NaN; its recorded ``valid_fraction`` below
-        #: 1): only then are batches masked and filled, so complete data reads as before
         self.has_missing = self._find_missing()
         self.stats: NormStats | None = None
         self._mi: dict[tuple[str, int], NDArray[np.float32]] = {}
-        if stats is not None:
-            self.set_stats(stats)
+        self.set_stats(stats)
 
     def _find_missing(self) -> bool:
+        """Whether a selected array has missing cells (NaN; its recorded ``valid_fraction`` below
+        1): only then are batches masked and filled, so complete data reads as before."""
         for d, sq in self.sequences:
             arrays = self.store.sequence_info(d, sq).get("arrays") or {}
             for f in self.all_fields:
