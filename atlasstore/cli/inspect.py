@@ -1,39 +1,24 @@
-"""The read commands: ``atlas ls``, ``query``, ``show`` and ``stats``."""
+"""The read commands: ``atlas query`` here; ``ls`` and ``stats`` in :mod:`.listing`, ``show`` in
+:mod:`.show` (re-exported for the parser)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from atlasstore.catalog.protocol import Catalog
+from atlasstore.cli.listing import cmd_ls, cmd_stats
 from atlasstore.cli.options import (
-    _fmt_bytes,
     _note,
     _open_catalog,
     _open_store,
 )
+from atlasstore.cli.show import cmd_show
 from atlasstore.errors import UserError
 
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    if args.domain:
-        for seq in store.sequences(args.domain):
-            info = store.sequence_info(args.domain, seq)
-            gen = info.get("generation", {})
-            print(f"{seq}\t{info['n_steps']} steps\t{info['shape'][0]}x{info['shape'][1]}\t"
-                  f"levels {','.join(map(str, info['levels']))}\tseed {gen.get('seed')}")
-        incomplete = (set(store.sequences(args.domain, include_incomplete=True))
-                      - set(store.sequences(args.domain)))
-        for seq in sorted(incomplete):
-            print(f"{seq}\t(incomplete: not visible to queries)")
-    else:
-        for d in store.domains():
-            print(f"{d}\t{len(store.sequences(d))} sequences")
-    return 0
+__all__ = ["cmd_ls", "cmd_query", "cmd_show", "cmd_stats"]
 
 
 def _build_query(args: argparse.Namespace, store: Any, catalog: Catalog | None) -> Any:
@@ -93,64 +78,4 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         for wid in data["ids"]:
             print(wid)
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from atlasstore.physics.fields import gradient_magnitude
-    from atlasstore.records import primary_field
-
-    store = _open_store(args)
-    info = store.sequence_info(args.domain, args.sequence)
-    name = primary_field(info)  # energy, or an imported field's own name
-    if not 0 <= args.t < info["n_steps"]:
-        raise UserError(f"--t {args.t} outside 0..{info['n_steps'] - 1}")
-    # after the checks: a bad sequence or step is named even where the plots extra is missing
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    levels = info["levels"]
-    fig, axes = plt.subplots(2, len(levels), figsize=(4 * len(levels), 7.5), squeeze=False)
-    for j, lvl in enumerate(levels):
-        e = store.read(args.domain, args.sequence, lvl, name, t=args.t)
-        gx = store.read(args.domain, args.sequence, lvl, "grad_x", t=args.t)
-        gy = store.read(args.domain, args.sequence, lvl, "grad_y", t=args.t)
-        sym = "E" if name == "energy" else name
-        panels = ((e, f"{sym} at {lvl}", "inferno"),
-                  (gradient_magnitude(gx, gy), f"|grad {sym}| at {lvl}", "viridis"))
-        for i, (img, title, cmap) in enumerate(panels):
-            ax = axes[i][j]
-            im = ax.imshow(img, cmap=cmap, origin="lower")
-            ax.set_title(title)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    step = info["steps"][args.t]
-    stats = (f"H={step['entropy']:.3f} nats  sum={step['sum']:.4g}" if "entropy" in step
-             else f"mean={step['mean']:.4g}")  # an intensive field has no entropy
-    fig.suptitle(f"{args.domain}/{args.sequence} t={args.t}  {stats}")
-    fig.tight_layout()
-    out = Path(args.out or f"{args.domain}_{args.sequence}_t{args.t}.png")
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from atlasstore.compat import EnergyAtlasLoader
-
-    store = _open_store(args)
-    loader = EnergyAtlasLoader(store)
-    domains = [args.domain] if args.domain else store.domains()
-    stats = [loader.get_domain_stats(d) for d in domains if store.sequences(d)]
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    for s in stats:
-        print(f"{s['domain']}: {s['n_sequences']} sequences, {s['n_maps']} maps, mean E "
-              f"{s['energy_mean']:.4f}, var {s['energy_variance']:.4f}, entropy "
-              f"{s['entropy_mean']:.4f} [{s['entropy_min']:.4f}, {s['entropy_max']:.4f}], "
-              f"{_fmt_bytes(s['bytes_on_disk'])}")
     return 0

@@ -156,7 +156,8 @@ def _run_summary(report: Any, volume: str, label: Callable[[Any], str]) -> int:
     sequence and its error), store and catalog problems; the exit status."""
     print(f"run {report.run_id}: {report.written} sequences written, {report.skipped} already "
           f"complete, {len(report.failures)} failed; {report.maps} maps, {volume}, "
-          f"{report.seconds:.1f} s, {report.maps_per_second:.1f} maps/s ({report.engine})")
+          f"{report.seconds:.1f} s, {report.maps_per_second:.1f} maps/s ({report.engine}"
+          f"{', ' + report.engine_reason if report.engine_reason else ''})")
     for f in report.failures:
         print(f"FAILED {f.domain}/{f.sequence_id}{label(f)}{_one_line(f.error)}", file=sys.stderr)
     for e in report.store_errors:

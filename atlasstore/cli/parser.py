@@ -95,7 +95,8 @@ def _add_generate(sub: Any, common: argparse.ArgumentParser, cat: argparse.Argum
                    help="index of the first sequence (append to a domain without clashing)")
     s.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
     s.add_argument("--scheduler", default=None,
-                   help="'processes' (default), 'threads', 'serial', or a Dask scheduler address")
+                   help="'serial', 'threads', 'processes' or a Dask scheduler address (default: "
+                        "serial for up to 32 default-sized sequences, else processes)")
     s.add_argument("--no-catalog", action="store_true", help="do not register in a catalog")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
@@ -222,7 +223,8 @@ def _import_options() -> argparse.ArgumentParser:
     e = shape.add_argument_group("engine")
     e.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
     e.add_argument("--scheduler", default=None,
-                   help="'processes' (default), 'threads', 'serial', or a Dask scheduler address")
+                   help="'serial', 'threads', 'processes' or a Dask scheduler address (default: "
+                        "serial for up to 32 default-sized sequences, else processes)")
     e.add_argument("--no-catalog", action="store_true", help="do not register in a catalog")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")

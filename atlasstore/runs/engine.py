@@ -42,6 +42,7 @@ from atlasstore.errors import EngineError, NotAnAtlasStore, StoreError
 from atlasstore.io.locations import local_path
 from atlasstore.io.provenance import utc_now
 from atlasstore.runs.options import RunOptions
+from atlasstore.runs.scheduling import engine_for, unguarded_main
 from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.layout import Layout
 from atlasstore.store.run_log import RunLog
@@ -76,7 +77,9 @@ class RunReport:
     seconds: float = 0.0
     catalog_errors: list[str] = field(default_factory=list)
     store_errors: list[str] = field(default_factory=list)
+    #: the scheduler that ran the tasks (serial, threads, processes or an address) and why
     engine: str = ""
+    engine_reason: str = ""
     #: bytes of source data read (import runs)
     source_bytes: int = 0
 
@@ -152,6 +155,11 @@ def check_engine(scheduler: str | None, workers: int | None) -> None:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or not 1 <= workers <= 1024):
         raise EngineError(f"workers must be an integer in [1, 1024], got {workers!r}")
+    if scheduler == "processes" and (where := unguarded_main()) is not None:
+        raise EngineError(
+            f"scheduler 'processes' starts worker processes that run the main script again, "
+            f"and {where} starts this run at the script's top level: put that code under "
+            f"`if __name__ == \"__main__\":` (or use scheduler='threads' or 'serial')")
     if scheduler is None or scheduler in ("processes", "threads", "serial"):
         return
     if not isinstance(scheduler, str) or not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[\w.-]+:\d+$",
@@ -173,6 +181,18 @@ def locked_store(location: str, run_id: str, *, layout: Layout | None = None,
             yield store
         finally:
             _LOCKS.pop(store, None)
+
+
+def holds_lock(store: AtlasStore) -> bool:
+    """Whether this run still holds the writer lock :func:`locked_store` took for ``store``."""
+    lock = _LOCKS.get(store)
+    if lock is None:
+        return False
+    try:
+        lock.ensure_held()
+    except StoreError:
+        return False
+    return True
 
 
 #: The writer lock :func:`locked_store` holds for each store it yielded.
@@ -265,11 +285,12 @@ class CatalogSink:
 def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
             complete: Sequence[tuple[Job, dict[str, Any]]] = (),
             failed: Sequence[tuple[Job, str]] = (), *,
-            settings: RunOptions | None = None) -> RunReport:
+            settings: RunOptions | None = None, values: int | None = None) -> RunReport:
     """Run ``jobs`` under the run record ``run`` (started now, finished at the end) into the
     store, whose writer lock the caller holds; ``complete`` are jobs found complete before any
     work (reported as skipped, not run), ``failed`` jobs refused before any work with the
-    reason (reported as failures, not run). A run whose writer lock (from
+    reason (reported as failures, not run). ``values``: about how many map values the jobs
+    write (None: unknown), for the choice of engine (:mod:`.scheduling`). A run whose writer lock (from
     :func:`locked_store`) was taken over - on object storage: its renewal was refused - stops at
     the next result with :class:`~atlasstore.store.writer_lock.StoreLocked`. See the module docstring."""
     settings = settings or RunOptions()
@@ -278,7 +299,8 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
     lock = _LOCKS.get(store)
     run_id = run["run_id"]
     runs = RunLog(store)
-    runs.start(run)
+    engine, reason = engine_for(settings.scheduler, len(jobs), values)
+    runs.start(run, scheduler=engine, scheduler_reason=reason)
     sink = CatalogSink(settings.catalog, store, settings.catalog_batch)
     report = RunReport(run_id)
     t_start = time.perf_counter()
@@ -311,31 +333,26 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
     for job, error in failed:
         handle(job, {"task": job.task_dict(), "status": "failed", "error": error, "seconds": 0.0},
                None)
-    engine = settings.scheduler or "processes"
-    report.engine = engine
+    report.engine, report.engine_reason = engine, reason
     all_keys = [(j.domain, j.sequence_id) for j in
                 [*(j for j, _ in complete), *(j for j, _ in failed), *jobs]]
     try:
         if engine == "serial":
-            shared: dict[str, Any] = {}
-            for job in jobs:
-                try:
-                    handle(job, job.fn(*_resolve(job.args, shared)), None)
-                except (OSError, ValueError, StoreError) as exc:  # OSError + DETERMINISTIC_ERRORS
-                    handle(job, None, exc)
+            _run_serial(jobs, handle)
         elif jobs:
             _run_dask(engine, settings.workers, jobs, handle, settings.dask_logs)
     except KeyboardInterrupt:
+        with contextlib.suppress(OSError, StoreError):  # the interruption is what to report
+            runs.end_attempt(run_id, run["started"], finished=utc_now(), outcome="interrupted",
+                             counts=_counts(report, len(all_keys)))
         done = sum(1 for a in committed_attrs(store, all_keys) if a and a.get("status") == "complete")
         raise RunInterrupted(run_id, done, len(all_keys)) from None
 
     report.seconds = time.perf_counter() - t_start
-    run = {**run, "finished": utc_now(),
-           "counts": {"tasks": len(all_keys), "written": report.written,
-                      "skipped": report.skipped, "failed": len(report.failures),
-                      "maps": report.maps}}
+    run = {**run, "finished": utc_now(), "counts": _counts(report, len(all_keys))}
     try:
-        runs.finish(run, [asdict(f) for f in report.failures])
+        runs.finish(run, [asdict(f) for f in report.failures],
+                    outcome="failed" if report.failures else "complete")
     except OSError as exc:  # e.g. the disk is still full: the sequences themselves are safe
         report.store_errors.append(f"run record not updated: {type(exc).__name__}: {exc}")
     sink.flush()
@@ -343,11 +360,31 @@ def execute(store: AtlasStore, run: dict[str, Any], jobs: Sequence[Job],
     return report
 
 
+def _counts(report: RunReport, tasks: int) -> dict[str, int]:
+    return {"tasks": tasks, "written": report.written, "skipped": report.skipped,
+            "failed": len(report.failures), "maps": report.maps}
+
+
 def _size(shape: Sequence[int]) -> int:
     n = 1
     for s in shape:
         n *= int(s)
     return n
+
+
+def _run_serial(jobs: Sequence[Job],
+                handle: Callable[[Job, dict[str, Any] | None, BaseException | None], None]) -> None:
+    """Run the tasks one after the other in this process; a task that raises is reported as
+    failed (not retried: a failed write, e.g. a full disk, is what the run reports) and the
+    run goes on."""
+    shared: dict[str, Any] = {}
+    for job in jobs:
+        try:
+            result = job.fn(*_resolve(job.args, shared))
+        except Exception as exc:  # noqa: BLE001 - reported per task, the run goes on
+            handle(job, None, exc)
+        else:
+            handle(job, result, None)
 
 
 def _resolve(args: tuple[Any, ...], cache: dict[str, Any]) -> tuple[Any, ...]:

@@ -327,8 +327,10 @@ def generate(location: str | Path, plan: Plan, settings: RunOptions | None = Non
              **overrides: Any) -> RunReport:
     """Run ``plan`` into the store at ``location`` (created if missing).
 
-    ``scheduler``: None -> a LocalCluster of ``workers`` processes (default: one per core);
-    ``"serial"`` -> in this process; ``"threads"`` -> a LocalCluster of threads; anything else
+    ``scheduler``: None -> chosen by the number of sequences to write (in this process for a
+    small plan, else a LocalCluster of ``workers`` processes, default one per core;
+    :mod:`atlasstore.runs.scheduling`); ``"processes"`` -> that cluster; ``"serial"`` -> in this
+    process; ``"threads"`` -> a LocalCluster of threads; anything else
     is a Dask scheduler address. ``progress`` is called with every finished task's result.
     A plan that clashes with the store raises ``PlanClash`` before anything is written; Ctrl-C
     raises ``GenerationInterrupted`` once the workers are stopped. ``dask_logs``: let a local
@@ -356,4 +358,12 @@ def generate(location: str | Path, plan: Plan, settings: RunOptions | None = Non
 
         return run_driver.execute(
             store, run, [job(t) for t in checked.pending],
-            [(job(t), info) for t, info in checked.complete.items()], settings=opts)
+            [(job(t), info) for t, info in checked.complete.items()], settings=opts,
+            values=sum(_values(plan, t.domain) for t in checked.pending))
+
+
+def _values(plan: Plan, domain: str) -> int:
+    """Map values one sequence of ``domain`` writes at full resolution."""
+    p = plan.preset(domain)
+    ny, nx = plan.shape or p.shape
+    return (plan.steps or p.n_steps) * ny * nx

@@ -14,12 +14,14 @@ from atlasstore.store.layout import Layout
 
 @dataclass(frozen=True)
 class RunOptions:
-    """``workers``: local Dask workers (default: one per core). ``scheduler``: None or
-    "processes" (a LocalCluster of processes), "threads", "serial" (in this process), or a Dask
-    scheduler address. ``catalog``: an open catalog to register in (None: none).
-    ``layout``: chunking of a store the run creates. ``storage_options``: for fsspec locations.
-    ``progress``: called with every finished task's result. ``catalog_batch``: sequences per
-    catalog catch-up. ``dask_logs``: let a local cluster's own warnings through."""
+    """``workers``: local Dask workers (default: one per core). ``scheduler``: "processes" (a
+    LocalCluster of processes), "threads", "serial" (in this process), a Dask scheduler address,
+    or None: chosen by the number of tasks to run (serial for a small plan, else processes;
+    :mod:`atlasstore.runs.scheduling`, docs/engine.md). ``catalog``: an open catalog to
+    register in (None: none). ``layout``: chunking of a store the run creates.
+    ``storage_options``: for fsspec locations. ``progress``: called with every finished task's
+    result. ``catalog_batch``: sequences per catalog catch-up. ``dask_logs``: let a local
+    cluster's own warnings through."""
 
     workers: int | None = None
     scheduler: str | None = None

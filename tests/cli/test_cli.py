@@ -122,11 +122,14 @@ def test_generate_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_ls(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "ls", "--store", str(cli_store))
     assert code == 0
-    assert out.splitlines() == ["fluid_dynamics\t1 sequences", "plasma_physics\t1 sequences"]
+    assert out.splitlines()[:2] == ["fluid_dynamics\t1 sequences\tenergy (extensive)\tgenerate (synthetic)",
+                                    "plasma_physics\t1 sequences\tenergy (extensive)\tgenerate (synthetic)"]
+    assert out.splitlines()[2].startswith("note: fluid_dynamics, plasma_physics: synthetic stand-ins")
     code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(cli_store))
     assert code == 0
-    line = out.strip()
-    assert line.startswith("seq-00000\t3 steps\t256x256\tlevels 256,128,64\tseed ")
+    line = out.splitlines()[0]
+    assert line.startswith("seq-00000\t3 steps\t256x256\tlevels 256,128,64\tenergy [energy / pixel] "
+                           "(extensive)\tgenerate seed ")
 
 
 def test_ls_shows_incomplete(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -252,7 +255,8 @@ def test_stats(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "stats", "plasma_physics", "--json", "--store", str(cli_store))
     data = json.loads(out)
     assert len(data) == 1 and data[0]["domain"] == "plasma_physics" and data[0]["n_maps"] == 3
-    assert data[0]["energy_mean"] == pytest.approx(1.0, rel=1e-3)  # patterns have mean energy 1
+    assert data[0]["field"] == "energy" and data[0]["units"] == "energy / pixel"
+    assert data[0]["mean"] == pytest.approx(1.0, rel=1e-3)  # patterns have mean energy 1
     code, _, err = run(capsys, "stats", "nope", "--store", str(cli_store))
     assert_user_error(code, err, "nope")
 

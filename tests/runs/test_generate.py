@@ -394,8 +394,8 @@ def test_threads_engine_matches_serial(tmp_path: Path, generated_store_path: Pat
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_process_cluster_matches_serial(tmp_path: Path, generated_store_path: Path, workers: int) -> None:
-    report = generate(tmp_path / f"w{workers}.zarr", generated_plan(), scheduler=None, workers=workers,
-                      catalog=None)
+    report = generate(tmp_path / f"w{workers}.zarr", generated_plan(), scheduler="processes",
+                      workers=workers, catalog=None)
     assert report.ok and report.written == 4 and report.engine == "processes"
     assert all_checksums(AtlasStore.open(tmp_path / f"w{workers}.zarr")) == \
         all_checksums(AtlasStore.open(generated_store_path))

@@ -317,7 +317,8 @@ def test_checksums_identical_across_worker_counts(tmp_path: Path, procs: ProcTra
     assert rep.ok
     ref = checksums(ref_path)
     assert len(ref) == 2 * 2 * 9
-    for label, extra in (("1 worker", dict(workers=1)), ("2 workers", dict(workers=2)),
+    for label, extra in (("1 worker", dict(workers=1, scheduler="processes")),
+                         ("2 workers", dict(workers=2, scheduler="processes")),
                          ("2 threads", dict(workers=2, scheduler="threads"))):
         store = tmp_path / f"{label.replace(' ', '-')}.zarr"
         r = procs.run(generate_cmd(store, seed=5, **SMALL, **extra), timeout=180)

@@ -79,7 +79,8 @@ def _cmd(store: Path, engine: str) -> list[str]:
     if engine == "threads":
         return generate_cmd(store, DOMAINS, SEQUENCES, STEPS, seed=RUN_SEED, scheduler="threads",
                             workers=2)
-    return generate_cmd(store, DOMAINS, SEQUENCES, STEPS, seed=RUN_SEED, workers=2)
+    return generate_cmd(store, DOMAINS, SEQUENCES, STEPS, seed=RUN_SEED, scheduler="processes",
+                        workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +379,7 @@ def test_ctrl_c_says_what_is_complete_and_the_same_command_resumes(
     uninterrupted run."""
     store = tmp_path / "atlas.zarr"
     cmd = generate_cmd(store, DOMAINS, CTRL_C_SEQUENCES, STEPS, seed=RUN_SEED,
-                       scheduler=None if engine == "processes" else engine,
+                       scheduler=engine,
                        workers=2 if engine == "processes" else None)
     run = procs.launch(cmd)
     assert wait_until(lambda: store_state(store, DOMAINS).complete or run.proc.poll() is not None,

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from zarr.core.sync import sync
 
 from atlasstore.errors import ImportPlanError, SequenceExists, SourceError
 from atlasstore.io.provenance import code_version, host, utc_now
@@ -441,7 +442,9 @@ def run_import(location: str | Path, plan: ImportPlan, settings: RunOptions | No
     run_id = plan.run_id()
     with run_driver.locked_store(loc, run_id, layout=layout,
                                  storage_options=storage_options) as store:
-        for d in plan.domains():
+        existing = set(store.domains())
+        created = [d for d in plan.domains() if d not in existing]
+        for d in created:
             store.create_domain(d, None)
         config = plan.config()
         run = {"run_id": run_id, "kind": "import", "config": config,
@@ -459,8 +462,31 @@ def run_import(location: str | Path, plan: ImportPlan, settings: RunOptions | No
                        source=unit.source)
 
         failed = [(job(u), err) for u, err in plan.failures]
-        return run_driver.execute(store, run, [job(u) for u in plan.units], failed=failed,
-                                  settings=opts)
+        try:
+            return run_driver.execute(store, run, [job(u) for u in plan.units], failed=failed,
+                                      settings=opts, values=_source_values(plan.units))
+        finally:  # also after Ctrl-C; not when the writer lock was lost (another run writes)
+            if run_driver.holds_lock(store):
+                drop_empty_domains(store, created)
+
+
+def _source_values(units: Sequence[Unit]) -> int | None:
+    """About how many values the units' source files hold (float32; None: unknown)."""
+    try:
+        files = {f for u in units for f in u.reader.files()}
+        return sum(source_size(f) for f in files) // 4
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def drop_empty_domains(store: AtlasStore, domains: Sequence[str]) -> None:
+    """Remove each of ``domains`` (created by this run) that holds no committed sequence, with
+    whatever failed tasks left in it, so a run whose every task failed leaves nothing visible."""
+    for d in domains:
+        if d in store.domains() and not store.sequences(d):
+            zstore = store.zarr_group.store
+            sync(zstore.delete(f"{d}/zarr.json"))  # from here on it is no domain
+            sync(zstore.delete_dir(d))
 
 
 def resolve_inside(root: Path, path: Path) -> Path:
