@@ -51,7 +51,9 @@ __all__ = [
     "record_checkpoint",
     "resolve_checkpoint",
     "resolve_out_dir",
+    "resolved_config_file",
     "run_file",
+    "write_resolved_config",
     "write_run_record",
 ]
 
@@ -87,6 +89,16 @@ def new_run_record(cfg: TrainConfig, location: str, out_dir: Path, plan: DataPla
             "checkpoints": []}
 
 
+def resolved_config_file(out_dir: Path) -> Path:
+    return out_dir / "config.resolved.json"
+
+
+def write_resolved_config(out_dir: Path, config: Mapping[str, Any]) -> None:
+    """``config.resolved.json``: the whole configuration a run started with, its defaults
+    taken from the data filled in (a valid ``--config`` for another run)."""
+    atomic_write(resolved_config_file(out_dir), json.dumps(config, indent=1) + "\n")
+
+
 def read_run_record(out_dir: Path) -> dict[str, Any]:
     return json.loads(run_file(out_dir).read_text())
 
@@ -111,7 +123,7 @@ def clear_run(out_dir: str | Path) -> None:
     out = Path(out_dir)
     for name in ("checkpoints", "tb"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "run.json"):
+    for name in ("metrics.jsonl", "run.json", "config.resolved.json"):
         (out / name).unlink(missing_ok=True)
 
 

@@ -19,7 +19,9 @@ from atlasstore.nvp.loss import LossConfig
 from atlasstore.nvp.model import ModelConfig
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "MONITORS",
+    "RESOLUTIONS",
     "SECTIONS",
     "DataConfig",
     "EvalConfig",
@@ -31,8 +33,34 @@ __all__ = [
 
 #: validation metrics that may pick the best checkpoint and stop early (lower is better)
 MONITORS = ("energy_fidelity", "vrmse", "conservation", "mse", "nll", "loss")
+#: the levels ``data.resolution`` may name (the schema's); None is the data's full resolution
+RESOLUTIONS = (64, 128, 256)
 #: the sections of a config, each a dataclass
 SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
+
+
+#: The configuration of ``atlas train`` without ``--config``: ``configs/nvp-cpu-small.json``'s
+#: model, loss, optimiser and loop (a small model, a fixed number of steps: minutes on a CPU),
+#: with nothing in ``data`` fixed, so it is taken from the store: the selection's full
+#: resolution and every stored level below it, the sequences' primary field, and the batch size
+#: cut to the training windows the data holds (:func:`~.input_pipeline.resolve_batch_size`).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "name": "nvp-cpu-small",
+    "seed": 0,
+    "data": {"n_in": 1, "stride": 1, "batch_size": 8, "val_fraction": 0.1, "prefetch": 2,
+             "workers": 2},
+    "model": {"width": 12, "max_width": 48, "depth": 3, "blocks": 1, "dropout": 0.0,
+              "groups": 4, "embed": 8, "log_var_init": 0.0,
+              "prior_angles": list(range(-90, 91, 15)), "prior_fit_windows": 256},
+    "loss": {"lambda_mse": 1.0, "lambda_conservation": 0.1, "lambda_entropy": 0.05,
+             "entropy_threshold": 0.0, "lambda_nll": 1.0, "beta": 0.5},
+    "optim": {"learning_rate": 0.001, "schedule": "warmup_cosine", "warmup_steps": 20,
+              "end_lr_factor": 0.05, "grad_clip": 1.0},
+    "train": {"max_steps": 300, "log_every": 10, "eval_every": 50, "keep_checkpoints": 2,
+              "patience": 4, "min_delta": 0.0, "monitor": "mse", "eval_at_start": True},
+    "eval": {"mc_samples": 16, "rollout_steps": 5, "n_plots": 5, "batch_size": 8,
+             "fit_windows": 64},
+}
 
 
 def _from_dict(cls: Any, d: Mapping[str, Any] | None, what: str) -> Any:
@@ -144,6 +172,11 @@ class TrainConfig:
             raise TrainError(f"{what}: {exc}") from None
         cfg.check()
         return cfg
+
+    @classmethod
+    def default(cls) -> TrainConfig:
+        """:data:`DEFAULT_CONFIG`: what ``atlas train`` runs without ``--config``."""
+        return cls.from_dict(DEFAULT_CONFIG, what="the default training config")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -33,7 +33,14 @@ from atlasstore.nvp.goals import evaluate_goals, headline
 from atlasstore.nvp.input_pipeline import build_query, spread_indices
 from atlasstore.nvp.metrics import read_metrics
 from atlasstore.nvp.plots import plot_bars, plot_curves, plot_rollout, plot_sample, plot_spread_skill
-from atlasstore.nvp.scores import VRMSE_EPS, conservation_error, entropy_violations, metric_block, vrmse
+from atlasstore.nvp.scores import (
+    VRMSE_EPS,
+    conservation_error,
+    entropy_violations,
+    metric_block,
+    valid_cells,
+    vrmse,
+)
 from atlasstore.physics.fields import block_sum
 from atlasstore.store.atlas_store import AtlasStore
 
@@ -44,16 +51,21 @@ Emit = Callable[[dict[str, Any]], None]
 
 
 def _read(source: Any, idx: Sequence[int], levels: Sequence[int], factor: int,
-          pad_to: int | None = None) -> tuple[dict[int, NDArray], NDArray, list[str]]:
+          pad_to: int | None = None, missing_as_nan: bool = True
+          ) -> tuple[dict[int, NDArray], NDArray, list[str]]:
     """Inputs at ``levels``, the target block-summed by ``factor``, the ids. With ``pad_to`` the
     batch is padded by repeating its last window (callers drop rows past ``len(idx)``), so one
-    compiled program serves every batch."""
+    compiled program serves every batch. Missing cells of the target are NaN (the metrics leave
+    them out) unless ``missing_as_nan`` is False (filled, as the stream delivers them)."""
     idx = list(idx)
     if pad_to is not None and len(idx) < pad_to:
         idx = idx + [idx[-1]] * (pad_to - len(idx))
     b = source.read_batch(idx)
     inputs = {lv: np.asarray(b["inputs"][lv]) for lv in levels}
-    return inputs, block_sum(np.asarray(b["target"], np.float64), factor), list(b["ids"])
+    target = np.asarray(b["target"], np.float64)
+    if "mask" in b and missing_as_nan:
+        target = np.where(b["mask"][:, -target.shape[1]:], target, np.nan)
+    return inputs, block_sum(target, factor), list(b["ids"])
 
 
 def rollout(model: Any, inputs: Mapping[int, Any], domain: Any, steps: int
@@ -138,29 +150,45 @@ def _setting(ck: LoadedCheckpoint, store: str | None, split: str | None,
                     batch_size or cfg.eval.batch_size)
 
 
-def _seeds(st: AtlasStore, keys: Sequence[str]) -> dict[tuple[str, Any], str]:
-    out = {}
+def _content(st: AtlasStore, keys: Sequence[str]) -> dict[tuple[Any, ...], str]:
+    """What identifies each sequence's content, mapped to its key: the domain and generation
+    seed of generated data, every source file part (SHA-256 and member) of imported data, and
+    the checksum of every stored array."""
+    out: dict[tuple[Any, ...], str] = {}
     for k in keys:
-        gen = st.sequence_info(*k.split("/", 1)).get("generation") or {}
+        info = st.sequence_info(*k.split("/", 1))
+        gen = info.get("generation") or {}
         if gen.get("seed") is not None:
-            out[(k.split("/", 1)[0], gen["seed"])] = k
+            out[("seed", k.split("/", 1)[0], gen["seed"])] = k
+        for src in gen.get("sources") or ():
+            if src.get("sha256"):
+                out[("source", src["sha256"], src.get("member"))] = k
+        for arr in (info.get("arrays") or {}).values():
+            if arr.get("checksum"):
+                out[("array", arr["checksum"])] = k
     return out
 
 
 def held_out_check(s: _Setting, train_store: AtlasStore | None) -> tuple[bool, str]:
     """(held out?, a sentence saying so): not held out when the evaluated sequences are the
-    training store's validation split, or any of them was trained on (same store and key, or the
-    same domain and generation seed in another store)."""
+    training store's validation split, or any of them was trained or validated on: the same
+    store and key, or - in another store - the same content (a generation seed of the domain, a
+    source file's SHA-256, an array checksum of the training run's sequences)."""
     meta = s.ck.meta
     same = _same_location(s.location, meta["store"])
     trained = set(meta["split"]["train"])
     seen = sorted(k for k in s.keys if same and k in trained)
-    if not same and train_store is not None:
-        ref = _seeds(train_store, list(meta["split"]["train"]) + list(meta["split"]["val"]))
-        seen = sorted(k for key, k in _seeds(s.store, s.keys).items() if key in ref)
     if seen:
         return False, (f"NOT a held-out evaluation: {len(seen)} of the {len(s.keys)} evaluated "
                        f"sequences were trained on (e.g. {seen[0]})")
+    if not same and train_store is not None:
+        ref = _content(train_store, list(meta["split"]["train"]) + list(meta["split"]["val"]))
+        overlap = sorted({k for key, k in _content(s.store, s.keys).items() if key in ref})
+        if overlap:
+            return False, (f"NOT a held-out evaluation: {len(overlap)} of the {len(s.keys)} "
+                           f"evaluated sequences have the content of sequences the run trained "
+                           f"or validated on (same source file, array checksum or generation "
+                           f"seed; e.g. {overlap[0]})")
     if same and set(s.keys) <= set(meta["split"]["val"]):
         return False, ("NOT a held-out evaluation: validation split of the training store (it "
                        "chose the best checkpoint and calibrated the variance); evaluate on a "
@@ -169,7 +197,7 @@ def held_out_check(s: _Setting, train_store: AtlasStore | None) -> tuple[bool, s
         return False, ("NOT a held-out evaluation: sequences of the training store outside its "
                        "recorded split")
     return True, (f"held-out evaluation: {len(s.keys)} sequences of {s.location}, none trained "
-                  "or validated on")
+                  "or validated on, none with their content")
 
 
 def _training_pairs(s: _Setting, train_store: str | None
@@ -198,7 +226,8 @@ def _training_pairs(s: _Setting, train_store: str | None
         pick = [idx[j] for j in spread_indices(len(idx), cfg.eval.fit_windows)]
         hist, tgt = [], []
         for i in range(0, len(pick), s.batch_size):
-            inp, t, _ = _read(fsrc, pick[i:i + s.batch_size], [res], fsrc.base_level // res)
+            inp, t, _ = _read(fsrc, pick[i:i + s.batch_size], [res], fsrc.base_level // res,
+                              missing_as_nan=False)
             hist.append(np.asarray(inp[res], np.float64))
             tgt.append(t[:, 0])
         pairs[dom] = (np.concatenate(hist), np.concatenate(tgt))
@@ -281,11 +310,14 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
         for j, w in enumerate(wid[:n]):
             d = w.split("/", 1)[0]
             acc = per.setdefault(d, {k: [] for k in (*names, "conservation")})
-            acc["model"].append(np.asarray(vrmse(traj[j], tgt[j])))
-            acc["conservation"].append(np.asarray(conservation_error(traj[j], tgt[j])))
+            ok = valid_cells(tgt[j])
+            t0 = tgt[j] if ok is None else np.where(ok, tgt[j], 0.0)
+            acc["model"].append(np.asarray(vrmse(traj[j], t0, mask=ok)))
+            acc["conservation"].append(np.asarray(conservation_error(
+                traj[j] if ok is None else np.where(ok, traj[j], 0.0), t0)))
             for name in BASELINES:
                 acc[name].append(np.asarray(vrmse(base.of(d).rollout(name, hist[j:j + 1], h)[0],
-                                                  tgt[j])))
+                                                  t0, mask=ok)))
     out: dict[str, Any] = {"steps": h, "lead": list(range(1, h + 1)), "per_domain": {}}
     for d, acc in sorted(per.items()):
         out["per_domain"][d] = {"rollouts": len(acc["model"]),
@@ -300,8 +332,10 @@ def _rollouts(s: _Setting, base: FittedBaselines, horizon: int) -> dict[str, Any
 def _figures(out: Path, run_dir: Path, a: Mapping[str, NDArray], std: NDArray,
              ids: Sequence[str], nplot: int, report: Mapping[str, Any]) -> list[str]:
     figs = []
-    v = np.asarray(vrmse(a["mean"], a["truth"]))
-    vp = np.asarray(vrmse(a["hist"][:, -1], a["truth"]))
+    ok = valid_cells(a["truth"])
+    truth = a["truth"] if ok is None else np.where(ok, a["truth"], 0.0)
+    v = np.asarray(vrmse(a["mean"], truth, mask=ok))
+    vp = np.asarray(vrmse(a["hist"][:, -1], truth, mask=ok))
     doms = [w.split("/", 1)[0] for w in ids]
     picks = ([doms.index(d) for d in sorted(set(doms))] if nplot >= len(set(doms))
              else spread_indices(len(ids), nplot) if nplot else [])

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from atlasstore.errors import QueryError, TrainError
+from atlasstore.errors import NotFound, QueryError, TrainError
 from atlasstore.nvp.config import DataConfig
 from atlasstore.query import Query
 from atlasstore.store.atlas_store import AtlasStore
@@ -29,6 +29,7 @@ __all__ = [
     "build_query",
     "plan_data",
     "pooled_stats",
+    "resolve_batch_size",
     "select_sequences",
     "split_by_sequence",
     "spread_indices",
@@ -39,11 +40,12 @@ __all__ = [
 ]
 
 
-def build_query(store: AtlasStore, data: DataConfig, scale: int,
+def build_query(store: AtlasStore, data: DataConfig, scale: int | None,
                 sequences: Sequence[str] | None = None) -> Query:
-    """The Query of the configured selection (``sequences`` overrides ``data.sequences``)."""
+    """The Query of the configured selection (``sequences`` overrides ``data.sequences``; a
+    ``scale`` of None is the selection's full resolution)."""
     seqs = tuple(sequences) if sequences is not None else data.sequences
-    return Query(store, domains=data.domains, sequences=seqs, scale=scale,
+    return Query(store, domains=data.domains, sequences=seqs, scale=scale,  # type: ignore[arg-type]
                  window=data.n_in + 1, stride=data.stride, time_range=data.time_range,
                  entropy=data.entropy, mean=data.mean, variance=data.variance,
                  perturbation=data.perturbation, run_id=data.run_id)
@@ -51,16 +53,18 @@ def build_query(store: AtlasStore, data: DataConfig, scale: int,
 
 def select_sequences(store: AtlasStore, data: DataConfig) -> list[str]:
     """Sorted ``domain/sequence`` keys the configured query selects (at ``data.resolution``,
-    else at the full resolution of the selected sequences)."""
-    scale = data.resolution
-    if scale is None:
-        from atlasstore.query import StoreSelector
-
-        sel = StoreSelector().select(build_query(store, data, scale=64))
-        if not sel:
-            raise TrainError("the data selection matches no sequences")
-        scale = max(sel[0].levels)
-    selected = build_query(store, data, scale).selection()
+    else at the full resolution of the selected sequences, whatever it is)."""
+    try:
+        selected = build_query(store, data, data.resolution).selection()
+    except (QueryError, NotFound) as exc:
+        msg = str(exc).strip("'\"")
+        if data.resolution is None:
+            raise TrainError(msg) from None
+        raise TrainError(f"{msg}; data.resolution {data.resolution} is not stored: choose a "
+                         "stored level (--scale) or leave it out (the data's full "
+                         "resolution)") from None
+    if not selected:
+        raise TrainError("the data selection matches no sequences")
     return sorted(f"{s.domain}/{s.sequence_id}" for s in selected)
 
 
@@ -206,6 +210,12 @@ def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],
         std = math.sqrt(max(s2 / n - mean * mean, 0.0))
         out[int(lv)] = (mean, std if std > 0 else 1.0)
     return out
+
+
+def resolve_batch_size(data: DataConfig, train_windows: int) -> int:
+    """The batch size a run uses: ``data.batch_size``, cut to the training windows the data
+    holds (a batch larger than the whole training split would only repeat windows)."""
+    return max(1, min(int(data.batch_size), int(train_windows)))
 
 
 def train_iterator(plan: DataPlan, seed: int) -> Any:

@@ -99,31 +99,44 @@ def entropy(energy: jax.Array) -> jax.Array:
     return -jnp.sum(terms, axis=(-2, -1))
 
 
-def _per_sample_mean(x: jax.Array) -> jax.Array:
-    return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+def _per_sample_mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean over everything but the batch axis; with ``mask`` (1 valid, 0 missing; shaped like
+    ``x``), over the valid cells only."""
+    if mask is None:
+        return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+    m = mask.reshape(x.shape[0], -1)
+    return jnp.sum(x.reshape(x.shape[0], -1) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
-def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Per-sample mean squared error, (B,)."""
-    return _per_sample_mean(jnp.square(pred - target))
+def mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Per-sample mean squared error, (B,) (over the valid cells of ``mask``, when given)."""
+    return _per_sample_mean(jnp.square(pred - target), mask)
 
 
-def conservation_penalty(pred: jax.Array, target: jax.Array) -> jax.Array:
+def conservation_penalty(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None
+                         ) -> jax.Array:
     """Per-sample loss term |sum pred - sum target| / sum target over the last two axes, (B,).
 
     A zero-energy target divides by 1 instead (the error is then the absolute sum). Extra axes
     between the batch and the map are averaged. (The evaluation metric of the same quantity, on
     NumPy or JAX and without the averaging, is :func:`atlasstore.nvp.scores.conservation_error`.)
+    With ``mask``, the sums run over the valid cells only.
     """
+    if mask is not None:
+        pred, target = pred * mask, target * mask
     sp = jnp.sum(pred, axis=(-2, -1))
     st = jnp.sum(target, axis=(-2, -1))
     err = jnp.abs(sp - st) / jnp.where(st > 0, st, 1.0)
     return err.reshape(err.shape[0], -1).mean(axis=1)
 
 
-def entropy_hinge(pred: jax.Array, prev: jax.Array, threshold: float = 0.0) -> jax.Array:
+def entropy_hinge(pred: jax.Array, prev: jax.Array, threshold: float = 0.0,
+                  mask: jax.Array | None = None) -> jax.Array:
     """Per-sample max(0, S(prev) - S(pred) - threshold): penalises entropy decreasing by more than
-    ``threshold`` nats from the input map E_t to the prediction (second law)."""
+    ``threshold`` nats from the input map E_t to the prediction (second law); with ``mask``,
+    the entropies of the valid cells."""
+    if mask is not None:
+        pred, prev = pred * mask, prev * mask
     h = jax.nn.relu(entropy(prev) - entropy(pred) - threshold)
     return h.reshape(h.shape[0], -1).mean(axis=1)
 
@@ -135,30 +148,32 @@ def gaussian_nll_log_var(mean: jax.Array, log_var: jax.Array, target: jax.Array)
     return 0.5 * (_LOG_2PI + log_var + jnp.square(target - mean) * jnp.exp(-log_var))
 
 
-def beta_nll(mean: jax.Array, log_var: jax.Array, target: jax.Array, beta: float = 0.5
-             ) -> jax.Array:
-    """Per-sample beta-NLL: mean over pixels of ``stop_gradient(var**beta) * NLL``
-    (Seitzer et al.)."""
+def beta_nll(mean: jax.Array, log_var: jax.Array, target: jax.Array, beta: float = 0.5,
+             mask: jax.Array | None = None) -> jax.Array:
+    """Per-sample beta-NLL: mean over pixels (the valid ones of ``mask``) of
+    ``stop_gradient(var**beta) * NLL`` (Seitzer et al.)."""
     nll = gaussian_nll_log_var(mean, log_var, target)
     if beta > 0:
         nll = nll * jax.lax.stop_gradient(jnp.exp(beta * log_var))
-    return _per_sample_mean(nll)
+    return _per_sample_mean(nll, mask)
 
 
 def nvp_loss(pred: jax.Array, log_var: jax.Array, target: jax.Array, prev: jax.Array,
-             config: LossConfig = LossConfig()) -> tuple[jax.Array, dict[str, jax.Array]]:
+             config: LossConfig = LossConfig(), mask: jax.Array | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total loss and its terms (batch means, unweighted) for one batch.
 
     ``pred``/``target``/``prev`` are E_pred, E_{t+1} and E_t, ``log_var`` the predicted log
-    variance of E_{t+1}; all (B, y, x) in the same (zero-preserving) units.
+    variance of E_{t+1}; all (B, y, x) in the same (zero-preserving) units. ``mask`` (B, y, x),
+    1 at valid cells and 0 at missing ones: every term is over the valid cells only (None: all).
     Returns ``(loss, {"loss", "mse", "conservation", "entropy", "nll"})``.
     """
     c = config
     terms = {
-        "mse": jnp.mean(mse(pred, target)),
-        "conservation": jnp.mean(conservation_penalty(pred, target)),
-        "entropy": jnp.mean(entropy_hinge(pred, prev, c.entropy_threshold)),
-        "nll": jnp.mean(beta_nll(pred, log_var, target, c.beta)),
+        "mse": jnp.mean(mse(pred, target, mask)),
+        "conservation": jnp.mean(conservation_penalty(pred, target, mask)),
+        "entropy": jnp.mean(entropy_hinge(pred, prev, c.entropy_threshold, mask)),
+        "nll": jnp.mean(beta_nll(pred, log_var, target, c.beta, mask)),
     }
     total = (c.lambda_mse * terms["mse"] + c.lambda_conservation * terms["conservation"]
              + c.lambda_entropy * terms["entropy"] + c.lambda_nll * terms["nll"])

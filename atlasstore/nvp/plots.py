@@ -99,7 +99,12 @@ def symmetric_limit(image: Any, percentile: float = PERCENTILES[1]) -> float:
 
 
 def sample_figure(title: str, prev: NDArray, truth: NDArray, pred: NDArray, std: NDArray) -> Any:
-    """One evaluated window: six panels with percentile colour ranges."""
+    """One evaluated window: six panels with percentile colour ranges; missing cells (NaN in
+    ``truth``) are blank in every panel and left out of the colour ranges."""
+    missing = ~np.isfinite(np.asarray(truth))
+    if missing.any():
+        prev, pred, std = (np.where(missing, np.nan, np.asarray(x, np.float64))
+                           for x in (prev, pred, std))
     err = pred - truth
     lo, hi = percentile_limits(truth, pred)
     lim = symmetric_limit(err)

@@ -50,14 +50,29 @@ def _xp(*arrays: Any) -> Any:
     return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
-def vrmse(pred: Any, target: Any, eps: float = VRMSE_EPS) -> Any:
-    """Per-sample VRMSE over the last two axes: sqrt(mean((pred - y)^2) / (var(y) + eps)).
+def vrmse(pred: Any, target: Any, eps: float = VRMSE_EPS, mask: Any = None) -> Any:
+    """Per-sample VRMSE over the last two axes: sqrt(mean((pred - y)^2) / (var(y) + eps)); with
+    ``mask`` (1 valid, 0 missing), mean and variance over the valid cells only.
 
     NumPy in, NumPy out; JAX in (also inside jit), JAX out.
     """
     xp = _xp(pred, target)
-    err = xp.mean(xp.square(pred - target), axis=(-2, -1))
-    return xp.sqrt(err / (xp.var(target, axis=(-2, -1)) + eps))
+    if mask is None:
+        err = xp.mean(xp.square(pred - target), axis=(-2, -1))
+        return xp.sqrt(err / (xp.var(target, axis=(-2, -1)) + eps))
+    w = xp.asarray(mask, dtype=target.dtype)
+    n = xp.maximum(xp.sum(w, axis=(-2, -1)), 1.0)
+    t = xp.where(w > 0, target, 0.0)
+    err = xp.sum(w * xp.square(xp.where(w > 0, pred, 0.0) - t), axis=(-2, -1)) / n
+    mean = xp.sum(w * t, axis=(-2, -1), keepdims=True) / n[..., None, None]
+    var = xp.sum(w * xp.square(t - mean), axis=(-2, -1)) / n
+    return xp.sqrt(err / (var + eps))
+
+
+def valid_cells(target: Any) -> NDArray[np.bool_] | None:
+    """Where ``target`` holds data (not NaN: a missing cell); None when it all does."""
+    ok = np.isfinite(np.asarray(target))
+    return None if ok.all() else ok
 
 
 def conservation_error(pred: Any, target: Any) -> Any:
@@ -106,18 +121,25 @@ def gaussian_crps(mean: Any, std: Any, y: Any) -> NDArray[np.float64]:
 
 
 def interval_coverage(mean: Any, std: Any, y: Any, level: float) -> float:
-    """Share of pixels inside the central ``level`` interval mu +- z sigma of N(mu, sigma^2)."""
+    """Share of pixels inside the central ``level`` interval mu +- z sigma of N(mu, sigma^2);
+    pixels where ``y`` is NaN (missing cells) are left out."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     z = float(special.ndtri(0.5 + level / 2))
     mean, std, y = (np.asarray(a, np.float64) for a in (mean, std, y))
-    return float(np.mean(np.abs(y - mean) <= z * std))
+    inside = np.abs(y - mean) <= z * std
+    valid = np.broadcast_to(np.isfinite(y), inside.shape)
+    return float(np.mean(inside if valid.all() else inside[valid]))
 
 
 def spread_skill(mean: Any, std: Any, y: Any, n_bins: int = 10) -> dict[str, Any]:
     """Spread-skill: RMS predicted std over RMSE (1 = calibrated on average) and, per quantile bin
     of predicted std, (RMS spread, RMSE) pairs and their correlation."""
-    mean, std, y = (np.asarray(a, np.float64).ravel() for a in (mean, std, y))
+    mean, std, y = (np.broadcast_to(np.asarray(a, np.float64), np.shape(y)).ravel()
+                    for a in (mean, std, y))
+    ok = np.isfinite(y)  # missing cells (NaN) are left out
+    if not ok.all():
+        mean, std, y = mean[ok], std[ok], y[ok]
     err2 = np.square(y - mean)
     rmse = float(np.sqrt(err2.mean()))
     spread = float(np.sqrt(np.square(std).mean()))
@@ -142,23 +164,35 @@ def spread_skill(mean: Any, std: Any, y: Any, n_bins: int = 10) -> dict[str, Any
 def metric_block(pred: Any, std: Any, target: Any, prev: Any,
                  entropy_threshold: float = 0.0) -> dict[str, Any]:
     """Every one-step metric of a Gaussian predictive (mean ``pred``, ``std``) against
-    ``target``."""
+    ``target``; cells where ``target`` is NaN (missing) are left out of every metric (sums and
+    entropies are over the valid cells)."""
     pred, std, target, prev = (np.asarray(a, np.float64) for a in (pred, std, target, prev))
-    v = np.asarray(vrmse(pred, target))
-    cons = np.asarray(conservation_error(pred, target))
-    ss = spread_skill(pred, std, target)
+    valid = valid_cells(target)
+    if valid is not None:
+        target = np.where(valid, target, 0.0)
+        pred0, prev0 = np.where(valid, pred, 0.0), np.where(valid, prev, 0.0)
+    else:
+        pred0, prev0 = pred, prev
+
+    def mean(x: NDArray[np.float64]) -> float:
+        return float(x.mean() if valid is None else x[valid].mean())
+
+    v = np.asarray(vrmse(pred, target, mask=valid))
+    cons = np.asarray(conservation_error(pred0, target))
+    y = target if valid is None else np.where(valid, target, np.nan)
+    ss = spread_skill(pred, std, y)
     return {
         "vrmse": float(v.mean()),
         "vrmse_median": float(np.median(v)),
-        "mse": float(np.mean(np.square(pred - target))),
+        "mse": mean(np.square(pred - target)),
         "conservation_error": float(cons.mean()),
         "conservation_error_max": float(cons.max()),
-        "entropy_violations": entropy_violations(pred, prev, entropy_threshold),
+        "entropy_violations": entropy_violations(pred0, prev0, entropy_threshold),
         "min_prediction": float(pred.min()),
-        "nll": float(gaussian_nll_std(pred, std, target).mean()),
-        "crps": float(gaussian_crps(pred, std, target).mean()),
-        "coverage_50": interval_coverage(pred, std, target, 0.5),
-        "coverage_90": interval_coverage(pred, std, target, 0.9),
+        "nll": mean(gaussian_nll_std(pred, std, target)),
+        "crps": mean(gaussian_crps(pred, std, target)),
+        "coverage_50": interval_coverage(pred, std, y, 0.5),
+        "coverage_90": interval_coverage(pred, std, y, 0.9),
         "spread_skill": ss["ratio"],
         "spread_skill_bins": ss["bins"],
         "spread_skill_correlation": ss["bin_correlation"],

@@ -33,6 +33,7 @@ Nothing here prints: progress goes to the ``progress`` callback (the CLI prints 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -55,19 +56,22 @@ from atlasstore.nvp.checkpoint import (
     LoadedCheckpoint,
     checkpoint_meta,
     checkpoint_steps,
+    clear_run,
     load_checkpoint,
     new_run_record,
     read_run_record,
     record_checkpoint,
     resolve_out_dir,
     run_file,
+    write_resolved_config,
     write_run_record,
 )
-from atlasstore.nvp.config import OptimConfig, TrainConfig
+from atlasstore.nvp.config import RESOLUTIONS, OptimConfig, TrainConfig
 from atlasstore.nvp.input_pipeline import (
     DataPlan,
     plan_data,
     pooled_stats,
+    resolve_batch_size,
     select_sequences,
     split_by_sequence,
     train_iterator,
@@ -78,7 +82,7 @@ from atlasstore.nvp.lineage import LineageRecorder
 from atlasstore.nvp.metrics import EarlyStopping, MetricsLog
 from atlasstore.nvp.model import NVP
 from atlasstore.nvp.prior import DomainPrior, fit_prior
-from atlasstore.nvp.train_steps import train_step, validate_model
+from atlasstore.nvp.train_steps import target_mask, train_step, validate_model
 from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = [
@@ -161,22 +165,43 @@ def _as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainCon
 
 
 def _check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse to start over a run that can be resumed; clear what a start that never reached a
+    checkpoint left behind (its run record, metrics, a best checkpoint of step 0), so the same
+    command can simply be run again."""
     latest = checkpoint_steps(out / "checkpoints" / "latest")
     if resume and not latest:
         raise TrainError(f"nothing to resume in {out}: no checkpoint in "
                          f"{out / 'checkpoints' / 'latest'}")
-    if not resume and (latest or run_file(out).exists()):
-        raise TrainError(f"{out} already holds a training run; resume it (--resume) or choose "
-                         "another output directory (--out)")
+    if not resume and latest:
+        raise TrainError(f"{out} already holds a training run (checkpoint at step "
+                         f"{max(latest)}); resume it (--resume) or choose another output "
+                         "directory (--out)")
+    if not resume and run_file(out).exists():
+        clear_run(out)
 
 
-def _plan(st: AtlasStore, cfg: TrainConfig, prior: Mapping[str, Any] | None) -> DataPlan:
+def _plan(st: AtlasStore, cfg: TrainConfig, prior: Mapping[str, Any] | None
+          ) -> tuple[TrainConfig, DataPlan]:
     """The data of a new run (a fresh split), or of a resumed one (its split, on the same data
-    and configuration)."""
+    and configuration); the config with its batch size cut to the training windows."""
     keys = select_sequences(st, cfg.data)
     if prior is None:
         seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-        return plan_data(st, cfg.data, *split_by_sequence(keys, cfg.data.val_fraction, seed))
+        train_keys, val_keys = split_by_sequence(keys, cfg.data.val_fraction, seed)
+    else:
+        train_keys, val_keys = prior["split"]["train"], prior["split"]["val"]
+    plan = plan_data(st, cfg.data, train_keys, val_keys)
+    changes: dict[str, Any] = {}
+    batch = resolve_batch_size(cfg.data, plan.train_query.count())
+    if batch != cfg.data.batch_size:
+        changes["data_batch_size"] = batch
+    if cfg.data.resolution is None and plan.resolution in RESOLUTIONS:
+        changes["data_resolution"] = plan.resolution  # written out: the level it trains at
+    if changes:
+        cfg = cfg.with_overrides(**changes)
+        plan = dataclasses.replace(plan, data=cfg.data)
+    if prior is None:
+        return cfg, plan
     now = cfg.to_dict()
     changed = [k for k in ("seed", "data", "model", "loss", "optim")
                if now[k] != prior["config"][k]]
@@ -184,11 +209,10 @@ def _plan(st: AtlasStore, cfg: TrainConfig, prior: Mapping[str, Any] | None) -> 
         raise TrainError(f"the config differs from the run's in {', '.join(changed)}; a run "
                          "resumes with the configuration it started with (only the 'train' "
                          "section may change)")
-    train_keys, val_keys = prior["split"]["train"], prior["split"]["val"]
     if sorted(train_keys + val_keys) != keys:
         raise TrainError("the store's selection differs from the run's dataset version "
                          f"({prior['dataset_version_id']}); cannot resume on other data")
-    return plan_data(st, cfg.data, train_keys, val_keys)
+    return cfg, plan
 
 
 def fit_priors(st: AtlasStore, cfg: TrainConfig, plan: DataPlan) -> dict[str, DomainPrior]:
@@ -283,8 +307,18 @@ class _Loop:
                 "val_sequences": len(p.val_keys), "train_windows": len(self.it.source),
                 "val_windows": len(self.val_src), "levels": list(p.levels),
                 "resolution": p.resolution, "params": self.run["model"]["params"],
+                "field": p.field, "batch_size": p.data.batch_size,
                 "steps_per_epoch": self.it.steps_per_epoch,
                 "dataset_version_id": self.run["dataset_version_id"]}
+
+    def interrupted_event(self) -> dict[str, Any]:
+        """Where a run stopped by Ctrl-C is: its last completed step and the checkpoint a resume
+        continues from (None before the first)."""
+        steps = checkpoint_steps(self.out / "checkpoints" / "latest")
+        latest = str(self.out / "checkpoints" / "latest" / str(max(steps))) if steps else None
+        return {"event": "interrupted", "run_id": self.run["run_id"], "out_dir": str(self.out),
+                "step": self.step, "latest_step": max(steps) if steps else None,
+                "latest": latest}
 
     def train_one_step(self) -> None:
         batch = next(self.it)
@@ -292,7 +326,7 @@ class _Loop:
         key = jax.random.fold_in(self.key, self.step)
         domain = jax.device_put(self.model.domain_index(batch["ids"]), self.batch_sharding)
         terms = train_step(self.model, self.optimizer, inputs, batch["target"], domain, key,
-                           self.cfg.loss, self.plan.factor)
+                           self.cfg.loss, self.plan.factor, target_mask(batch, self.plan.factor))
         self.step += 1
         self.pending.append((self.step, terms))
 
@@ -381,7 +415,7 @@ class _Loop:
 def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | Path | None = None,
           catalog: CatalogArg = None, out_dir: str | Path | None = None, resume: bool = False,
           stop_at: int | None = None, progress: Emit | None = None,
-          cache: CacheSettings | None = None) -> TrainResult:
+          cache: CacheSettings | None = None, field: str | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue training) an NVP model; see the module docstring.
 
     ``config``: a :class:`TrainConfig`, a dict, or a JSON file path. ``store``/``catalog``/
@@ -390,6 +424,11 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     global step as if interrupted (a checkpoint is written), without changing the schedule.
     ``progress`` receives event dicts (``event``: start, log, eval, checkpoint, end).
     ``cache``: the disk cache of a remote store's reads (default: the environment's).
+    ``field``: the field to train on, which must be the selected sequences' primary field (the
+    default). What the config leaves to the data is resolved from the store: the level (the
+    selection's full resolution), the levels below it, and a batch size no larger than the
+    training windows; the resolved config is ``config.resolved.json`` of the run directory.
+    Ctrl-C emits an ``interrupted`` event (step reached, last checkpoint) and re-raises.
     Whatever happens, the stream, the checkpoint managers, the metrics files and a catalog
     opened here are closed on return.
     """
@@ -402,7 +441,10 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
     _check_out_dir(out, resume)
     st = AtlasStore.open(loc, cache=cache)
     prior = read_run_record(out) if resume else None
-    plan = _plan(st, cfg, prior)
+    cfg, plan = _plan(st, cfg, prior)
+    if field is not None and field != plan.field:
+        raise TrainError(f"the model trains on the sequences' primary field, {plan.field!r}, "
+                         f"not {field!r}")
     if prior is not None:
         stats = {int(k): (float(v[0]), float(v[1])) for k, v in prior["model"]["stats"].items()}
         priors = {d: DomainPrior.from_dict(v) for d, v in prior["model"]["prior"].items()}
@@ -415,12 +457,17 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, *, store: str | 
         run = new_run_record(cfg, loc, out, plan, model_desc)
         out.mkdir(parents=True, exist_ok=True)
         write_run_record(out, run)
+        write_resolved_config(out, run["config"])
     spec = catalog if catalog is not None else cfg.catalog
     with LineageRecorder(spec, loc, emit) as lineage, contextlib.ExitStack() as resources:
         lineage.register_run(run, st)
         loop = _Loop(cfg, loc, out, run, plan, model, optimizer, resources, lineage, emit, resume)
         emit(loop.start_event())
-        stopped = loop.run_until_stopped(stop_at)
+        try:
+            stopped = loop.run_until_stopped(stop_at)
+        except KeyboardInterrupt:
+            emit(loop.interrupted_event())
+            raise
         wall = time.perf_counter() - loop.t_start
         wait = loop.it.wait_summary()
         resources.close()  # the stream, metrics files and checkpoint managers

@@ -81,19 +81,24 @@ def stats_fingerprint(store: AtlasStore, sequences: Sequence[tuple[str, str]],
 def compute_stats(store: AtlasStore, sequences: Sequence[tuple[str, str]], fields: Sequence[str],
                   levels: Sequence[int], reader: str | Reader = "auto",
                   fingerprint: str | None = None) -> NormStats:
-    """Mean/std per (domain, field, level) over every value of the given sequences."""
+    """Mean/std per (domain, field, level) over every valid value of the given sequences
+    (missing cells, stored as NaN, are left out)."""
     rd = Reader(store, reader) if isinstance(reader, str) else reader
     acc: dict[tuple[str, str, int], list[float]] = {}
     for d, s in sorted(sequences):
         for f in fields:
             for lvl in levels:
                 a = np.asarray(rd.read_all(ArrayKey(d, s, lvl, f)), dtype=np.float64)
-                n, sm, sq = acc.setdefault((d, f, lvl), [0.0, 0.0, 0.0])
-                acc[(d, f, lvl)] = [n + a.size, sm + float(a.sum()), sq + float(np.square(a).sum())]
+                sm = float(a.sum())
+                if not np.isfinite(sm):  # missing cells (NaN): over the valid cells only
+                    a = a[np.isfinite(a)]
+                    sm = float(a.sum())
+                n, s1, sq = acc.setdefault((d, f, lvl), [0.0, 0.0, 0.0])
+                acc[(d, f, lvl)] = [n + a.size, s1 + sm, sq + float(np.square(a).sum())]
     values: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for (d, f, lvl), (n, sm, sq) in sorted(acc.items()):
-        mean = sm / n
-        var = max(sq / n - mean * mean, 0.0)
+        mean = sm / n if n else 0.0
+        var = max(sq / n - mean * mean, 0.0) if n else 0.0
         std = float(np.sqrt(var))
         if not np.isfinite(std) or std <= 1e-12 * max(1.0, abs(mean)):
             std = 1.0  # a constant field: only centre it

@@ -167,12 +167,15 @@ class _BatchMaker:
         import jax
 
         raw, ids, params = self.source.read_raw(self.order(epoch)[step])
+        mask = raw.pop("mask", None)  # missing cells: already filled; the mask is not normalised
         if params is None:
             dev = self._put(raw)
         elif self.normalise_on == "host":
             dev = self._put(tree_map2(normalise_np, raw, params))
         else:
             dev = _device_normalise(self._put(raw), self._put(params))
+        if mask is not None:
+            dev["mask"] = self._put(mask)
         jax.block_until_ready(dev)  # "ahead of the consumer" means: on the device, computed
         dev["ids"] = ids
         return dev

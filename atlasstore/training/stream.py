@@ -26,6 +26,14 @@ and each process contributes its local rows (``jax.make_array_from_process_local
 the arrays hold ``batch_size * process_count`` rows. ``ids`` are this process's windows,
 ``domain/sequence@t0``.
 
+Missing cells (stored as NaN, see docs/store-format.md) never reach the consumer: when a
+selected array records missing cells (``stats.valid_fraction`` below 1), every batch is finite
+and carries ``mask``, bool ``(B, n_in + n_out, y, x)`` at the query's scale (the input steps,
+then the target steps; True = valid). A missing cell holds the mean the stream normalises by,
+so 0 after normalisation; with ``normalise=False``, the mean of its sequence's valid cells of
+that field and level (the sequence's recorded statistics). The normalisation statistics are
+over valid cells only. Data without missing cells has no ``mask`` and is read as before.
+
 Order, sharding, resume
 -----------------------
 Epoch ``e``'s order is ``permutation(N)`` of a PCG64 generator seeded with

@@ -142,10 +142,48 @@ class WindowSource:
             cache_bytes = min(self.data_nbytes, AUTO_CACHE_CAP)
         self.cache_bytes = check_int("cache_bytes", cache_bytes, 0)
         self._reader = _reader(self.store, reader, self.cache_bytes)
+        self.has_missing = self._find_missing()
         self.stats: NormStats | None = None
         self._mi: dict[tuple[str, int], NDArray[np.float32]] = {}
-        if stats is not None:
-            self.set_stats(stats)
+        self.set_stats(stats)
+
+    def _find_missing(self) -> bool:
+        """Whether a selected array has missing cells (NaN; its recorded ``valid_fraction`` below
+        1): only then are batches masked and filled, so complete data reads as before."""
+        for d, sq in self.sequences:
+            arrays = self.store.sequence_info(d, sq).get("arrays") or {}
+            for f in self.all_fields:
+                for lvl in self.levels:
+                    st = (arrays.get(f"{lvl}/{f}") or {}).get("stats") or {}
+                    if float(st.get("valid_fraction", 1.0)) < 1.0:
+                        return True
+        return False
+
+    def _fill_missing(self, raw: dict[str, Any], wins: Sequence[Window],
+                      params: dict[str, Any] | None) -> NDArray[np.bool_]:
+        """The validity mask (B, n_in + n_out, y, x) of the target's level (inputs, then target),
+        taken before the missing cells of every array are filled in place: with the mean the
+        stream normalises by (so they are 0 after normalisation), else with the mean of the
+        sequence's valid cells of that field and level (its recorded statistics)."""
+        mask = np.concatenate([np.isfinite(raw["inputs"][self.base_level]),
+                               np.isfinite(raw["target"])], axis=1)
+        trees = [(self.primary, raw["inputs"], (params or {}).get("inputs")),
+                 *[(f, raw["fields"][f], (params or {}).get("fields", {}).get(f))
+                   for f in self.extra_fields]]
+        leaves = [(f, lvl, a, None if p is None else p[lvl]) for f, tree, p in trees
+                  for lvl, a in tree.items()]
+        leaves.append((self.primary, self.base_level, raw["target"],
+                       None if params is None else params["target"]))
+        for f, lvl, a, mi in leaves:
+            for i, w in enumerate(wins):
+                bad = ~np.isfinite(a[i])
+                if bad.any():
+                    a[i][bad] = mi[i, 0] if mi is not None else self._sequence_mean(w, f, lvl)
+        return mask
+
+    def _sequence_mean(self, w: Window, field: str, level: int) -> float:
+        arrays = self.store.sequence_info(w.domain, w.sequence_id).get("arrays") or {}
+        return float(((arrays.get(f"{level}/{field}") or {}).get("stats") or {}).get("mean", 0.0))
 
     def set_stats(self, stats: NormStats | None) -> None:
         """Use these statistics to normalise (None: deliver raw values)."""
@@ -215,6 +253,8 @@ class WindowSource:
             if self.extra_fields:
                 params["fields"] = {f: {lvl: self._mi[(f, lvl)][idx] for lvl in self.levels}
                                     for f in self.extra_fields}
+        if self.has_missing:
+            raw["mask"] = self._fill_missing(raw, wins, params)
         return raw, [w.id for w in wins], params
 
     def read_batch(self, indices: Sequence[int], normalise: bool = True) -> dict[str, Any]:
@@ -234,6 +274,8 @@ class WindowSource:
         if "fields" in batch:
             s["fields"] = {f: {lvl: a[i] for lvl, a in v.items()}
                            for f, v in batch["fields"].items()}
+        if "mask" in batch:
+            s["mask"] = batch["mask"][i]
         return s
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -261,8 +303,8 @@ def empty_aligned(shape: tuple[int, ...], align: int = 64) -> NDArray[np.float32
 
 def tree_map2(fn: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
     """Map over two nested dicts of the same structure (leaves: arrays)."""
-    if isinstance(a, dict):
-        return {k: tree_map2(fn, v, b[k]) for k, v in a.items()}
+    if isinstance(a, dict):  # keys of ``a`` that ``b`` lacks (the mask) pass unchanged
+        return {k: tree_map2(fn, v, b[k]) if k in b else v for k, v in a.items()}
     return fn(a, b)
 
 

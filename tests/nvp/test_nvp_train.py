@@ -123,6 +123,18 @@ def test_shipped_configs_validate() -> None:
     assert TrainConfig.from_dict({}).optim.learning_rate == 1e-4  # the predecessor's default
 
 
+def test_the_default_config_is_the_shipped_cpu_config_with_the_data_left_open() -> None:
+    """``atlas train`` without --config runs configs/nvp-cpu-small.json's settings, except the
+    level, which it takes from the data (the file names 128, for the 256x256 synthetic data)."""
+    shipped = TrainConfig.load(REPO / "configs" / "nvp-cpu-small.json").to_dict()
+    default = TrainConfig.default().to_dict()
+    assert default["data"]["resolution"] is None and shipped["data"]["resolution"] == 128
+    for doc in (shipped, default):
+        doc["data"]["resolution"] = None
+        doc["description"] = ""
+    assert default == shipped
+
+
 @pytest.mark.parametrize("bad", [{"optim": {"schedule": "linear"}},
                                  {"optim": {"learning_rate": -1}},
                                  {"model": {"widht": 4}}, {"bogus": 1},
@@ -308,6 +320,30 @@ def test_a_failing_run_closes_the_catalog_it_opened(world: dict[str, Any], tmp_p
     assert _open_files_under(cat_path) == []
 
 
+def test_a_start_that_failed_does_not_block_the_same_command(world: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    """A start that fails before its first checkpoint leaves a run record (and a best checkpoint
+    of step 0) behind; running the same thing again starts afresh instead of being refused.
+    A run with a checkpoint to resume still is refused."""
+    class Failed(Exception):
+        pass
+
+    def fail_at_start(e: dict[str, Any]) -> None:
+        if e["event"] == "checkpoint":  # the best checkpoint of step 0, before any step
+            raise Failed
+
+    cfg = TrainConfig.from_dict(TINY).with_overrides(train_eval_at_start=True, train_max_steps=1)
+    out = tmp_path / "run"
+    with pytest.raises(Failed):
+        train(cfg, store=world["store"], out_dir=out, catalog=False, progress=fail_at_start)
+    assert (out / "run.json").is_file() and (out / "checkpoints" / "best" / "0").is_dir()
+    result = train(cfg, store=world["store"], out_dir=out, catalog=False)
+    assert result.step == 1 and result.resumed_from is None
+    assert json.loads((out / "run.json").read_text())["run_id"] == result.run_id
+    with pytest.raises(TrainError, match="already holds a training run"):
+        train(cfg, store=world["store"], out_dir=out, catalog=False)
+
+
 def test_early_stopping_stops_the_run(world: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(TINY).with_overrides(
         train_eval_every=1, train_patience=1, train_min_delta=1e9)  # same max_steps: no recompile
@@ -478,4 +514,5 @@ def test_a_regenerated_copy_of_the_training_data_is_not_held_out(world: dict[str
                               plots=False, rollout_steps=0)
     assert rep["data"]["held_out"] is False
     assert rep["data"]["held_out_note"].startswith(
-        "NOT a held-out evaluation: 6 of the 6 evaluated sequences were trained on")
+        "NOT a held-out evaluation: 6 of the 6 evaluated sequences have the content of "
+        "sequences the run trained or validated on")
