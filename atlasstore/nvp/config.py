@@ -21,7 +21,6 @@ from atlasstore.nvp.model import ModelConfig
 __all__ = [
     "DEFAULT_CONFIG",
     "MONITORS",
-    "RESOLUTIONS",
     "SECTIONS",
     "DataConfig",
     "EvalConfig",
@@ -33,8 +32,6 @@ __all__ = [
 
 #: validation metrics that may pick the best checkpoint and stop early (lower is better)
 MONITORS = ("energy_fidelity", "vrmse", "conservation", "mse", "nll", "loss")
-#: the levels ``data.resolution`` may name (the schema's); None is the data's full resolution
-RESOLUTIONS = (64, 128, 256)
 #: the sections of a config, each a dataclass
 SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
 

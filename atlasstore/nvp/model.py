@@ -234,12 +234,8 @@ class NVP(nnx.Module):
                                  f"{cfg.depth}; raise model.depth or drop the level")
             entry[d] = lv
         self.entry = tuple(sorted(entry.items()))  # ((depth, level), ...): static, hashable
-        if shape is not None:
-            ny, nx = (int(s) for s in shape)
-            m = 2 ** cfg.depth
-            if ny % m or nx % m:
-                raise ModelError(f"base maps {ny}x{nx} are not divisible by 2**depth = {m}; "
-                                 "lower model.depth")
+        if shape is not None and min(int(s) for s in shape) < 1:
+            raise ModelError(f"base maps must have a positive size, got {tuple(shape)}")
         missing = [lv for lv in levels if lv not in stats]
         if missing:
             raise ModelError(f"no normalisation statistics for level(s) {missing}")
@@ -325,7 +321,9 @@ class NVP(nnx.Module):
                  deterministic: bool, key: jax.Array | None) -> jax.Array:
         x = jnp.concatenate([self._norm(inputs[self.base], 0),
                              self._norm(prior[:, None], 0)], axis=1)
-        h = self.stem(jnp.transpose(x, (0, 2, 3, 1)))
+        ny, nx = x.shape[-2:]
+        m = 2 ** self.cfg.depth  # grids that do not divide: edge-padded, the output cropped
+        h = self.stem(_pad_to(jnp.transpose(x, (0, 2, 3, 1)), -(-ny // m) * m, -(-nx // m) * m))
         for blk in self.enc0:
             h = blk(h, cond, deterministic, key)
         skips = [h]
@@ -336,6 +334,8 @@ class NVP(nnx.Module):
             merge = self.merge[d - 1]
             if lv is not None and merge is not None:
                 xl = jnp.transpose(self._norm(inputs[lv], self.levels.index(lv)), (0, 2, 3, 1))
+                if all(a <= b for a, b in zip(xl.shape[1:3], h.shape[1:3], strict=True)):
+                    xl = _pad_to(xl, h.shape[1], h.shape[2])
                 if xl.shape[1:3] != h.shape[1:3]:
                     raise ModelError(f"level {lv} maps are {xl.shape[1:3]}, expected "
                                      f"{h.shape[1:3]} at encoder depth {d}")
@@ -349,7 +349,7 @@ class NVP(nnx.Module):
             h = self.fuse[j](jnp.concatenate([h, skips[d]], axis=-1))
             for blk in self.dec[j]:
                 h = blk(h, cond, deterministic, key)
-        return nnx.silu(self.head_norm(h))
+        return nnx.silu(self.head_norm(h[:, :ny, :nx]))
 
     # ------------------------------------------------------------------ forward
 
@@ -384,6 +384,16 @@ class NVP(nnx.Module):
         if calibrated:
             log_var = log_var + jnp.log(self.var_scale[...][domain])[:, None, None]
         return Prediction(mean, log_var)
+
+
+def _pad_to(x: jax.Array, ny: int, nx: int) -> jax.Array:
+    """(B, y, x, C) maps edge-padded at their far end to ``ny`` x ``nx`` (the U-Net halves
+    ``depth`` times, so real grids - 37x49, 18x432 - are padded up to a multiple of 2**depth;
+    the prediction is cropped back, and the loss only sees the real cells)."""
+    py, px = ny - x.shape[1], nx - x.shape[2]
+    if py == 0 and px == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, py), (0, px), (0, 0)), mode="edge")
 
 
 # ---------------------------------------------------------------------- prediction helpers

@@ -66,7 +66,7 @@ from atlasstore.nvp.checkpoint import (
     write_resolved_config,
     write_run_record,
 )
-from atlasstore.nvp.config import RESOLUTIONS, OptimConfig, TrainConfig
+from atlasstore.nvp.config import OptimConfig, TrainConfig
 from atlasstore.nvp.input_pipeline import (
     DataPlan,
     plan_data,
@@ -195,7 +195,7 @@ def _plan(st: AtlasStore, cfg: TrainConfig, prior: Mapping[str, Any] | None
     batch = resolve_batch_size(cfg.data, plan.train_query.count())
     if batch != cfg.data.batch_size:
         changes["data_batch_size"] = batch
-    if cfg.data.resolution is None and plan.resolution in RESOLUTIONS:
+    if cfg.data.resolution is None:
         changes["data_resolution"] = plan.resolution  # written out: the level it trains at
     if changes:
         cfg = cfg.with_overrides(**changes)

@@ -46,6 +46,10 @@ def abstract_inputs(levels, shape, n_in=1, b=2):
     ((128, 64), (128, 128), 2, ((1, 64),)),
     ((128, 64), (128, 192), 3, ((1, 64),)),   # 2:3 aspect
     ((64,), (64, 64), 2, ()),
+    # real grids that do not divide by 2**depth: padded inside, predicted at their own size
+    ((37,), (37, 49), 3, ()),
+    ((330, 165), (330, 360), 3, ((1, 165),)),
+    ((18,), (18, 432), 2, ()),
 ])
 def test_levels_enter_at_matching_depth_and_shapes(levels, shape, depth, entry) -> None:
     cfg = ModelConfig(width=4, max_width=8, depth=depth, groups=2)
@@ -60,8 +64,8 @@ def test_levels_enter_at_matching_depth_and_shapes(levels, shape, depth, entry) 
 def test_refuses_unreachable_levels_and_bad_shapes() -> None:
     with pytest.raises(ModelError, match="depth"):
         NVP(ModelConfig(depth=1), (256, 64), 1, stats_for((256, 64)), PRIORS)
-    with pytest.raises(ModelError, match="divisible"):
-        NVP(ModelConfig(depth=3), (64,), 1, stats_for((64,)), PRIORS, shape=(64, 100))
+    with pytest.raises(ModelError, match="positive size"):
+        NVP(ModelConfig(depth=3), (64,), 1, stats_for((64,)), PRIORS, shape=(0, 100))
     with pytest.raises(ModelError, match="statistics"):
         NVP(ModelConfig(depth=1), (128, 64), 1, {128: (1.0, 1.0)}, PRIORS)
     m = NVP(ModelConfig(width=4, depth=1, groups=2), (128, 64), 1, stats_for((128, 64)), PRIORS)
