@@ -255,7 +255,8 @@ def _model_from_meta(meta: Mapping[str, Any], rngs_seed: int = 0) -> NVP:
     stats = {int(k): (float(v[0]), float(v[1])) for k, v in m["stats"].items()}
     priors = {d: DomainPrior.from_dict(m["prior"][d]) for d in m["domains"]}
     return NVP(ModelConfig.from_dict(m["config"]), m["levels"], m["n_in"], stats, priors,
-               shape=tuple(m["shape"]), seed=rngs_seed)
+               shape=tuple(m["shape"]), seed=rngs_seed,
+               non_negative=bool(m.get("non_negative", True)))  # (older runs: energy)
 
 
 def load_checkpoint(path: str | Path, *, optimizer: nnx.Optimizer | None = None,

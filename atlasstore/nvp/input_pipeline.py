@@ -22,6 +22,7 @@ import numpy as np
 from atlasstore.errors import NotFound, QueryError, TrainError
 from atlasstore.nvp.config import DataConfig
 from atlasstore.query import Query
+from atlasstore.records import field_kind
 from atlasstore.store.atlas_store import AtlasStore
 
 __all__ = [
@@ -122,6 +123,8 @@ class DataPlan:
     #: the sequences' primary field (``energy``, or an imported field's own name): what the
     #: model reads and predicts
     field: str = "energy"
+    #: its kind: an extensive field's prediction is kept non-negative, an intensive one's not
+    kind: str = "extensive"
 
     @property
     def keys(self) -> list[str]:
@@ -183,11 +186,12 @@ def plan_data(store: AtlasStore, data: DataConfig, train_keys: Sequence[str],
         field = train_query.primary_of(_pairs(train_keys + val_keys))
     except QueryError as exc:
         raise TrainError(str(exc)) from None
+    first = (train_keys + val_keys)[0].split("/", 1)
     return DataPlan(data=data, train_keys=train_keys, val_keys=val_keys, resolution=res,
                     levels=tuple(lv for lv in stored_levels if lv <= res), factor=factor,
                     model_shape=(shape[0] * res // base, shape[1] * res // base),
                     train_query=train_query, val_query=build_query(store, data, res, val_keys),
-                    field=field)
+                    field=field, kind=field_kind(store.sequence_info(first[0], first[1])))
 
 
 def pooled_stats(store: AtlasStore, keys: Sequence[str], levels: Sequence[int],

@@ -209,18 +209,22 @@ class NVP(nnx.Module):
     steps per level; ``stats``: ``{level: (mean, std)}`` of the energy (physical units) to
     normalise the network's inputs; ``priors``: the fitted :class:`~.prior.DomainPrior` of every
     domain the model predicts, by name (their order is the domain index); ``shape``: the base
-    level's (y, x), checked against ``depth``; ``seed``: of the weight initialisation.
+    level's (y, x); ``seed``: of the weight initialisation; ``non_negative``: the field is
+    extensive (energy), so its prediction is clipped at zero (an intensive field - a
+    temperature anomaly - is not).
     """
 
     def __init__(self, cfg: ModelConfig, levels: Sequence[int], n_in: int,
                  stats: Mapping[int, tuple[float, float]], priors: Mapping[str, DomainPrior], *,
-                 shape: tuple[int, int] | None = None, seed: int = 0):
+                 shape: tuple[int, int] | None = None, seed: int = 0,
+                 non_negative: bool = True):
         levels = tuple(sorted({int(lv) for lv in levels}, reverse=True))
         if not levels:
             raise ModelError("no input levels")
         if not priors:
             raise ModelError("no domains: the model needs the fitted prior of each domain")
         self.cfg, self.levels, self.base, self.n_in = cfg, levels, levels[0], int(n_in)
+        self.non_negative = bool(non_negative)
         if self.n_in < 1:
             raise ModelError(f"n_in must be >= 1, got {n_in}")
         entry: dict[int, int] = {}
@@ -378,7 +382,9 @@ class NVP(nnx.Module):
         r = self.head_mean(h)[..., 0]
         r = r - jnp.mean(r, axis=(-2, -1), keepdims=True)
         rho = self.rho[...][domain][:, None, None]
-        mean = jnp.maximum(prior + rho * r, 0.0)
+        mean = prior + rho * r
+        if self.non_negative:  # an extensive field (energy) cannot go below zero
+            mean = jnp.maximum(mean, 0.0)
         log_var = (jnp.clip(self.head_logvar(h)[..., 0], self.cfg.log_var_min,
                             self.cfg.log_var_max) + 2 * jnp.log(rho))
         if calibrated:

@@ -226,12 +226,12 @@ def _new_model(cfg: TrainConfig, plan: DataPlan, stats: Mapping[int, tuple[float
                priors: Mapping[str, DomainPrior]) -> tuple[NVP, nnx.Optimizer, dict[str, Any]]:
     """The model, its optimiser and its description (the ``model`` item of run.json)."""
     model = NVP(cfg.model, plan.levels, cfg.data.n_in, dict(stats), dict(priors),
-                shape=plan.model_shape, seed=cfg.seed)
+                shape=plan.model_shape, seed=cfg.seed, non_negative=plan.kind == "extensive")
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.max_steps),
                               wrt=nnx.Param)
     n_params = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     desc = {"config": cfg.model.to_dict(), "levels": list(plan.levels), "n_in": cfg.data.n_in,
-            "shape": list(plan.model_shape),
+            "shape": list(plan.model_shape), "non_negative": plan.kind == "extensive",
             "stats": {str(k): list(v) for k, v in stats.items()},
             "domains": list(model.domains),
             "prior": {d: p.to_dict() for d, p in priors.items()}, "params": n_params}

@@ -173,3 +173,14 @@ def test_block_sum_numpy_and_its_refusals() -> None:
     for bad in (0, -2, 1.5, True):
         with pytest.raises(physics.EnergyMapError, match="positive integer"):
             physics.block_sum(x, bad)
+
+
+def test_an_intensive_field_is_not_clipped_at_zero() -> None:
+    """A temperature anomaly goes below zero; energy cannot (the model of an extensive field
+    clips its prediction at zero, an intensive field's model does not)."""
+    x = {16: -5.0 * jnp.ones((1, 1, 16, 16), jnp.float32)}
+    intensive = NVP(TINY, (16,), 1, {16: (-5.0, 1.0)}, PRIORS, shape=(16, 16),
+                    non_negative=False)
+    assert float(intensive(x, jnp.zeros(1, jnp.int32)).mean.max()) < 0
+    energy = NVP(TINY, (16,), 1, {16: (-5.0, 1.0)}, PRIORS, shape=(16, 16))
+    assert float(energy(x, jnp.zeros(1, jnp.int32)).mean.min()) >= 0
