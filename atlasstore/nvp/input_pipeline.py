@@ -85,8 +85,9 @@ def split_by_sequence(keys: Sequence[str], val_fraction: float = 0.05, seed: int
     n = len(uniq)
     if n < 2:
         raise TrainError(f"a split by sequence needs at least 2 sequences, the selection has {n} "
-                         f"({', '.join(uniq) or 'none'}); generate more sequences or widen the "
-                         "query")
+                         f"({', '.join(uniq) or 'none'}); generate more sequences, widen the "
+                         "query, or import a long record as several sequences (its time axis "
+                         "cut into files, or an ensemble's --sequence-dim)")
     if not 0.0 <= val_fraction < 1.0:
         raise TrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
     by_domain: dict[str, list[str]] = {}
