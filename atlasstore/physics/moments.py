@@ -50,12 +50,31 @@ class StepMoments:
         return n, mean, m2, float(self.lo[has].min()), float(self.hi[has].max())
 
 
+#: float64 bytes of one pass's temporaries: a few steps at a time stay in cache (measured:
+#: 256x256 maps, 4 steps at a time, half the CPU of a whole 64-step block at once)
+CHUNK_BYTES = 2 * 2**20
+
+
 def step_moments(values: NDArray) -> StepMoments:
     """The moments of each step of a (t, y, x) float block over its valid cells (see the module
     docstring); NaN cells are missing, and a block without NaN takes the fast path."""
     v = np.asarray(values)
     t = v.shape[0]
-    flat = v.reshape(t, -1)
+    cells = int(np.prod(v.shape[1:]))
+    k = max(1, CHUNK_BYTES // max(cells * 8, 1))
+    if t <= k:
+        return _moments(v.reshape(t, -1))
+    parts = [_moments(v[i:i + k].reshape(-1, cells)) for i in range(0, t, k)]
+    return StepMoments(n=np.concatenate([p.n for p in parts]),
+                       mean=np.concatenate([p.mean for p in parts]),
+                       m2=np.concatenate([p.m2 for p in parts]),
+                       lo=np.concatenate([p.lo for p in parts]),
+                       hi=np.concatenate([p.hi for p in parts]), cells=cells)
+
+
+def _moments(flat: NDArray) -> StepMoments:
+    """:func:`step_moments` of (t, cells) values."""
+    t = flat.shape[0]
     cells = flat.shape[1]
     nan = np.isnan(flat)
     if not nan.any():

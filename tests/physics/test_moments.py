@@ -41,3 +41,17 @@ def test_missing_cells_are_left_out_and_an_empty_step_says_so() -> None:
     n, mean, _, _, _ = sm.combined()
     assert n == 256 - 65 + 256
     assert mean == pytest.approx(np.nanmean(v.astype(np.float64)), rel=1e-12)
+
+
+def test_a_long_block_in_chunks_equals_one_pass() -> None:
+    """Steps are summed a few at a time (cache); the result equals the one-pass moments."""
+    from atlasstore.physics import moments
+
+    rng = np.random.default_rng(2)
+    v = rng.gamma(2.0, 1.0, (10, 256, 256)).astype(np.float32)
+    v[3, :5] = np.nan
+    chunked = step_moments(v)
+    assert 10 > moments.CHUNK_BYTES // (256 * 256 * 8)  # (the block really is cut)
+    whole = moments._moments(v.reshape(10, -1))
+    for f in ("n", "mean", "m2", "lo", "hi"):
+        np.testing.assert_array_equal(getattr(chunked, f), getattr(whole, f))
