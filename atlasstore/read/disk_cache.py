@@ -142,6 +142,8 @@ class DiskCachedReader(TensorStoreReader):
         self.cache = DiskCache(settings.folder, settings.max_bytes)
         self.base = settings.folder / f"{self.s3.bucket}-{digest}"
         self._meta: dict[str, tuple[Path, int, int, str]] = {}
+        self._inflight: dict[Path, threading.Event] = {}  # local path -> set when its GET ends
+        self._inflight_lock = threading.Lock()
         super().__init__(lambda name: {"driver": "file", "path": str(self.local_dir(name))},
                          cache_bytes, where=f"{self.s3.url} (cached in {self.base})")
 
@@ -154,7 +156,31 @@ class DiskCachedReader(TensorStoreReader):
         return self.base / domain / seq / commit / level / field
 
     def _fetch(self, pairs: Sequence[tuple[str, Path]]) -> None:
-        """GET each (key relative to the store, local path) concurrently and place it."""
+        """GET each (key relative to the store, local path) concurrently and place it. An object
+        another thread of this reader is already fetching is not fetched twice: this call waits
+        for that fetch (and fetches the object itself only if that one failed)."""
+        while pairs:
+            mine: list[tuple[str, Path]] = []
+            theirs: list[tuple[str, Path, threading.Event]] = []
+            with self._inflight_lock:
+                for k, p in pairs:
+                    done = self._inflight.get(p)
+                    if done is not None:
+                        theirs.append((k, p, done))
+                    elif not p.exists():  # (placed meanwhile by a fetch that just ended)
+                        self._inflight[p] = threading.Event()
+                        mine.append((k, p))
+            try:
+                self._get_all(mine)
+            finally:
+                with self._inflight_lock:
+                    for _, p in mine:
+                        self._inflight.pop(p).set()
+            for _, _, done in theirs:
+                done.wait()
+            pairs = [(k, p) for k, p, _ in theirs if not p.exists()]
+
+    def _get_all(self, pairs: Sequence[tuple[str, Path]]) -> None:
         import obstore
         from zarr.core.sync import sync
 
