@@ -137,13 +137,15 @@ class SeaweedServer:
         cfg = self.dir / "s3.json"
         cfg.write_text(json.dumps(ident))
         cfg.chmod(0o600)
-        (m, mg, v, vg, f, fg, s3, met) = _free_ports(8)
+        # every port explicit: a gRPC port left out is its HTTP port + 10000, past 65535 for
+        # many of the ports the OS hands out
+        (m, mg, v, vg, f, fg, s3, s3g, met) = _free_ports(9)
         self.endpoint = f"http://127.0.0.1:{s3}"
         self._metrics = f"http://127.0.0.1:{met}/metrics"
         cmd = [str(self.weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-dir={self.dir / 'data'}", f"-master.port={m}", f"-master.port.grpc={mg}",
                f"-volume.port={v}", f"-volume.port.grpc={vg}", f"-filer.port={f}",
-               f"-filer.port.grpc={fg}", "-s3", f"-s3.port={s3}", f"-s3.config={cfg}",
+               f"-filer.port.grpc={fg}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3g}", f"-s3.config={cfg}",
                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-metricsPort={met}",
                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
         self._log = open(log or os.devnull, "wb")
