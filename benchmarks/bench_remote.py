@@ -437,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.server == "seaweedfs":
                 print(f"bench_remote: {exc}", file=sys.stderr)
                 return 2
-            skipped = f"SeaweedFS not measured: {exc}"
-            print(f"{skipped}; measuring moto only", file=sys.stderr)
+            skipped = str(exc)
+            print(f"SeaweedFS not measured: {skipped}; measuring moto only", file=sys.stderr)
             servers = ["moto"]
     started = machine.start()
     t_all = time.perf_counter()
@@ -461,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                 cur: Server = srv
             else:
                 assert weed is not None
-                cur = sw = SeaweedServer(weed).start(log=tmp / "seaweedfs.log")
+                # its log outside tmp, which is removed at the end even when the server failed
+                cur = sw = SeaweedServer(weed).start(
+                    log=Path(tempfile.gettempdir()) / "atlas-seaweedfs.log")
             os.environ.update(cur.env())
             cur.create_bucket(bucket)
             n_obj = upload(local, url)
