@@ -479,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                 sw = None
         os.environ.update(srv.env())
         os.environ["ATLAS_CACHE_DIR"] = str(tmp / "cache")
+        if "moto" not in servers:
+            srv.create_bucket(bucket)
         print("(2) generation (moto)")
         gen = gen_rows(srv, tmp, bucket, gen_seq, gen_steps)
         print("(3) requests vs store size (moto)")
