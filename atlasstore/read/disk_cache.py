@@ -46,6 +46,11 @@ from atlasstore.store.tensorstore_reader import TensorStoreReader
 TOUCH_EVERY = 60.0
 #: temporary files older than this are leftovers of a killed writer
 STALE_TEMP = 3600.0
+#: GETs in flight per fetch. Cold epochs of bench_remote's stream against SeaweedFS on the 2-core
+#: box (2026-12-08, load 7-12), medians of 5 interleaved: 1.56 s at 2, 1.57 s at 4, 1.39 s at 8,
+#: 1.28 s at 32, each with a spread of +-0.4 s (an earlier 4-round try had 4 ahead of 32): no
+#: measurable effect, so it stays at 32
+FETCH_CONCURRENCY = 32
 
 
 class DiskCache:
@@ -142,6 +147,8 @@ class DiskCachedReader(TensorStoreReader):
         self.cache = DiskCache(settings.folder, settings.max_bytes)
         self.base = settings.folder / f"{self.s3.bucket}-{digest}"
         self._meta: dict[str, tuple[Path, int, int, str]] = {}
+        self._inflight: dict[Path, threading.Event] = {}  # local path -> set when its GET ends
+        self._inflight_lock = threading.Lock()
         super().__init__(lambda name: {"driver": "file", "path": str(self.local_dir(name))},
                          cache_bytes, where=f"{self.s3.url} (cached in {self.base})")
 
@@ -154,7 +161,31 @@ class DiskCachedReader(TensorStoreReader):
         return self.base / domain / seq / commit / level / field
 
     def _fetch(self, pairs: Sequence[tuple[str, Path]]) -> None:
-        """GET each (key relative to the store, local path) concurrently and place it."""
+        """GET each (key relative to the store, local path) concurrently and place it. An object
+        another thread of this reader is already fetching is not fetched twice: this call waits
+        for that fetch (and fetches the object itself only if that one failed)."""
+        while pairs:
+            mine: list[tuple[str, Path]] = []
+            theirs: list[tuple[str, Path, threading.Event]] = []
+            with self._inflight_lock:
+                for k, p in pairs:
+                    done = self._inflight.get(p)
+                    if done is not None:
+                        theirs.append((k, p, done))
+                    elif not p.exists():  # (placed meanwhile by a fetch that just ended)
+                        self._inflight[p] = threading.Event()
+                        mine.append((k, p))
+            try:
+                self._get_all(mine)
+            finally:
+                with self._inflight_lock:
+                    for _, p in mine:
+                        self._inflight.pop(p).set()
+            for _, _, done in theirs:
+                done.wait()
+            pairs = [(k, p) for k, p, _ in theirs if not p.exists()]
+
+    def _get_all(self, pairs: Sequence[tuple[str, Path]]) -> None:
         import obstore
         from zarr.core.sync import sync
 
@@ -173,7 +204,7 @@ class DiskCachedReader(TensorStoreReader):
             await asyncio.to_thread(self.cache.put, path, data)
 
         async def all_() -> None:
-            sem = asyncio.Semaphore(32)
+            sem = asyncio.Semaphore(FETCH_CONCURRENCY)
             await asyncio.gather(*(one(sem, k, p) for k, p in pairs))
 
         if pairs:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,27 @@ def test_cache_settings(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["--cache-dir", str(s3.cache / "cli"), "--cache-bytes", "3MiB", "ls",
                      "--store", s3.url]) == 0
     assert dict(os.environ) == before
+
+
+def test_threads_reading_the_same_arrays_fetch_each_object_once(s3: S3Bucket) -> None:
+    """A stream reads two batches at once; objects both need are fetched by one of them while
+    the other waits, not twice."""
+    s = _fill(s3.url)
+    want = _jobs(s)
+    TensorStoreReader.for_store(s).copy_into(want)  # type: ignore[union-attr]
+    r = DiskCachedReader(s, _settings(s3))
+    barrier = threading.Barrier(4)
+    outs = [_jobs(s) for _ in range(4)]
+
+    def one(jobs: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
+        barrier.wait()
+        r.copy_into(jobs)
+
+    s3.server.reset_counts()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, outs))
+    assert s3.server.counts() == {"GET": len(want) * 3}, s3.server.requests()
+    assert r.cache.fetched == len(want) * 3
+    for got in outs:
+        for (_, _, a), (_, _, b) in zip(want, got, strict=True):
+            np.testing.assert_array_equal(a, b)
