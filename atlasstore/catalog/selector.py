@@ -96,10 +96,14 @@ class CatalogSelector:
         seqs = self._sequences(query, domains)
         allowed: dict[str, set[int]] = {}
         if query.has_stat_filters() and seqs:
-            for ts in self.catalog.find_timesteps(domains=domains, entropy=query.entropy,
-                                                  mean=query.mean,
-                                                  variance=query.variance,
-                                                  sequence_keys=[s.key for s in seqs]):
+            # the sequences' keys go along only where the catalog cannot filter the sequences
+            # itself (named ones, a perturbation kind): a whole domain's keys made every stat
+            # query send and match them all, whatever it selected
+            narrow = query.sequences is not None or query.perturbation is not None
+            for ts in self.catalog.find_timesteps(
+                    domains=domains, run_id=query.run_id, entropy=query.entropy,
+                    mean=query.mean, variance=query.variance,
+                    sequence_keys=[s.key for s in seqs] if narrow else None):
                 allowed.setdefault(ts.sequence_key, set()).add(ts.t)
         out = []
         for s in seqs:

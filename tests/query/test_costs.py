@@ -72,11 +72,16 @@ class _Counting:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.handed: list[str] = []
+        self.keys_sent: list[Any] = []  # the sequence_keys of each find_timesteps
 
     def find_sequences(self, *a: Any, **k: Any) -> Any:
         out = self.inner.find_sequences(*a, **k)
         self.handed += [s.key for s in out]
         return out
+
+    def find_timesteps(self, *a: Any, **k: Any) -> Any:
+        self.keys_sent.append(k.get("sequence_keys"))
+        return self.inner.find_timesteps(*a, **k)
 
     def get_sequence(self, key: str) -> Any:
         out = self.inner.get_sequence(key)
@@ -112,3 +117,19 @@ def test_a_catalog_query_naming_a_sequence_looks_up_only_that_key(
     rotated = Query(store, scale=128, sequences=("a0", "a1", "b0"), perturbation="rotation",
                     selector=CatalogSelector(cat))
     assert {w.sequence_id for w in rotated.windows()} == {"a0"}
+
+
+def test_a_catalog_stat_query_over_domains_sends_no_list_of_keys(
+        synced: tuple[AtlasStore, _Counting]) -> None:
+    """A stat query over whole domains asks for the steps by domain and run, which the catalog
+    filters itself (it used to send back every key of the domains); named sequences and a
+    perturbation kind still go as keys. Same windows as the scan either way."""
+    store, cat = synced
+    for kw, keys in (({"mean": (2.0, 4.0)}, None), ({"mean": (2.0, 4.0), "run_id": "run-A"}, None),
+                     ({"mean": (0.0, 4.0), "perturbation": "rotation"}, ["alpha/a0"]),
+                     ({"mean": (2.0, 4.0), "sequences": ("a0",)}, ["alpha/a0"])):
+        cat.keys_sent.clear()
+        q = Query(store, scale=128, selector=CatalogSelector(cat), **kw)
+        assert [w.id for w in q.windows()] == [w.id for w in q.where(selector=None).windows()]
+        assert q.count() > 0
+        assert cat.keys_sent[0] == keys, (kw, cat.keys_sent)
