@@ -133,3 +133,32 @@ def test_a_catalog_stat_query_over_domains_sends_no_list_of_keys(
         assert [w.id for w in q.windows()] == [w.id for w in q.where(selector=None).windows()]
         assert q.count() > 0
         assert cat.keys_sent[0] == keys, (kw, cat.keys_sent)
+
+
+def test_sqlite_finds_a_stat_range_of_steps_by_its_index(tmp_path: Path) -> None:
+    """find_timesteps with a stat range and a domain: SQLite's plan starts from the steps' stat
+    index, not from the domain's sequences (it visited every sequence of the domain, however
+    few steps the range held). The plan is asked of SQLite itself, and the answer is checked."""
+    from helpers.catalog_fixtures import make_sequence
+
+    cat = SQLiteCatalog(tmp_path / "c.db")
+    seqs, steps = [], []
+    for j in range(50):
+        s, ts, _ = make_sequence("d", f"s{j:03d}", entropy=(5.0 + j, 5.5 + j))
+        seqs.append(s)
+        steps += ts
+    cat.register_sequences(seqs, steps)
+    plans: list[str] = []
+    orig = cat._q
+
+    def spy(sql: str, params: Any = ()) -> Any:
+        if sql.startswith("SELECT ts.*"):
+            plans.extend(str(r[3]) for r in orig("EXPLAIN QUERY PLAN " + sql, params))
+        return orig(sql, params)
+    cat._q = spy  # type: ignore[method-assign]
+    for kw in ({}, {"run_id": "run-1"}):
+        plans.clear()
+        found = cat.find_timesteps(domains=["d"], entropy=(10.0, 10.6), **kw)
+        assert {t.sequence_key for t in found} == {"d/s005"}
+        assert plans[0].startswith("SEARCH ts USING INDEX timesteps_entropy"), plans
+    cat.close()
