@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from atlasstore.errors import InvalidName, NotFound, QueryError, QueryNameError
+from atlasstore.query_names import complete_named
 from atlasstore.read.reader import ReadJob, reader_of
 from atlasstore.records import ArrayKey, primary_field, validate_name
 from atlasstore.store.atlas_store import AtlasStore
@@ -80,12 +81,9 @@ class StoreSelector:
     def select(self, query: Query) -> list[Selected]:
         out = []
         for domain in query.resolved_domains():
-            if self.only is None:
-                ids = query.store.sequences(domain)
-            else:
-                ids = sorted(k.partition("/")[2] for k in self.only
-                             if k.partition("/")[0] == domain)
-                ids = [i for i in ids if query.store.sequence_status(domain, i) == "complete"]
+            named = query.sequences if self.only is None else self.only  # read just those
+            ids = (query.store.sequences(domain) if named is None
+                   else complete_named(query.store, domain, named))
             for seq_id in ids:
                 sel = self._one(query, domain, seq_id)
                 if sel is not None:

@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"physics"},                       # pure NumPy physics and the synthetic domains
     {"store"},                         # AtlasStore, writer, documents, change log, lock
     {"read"},                          # TensorStore reader and disk cache
+    {"query_names"},                   # the sequences a query names, without a listing
     {"query"},                         # selection and window reads
     {"catalog"},                       # the index and its sync with the store
     {"audit", "compat", "runs", "training"},  # checks, the predecessor's API, writes, feeding

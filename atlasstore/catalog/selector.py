@@ -7,9 +7,11 @@ import sqlite3
 from dataclasses import dataclass
 
 from atlasstore.catalog.protocol import Catalog
+from atlasstore.catalog.records import Sequence as CatalogSequence
 from atlasstore.catalog.sync import _check_binding, catch_up
 from atlasstore.errors import CatalogError, CatalogMismatch
 from atlasstore.query import Query, Selected, StoreSelector
+from atlasstore.query_names import named_ids
 from atlasstore.store.atlas_store import AtlasStore
 from atlasstore.store.change_log import ChangeLog, store_id
 
@@ -91,20 +93,36 @@ class CatalogSelector:
 
     def _from_catalog(self, query: Query) -> list[Selected]:
         domains = query.resolved_domains()
-        # no level filter here: Query.selection() refuses a sequence without the scale, exactly
-        # as with the store scan
-        seqs = self.catalog.find_sequences(domains=domains, run_id=query.run_id,
-                                           perturbation=query.perturbation)
-        seqs = [s for s in seqs if query.wants_sequence(s.domain, s.sequence_id)]
+        seqs = self._sequences(query, domains)
         allowed: dict[str, set[int]] = {}
         if query.has_stat_filters() and seqs:
-            for ts in self.catalog.find_timesteps(domains=domains, entropy=query.entropy,
-                                                  mean=query.mean,
-                                                  variance=query.variance,
-                                                  sequence_keys=[s.key for s in seqs]):
+            # the sequences' keys go along only where the catalog cannot filter the sequences
+            # itself (named ones, a perturbation kind): a whole domain's keys made every stat
+            # query send and match them all, whatever it selected
+            narrow = query.sequences is not None or query.perturbation is not None
+            for ts in self.catalog.find_timesteps(
+                    domains=domains, run_id=query.run_id, entropy=query.entropy,
+                    mean=query.mean, variance=query.variance,
+                    sequence_keys=[s.key for s in seqs] if narrow else None):
                 allowed.setdefault(ts.sequence_key, set()).add(ts.t)
         out = []
         for s in seqs:
             steps = frozenset(allowed.get(s.key, set())) if query.has_stat_filters() else None
             out.append(Selected(s.domain, s.sequence_id, s.n_steps, tuple(s.levels), steps))
         return out
+
+    def _sequences(self, query: Query, domains: list[str]) -> list[CatalogSequence]:
+        """The catalogued sequences that qualify. Named sequences are looked up by key (a query
+        naming one sequence costs one lookup, whatever the catalog holds). Otherwise every
+        sequence of the domains that passes the sequence filters: as in the store scan, one
+        whose steps all fail the stat ranges is still selected (its length and levels decide
+        the query's errors), so no stat range narrows it here. No level filter either:
+        Query.selection() refuses a sequence without the scale, exactly as the scan does."""
+        if query.sequences is not None:
+            found = (self.catalog.get_sequence(f"{d}/{i}")
+                     for d in domains for i in named_ids(d, query.sequences))
+            return [s for s in found if s is not None
+                    and (query.run_id is None or s.run_id == query.run_id)
+                    and (query.perturbation is None or query.perturbation in s.perturbation_kinds)]
+        return self.catalog.find_sequences(domains=domains, run_id=query.run_id,
+                                           perturbation=query.perturbation)

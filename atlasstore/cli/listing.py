@@ -1,5 +1,6 @@
-"""``atlas ls`` and ``atlas stats``: what the store holds, from the sequence documents only (no
-array is read, so both stay cheap on large and remote stores)."""
+"""``atlas ls`` and ``atlas stats``: what the store holds. ``ls`` lists names and counts from
+listings alone (one listing per domain, whatever it holds); ``ls --long`` and ``stats`` read the
+sequence documents, never an array."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from atlasstore.cli.labels import (
 from atlasstore.cli.options import _fmt_bytes, _open_store
 from atlasstore.errors import StoreError
 from atlasstore.records import FieldSpec
+from atlasstore.store.listing import sequence_names
 
 
 def _sequence_line(seq: str, info: Mapping[str, Any]) -> str:
@@ -51,7 +53,17 @@ def _domain_line(domain: str, infos: list[Mapping[str, Any]]) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """Names (and counts) from listings alone; ``--long`` reads every sequence document for the
+    details, so its cost grows with what it lists."""
     store = _open_store(args)
+    if not args.long:
+        if args.domain:
+            for seq in sequence_names(store, args.domain):
+                print(seq)
+        else:
+            for d in store.domains():
+                print(f"{d}\t{len(sequence_names(store, d))} sequences")
+        return 0
     synthetic: set[str] = set()
     if args.domain:
         for seq in store.sequences(args.domain):

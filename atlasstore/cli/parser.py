@@ -107,6 +107,11 @@ def _add_ls(sub: Any, common: argparse.ArgumentParser) -> None:
     """`atlas ls`."""
     s = sub.add_parser("ls", parents=[common], help="list domains, or the sequences of a domain")
     s.add_argument("domain", nargs="?", help="list this domain's sequences (default: list domains)")
+    s.add_argument("-l", "--long", action="store_true",
+                   help="details: each sequence's steps, grid, levels, field, spans and origin "
+                        "(a domain's fields and origins), marking incomplete sequences; reads "
+                        "every sequence document listed (without it: names and counts from one "
+                        "listing per domain, writes in progress included)")
     s.set_defaults(func=cmd_ls)
 
 

@@ -68,8 +68,6 @@ from atlasstore.store.xarray_input import declares_missing, from_dataarray
 FIELDS: tuple[str, ...] = ("energy", "grad_x", "grad_y")
 
 
-
-
 class AtlasStore:
     """An atlas store at a local path or fsspec URL.
 

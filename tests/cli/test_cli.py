@@ -120,16 +120,57 @@ def test_generate_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_ls(cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "ls", "--store", str(cli_store))
+    code, out, _ = run(capsys, "ls", "-l", "--store", str(cli_store))
     assert code == 0
     assert out.splitlines()[:2] == ["fluid_dynamics\t1 sequences\tenergy (extensive)\tgenerate (synthetic)",
                                     "plasma_physics\t1 sequences\tenergy (extensive)\tgenerate (synthetic)"]
     assert out.splitlines()[2].startswith("note: fluid_dynamics, plasma_physics: synthetic stand-ins")
-    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(cli_store))
+    code, out, _ = run(capsys, "ls", "-l", "plasma_physics", "--store", str(cli_store))
     assert code == 0
     line = out.splitlines()[0]
     assert line.startswith("seq-00000\t3 steps\t256x256\tlevels 256,128,64\tenergy [energy / pixel] "
                            "(extensive)\tgenerate seed ")
+
+
+def test_ls_lists_names_and_counts(tmp_path: Path, cli_store: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --long: domain names with their sequence counts, a domain's sequence names, from
+    listings alone (a write in progress is listed too; --long tells it apart)."""
+    code, out, _ = run(capsys, "ls", "--store", str(cli_store))
+    assert code == 0
+    assert out.splitlines() == ["fluid_dynamics\t1 sequences", "plasma_physics\t1 sequences"]
+    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(cli_store))
+    assert code == 0 and out.splitlines() == ["seq-00000"]
+    p = copy_store(cli_store, tmp_path / "c.zarr")
+    AtlasStore.open(p, mode="r+").zarr_group["plasma_physics"].create_group(
+        "seq-00009", attributes={"atlasstore_sequence": {"status": "writing"}})
+    _, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(p))
+    assert out.splitlines() == ["seq-00000", "seq-00009"]
+    _, out, _ = run(capsys, "ls", "--store", str(p))
+    assert "plasma_physics\t2 sequences" in out.splitlines()
+
+
+def test_ls_opens_no_sequence_document_without_long(cli_store: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`atlas ls` and `atlas ls DOMAIN` cost listings, not a read per sequence (they read every
+    sequence document before); --long reads each one."""
+    import zarr
+
+    keys: list[str] = []
+    orig = zarr.storage.LocalStore.get
+
+    async def spy(self: object, key: str, *a: object, **k: object) -> object:
+        keys.append(key)
+        return await orig(self, key, *a, **k)  # type: ignore[arg-type]
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", spy)
+    seq_docs = {"plasma_physics/seq-00000/zarr.json", "fluid_dynamics/seq-00000/zarr.json"}
+    for argv in (["ls"], ["ls", "plasma_physics"]):
+        keys.clear()
+        assert run(capsys, *argv, "--store", str(cli_store))[0] == 0
+        assert not seq_docs & set(keys), (argv, keys)
+    keys.clear()
+    assert run(capsys, "ls", "-l", "--store", str(cli_store))[0] == 0
+    assert seq_docs <= set(keys)  # the spy sees them when they are read
 
 
 def test_ls_shows_incomplete(tmp_path: Path, cli_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,10 +178,10 @@ def test_ls_shows_incomplete(tmp_path: Path, cli_store: Path, capsys: pytest.Cap
     s = AtlasStore.open(p, mode="r+")
     s.zarr_group["plasma_physics"].create_group(
         "seq-00009", attributes={"atlasstore_sequence": {"status": "writing"}})
-    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(p))
+    code, out, _ = run(capsys, "ls", "-l", "plasma_physics", "--store", str(p))
     assert code == 0
     assert "seq-00009\t(incomplete: not visible to queries)" in out
-    code, out, _ = run(capsys, "ls", "--store", str(p))
+    code, out, _ = run(capsys, "ls", "-l", "--store", str(p))
     assert "plasma_physics\t1 sequences" in out
 
 

@@ -98,20 +98,20 @@ def well_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ls_names_field_kind_grid_and_a_generated_sequences_seed(
         gen_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "ls", "plasma_physics", "--store", str(gen_store))
+    code, out, _ = run(capsys, "ls", "-l", "plasma_physics", "--store", str(gen_store))
     assert code == 0
     seed = sequence_seed(4, "plasma_physics", 0)
     assert out.splitlines() == [
         f"seq-00000\t2 steps\t256x256\tlevels 256,128,64\tenergy [energy / pixel] (extensive)"
         f"\tgenerate seed {seed} (synthetic)", NOTE]
-    code, out, _ = run(capsys, "ls", "--store", str(gen_store))
+    code, out, _ = run(capsys, "ls", "-l", "--store", str(gen_store))
     assert out.splitlines() == [
         "plasma_physics\t1 sequences\tenergy (extensive)\tgenerate (synthetic)", NOTE]
 
 
 def test_ls_of_api_data_names_coordinate_and_time_spans_and_no_seed(
         lab_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "ls", "lab", "--store", str(lab_store))
+    code, out, _ = run(capsys, "ls", "-l", "lab", "--store", str(lab_store))
     assert code == 0
     span = "latitude -10..10 degrees_north, x 0..50 degrees_east, time 0..12 hours"
     valid = f"\tvalid {100 * (1 - len(HOLES) / (3 * 37 * 49)):.1f} %"  # 3 cells of 3 steps
@@ -126,7 +126,7 @@ def test_ls_of_api_data_names_coordinate_and_time_spans_and_no_seed(
 
 def test_ls_of_imported_data_names_its_source_and_is_not_synthetic(
         well_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "ls", "turbulent_radiative_layer", "--store", str(well_store))
+    code, out, _ = run(capsys, "ls", "-l", "turbulent_radiative_layer", "--store", str(well_store))
     assert code == 0
     (line,) = out.splitlines()
     cols = line.split("\t")
@@ -135,23 +135,23 @@ def test_ls_of_imported_data_names_its_source_and_is_not_synthetic(
     assert cols[5] == "y -1..2, x -0.5..0.5, time 0..3.19407"
     assert cols[-1] == "import well: trl.h5"
     assert "seed" not in line and "note" not in out
-    code, out, _ = run(capsys, "ls", "--store", str(well_store))
+    code, out, _ = run(capsys, "ls", "-l", "--store", str(well_store))
     assert out.splitlines() == ["turbulent_radiative_layer\t1 sequences\tdensity (intensive)\timport"]
 
 
 def test_ls_reads_documents_only(tmp_path: Path, lab_store: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Every array's data (chunks, coordinate values) removed: ls answers the same."""
-    _, before, _ = run(capsys, "ls", "lab", "--store", str(lab_store))
+    _, before, _ = run(capsys, "ls", "-l", "lab", "--store", str(lab_store))
     p = copy_store(lab_store, tmp_path / "docs-only.zarr")
     data = [f for f in (p / "lab").rglob("*") if f.is_file() and f.name != "zarr.json"]
     assert len(data) >= 3 * 6  # every sequence's field, gradient and coordinate shards
     for f in data:
         f.unlink()
-    code, after, err = run(capsys, "ls", "lab", "--store", str(p))
+    code, after, err = run(capsys, "ls", "-l", "lab", "--store", str(p))
     assert code == 0, err
     assert after == before
-    code, _, _ = run(capsys, "ls", "--store", str(p))
+    code, _, _ = run(capsys, "ls", "-l", "--store", str(p))
     assert code == 0
 
 
@@ -197,7 +197,7 @@ def test_stats_and_ls_give_the_valid_fraction(tmp_path: Path,
     s.write_sequence("lab", "b", a, field=FieldSpec("t2m", "intensive", "K"))
     code, out, _ = run(capsys, "stats", "--json", "--store", str(tmp_path / "v.zarr"))
     assert json.loads(out)[0]["valid_fraction"] == pytest.approx(750 / 800)
-    code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "v.zarr"))
+    code, out, _ = run(capsys, "ls", "-l", "lab", "--store", str(tmp_path / "v.zarr"))
     assert "\tvalid 87.5 %\t" in out.splitlines()[0] and "valid" not in out.splitlines()[1]
 
 
@@ -330,7 +330,7 @@ def test_dates_are_shown_as_dates(tmp_path: Path, capsys: pytest.CaptureFixture[
     times = ("2026-01-01T00:00:00.000000000", "2026-01-01T06:00:00.000000000")
     s.write_sequence("lab", "dated", _lab_field(18, 30)[:2], field=FieldSpec("t2m", "intensive", "K"),
                      coords=Coordinates(time=times, time_units="seconds since 2026-01-01"))
-    code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "t.zarr"))
+    code, out, _ = run(capsys, "ls", "-l", "lab", "--store", str(tmp_path / "t.zarr"))
     assert out.split("\t")[5] == "time 2026-01-01T00:00:00..2026-01-01T06:00:00"
     title = quicklook(s, "lab", "dated", 1).get_suptitle()
     assert title.startswith("lab/dated t=1 (time 2026-01-01T06:00:00)\n")
@@ -346,7 +346,7 @@ def test_times_on_a_model_calendar_are_dates_on_it(tmp_path: Path,
                      field=FieldSpec("t2m", "intensive", "K"),
                      coords=Coordinates(time=(0.0, 720.0), time_units="hours since 1970-01-01",
                                         time_calendar="360_day"))
-    code, out, _ = run(capsys, "ls", "lab", "--store", str(tmp_path / "c.zarr"))
+    code, out, _ = run(capsys, "ls", "-l", "lab", "--store", str(tmp_path / "c.zarr"))
     assert out.split("\t")[5] == ("time 1970-01-01T00:00:00..1970-02-01T00:00:00 "
                                   "(360_day calendar)")
     assert quicklook(s, "lab", "model", 1).get_suptitle().startswith(

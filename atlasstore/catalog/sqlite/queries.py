@@ -84,13 +84,16 @@ class SQLiteQueries(SQLiteConnection):
 
     @staticmethod
     def _seq_filters(where: list[str], params: list[Any], domains: Any, run_id: str | None,
-                     level: int | None, sequence_keys: Iterable[str] | None = None) -> None:
+                     level: int | None, sequence_keys: Iterable[str] | None = None,
+                     by_steps: bool = False) -> None:
+        # by_steps: the steps' stat index leads, the domain and run filters only filter
+        noidx = "_noidx" if by_steps else ""
         doms = check_domains(domains)
         if doms is not None:
-            where.append(_SEQ_FILTERS["domains"])
+            where.append(_SEQ_FILTERS["domains" + noidx])
             params.append(_key_list(doms))
         if run_id is not None:
-            where.append(_SEQ_FILTERS["run_id"])
+            where.append(_SEQ_FILTERS["run_id" + noidx])
             params.append(str(run_id))
         if level is not None:
             where.append(_SEQ_FILTERS["level"])
@@ -130,7 +133,10 @@ class SQLiteQueries(SQLiteConnection):
         sequence filters; ordered by (sequence_key, t)."""
         where: list[str] = []
         params: list[Any] = []
-        self._seq_filters(where, params, domains, run_id, level, sequence_keys)
+        ranged = any(check_range(n, r) != (None, None)
+                     for n, r in (("entropy", entropy), ("mean", mean), ("variance", variance)))
+        self._seq_filters(where, params, domains, run_id, level, sequence_keys,
+                          by_steps=ranged and sequence_keys is None)
         self._filters(_TS_FILTERS, where, params, entropy=entropy, mean=mean,
                       variance=variance, perturbation=perturbation)
         lim = check_limit(limit)

@@ -90,6 +90,11 @@ _SEQ_FILTERS = {
     "perturbation": ("EXISTS (SELECT 1 FROM sequence_perturbations AS p "
                      "WHERE p.kind = ? AND p.sequence_key = s.key)"),
     "sequence_keys": "s.key IN (SELECT atlas_key(value) FROM json_each(?))",
+    # the domain and run filters with index use disabled (unary +): for the steps of a stat
+    # query, which the step's stat index finds (driving from a domain's sequences would visit
+    # every one of them, whatever the range selects)
+    "domains_noidx": "+s.domain IN (SELECT atlas_key(value) FROM json_each(?))",
+    "run_id_noidx": "+s.run_id = ?",
 }
 _TS_FILTERS = {
     "entropy_lo": "ts.entropy >= ?", "entropy_hi": "ts.entropy <= ?",
