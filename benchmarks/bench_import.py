@@ -16,6 +16,14 @@ machine.
    checksums. Goal: import >= 0.5x the ceiling. Data: the predecessor's folder
    (``tests/helpers/predecessor_fixture.py``: 256x256 maps, float32/float64, sidecars, inventory); Well
    files of 128 x 384 (x, y) density trajectories; a NetCDF 4 file (h5netcdf) of 256x256 maps.
+   **Well: the issue's baselines** (section 1b), same files, same run, the same spawn pool of 2
+   processes per baseline, one unit per trajectory: a **plain zarr-python writer** of the
+   arrays the import stores (levels 128 and 64, the float64 block mean rounded to float32,
+   float32 ``np.gradient`` gradients; the store's chunks, shards and codecs; no statistics,
+   checksums, records or commit; its arrays of one trajectory are asserted equal to the
+   import's) and a **naive user loop** (h5py read -> ``zarr.create_array(path, data=a)`` with
+   zarr's defaults, the base field only). Goals (issue 19): import >= 1.0x the plain writer and
+   >= 0.5x the naive loop (maps/s).
 2. **Memory**: one Well trajectory of 512x512 x 1000 steps (1 GiB of float32) imported by a
    LocalCluster of one worker process; the worker's peak RSS (its ``ru_maxrss``, asked through
    the Dask client after the import). Goal: < 2 GiB.
@@ -208,8 +216,58 @@ def _copy_unit(args: tuple[str, Any, str]) -> int:
     return int(a.shape[0])
 
 
+def _plain_unit(args: tuple[str, Any, str]) -> int:
+    """The plain zarr-python writer of one Well trajectory: the arrays the import stores (every
+    pyramid level: the field as a block mean in float64 rounded to float32, float32 gradients
+    by ``np.gradient``), the store's chunks, shards and codecs; no statistics, checksums,
+    records or commit. Written at ``out/<level>/<name>``; its maps."""
+    import h5py
+    import zarr
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    _, (path, b), out = args
+    with h5py.File(path, "r") as f:
+        a = np.ascontiguousarray(f["t0_fields/density"][b].transpose(0, 2, 1), np.float32)
+    t, ny, nx = a.shape
+    tc = min(4, t)
+    ts = -(-max(tc, min(128, t)) // tc) * tc
+    root = zarr.open_group(out, mode="w")
+    short = min(ny, nx)
+    for lvl in (short, short // 2):  # the import's levels of a 384x128 map: 128, 64
+        f_ = short // lvl
+        v = a if f_ == 1 else (a.astype(np.float64).reshape(t, ny // f_, f_, nx // f_, f_)
+                               .sum(axis=(-3, -1)) / (f_ * f_)).astype(np.float32)
+        gy, gx = np.gradient(v, axis=(-2, -1))
+        g = root.create_group(str(lvl))
+        for name, vals in (("density", v), ("grad_x", gx), ("grad_y", gy)):
+            arr = g.create_array(
+                name, shape=vals.shape, dtype="float32", chunks=(tc, *vals.shape[1:]),
+                shards=(ts, *vals.shape[1:]), fill_value=0.0, config={"write_empty_chunks": True},
+                compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()],
+                chunk_key_encoding={"name": "default", "separator": "."})
+            arr[:] = vals
+    return t
+
+
+def _naive_unit(args: tuple[str, Any, str]) -> int:
+    """A naive user loop over one Well trajectory: h5py read, ``zarr.create_array`` with
+    zarr's defaults, the base field only (as read: (t, x, y)); its maps."""
+    import h5py
+    import zarr
+
+    _, (path, b), out = args
+    with h5py.File(path, "r") as f:
+        a = f["t0_fields/density"][b]
+    zarr.create_array(out, data=a)
+    return int(a.shape[0])
+
+
+UNIT_FNS = {"copy": _copy_unit, "plain": _plain_unit, "naive": _naive_unit}
+
+
 def _copy(spec: dict[str, Any]) -> dict[str, Any]:
-    """The copy ceiling: 2 processes over the same units as the import's tasks."""
+    """The copy ceiling (and, for Well files, the plain writer and the naive loop: ``spec
+    ["unit"]``): 2 processes over the same units as the import's tasks."""
     from multiprocessing import get_context
 
     src, fmt, out = spec["source"], spec["format"], spec["out"]
@@ -235,7 +293,8 @@ def _copy(spec: dict[str, Any]) -> dict[str, Any]:
         pool.map(abs, range(WORKERS))  # started
         started = time.perf_counter() - t0
         c0, t1 = _usage(), time.perf_counter()
-        maps = sum(pool.map(_copy_unit, [(fmt, u, f"{out}/{i}") for i, u in enumerate(units)]))
+        fn = UNIT_FNS[spec.get("unit", "copy")]
+        maps = sum(pool.map(fn, [(fmt, u, f"{out}/{i}") for i, u in enumerate(units)]))
         wall = time.perf_counter() - t1
         pool.close()
         pool.join()
@@ -442,10 +501,21 @@ def main() -> None:
             src = srcs[fmt]
             copy = run_child({"kind": "copy", "format": fmt, "source": src,
                               "out": str(tmp / f"copy-{fmt}")})
+            base: dict[str, Any] = {}
+            if fmt == "well":  # the issue's baselines, same files, same run
+                for unit in ("plain", "naive"):
+                    base[unit] = run_child({"kind": "copy", "format": fmt, "source": src,
+                                            "out": str(tmp / f"{unit}-{fmt}"), "unit": unit})
+                    print(fmt, unit, base[unit], file=sys.stderr)
             imp = run_child({"kind": "import", "format": fmt, "source": src,
                              "store": str(tmp / f"{fmt}.zarr")})
-            shutil.rmtree(tmp / f"copy-{fmt}", ignore_errors=True)
-            rows.append((fmt, src, copy, imp))
+            if fmt == "well":
+                base["equal"] = check_plain_equal(tmp / "plain-well" / "0", tmp / "well.zarr",
+                                                  Path(src["files"][0]).stem)
+            for d in ("copy", "plain", "naive"):
+                shutil.rmtree(tmp / f"{d}-{fmt}", ignore_errors=True)
+            shutil.rmtree(tmp / f"{fmt}.zarr", ignore_errors=True)
+            rows.append((fmt, src, copy, imp, base))
             print(fmt, "copy", copy, "import", imp, file=sys.stderr)
         steps = args.memory_steps or (100 if args.quick else 1000)
         big = tmp / "big.hdf5"
@@ -463,6 +533,22 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def check_plain_equal(plain: Path, store: Path, stem: str) -> str:
+    """Assert that the plain writer's arrays of one trajectory equal the import's (every level
+    and array, read back through zarr); what was compared."""
+    import zarr
+
+    (seq,) = store.glob(f"*/{stem}-traj0000")
+    names = []
+    for lvl in sorted((p.name for p in plain.iterdir() if p.is_dir()), key=int):
+        for name in ("density", "grad_x", "grad_y"):
+            ours = zarr.open_array(seq / lvl / name, mode="r")[:]
+            theirs = zarr.open_array(plain / lvl / name, mode="r")[:]
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), (lvl, name)
+            names.append(f"{lvl}/{name} {ours.shape}")
+    return f"{seq.name}: " + ", ".join(names)
 
 
 def _peer(args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
@@ -491,6 +577,45 @@ def _peer(args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
     return out
 
 
+def well_baselines(rows: list[Any]) -> list[str]:
+    """Section 1b: the Well import against the issue's baselines of the same run."""
+    got = [(src, copy, imp, base) for fmt, src, copy, imp, base in rows if fmt == "well"]
+    if not got:
+        return []
+    src, copy, imp, base = got[0]
+    n = imp["maps"]
+    rate = n / imp["work_wall_s"]
+    L = ["## 1b. Well: the import vs a plain zarr-python writer and a naive loop (2 processes "
+         "each)", "",
+         "| writer | maps | maps/s | CPU ms/map | import / it (wall) | import / it (CPU) | goal |",
+         "|---|---:|---:|---:|---:|---:|---|",
+         f"| `atlas import well` (2 Dask workers) | {n} | {rate:.1f} | "
+         f"{1000 * imp['work_cpu_s'] / n:.1f} | 1.00x | 1.00x | |"]
+    goals = {"plain": ("plain zarr-python writer (same arrays, shards, codecs)", 1.0),
+             "naive": ("naive loop (h5py -> `zarr.create_array` defaults, base field)", 0.5),
+             "copy": ("copy ceiling (raw .npy)", 0.5)}
+    for key, b in (("plain", base["plain"]), ("naive", base["naive"]), ("copy", copy)):
+        label, goal = goals[key]
+        r_wall = rate / (b["maps"] / b["work_wall_s"])
+        r_cpu = (b["work_cpu_s"] / b["maps"]) / (imp["work_cpu_s"] / n)
+        verdict = "met" if r_wall >= goal else f"missed ({r_wall / goal:.2f} of the goal)"
+        L.append(f"| {label} | {b['maps']} | {b['maps'] / b['work_wall_s']:.1f} | "
+                 f"{1000 * b['work_cpu_s'] / b['maps']:.1f} | {r_wall:.2f}x | {r_cpu:.2f}x | "
+                 f">= {goal}x: {verdict} |")
+    L += ["", f"Same {len(src['files'])} Well files as section 1, one unit per trajectory, a spawn "
+          "pool of 2 processes per baseline (started first, untimed), run one after another in "
+          "this run. The plain writer stores what the import stores for each trajectory (levels "
+          "128 and 64 of the 384 x 128 maps: the field as a float64 block mean rounded to "
+          "float32, float32 gradients by `np.gradient`), with the store's chunks (4 steps), "
+          "shards (<= 128 steps) and codecs (Blosc LZ4 + shuffle, crc32c), and none of the "
+          "statistics, checksums, records or commit. Checked in this run: its arrays equal the "
+          f"import's ({base['equal']}). The naive loop reads each trajectory with h5py and "
+          "writes it with `zarr.create_array(path, data=a)` (zarr's default chunks and zstd "
+          "codec), the base field only, as read (no transpose). Goals (issue 19): import >= "
+          "1.0x the plain writer and >= 0.5x the naive loop (maps/s).", ""]
+    return L
+
+
 def report(args: argparse.Namespace, started: Any, srcs: dict[str, Any], rows: list[Any],
            steps: int, big_bytes: int, mem: dict[str, Any], coords: dict[str, Any],
            peer: dict[str, Any] | None) -> list[str]:
@@ -509,7 +634,7 @@ def report(args: argparse.Namespace, started: Any, srcs: dict[str, Any], rows: l
          "copy maps/s | copy MB/s | copy CPU ms/map | import / copy (wall) | "
          "import / copy (CPU) |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for fmt, src, copy, imp in rows:
+    for fmt, src, copy, imp, _ in rows:
         n, w_i, w_c = imp["maps"], imp["work_wall_s"], copy["work_wall_s"]
         L.append(f"| {fmt} | {n} | {mb(src['bytes']):.0f} | {n / w_i:.1f} | "
                  f"{mb(src['bytes']) / w_i:.1f} | {1000 * imp['work_cpu_s'] / n:.1f} | "
@@ -517,15 +642,16 @@ def report(args: argparse.Namespace, started: Any, srcs: dict[str, Any], rows: l
                  f"{1000 * copy['work_cpu_s'] / copy['maps']:.1f} | {w_c / w_i:.2f}x | "
                  f"{copy['work_cpu_s'] / imp['work_cpu_s']:.2f}x |")
     starts = ", ".join(f"{fmt} {imp['startup_s']:.1f} s / {copy['startup_s']:.1f} s"
-                       for fmt, _, copy, imp in rows)
+                       for fmt, _, copy, imp, _ in rows)
     L += ["", "Each side's workers are started first and not timed (LocalCluster of 2 worker "
           f"processes with `atlas import`'s settings / a spawn pool of 2: {starts}); CPU: the "
           "workers' and the driver's during the work. Source MB: the values read (float32 or "
           "float64 as stored). The import also derives the pyramid levels and both gradients, "
           "computes the SHA-256 of the source files and of every stored array, per-step and "
           "per-array statistics, compresses, and writes the run record. Goal: import >= 0.5x the "
-          "copy ceiling (wall).", "",
-          "## 2. Memory: one 512x512 trajectory", "",
+          "copy ceiling (wall).", ""]
+    L += well_baselines(rows)
+    L += ["## 2. Memory: one 512x512 trajectory", "",
           "| steps | source | maps/s | worker peak RSS | worker CPU s | goal |",
           "|---:|---:|---:|---:|---:|---|",
           f"| {steps} | {big_bytes / 2**30:.2f} GiB | {mem['maps'] / mem['work_wall_s']:.1f} | "
