@@ -24,7 +24,6 @@ import pytest
 
 from atlasstore import cli
 from atlasstore.nvp.checkpoint import checkpoint_steps
-from helpers.proc_helpers import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 ATLAS = [sys.executable, "-m", "atlasstore.cli"]
@@ -168,8 +167,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(lab: dict[str, Path
            "--no-catalog", "--quiet"]
     err_path = tmp_path / "stderr"
     with err_path.open("wb") as err_file:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file,
-                                preexec_fn=default_sigint)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file)
         try:
             while not checkpoint_steps(out / "checkpoints" / "latest"):
                 assert proc.poll() is None, err_path.read_text()

@@ -33,13 +33,6 @@ ATLAS = [sys.executable, "-m", "atlasstore.cli"]
 LOCK_KEY = Path("_lock") / "zarr.json"
 
 
-def default_sigint() -> None:
-    """In a child: SIGINT back to its default, so Ctrl-C tests hold wherever the suite runs. A
-    shell starts background jobs (``.ci/run &``) with SIGINT ignored, children inherit that,
-    and Python then installs no KeyboardInterrupt handler: the signal would do nothing."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def generate_cmd(store: str | Path, domains: Sequence[str], sequences: int, steps: int,
                  *, seed: int = 0, scales: Sequence[int] | None = None,
                  scheduler: str | None = None, workers: int | None = None) -> list[str]:
@@ -103,7 +96,7 @@ class ProcTracker:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.Popen(list(cmd), stdout=fo, stderr=fe, cwd=cwd, env=full_env,
-                                    start_new_session=True, preexec_fn=default_sigint)
+                                    start_new_session=True)
         run = Run(proc, out, err)
         self.runs.append(run)
         return run

@@ -252,7 +252,7 @@ def test_a_fresh_process_reads_with_only_the_environment(s3: S3Bucket) -> None:
                        "--sequences", "1", "--steps", "2", "--scheduler", "serial", "--no-catalog",
                        "--quiet")
     assert rc == 0, err
-    r = subprocess.run([sys.executable, "-m", "atlasstore.cli", "ls", "--store", s3.url,
+    r = subprocess.run([sys.executable, "-m", "atlasstore.cli", "ls", "-l", "--store", s3.url,
                         "plasma_physics"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("seq-00000\t2 steps")
+    assert r.stdout.startswith("seq-00000\t2 steps")  # -l reads the sequence's document
