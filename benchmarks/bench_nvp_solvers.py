@@ -168,7 +168,7 @@ def _markdown(ctx: dict[str, Any]) -> str:
     out += ["", "## One-step VRMSE on the held-out store", "",
             (f"{n} windows (n_in {ctx['config']['data']['n_in']}, resolution 64). Baselines "
              "fitted per domain on the training split. \"prior alone\" is the step-0 checkpoint "
-             "(the fitted heat-kernel prior, variance calibrated on validation), evaluated "
+             f"({_prior_words(ctx['config'])}, variance calibrated on validation), evaluated "
              "the same way."), "",
             "| domain | windows | NVP | persistence | diffusion | linear AR | prior alone | "
             "NVP vs best baseline | network's share of the gain over persistence |",
@@ -229,6 +229,13 @@ def _markdown(ctx: dict[str, Any]) -> str:
             "<details><summary>Training config (after overrides)</summary>", "", "```json",
             json.dumps(ctx["config"], indent=1), "```", "</details>", ""]
     return "\n".join(out)
+
+
+def _prior_words(config: dict[str, Any]) -> str:
+    if config["model"].get("prior", "physics") == "linear_ar":
+        return ("the model's prior, model.prior \"linear_ar\": the linear AR stencil fitted on "
+                "its own training windows")
+    return "the fitted heat-kernel prior"
 
 
 def _quick(cfg: Any) -> Any:

@@ -17,14 +17,14 @@ goals. :func:`fit_baselines` fits all of them for every domain; nothing here see
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from atlasstore.nvp.prior import SIGMA_GRID
+from atlasstore.nvp.prior import SIGMA_GRID, DomainPrior, fit_prior
 
 #: scipy.ndimage boundary modes :func:`diffusion` accepts
 BlurMode = Literal["wrap", "reflect", "nearest", "mirror", "constant"]
@@ -39,6 +39,7 @@ __all__ = [
     "fit_baselines",
     "fit_diffusion_sigma",
     "fit_linear_ar",
+    "linear_ar_prior",
     "persistence",
 ]
 
@@ -158,6 +159,21 @@ def fit_linear_ar(history: Any, target: Any, radius: int = 4, steps: int = 1,
     coef = np.linalg.solve(gram, rhs)
     k = np.asarray(coef[:-1], np.float64).reshape(steps, 2 * radius + 1, 2 * radius + 1)
     return LinearAR(k, float(coef[-1]))
+
+
+def linear_ar_prior(history: Any, target: Any, angles: Sequence[float] = (), radius: int = 4,
+                    steps: int | None = None) -> DomainPrior:
+    """The model's prior for ``model.prior = "linear_ar"``: the physics fit of (the history's
+    last step, target) (:func:`~.prior.fit_prior`, kept for the record) with the stencil of
+    :func:`fit_linear_ar` (``steps`` default: every input step) as the prior, and its RMS error
+    on these pairs as ``rmse`` (the unit of the model's correction)."""
+    h = np.asarray(history, np.float64)
+    y = np.asarray(target, np.float64)
+    phys = fit_prior(h[:, -1], y, angles)
+    ar = fit_linear_ar(h, y, radius, min(steps or h.shape[1], h.shape[1]))
+    return replace(phys, rmse=_rms(ar.predict(h) - y), ar_bias=float(ar.bias),
+                   ar_kernels=tuple(tuple(tuple(float(v) for v in row) for row in k)
+                                    for k in ar.kernels))
 
 
 # ------------------------------------------------------------------------------------ fitted set

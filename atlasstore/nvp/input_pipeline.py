@@ -233,10 +233,11 @@ def train_iterator(plan: DataPlan, seed: int) -> Any:
                   normalise=False, reader=d.reader)
 
 
-def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
+def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int, history: bool = False
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Up to ``per_domain`` (E_t, E_t+1) pairs of every domain of the training split, spread
-    evenly over its windows, at the model's resolution (float32, (B, y, x) each)."""
+    evenly over its windows, at the model's resolution (float32, (B, y, x) each); with
+    ``history`` the first is every input step (B, n_in, y, x), oldest first."""
     from atlasstore.training.windows import WindowSource
 
     src = WindowSource(plan.train_query, plan.data.n_in, 1, reader=plan.data.reader,
@@ -250,7 +251,8 @@ def training_pairs(store: AtlasStore, plan: DataPlan, per_domain: int
         prev, tgt = [], []
         for i in range(0, len(pick), 16):
             b = src.read_batch(pick[i:i + 16])
-            prev.append(np.asarray(b["inputs"][plan.resolution][:, -1], np.float32))
+            x = b["inputs"][plan.resolution]
+            prev.append(np.asarray(x if history else x[:, -1], np.float32))
             tgt.append(np.asarray(b["target"][:, 0], np.float32))
         out[dom] = (np.concatenate(prev), np.concatenate(tgt))
     return out

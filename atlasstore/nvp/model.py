@@ -6,7 +6,8 @@
     var    = rho_d^2 * exp(v) * c_d^2
 
 * ``P_d`` (:mod:`.prior`): the domain's least-squares operator (noise floor, rotation bank,
-  heat kernel), fitted on the training split before training and stored with the model.
+  heat kernel), fitted on the training split before training and stored with the model; with
+  ``model.prior = "linear_ar"`` the evaluation's linear AR stencil on the input steps instead.
 * ``rho_d``: the prior's RMS error on those training pairs. The network predicts the *correction*
   ``r`` and the log-variance ``v`` in units of it, so every domain's targets have the same scale
   (the loss is per-domain normalised, see :mod:`.train_steps`). ``r`` is made zero-mean per map,
@@ -37,11 +38,12 @@ import numpy as np
 from flax import nnx
 
 from atlasstore.errors import ModelError
-from atlasstore.nvp.prior import DomainPrior, apply_prior
+from atlasstore.nvp.prior import DomainPrior, apply_linear_ar, apply_prior
 from atlasstore.physics.fields import block_sum
 
 __all__ = [
     "NVP",
+    "PRIOR_KINDS",
     "Calibration",
     "LevelStat",
     "MCPrediction",
@@ -55,6 +57,10 @@ __all__ = [
     "predict",
     "pyramid_inputs",
 ]
+
+
+#: the model's prior options (``model.prior``)
+PRIOR_KINDS = ("physics", "linear_ar")
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,14 @@ class ModelConfig:
     # fitted on
     prior_angles: tuple[float, ...] = ()
     prior_fit_windows: int = 64
+    # which prior: "physics" (the fitted operator above) or "linear_ar" (the evaluation's linear
+    # AR stencil, eval.ar_radius / eval.ar_steps, fitted on the same windows; .prior)
+    prior: str = "physics"
 
     def __post_init__(self) -> None:
+        if self.prior not in PRIOR_KINDS:
+            raise ModelError(f"model prior must be one of {list(PRIOR_KINDS)}, got "
+                             f"{self.prior!r}")
         object.__setattr__(self, "prior_angles", tuple(float(a) for a in self.prior_angles or ()))
         if self.prior_angles and 0.0 not in self.prior_angles:
             raise ModelError(f"model prior_angles must include 0, got {list(self.prior_angles)}")
@@ -105,6 +117,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prior_angles"] = list(self.prior_angles)
+        if self.prior == "physics":  # the default; configs, run records and hashes as before
+            del d["prior"]
         return d
 
     def widths(self) -> list[int]:
@@ -258,6 +272,21 @@ class NVP(nnx.Module):
         self.prior_weights = PriorState(jnp.asarray([list(p.weights) or [1.0] for p in ps],
                                                     jnp.float32))
         self.rho = PriorState(jnp.asarray([max(p.rmse, 1e-12) for p in ps], jnp.float32))
+        if cfg.prior == "linear_ar":  # (a physics model's state has no such entries)
+            ks = [None if p.ar_kernels is None else np.asarray(p.ar_kernels, np.float32)
+                  for p in ps]
+            shapes = {None if k is None else k.shape[1:] for k in ks}
+            if None in shapes or len(shapes) != 1 or any(k.ndim != 3 for k in ks if k is not None):
+                raise ModelError("model prior 'linear_ar' needs every domain's fitted stencil, "
+                                 f"all of one size; got {sorted(map(str, shapes))}")
+            steps = max(k.shape[0] for k in ks if k is not None)
+            if steps > self.n_in:
+                raise ModelError(f"a {steps}-step linear AR stencil needs n_in >= {steps}, got "
+                                 f"{self.n_in}")
+            self.ar_kernels = PriorState(jnp.asarray(np.stack([  # fewer steps: zero-padded
+                np.pad(k, ((0, steps - k.shape[0]), (0, 0), (0, 0))) for k in ks if k is not None
+            ])))
+            self.ar_bias = PriorState(jnp.asarray([p.ar_bias for p in ps], jnp.float32))
         self.var_scale = Calibration(jnp.ones(len(ps), jnp.float32))
         self._build(seed)
 
@@ -312,8 +341,14 @@ class NVP(nnx.Module):
             out.append(known[d])
         return np.asarray(out, np.int32)
 
-    def prior(self, e_t: jax.Array, domain: jax.Array) -> jax.Array:
-        """P_d(E_t) for maps (B, y, x) of domains ``domain`` (B,)."""
+    def prior(self, x: jax.Array, domain: jax.Array) -> jax.Array:
+        """P_d for maps of domains ``domain`` (B,): ``x`` is the history (B, n, y, x), oldest
+        first, or E_t alone (B, y, x). The physics prior reads E_t only; the linear AR one its
+        last ``p`` steps."""
+        if self.cfg.prior == "linear_ar":
+            h = x if x.ndim == 4 else x[:, None]
+            return apply_linear_ar(h, self.ar_kernels[...][domain], self.ar_bias[...][domain])
+        e_t = x[:, -1] if x.ndim == 4 else x
         angles = self.cfg.prior_angles
         return apply_prior(e_t, self.prior_sigma[...][domain], self.prior_tau[...][domain],
                            self.prior_weights[...][domain] if angles else None, angles)
@@ -377,7 +412,7 @@ class NVP(nnx.Module):
         domain = jnp.asarray(domain, jnp.int32)
         if domain.shape != (xb.shape[0],):
             raise ModelError(f"domain must be ({xb.shape[0]},) indices, got {domain.shape}")
-        prior = self.prior(xb[:, -1], domain)
+        prior = self.prior(xb, domain)
         h = self._network(inputs, prior, self.embedding(domain), deterministic, key)
         r = self.head_mean(h)[..., 0]
         r = r - jnp.mean(r, axis=(-2, -1), keepdims=True)

@@ -24,6 +24,12 @@ A convex combination of doubly stochastic operators is doubly stochastic: the ro
 the heat kernel conserve sum E, keep E >= 0 and cannot lower Shannon entropy; the noise floor
 conserves sum E by construction. :func:`fit_prior` fits (sigma, tau, w) of one domain on
 training pairs: a wide sigma grid, non-negative least squares for w, then a tau x sigma grid.
+
+With ``model.prior = "linear_ar"`` the model's prior is instead the evaluation's linear AR
+stencil (:func:`~.baselines.fit_linear_ar`, fitted per domain on the same training windows):
+``P_d(E) = sum_tau K_d,tau * E_{t-tau} + c_d`` (:func:`apply_linear_ar`), stored in
+:attr:`DomainPrior.ar_kernels` / :attr:`DomainPrior.ar_bias`, with ``rmse`` its RMS error. It is
+not doubly stochastic: it need not conserve sum E nor keep E >= 0 (the model clamps at 0).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ __all__ = [
     "SIGMA_GRID",
     "TAU_GRID",
     "DomainPrior",
+    "apply_linear_ar",
     "apply_prior",
     "fit_prior",
     "heat_blur",
@@ -155,6 +162,24 @@ def apply_prior(x: jax.Array, sigma: Any, tau: Any, weights: jax.Array | None,
     return heat_blur(u, sigma)
 
 
+def apply_linear_ar(history: jax.Array, kernels: jax.Array, bias: jax.Array) -> jax.Array:
+    """The linear AR stencil of :class:`~.baselines.LinearAR` in JAX, per map: ``history``
+    (B, n, y, x) oldest first, ``kernels`` (B, p, k, k) (tau 0 the newest step, p <= n), ``bias``
+    (B,); the same periodic convolution as ``LinearAR.predict`` (to float32 rounding)."""
+    ny, nx = history.shape[-2:]
+    p, k = kernels.shape[1], kernels.shape[-1]
+    r = k // 2
+    if k > min(ny, nx):
+        raise ValueError(f"a {k}-tap stencil does not fit {ny}x{nx} maps")
+    if p > history.shape[1]:
+        raise ValueError(f"the stencil needs {p} input steps, got {history.shape[1]}")
+    full = jnp.pad(kernels.astype(history.dtype), ((0, 0), (0, 0), (0, ny - k), (0, nx - k)))
+    full = jnp.roll(full, (-r, -r), axis=(-2, -1))            # tap (dy, dx) at (dy % ny, dx % nx)
+    recent = history[:, ::-1][:, :p]                             # tau 0 first
+    out = jnp.fft.irfft2(jnp.fft.rfft2(recent) * jnp.fft.rfft2(full), s=(ny, nx)).sum(axis=1)
+    return (out + bias[:, None, None]).astype(history.dtype)
+
+
 # ------------------------------------------------------------------------------------ fitting
 
 
@@ -169,15 +194,26 @@ class DomainPrior:
     persistence_rmse: float
     diffusion_rmse: float     # the best plain heat kernel of the sigma grid
     pairs: int
+    # model.prior "linear_ar": the stencil (p, 2r+1, 2r+1), tau 0 the newest step, and its bias
+    # (then ``rmse`` is the stencil's); None for the physics prior
+    ar_kernels: tuple[tuple[tuple[float, ...], ...], ...] | None = None
+    ar_bias: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["weights"] = list(self.weights)
+        if self.ar_kernels is None:  # physics records stay as they were
+            del d["ar_kernels"], d["ar_bias"]
+        else:
+            d["ar_kernels"] = np.asarray(self.ar_kernels, float).tolist()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DomainPrior:
-        return cls(**{**d, "weights": tuple(float(w) for w in d["weights"])})
+        k = d.get("ar_kernels")
+        return cls(**{**d, "weights": tuple(float(w) for w in d["weights"]),
+                      "ar_kernels": None if k is None else tuple(
+                          tuple(tuple(float(v) for v in row) for row in kk) for kk in k)})
 
 
 def _nnls_simplex(gram: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:

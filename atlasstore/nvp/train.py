@@ -51,6 +51,7 @@ from atlasstore.catalog.protocol import CatalogArg
 from atlasstore.errors import TrainError
 from atlasstore.io.cache_settings import CacheSettings
 from atlasstore.io.provenance import utc_now
+from atlasstore.nvp.baselines import linear_ar_prior
 from atlasstore.nvp.checkpoint import (
     CheckpointWriter,
     LoadedCheckpoint,
@@ -216,10 +217,17 @@ def _plan(st: AtlasStore, cfg: TrainConfig, prior: Mapping[str, Any] | None
 
 
 def fit_priors(st: AtlasStore, cfg: TrainConfig, plan: DataPlan) -> dict[str, DomainPrior]:
-    """The physics prior of every domain of the training split, fitted on up to
-    ``model.prior_fit_windows`` of its training windows (:func:`~.prior.fit_prior`)."""
-    pairs = training_pairs(st, plan, cfg.model.prior_fit_windows)
+    """The prior of every domain of the training split, fitted on up to
+    ``model.prior_fit_windows`` of its training windows: the physics prior
+    (:func:`~.prior.fit_prior`), and with ``model.prior = "linear_ar"`` the evaluation's linear
+    AR stencil on top (:func:`linear_ar_prior`)."""
+    pairs = training_pairs(st, plan, cfg.model.prior_fit_windows,
+                           history=cfg.model.prior == "linear_ar")
+    if cfg.model.prior == "linear_ar":
+        return {d: linear_ar_prior(h, tgt, cfg.model.prior_angles, cfg.eval.ar_radius,
+                                   cfg.eval.ar_steps) for d, (h, tgt) in pairs.items()}
     return {d: fit_prior(prev, tgt, cfg.model.prior_angles) for d, (prev, tgt) in pairs.items()}
+
 
 
 def _new_model(cfg: TrainConfig, plan: DataPlan, stats: Mapping[int, tuple[float, float]],

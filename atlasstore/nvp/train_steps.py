@@ -74,7 +74,7 @@ def eval_step(model: NVP, inputs: Mapping[int, jax.Array], target: jax.Array,
         "entropy": entropy_hinge(pm, e0, loss_cfg.entropy_threshold, mask),
         "nll": beta_nll(pm, lv, t, 0.0, mask),
         "vrmse": vrmse(p.mean, tgt, mask=mask),
-        "prior_vrmse": vrmse(model.prior(prev, domain), tgt, mask=mask),
+        "prior_vrmse": vrmse(model.prior(inputs[model.base], domain), tgt, mask=mask),
         "persistence_vrmse": vrmse(prev, tgt, mask=mask),
         "abs_z": jnp.abs(tgt - p.mean) * jnp.exp(-0.5 * p.log_var),
     }
