@@ -8,6 +8,7 @@ before anything is written.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,19 @@ def load_json(path: str | Path, name: str) -> Any:
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{name} file {p} is not valid JSON: {exc}") from None
     return validate(doc, name, what=f"{name} file {p}")
+
+
+def named_document(name_or_path: str | Path | Mapping[str, Any], folder: Path, schema: str,
+                   what: str) -> Mapping[str, Any]:
+    """A shipped JSON document by name (``folder/<name>.json``), a JSON file (validated against
+    ``schema``), or a mapping as given; ValueError naming the known names for an unknown one."""
+    if isinstance(name_or_path, Mapping):
+        return name_or_path
+    p = Path(name_or_path)
+    if p.suffix == ".json" and p.exists():
+        return load_json(p, schema)
+    name = str(name_or_path)
+    known = sorted(q.stem for q in folder.glob("*.json"))
+    if name not in known:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    return json.loads((folder / f"{name}.json").read_text())

@@ -8,7 +8,6 @@ can produce negative or non-finite values. Sequences are deterministic per seed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from atlasstore.io.schemas import load_json, schema_dir, validate
+from atlasstore.io.schemas import named_document, schema_dir, validate
 from atlasstore.physics import fields as physics
 from atlasstore.physics.perturbations import (
     PERTURBATION_ORDER,
@@ -277,15 +276,8 @@ def list_presets() -> list[str]:
 
 def load_preset(name_or_path: str | Path | Mapping[str, Any]) -> DomainPreset:
     """A shipped preset by name, a preset JSON file, or a preset dict; validated on load."""
-    if isinstance(name_or_path, Mapping):
-        return DomainPreset.from_dict(name_or_path)
-    p = Path(name_or_path)
-    if p.suffix == ".json" and p.exists():
-        return DomainPreset.from_dict(load_json(p, "preset"))
-    name = str(name_or_path)
-    if name not in list_presets():
-        raise ValueError(f"unknown domain preset {name!r}; known: {', '.join(list_presets())}")
-    return DomainPreset.from_dict(json.loads((preset_dir() / f"{name}.json").read_text()))
+    return DomainPreset.from_dict(named_document(name_or_path, preset_dir(), "preset",
+                                                 "domain preset"))
 
 
 def synthesize(preset: DomainPreset | str, seed: Seed, n_steps: int | None = None,

@@ -756,12 +756,6 @@ def test_catalog_bad_records_and_filters_write_nothing(backend: str, tmp_path: P
 # --------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
-    monkeypatch.delenv("ATLAS_STORE", raising=False)
-
-
 @pytest.fixture(scope="module")
 def cli_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """root/atlas.zarr with its default SQLite catalog (made by `atlas generate`)."""

@@ -19,7 +19,6 @@ import pytest
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import _no_env, run  # noqa: F401 - no ATLAS_* from the environment; atlas in-process
 
 from atlasstore.catalog import SQLiteCatalog
 from atlasstore.catalog.selector import CatalogSelector, catalog_view
@@ -33,6 +32,7 @@ from atlasstore.store.change_log import entry_key
 from helpers.catalog_fixtures import (
     open_neo4j_or_skip,
 )
+from helpers.cli_runner import run_captured as run  # atlas in-process (conftest: no ATLAS_*)
 from helpers.store_fixtures import energy_sequence
 
 

@@ -19,19 +19,8 @@ from atlasstore.cli import entry as cli_entry
 from atlasstore.cli import parser as cli_parser
 from atlasstore.runs.generate import sequence_seed
 from atlasstore.store import AtlasStore
+from helpers.cli_runner import run_captured as run
 from helpers.store_fixtures import all_checksums, chunk_files, copy_store, flip_bytes, listing
-
-
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
-    monkeypatch.delenv("ATLAS_STORE", raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_user_error(code: int, err: str, *needles: str) -> None:

@@ -17,6 +17,7 @@ from atlasstore.records import Axis, Coordinates, FieldSpec
 from atlasstore.runs.generate import sequence_seed
 from atlasstore.runs.ingest import import_well
 from atlasstore.store import AtlasStore
+from helpers.cli_runner import run_captured as run
 from helpers.store_fixtures import copy_store
 from helpers.well_fixture import write_well_file
 
@@ -29,18 +30,6 @@ GRIDS = {"odd": (37, 49), "small": (18, 30), "wide": (128, 384)}
 HOLES = ((5, 7), (5, 8), (20, 30))
 #: the one sequence of the Well import
 WELL_SEQ = "trl-traj0000"
-
-
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ATLAS_CATALOG", raising=False)
-    monkeypatch.delenv("ATLAS_STORE", raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

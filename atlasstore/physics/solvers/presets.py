@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from atlasstore.errors import SchemaError
-from atlasstore.io.schemas import load_json, schema_dir, validate
+from atlasstore.io.schemas import named_document, schema_dir, validate
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,5 @@ def list_solver_presets() -> list[str]:
 
 def load_solver_preset(name_or_path: str | Path | Mapping[str, Any]) -> SolverPreset:
     """A shipped solver preset by name, a preset JSON file, or a preset dict; validated."""
-    if isinstance(name_or_path, Mapping):
-        return SolverPreset.from_dict(name_or_path)
-    p = Path(name_or_path)
-    if p.suffix == ".json" and p.exists():
-        return SolverPreset.from_dict(load_json(p, "solver-preset"))
-    name = str(name_or_path)
-    if name not in list_solver_presets():
-        raise ValueError(f"unknown solver preset {name!r}; known: {', '.join(list_solver_presets())}")
-    return SolverPreset.from_dict(json.loads((solver_preset_dir() / f"{name}.json").read_text()))
+    return SolverPreset.from_dict(named_document(name_or_path, solver_preset_dir(),
+                                                 "solver-preset", "solver preset"))
